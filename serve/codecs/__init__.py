@@ -1,0 +1,1 @@
+"""Wire encodings of tensors: JSON, Triton's binary extension, protobuf."""

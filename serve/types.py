@@ -1,0 +1,80 @@
+"""The transport-neutral request and response model that both protocol adapters speak.
+
+Tensors are numpy arrays from the moment a codec has decoded them; BYTES tensors are
+``object`` arrays of ``bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Parameters = dict[str, Any]
+
+
+@dataclass(slots=True)
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray  # already reshaped to ``shape``
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    # HTTP only: whether this output travels in the binary extension (None = request default).
+    binary_data: bool | None = None
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model_name: str
+    model_version: str = ""  # "" = the policy's default (highest ready) version
+    id: str = ""
+    inputs: list[InputTensor] = field(default_factory=list)
+    # None = every output of the model.
+    outputs: list[RequestedOutput] | None = None
+    parameters: Parameters = field(default_factory=dict)
+
+    @property
+    def priority(self) -> int:
+        return int(self.parameters.get("priority", 0) or 0)
+
+    @property
+    def timeout_us(self) -> int:
+        return int(self.parameters.get("timeout", 0) or 0)
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    data: np.ndarray
+    parameters: Parameters = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OutputTensor]
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output as the model declares it (batch dimension excluded when batching)."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]  # -1 = variable
