@@ -1,0 +1,1 @@
+"""The gRPC transport: the GRPCInferenceService adapter and its generated protobuf code."""
