@@ -1,0 +1,7 @@
+"""Dynamic batching: per model version, a queue of pending requests and a scheduler that runs them."""
+
+from serve.batching.batcher import Batcher
+from serve.batching.policy import BatchingPolicy, QueuePolicy
+from serve.batching.result import BatchObserver, BatchResult, Execute
+
+__all__ = ["Batcher", "BatchObserver", "BatchResult", "BatchingPolicy", "Execute", "QueuePolicy"]

@@ -1,0 +1,406 @@
+"""The dynamic batcher: one per loaded model version, transport- and runtime-neutral.
+
+A scheduler task forms a batch whenever an instance is free and requests wait (Triton's
+``GetDynamicBatch``, PROTOCOL.md section 5) and runs it as a task of its own, so up to
+``max_in_flight`` executions overlap. It sleeps on one event, set by a new request, a finished
+execution, a withdrawn or expired request, a hold timer or close(); it never polls.
+
+Every caller awaits its own future and nothing else. Each execution task fails exactly its own
+callers when anything in it goes wrong, and its done-callback fails whoever is still unanswered,
+so no path leaves a caller waiting (STYLE habits 4, 5 and 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable, Mapping
+
+import numpy as np
+
+from serve.batching.policy import BatchingPolicy
+from serve.batching.queue import PendingRequest, RequestQueue, select_batch
+from serve.batching.result import BatchObserver, BatchResult, Execute
+from serve.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelExecutionError,
+    QueueFull,
+    ServeError,
+    ShuttingDown,
+)
+
+__all__ = ["Batcher", "BatchObserver", "BatchResult", "Execute"]
+
+logger = logging.getLogger(__name__)
+
+# After the grace period, how long close() waits for cancelled executions to unwind.
+_CANCEL_WAIT_S = 1.0
+
+
+class Batcher:
+    def __init__(
+        self,
+        execute: Execute,
+        policy: BatchingPolicy,
+        *,
+        name: str = "",
+        observer: BatchObserver | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self._execute = execute
+        self._policy = policy
+        self._name = name
+        self._observer = observer
+        self._clock = clock
+        self._queue = RequestQueue(policy.level_count)
+        self._hold_ns = policy.max_queue_delay_us * 1000 if policy.holds_for_preferred_sizes else 0
+        self._default_level = (policy.default_priority_level or policy.level_count) - 1
+        self._queue_policies = [policy.queue_policy(level + 1) for level in range(policy.level_count)]
+        self._in_flight = 0
+        self._executions: dict[asyncio.Task[None], list[PendingRequest]] = {}
+        self._wakeup = asyncio.Event()
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self._closing = False  # no new requests; queued ones still run, without holding
+        self._stopped = False  # the scheduler should end
+        self._drained: asyncio.Future[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.size
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def start(self) -> None:
+        if self._scheduler is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._scheduler = self._loop.create_task(self._schedule_forever(), name=f"batcher {self._name}")
+        self._scheduler.add_done_callback(self._scheduler_done)
+
+    async def submit(
+        self, inputs: dict[str, np.ndarray], *, priority: int = 0, timeout_us: int = 0
+    ) -> BatchResult:
+        if self._closing:
+            raise ShuttingDown(f"model {self._name!r} is shutting down")
+        if self._scheduler is None:
+            self.start()
+        assert self._loop is not None
+        rows, key = self._rows_and_key(inputs)
+        level = self._level_of(priority)
+        queue_policy = self._queue_policies[level]
+        if queue_policy.max_queue_size and self._queue.level_size(level) >= queue_policy.max_queue_size:
+            raise QueueFull(
+                f"model {self._name!r}: the queue already holds {queue_policy.max_queue_size} "
+                "waiting requests (max_queue_size)"
+            )
+        now = self._clock()
+        timeout = queue_policy.timeout_us(timeout_us)
+        request = PendingRequest(
+            inputs=inputs,
+            rows=rows,
+            cost=max(1, rows),
+            key=key,
+            level=level,
+            enqueue_ns=now,
+            deadline_ns=now + timeout * 1000 if timeout else 0,
+            future=self._loop.create_future(),
+        )
+        if timeout:
+            request.timer = self._loop.call_later(timeout / 1e6, self._on_deadline, request)
+        self._queue.push(request)
+        self._wakeup.set()
+        try:
+            return await request.future
+        finally:
+            # Still queued here means the caller was cancelled before its batch started: drop it.
+            # The CancelledError itself propagates unchanged.
+            if request.queued:
+                self._withdraw(request)
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Refuse new requests, run the queued ones within ``grace_s``, fail what remains after it."""
+        self._closing = True
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self._shut_down(grace_s))
+        # Shielded: a cancelled close() must not leave the batcher half shut.
+        await asyncio.shield(self._closer)
+
+    # -- admission -------------------------------------------------------------------------------
+
+    def _rows_and_key(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, Hashable]:
+        if self._policy.max_batch_size == 0:
+            return 1, None  # the model does not batch: tensors go through as sent
+        if not inputs:
+            raise InvalidInput(f"request for model {self._name!r} has no inputs")
+        rows_by_input: dict[str, int] = {}
+        for input_name, array in inputs.items():
+            if array.ndim == 0:
+                raise InvalidInput(
+                    f"input {input_name!r} is a scalar, but model {self._name!r} batches along the "
+                    "first dimension of every input"
+                )
+            rows_by_input[input_name] = array.shape[0]
+        rows = next(iter(rows_by_input.values()))
+        if any(count != rows for count in rows_by_input.values()):
+            listed = ", ".join(f"{n!r} has {count}" for n, count in rows_by_input.items())
+            raise InvalidInput(f"inputs disagree on the number of rows (first dimension): {listed}")
+        if rows > self._policy.max_batch_size:
+            raise InvalidInput(
+                f"request has {rows} rows; model {self._name!r} accepts at most "
+                f"{self._policy.max_batch_size} per request"
+            )
+        key = tuple(sorted((n, array.dtype, array.shape[1:]) for n, array in inputs.items()))
+        return rows, key
+
+    def _level_of(self, priority: int) -> int:
+        levels = self._policy.priority_levels
+        # As in Triton, a model without priority levels serves every priority alike.
+        if priority == 0 or levels == 0:
+            return self._default_level
+        if not 0 < priority <= levels:
+            allowed = f"1..{levels} or 0 for the default"
+            raise InvalidInput(f"priority {priority} is not valid for model {self._name!r}: use {allowed}")
+        return priority - 1
+
+    # -- leaving the queue -----------------------------------------------------------------------
+
+    def _withdraw(self, request: PendingRequest) -> None:
+        if self._queue.discard(request):
+            self._cancel_timer(request)
+            self._wakeup.set()  # the oldest request, and so the hold deadline, may have changed
+            self._check_drained()
+
+    def _on_deadline(self, request: PendingRequest) -> None:
+        if not request.queued:
+            return
+        assert self._loop is not None
+        remaining_ns = request.deadline_ns - self._clock()
+        if remaining_ns > 0:
+            # The loop's timer and the injected clock disagree slightly; trust the clock.
+            request.timer = self._loop.call_later(remaining_ns / 1e9, self._on_deadline, request)
+            return
+        request.timer = None
+        if not request.future.done():
+            waited_us = (self._clock() - request.enqueue_ns) // 1000
+            request.future.set_exception(
+                DeadlineExceeded(
+                    f"request to model {self._name!r} waited {waited_us} us in the queue, past its timeout"
+                )
+            )
+        self._withdraw(request)
+
+    @staticmethod
+    def _cancel_timer(request: PendingRequest) -> None:
+        if request.timer is not None:
+            request.timer.cancel()
+            request.timer = None
+
+    def _check_drained(self) -> None:
+        if (
+            self._drained is not None
+            and not self._drained.done()
+            and self._queue.size == 0
+            and self._in_flight == 0
+        ):
+            self._drained.set_result(None)
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    async def _schedule_forever(self) -> None:
+        while not self._stopped:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                self._dispatch()
+            except Exception:
+                # A bug in forming batches: fail the waiting callers instead of stranding them.
+                logger.exception("batcher for model %r failed to form a batch", self._name)
+                self._fail_queued(ModelExecutionError(f"model {self._name!r}: internal batching error"))
+
+    def _dispatch(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        hold_ns = 0 if self._closing else self._hold_ns
+        while self._in_flight < self._policy.max_in_flight and self._queue.size:
+            now = self._clock()
+            batch, hold_until_ns = select_batch(self._queue, self._policy, now, hold_ns)
+            if not batch:
+                if hold_until_ns:
+                    assert self._loop is not None
+                    self._hold_timer = self._loop.call_later((hold_until_ns - now) / 1e9, self._wakeup.set)
+                # Otherwise only cancelled requests wait; their callers withdraw them shortly.
+                return
+            self._launch(batch)
+
+    def _launch(self, batch: list[PendingRequest]) -> None:
+        assert self._loop is not None
+        for request in batch:
+            self._queue.discard(request)
+            self._cancel_timer(request)  # once started, a request is waited for normally
+        self._in_flight += 1
+        task = self._loop.create_task(self._run_batch(batch), name=f"batch {self._name}")
+        self._executions[task] = batch
+        task.add_done_callback(self._execution_done)
+
+    def _execution_done(self, task: asyncio.Task[None]) -> None:
+        batch = self._executions.pop(task, [])
+        self._in_flight -= 1
+        if task.cancelled():
+            error: ServeError = ShuttingDown(f"model {self._name!r} shut down while the request ran")
+        else:
+            exc = task.exception()
+            if exc is not None:
+                logger.error("batch task of model %r failed", self._name, exc_info=exc)
+            error = ModelExecutionError(f"model {self._name!r}: the batch ended without an answer")
+        # The safety net: a caller still unanswered here would otherwise wait forever.
+        for request in batch:
+            if not request.future.done():
+                request.future.set_exception(error)
+        self._wakeup.set()
+        self._check_drained()
+
+    # -- execution -------------------------------------------------------------------------------
+
+    async def _run_batch(self, batch: list[PendingRequest]) -> None:
+        start = self._clock()
+        # Callers that left between forming the batch and this task starting are dropped too.
+        live = [request for request in batch if not request.future.done()]
+        if not live:
+            return
+        batching = self._policy.max_batch_size > 0
+        rows = sum(request.rows for request in live) if batching else 1
+        input_ns = infer_ns = output_ns = 0
+        mark = start
+        try:
+            inputs = self._concatenate(live)
+            now = self._clock()
+            input_ns, mark = now - mark, now
+            outputs = await self._execute(inputs)
+            now = self._clock()
+            infer_ns, mark = now - mark, now
+            parts = self._split(outputs, live, rows) if batching else [outputs]
+            output_ns = self._clock() - mark
+        except Exception as exc:
+            for request in live:
+                if not request.future.done():
+                    request.future.set_exception(self._as_serve_error(exc, rows))
+            self._observe(rows, len(live), input_ns, infer_ns, output_ns, exc)
+            return
+        for request, part in zip(live, parts, strict=True):
+            if not request.future.done():
+                request.future.set_result(
+                    BatchResult(part, start - request.enqueue_ns, input_ns, infer_ns, output_ns, rows)
+                )
+        self._observe(rows, len(live), input_ns, infer_ns, output_ns, None)
+
+    @staticmethod
+    def _concatenate(live: list[PendingRequest]) -> dict[str, np.ndarray]:
+        if len(live) == 1:
+            return live[0].inputs  # as sent, no copy
+        return {name: np.concatenate([request.inputs[name] for request in live]) for name in live[0].inputs}
+
+    def _split(
+        self, outputs: Mapping[str, np.ndarray], live: list[PendingRequest], rows: int
+    ) -> list[dict[str, np.ndarray]]:
+        if not isinstance(outputs, Mapping):
+            raise ModelExecutionError(
+                f"model {self._name!r} returned {type(outputs).__name__}, not a mapping of outputs"
+            )
+        for output_name, array in outputs.items():
+            if not isinstance(array, np.ndarray) or array.ndim == 0 or array.shape[0] != rows:
+                shape = getattr(array, "shape", type(array).__name__)
+                raise ModelExecutionError(
+                    f"model {self._name!r} returned output {output_name!r} with shape {shape} for a batch "
+                    f"of {rows} rows; its first dimension must be the batch"
+                )
+        if len(live) == 1:
+            return [dict(outputs)]
+        parts: list[dict[str, np.ndarray]] = []
+        offset = 0
+        for request in live:
+            end = offset + request.rows
+            # Basic slices are views: no caller's rows are copied.
+            parts.append({output_name: array[offset:end] for output_name, array in outputs.items()})
+            offset = end
+        return parts
+
+    def _as_serve_error(self, exc: Exception, rows: int) -> ServeError:
+        if isinstance(exc, ServeError):
+            return exc
+        error = ModelExecutionError(
+            f"model {self._name!r} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return error
+
+    def _observe(
+        self,
+        rows: int,
+        requests: int,
+        input_ns: int,
+        infer_ns: int,
+        output_ns: int,
+        error: BaseException | None,
+    ) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer.on_execution(rows, requests, input_ns, infer_ns, output_ns, error)
+        except Exception:
+            logger.exception("batch observer of model %r failed", self._name)
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    def _fail_queued(self, error: ServeError) -> None:
+        for request in self._queue.drain():
+            self._cancel_timer(request)
+            if not request.future.done():
+                request.future.set_exception(error)
+        self._check_drained()
+
+    async def _shut_down(self, grace_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._wakeup.set()  # queued requests go now, without holding for preferred sizes
+        if self._queue.size or self._in_flight:
+            self._drained = loop.create_future()
+            self._check_drained()
+            await asyncio.wait([self._drained], timeout=max(0.0, grace_s))
+        self._fail_queued(ShuttingDown(f"model {self._name!r} shut down before the request ran"))
+        if self._executions:
+            error = ShuttingDown(f"model {self._name!r} shut down while the request ran")
+            for task, batch in list(self._executions.items()):
+                task.cancel()
+                # Answer now rather than trust execute() to honour the cancellation.
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(error)
+            _, stuck = await asyncio.wait(list(self._executions), timeout=_CANCEL_WAIT_S)
+            if stuck:
+                logger.warning("model %r: %d executions ignored cancellation", self._name, len(stuck))
+        self._stopped = True
+        self._wakeup.set()
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        if self._scheduler is not None:
+            _, pending = await asyncio.wait([self._scheduler], timeout=_CANCEL_WAIT_S)
+            for task in pending:
+                task.cancel()
+
+    def _scheduler_done(self, task: asyncio.Task[None]) -> None:
+        if self._stopped:
+            return
+        # The scheduler ended without close(): the loop is shutting down or something escaped
+        # the loop's own exception handling. Nobody would serve the queue any more.
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("batcher of model %r stopped", self._name, exc_info=task.exception())
+        self._closing = True
+        self._fail_queued(ShuttingDown(f"model {self._name!r} is no longer scheduling requests"))
