@@ -1,0 +1,58 @@
+"""The grpc.aio server: inference service, standard health checking and server reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serve.core import InferenceService
+from serve.grpc._proto import grpc_service_pb2 as pb
+from serve.grpc._proto import grpc_service_pb2_grpc as pb_grpc
+from serve.grpc._proto._pool import POOL
+from serve.grpc.service import InferenceServicer
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def _add_to_pool(module: object) -> None:
+    """Make a default-pool proto file (health) describable by reflection from our private pool."""
+    descriptor = module.DESCRIPTOR  # type: ignore[attr-defined]
+    try:
+        POOL.FindFileByName(descriptor.name)
+    except KeyError:
+        POOL.AddSerializedFile(descriptor.serialized_pb)
+
+
+def create_grpc_server(
+    service: InferenceService, *, address: str, max_message_bytes: int
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """Build and bind the server; returns it, its health servicer and the bound port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # A second server on a taken port must fail, not silently share it.
+            ("grpc.so_reuseport", 0),
+            # tritonclient pings rarely; accept its keepalives without GOAWAY storms.
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _add_to_pool(health_pb2)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=POOL
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind gRPC to {address}")
+    return server, health_servicer, port
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)

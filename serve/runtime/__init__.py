@@ -1,0 +1,1 @@
+"""Everything that touches onnxruntime lives in this package."""

@@ -1,0 +1,209 @@
+"""One model version on onnxruntime: sessions, graph metadata, warm-up, and run off the event loop.
+
+Each instance of the model's instance group gets its own InferenceSession and its own
+thread. Sessions are thread-safe, but concurrent runs of one session share its intra-op
+thread pool and contend for it; separate sessions with cores divided between them keep
+in-flight batches independent (the same choice Triton's onnxruntime backend makes), at
+the cost of one copy of the weights per instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from serve.datatypes import ORT_TO_OIP
+from serve.errors import InvalidInput, ModelExecutionError, ModelLoadError
+from serve.runtime.providers import CUDA, Accelerator, choose_providers
+
+log = logging.getLogger(__name__)
+
+_OPTIMIZATION_LEVELS = {
+    "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GraphTensor:
+    """An input or output as the ONNX graph declares it; -1 marks a symbolic or unknown dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    instance_count: int = 1
+    device_kind: str = "cpu"  # "cpu", "gpu" or "auto"
+    gpu_ids: tuple[int, ...] = ()
+    accelerators: tuple[Accelerator, ...] = ()
+    intra_op_threads: int = 0  # 0 = the machine's cores divided among instances
+    inter_op_threads: int = 0
+    parallel_execution: bool = False
+    optimization_level: str = "all"
+    allow_spinning: bool = False
+    enable_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+    extra_session_config: dict[str, str] = field(default_factory=dict)
+
+
+def _graph_tensors(args: Sequence[ort.NodeArg], what: str) -> list[GraphTensor]:
+    tensors = []
+    for arg in args:
+        datatype = ORT_TO_OIP.get(arg.type)
+        if datatype is None:
+            raise ModelLoadError(
+                f"{what} '{arg.name}' has type {arg.type}; only tensors are supported (no sequences or maps)"
+            )
+        if datatype == "BF16":
+            raise ModelLoadError(f"{what} '{arg.name}' is bfloat16, which this server does not support yet")
+        shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+        tensors.append(GraphTensor(arg.name, datatype, shape))
+    return tensors
+
+
+def _to_ort(array: np.ndarray) -> np.ndarray:
+    """onnxruntime's Python binding takes strings as ``str``; ``bytes`` objects would be str()-ed."""
+    if array.dtype != object:
+        return array
+    flat = array.reshape(-1)
+    try:
+        decoded = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in flat]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"a BYTES element is not valid UTF-8 ({exc.reason}); onnxruntime string tensors hold text"
+        ) from None
+    out = np.empty(len(decoded), dtype=object)
+    out[:] = decoded
+    return out.reshape(array.shape)
+
+
+def _from_ort(array: np.ndarray) -> np.ndarray:
+    if array.dtype == object or array.dtype.kind == "U":
+        flat = array.reshape(-1)
+        out = np.empty(flat.shape[0], dtype=object)
+        out[:] = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in flat]
+        return out.reshape(array.shape)
+    return array
+
+
+class OnnxRunner:
+    """Sessions for one model version, and an executor thread per instance."""
+
+    def __init__(self, model_path: Path, options: RuntimeOptions) -> None:
+        self.model_path = model_path
+        self.options = options
+        available = ort.get_available_providers()
+        count = max(1, options.instance_count)
+        devices = list(options.gpu_ids) or [0]
+        self._sessions: list[ort.InferenceSession] = []
+        self._use_iobinding: list[bool] = []
+        self.providers: list[str] = []
+        model_bytes = model_path.read_bytes()
+        try:
+            for index in range(count * (len(devices) if options.device_kind == "gpu" else 1)):
+                device_id = devices[index % len(devices)]
+                choice = choose_providers(
+                    device_kind=options.device_kind,
+                    device_id=device_id,
+                    accelerators=options.accelerators,
+                    available=available,
+                )
+                session = ort.InferenceSession(
+                    model_bytes,
+                    sess_options=self._session_options(count),
+                    providers=choice.providers,
+                    provider_options=choice.options,
+                )
+                self._sessions.append(session)
+                used = session.get_providers()
+                # With CUDA, bind inputs once so a batch crosses to the device in one copy per tensor.
+                self._use_iobinding.append(used[0] == CUDA)
+                if not self.providers:
+                    self.providers = used
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # onnxruntime raises many types; all mean "this model cannot load"
+            raise ModelLoadError(f"onnxruntime could not load {model_path.name}: {exc}") from exc
+        first = self._sessions[0]
+        self.inputs = _graph_tensors(first.get_inputs(), "input")
+        self.outputs = _graph_tensors(first.get_outputs(), "output")
+        self.output_names = [t.name for t in self.outputs]
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i in range(len(self._sessions)):
+            self._free.put(i)
+        self._executor = ThreadPoolExecutor(max_workers=len(self._sessions), thread_name_prefix="ort")
+
+    @property
+    def instance_count(self) -> int:
+        return len(self._sessions)
+
+    def _session_options(self, instances: int) -> ort.SessionOptions:
+        o = self.options
+        so = ort.SessionOptions()
+        intra = o.intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
+        so.intra_op_num_threads = intra
+        if o.inter_op_threads:
+            so.inter_op_num_threads = o.inter_op_threads
+        so.execution_mode = (
+            ort.ExecutionMode.ORT_PARALLEL if o.parallel_execution else ort.ExecutionMode.ORT_SEQUENTIAL
+        )
+        try:
+            so.graph_optimization_level = _OPTIMIZATION_LEVELS[o.optimization_level]
+        except KeyError:
+            raise ModelLoadError(
+                f"unknown graph optimization level '{o.optimization_level}'; "
+                f"expected one of {sorted(_OPTIMIZATION_LEVELS)}"
+            ) from None
+        so.enable_cpu_mem_arena = o.enable_mem_arena
+        so.enable_mem_pattern = o.enable_mem_pattern
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if o.allow_spinning else "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "1" if o.allow_spinning else "0")
+        for key, value in o.extra_session_config.items():
+            so.add_session_config_entry(key, value)
+        so.log_severity_level = 3
+        return so
+
+    def run_sync(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch on a free instance; called from an executor thread (onnxruntime releases the GIL)."""
+        index = self._free.get()
+        try:
+            session = self._sessions[index]
+            ort_feeds = {name: _to_ort(array) for name, array in feeds.items()}
+            try:
+                if self._use_iobinding[index]:
+                    binding = session.io_binding()
+                    for name, array in ort_feeds.items():
+                        binding.bind_cpu_input(name, np.ascontiguousarray(array))
+                    for name in self.output_names:
+                        binding.bind_output(name)
+                    session.run_with_iobinding(binding)
+                    results = binding.copy_outputs_to_cpu()
+                else:
+                    results = session.run(self.output_names, ort_feeds)
+            except Exception as exc:
+                raise ModelExecutionError(f"onnxruntime failed: {exc}") from exc
+            return {name: _from_ort(r) for name, r in zip(self.output_names, results, strict=True)}
+        finally:
+            self._free.put(index)
+
+    async def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_sync, feeds)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._sessions.clear()
