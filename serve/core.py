@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serve import __version__
+from serve.batching.result import BatchResult
 from serve.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -53,6 +54,13 @@ class RequestRecorder(Protocol):
     ) -> None: ...
 
 
+class TimingRecorder(Protocol):
+    """Told, for every request that ran, its queue wait and its batch's compute phases (the
+    BatchResult's timing fields); called just before ``on_request``."""
+
+    def on_timings(self, model: ModelVersion, result: BatchResult) -> None: ...
+
+
 def outcome_of(error: BaseException | None) -> str:
     """A short, bounded label for why a request ended."""
     if error is None:
@@ -80,12 +88,14 @@ class InferenceService:
         server_name: str = "serve",
         model_control_explicit: bool = False,
         recorders: list[RequestRecorder] | None = None,
+        timing_recorders: list[TimingRecorder] | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         self.repository = repository
         self.server_name = server_name
         self.model_control_explicit = model_control_explicit
         self.recorders: list[RequestRecorder] = recorders or []
+        self.timing_recorders: list[TimingRecorder] = timing_recorders or []
         self._clock = clock
         self.shutting_down = False
 
@@ -164,7 +174,7 @@ class InferenceService:
         wanted = requested_outputs(model, request)
         assert model.batcher is not None
         result = await model.batcher.submit(
-            feeds, priority=request.priority, timeout_us=request.timeout_us
+            feeds, priority=request.priority, timeout_us=request.timeout_us, client_gone=request.client_gone
         )
         outputs = [OutputTensor(name, datatype, result.outputs[name]) for name, datatype in wanted]
         model.stats.record_success(
@@ -174,6 +184,8 @@ class InferenceService:
             result.compute_infer_ns,
             result.compute_output_ns,
         )
+        for recorder in self.timing_recorders:
+            recorder.on_timings(model, result)
         return InferResponse(
             model_name=model.name, model_version=model.version_str, id=request.id, outputs=outputs
         )
@@ -231,11 +243,27 @@ def validate_inputs(model: ModelVersion, request: InferRequest) -> dict[str, np.
             )
         if batching and shape[0] == 0:
             raise InvalidInput(f"input '{tensor.name}' has an empty batch dimension")
+        if spec.datatype == "BYTES":
+            _check_utf8(tensor.name, tensor.data)
         feeds[tensor.name] = tensor.data
     missing = [name for name in declared if name not in feeds]
     if missing:
         raise InvalidInput(f"model '{model.name}' needs input(s) {missing} which the request does not have")
     return feeds
+
+
+def _check_utf8(name: str, data: np.ndarray) -> None:
+    # onnxruntime string tensors hold text. Checked here, per request, because the runtime would
+    # only find out once the request shares a batch with others, and then fail all of them.
+    for index, element in enumerate(data.reshape(-1)):
+        if isinstance(element, bytes):
+            try:
+                element.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"input '{name}': BYTES element {index} is not valid UTF-8 ({exc.reason}); "
+                    "onnxruntime string tensors hold text"
+                ) from None
 
 
 def requested_outputs(model: ModelVersion, request: InferRequest) -> list[tuple[str, str]]:
@@ -256,4 +284,6 @@ def requested_outputs(model: ModelVersion, request: InferRequest) -> list[tuple[
     return wanted
 
 
-__all__ = ["InferenceService", "RequestRecorder", "ServeError", "outcome_of", "validate_inputs"]
+__all__ = [
+    "InferenceService", "RequestRecorder", "ServeError", "TimingRecorder", "outcome_of", "validate_inputs",
+]

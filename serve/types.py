@@ -6,6 +6,7 @@ Tensors are numpy arrays from the moment a codec has decoded them; BYTES tensors
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,9 @@ class InferRequest:
     # None = every output of the model.
     outputs: list[RequestedOutput] | None = None
     parameters: Parameters = field(default_factory=dict)
+    # Transport probe: True once the caller has gone away; the batcher then drops the request
+    # before it runs. None where the transport cancels the caller's task instead (gRPC).
+    client_gone: Callable[[], bool] | None = None
 
     @property
     def priority(self) -> int:

@@ -27,6 +27,7 @@ from serve.errors import (
     InvalidInput,
     ModelExecutionError,
     QueueFull,
+    RequestCancelled,
     ServeError,
     ShuttingDown,
 )
@@ -85,7 +86,12 @@ class Batcher:
         self._scheduler.add_done_callback(self._scheduler_done)
 
     async def submit(
-        self, inputs: dict[str, np.ndarray], *, priority: int = 0, timeout_us: int = 0
+        self,
+        inputs: dict[str, np.ndarray],
+        *,
+        priority: int = 0,
+        timeout_us: int = 0,
+        client_gone: Callable[[], bool] | None = None,
     ) -> BatchResult:
         if self._closing:
             raise ShuttingDown(f"model {self._name!r} is shutting down")
@@ -111,6 +117,7 @@ class Batcher:
             enqueue_ns=now,
             deadline_ns=now + timeout * 1000 if timeout else 0,
             future=self._loop.create_future(),
+            client_gone=client_gone,
         )
         if timeout:
             request.timer = self._loop.call_later(timeout / 1e6, self._on_deadline, request)
@@ -272,7 +279,14 @@ class Batcher:
     async def _run_batch(self, batch: list[PendingRequest]) -> None:
         start = self._clock()
         # Callers that left between forming the batch and this task starting are dropped too.
-        live = [request for request in batch if not request.future.done()]
+        live = []
+        for request in batch:
+            if request.future.done():
+                continue
+            if request.client_gone is not None and request.client_gone():
+                request.future.set_exception(RequestCancelled("the client went away before the request ran"))
+                continue
+            live.append(request)
         if not live:
             return
         batching = self._policy.max_batch_size > 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,9 @@ class PendingRequest:
     future: asyncio.Future[Any]
     queued: bool = True
     timer: asyncio.TimerHandle | None = None
+    # Asked just before the request runs: True when its caller has gone (an HTTP client that
+    # disconnected), so it is dropped without running. Cheaper than a watcher task per request.
+    client_gone: Callable[[], bool] | None = None
 
     @property
     def live(self) -> bool:

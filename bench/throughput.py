@@ -1,0 +1,238 @@
+"""Throughput and latency of the server under concurrency, as ratios to raw onnxruntime.
+
+Generates its models deterministically (a small 32-256-256-8 MLP and a compute-heavy
+512-2048-2048-512 MLP, plus the heavy one with batching disabled), starts the server, and
+drives it with h2load (Debian package nghttp2-client): HTTP/1.1 binary tensors with --h1,
+and gRPC by posting a pre-encoded ModelInferRequest with gRPC framing over HTTP/2. A Python
+client tops out at a few thousand requests/s, so it would measure itself, not the server.
+
+For every point it prints requests/s, rows/s, p50/p99 latency (from h2load's per-request
+log), the average batch size from the server's /stats, server and client CPU use, and the
+ratio of rows/s to raw onnxruntime in-process at its best batch size, measured in this run.
+
+    python -m bench.throughput [--duration 5] [--models small,wide] [--protocols grpc,http]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+
+from bench._harness import HOST, grpc_request_bytes, http_binary_body, start_server
+from serve.modelgen import mlp, save
+
+MODELS = {"small": [32, 256, 256, 8], "wide": [512, 2048, 2048, 512]}
+MAX_BATCH = 64
+CONFIG = """name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch}
+{batching}
+instance_group [{{ count: {instances} kind: KIND_CPU }}]
+"""
+
+
+@dataclass
+class Point:
+    model: str
+    protocol: str
+    concurrency: int
+    rows: int
+    requests_per_s: float
+    rows_per_s: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
+    avg_batch: float
+    server_cpu: float
+    client_cpu: float
+
+
+def write_repository(root: Path, models: list[str], instances: int) -> None:
+    for key in models:
+        model = mlp(MODELS[key], seed=1)
+        for name, batching in ((key, "dynamic_batching { }"), (f"{key}_nobatch", "")):
+            save(model, root / name / "1" / "model.onnx")
+            (root / name / "config.pbtxt").write_text(
+                CONFIG.format(name=name, max_batch=MAX_BATCH, batching=batching, instances=instances)
+            )
+
+
+def raw_ceiling(path: Path, dims: list[int], seconds: float = 1.5) -> tuple[int, float]:
+    """Best rows/s of onnxruntime in-process over a few batch sizes (2 intra-op threads, no spinning)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = psutil.cpu_count() or 2
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    best = (1, 0.0)
+    for batch in (1, 4, 16, 32, 64):
+        x = np.random.default_rng(0).standard_normal((batch, dims[0])).astype(np.float32)
+        for _ in range(5):
+            session.run(None, {"input": x})
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            session.run(None, {"input": x})
+            n += 1
+        rate = n * batch / (time.perf_counter() - t0)
+        if rate > best[1]:
+            best = (batch, rate)
+    return best
+
+
+def stats(port: int, model: str) -> tuple[int, int]:
+    with urllib.request.urlopen(f"http://{HOST}:{port}/v2/models/{model}/stats") as r:
+        s = json.load(r)["model_stats"][0]
+    return int(s["inference_count"]), int(s["execution_count"])
+
+
+def h2load(url: str, body: Path, concurrency: int, duration: float, protocol: str, log: Path,
+           extra_headers: list[str]) -> tuple[int, int, list[float], float]:
+    if protocol == "http":
+        shape = ["-c", str(concurrency), "-m", "1", "--h1"]
+    else:
+        clients = min(concurrency, 4)
+        shape = ["-c", str(clients), "-m", str(max(1, concurrency // clients))]
+    args = ["h2load", *shape, "-t", "1", "-D", f"{duration:g}", "-d", str(body), "--log-file", str(log),
+            "--warm-up-time", "1"]
+    for header in extra_headers:
+        args += ["-H", header]
+    process = psutil.Popen([*args, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = process.communicate()
+    # cpu_times of a reaped child are gone; h2load's own user+sys comes from the children total.
+    text = out.decode()
+    succeeded = failed = 0
+    for line in text.splitlines():
+        if line.startswith("requests:"):
+            parts = line.replace(",", "").split()
+            succeeded = int(parts[parts.index("succeeded") - 1])
+            failed = int(parts[parts.index("failed") - 1]) + int(parts[parts.index("errored") - 1])
+    if not log.exists():
+        raise RuntimeError(f"h2load wrote no log:\n{text}")
+    latencies = []
+    for line in log.read_text().splitlines():
+        cols = line.split("\t")
+        if len(cols) >= 3 and cols[1] == "200":
+            latencies.append(int(cols[2]) / 1000.0)
+    return succeeded, failed, latencies, 0.0
+
+
+def run_point(server, model: str, dims: list[int], protocol: str, concurrency: int, rows: int,
+              duration: float, tmp: Path) -> Point:
+    x = np.random.default_rng(0).standard_normal((rows, dims[0])).astype(np.float32)
+    body_path = tmp / f"body-{protocol}-{rows}.bin"
+    if protocol == "http":
+        body, header_len = http_binary_body("input", x, "FP32")
+        body_path.write_bytes(body)
+        url = f"http://{HOST}:{server.http_port}/v2/models/{model}/infer"
+        headers = [f"Inference-Header-Content-Length: {header_len}", "Content-Type: application/octet-stream"]
+    else:
+        message = grpc_request_bytes(model, "input", x, "FP32")
+        body_path.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+        url = f"http://{HOST}:{server.grpc_port}/inference.GRPCInferenceService/ModelInfer"
+        headers = ["content-type: application/grpc", "te: trailers"]
+    server_proc = psutil.Process(server.process.pid)
+    before_stats = stats(server.http_port, model)
+    cpu_before = server_proc.cpu_times()
+    children_before = psutil.Process().cpu_times()
+    t0 = time.perf_counter()
+    log = tmp / "h2load.log"
+    ok, failed, latencies, _ = h2load(url, body_path, concurrency, duration, protocol, log, headers)
+    elapsed = time.perf_counter() - t0
+    cpu_after = server_proc.cpu_times()
+    children_after = psutil.Process().cpu_times()
+    after_stats = stats(server.http_port, model)
+    measured = duration  # h2load -D counts the measurement period only (after warm-up)
+    rows_done = after_stats[0] - before_stats[0]
+    executions = max(1, after_stats[1] - before_stats[1])
+    server_cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / elapsed
+    client_cpu = (children_after.children_user + children_after.children_system
+                  - children_before.children_user - children_before.children_system) / elapsed
+    lat = np.asarray(latencies) if latencies else np.asarray([float("nan")])
+    return Point(
+        model=model, protocol=protocol, concurrency=concurrency, rows=rows,
+        requests_per_s=ok / measured, rows_per_s=ok * rows / measured,
+        p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)),
+        failed=failed, avg_batch=rows_done / executions, server_cpu=server_cpu, client_cpu=client_cpu,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5, help="seconds measured per point")
+    parser.add_argument("--models", default="small,wide")
+    parser.add_argument("--protocols", default="grpc,http")
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--instances", type=int, default=1, help="instance_group count of the bench models")
+    parser.add_argument("--no-nobatch", action="store_true", help="skip the batching-disabled comparison")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra `serve run` argument")
+    parser.add_argument("--json", type=Path, help="also write the points as JSON here")
+    args = parser.parse_args()
+    if shutil.which("h2load") is None:
+        raise SystemExit("h2load not found: apt-get install nghttp2-client")
+    models = args.models.split(",")
+    protocols = args.protocols.split(",")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    points: list[Point] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        repo = tmp / "models"
+        write_repository(repo, models, args.instances)
+        ceilings = {m: raw_ceiling(repo / m / "1" / "model.onnx", MODELS[m]) for m in models}
+        for m, (batch, rate) in ceilings.items():
+            print(f"raw onnxruntime {m}: best {rate:,.0f} rows/s at batch {batch}", flush=True)
+        server = start_server(repo, *args.server_arg, log=tmp / "server.log")
+        try:
+            plan = []
+            for m in models:
+                for p in protocols:
+                    plan += [(m, p, c, 1) for c in levels] + [(m, p, 8, 16)]
+                if not args.no_nobatch and m == "wide":
+                    plan += [(f"{m}_nobatch", p, 64, 1) for p in protocols]
+            for model, protocol, concurrency, rows in plan:
+                dims = MODELS[model.removesuffix("_nobatch")]
+                point = run_point(server, model, dims, protocol, concurrency, rows, args.duration, tmp)
+                points.append(point)
+                print(format_point(point, ceilings[model.removesuffix("_nobatch")][1]), flush=True)
+        finally:
+            server.stop()
+    print()
+    print(table(points, {m: c[1] for m, c in ceilings.items()}))
+    if args.json:
+        args.json.write_text(json.dumps([p.__dict__ for p in points], indent=2))
+
+
+HEADER = (f"{'model':14s} {'proto':5s} {'conc':>4s} {'rows':>4s} {'req/s':>9s} {'rows/s':>9s} {'p50 ms':>7s} "
+          f"{'p99 ms':>7s} {'batch':>6s} {'srv cpu':>7s} {'cli cpu':>7s} {'vs raw':>7s} {'fail':>5s}")
+
+
+def format_point(p: Point, ceiling: float) -> str:
+    return (f"{p.model:14s} {p.protocol:5s} {p.concurrency:4d} {p.rows:4d} {p.requests_per_s:9,.0f} "
+            f"{p.rows_per_s:9,.0f} {p.p50_ms:7.3f} {p.p99_ms:7.3f} {p.avg_batch:6.1f} {p.server_cpu:7.2f} "
+            f"{p.client_cpu:7.2f} {p.rows_per_s / ceiling:7.1%} {p.failed:5d}")
+
+
+def table(points: list[Point], ceilings: dict[str, float]) -> str:
+    lines = [HEADER]
+    for p in points:
+        lines.append(format_point(p, ceilings[p.model.removesuffix("_nobatch")]))
+    nob = {p.protocol: p.rows_per_s for p in points if p.model.endswith("_nobatch")}
+    for p in points:
+        if p.model == "wide" and p.concurrency == 64 and p.rows == 1 and p.protocol in nob:
+            lines.append(f"wide {p.protocol} c64: batching on / off = {p.rows_per_s / nob[p.protocol]:.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    _ = statistics  # keep import for readers extending percentiles
+    main()
