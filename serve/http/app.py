@@ -6,10 +6,7 @@ ServeError becomes ``{"error": message}`` with the status the error class carrie
 
 from __future__ import annotations
 
-import asyncio
-import gzip
 import logging
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,13 +15,14 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from serve.codecs import http_codec
 from serve.core import InferenceService
 from serve.errors import InvalidInput, PayloadTooLarge, ServeError
+from serve.http.infer import InferEndpoint
 from serve.repository.config_json import message_to_json
 from serve.repository.model_config import parse_config_json
-from serve.types import TensorSpec
 
 JSON = "application/json"
 HEADER_LENGTH = "inference-header-content-length"
@@ -83,25 +81,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _compress(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
-    accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
-    if "gzip" in accepted:
-        return gzip.compress(body, compresslevel=1), "gzip"
-    if "deflate" in accepted:
-        return zlib.compress(body, 1), "deflate"
-    return body, None
-
-
-async def _until_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 def create_app(
     service: InferenceService, *, max_request_bytes: int, extra_routes: list[Route] | None = None
-) -> Starlette:
+) -> ASGIApp:
     """The Starlette app; ``service`` carries all state (no globals)."""
 
     async def live(request: Request) -> Response:
@@ -128,50 +110,8 @@ def create_app(
         stats = service.model_statistics(request.path_params.get("model", ""), _version(request))
         return _json({"model_stats": stats})
 
-    async def infer(request: Request) -> Response:
-        body = await read_body(request, max_request_bytes)
-        encoding = request.headers.get("content-encoding")
-        if encoding:
-            body = http_codec.decompress_body(body, encoding, max_size=max_request_bytes)
-        header_value = request.headers.get(HEADER_LENGTH)
-        header_length: int | None = None
-        if header_value is not None:
-            try:
-                header_length = int(header_value)
-            except ValueError:
-                raise InvalidInput(f"Inference-Header-Content-Length '{header_value}' is not an integer") from None
-        name, version = request.path_params["model"], _version(request)
-        model_inputs: list[TensorSpec] | None = None
-        if header_length == 0:
-            model = service.repository.get(name, version)
-            batch = (1,) if model.max_batch_size > 0 else ()
-            model_inputs = [TensorSpec(s.name, s.datatype, batch + s.dims) for s in model.inputs]
-        infer_request = http_codec.decode_infer_request(
-            body, header_length=header_length, model_name=name, model_version=version, model_inputs=model_inputs
-        )
-        # Run inference while watching for the client going away: a request whose caller
-        # disconnected is dropped before it runs (the batcher sees the cancellation).
-        work = asyncio.ensure_future(service.infer(infer_request, "http"))
-        watcher = asyncio.ensure_future(_until_disconnect(request))
-        try:
-            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-        if not work.done():
-            work.cancel()
-            return Response(status_code=499)
-        response = work.result()
-        payload, json_length = http_codec.encode_infer_response(response, infer_request)
-        headers: dict[str, str] = {}
-        accept = request.headers.get("accept-encoding")
-        if accept:
-            payload, applied = _compress(payload, accept)
-            if applied:
-                headers["Content-Encoding"] = applied
-        if json_length is None:
-            return Response(payload, media_type=JSON, headers=headers)
-        headers["Inference-Header-Content-Length"] = str(json_length)
-        return Response(payload, media_type="application/octet-stream", headers=headers)
+    async def infer_not_here(request: Request) -> Response:
+        return _json({"error": f"no inference route for {request.url.path}"}, 404)
 
     async def repository_index(request: Request) -> Response:
         ready_only = False
@@ -229,7 +169,9 @@ def create_app(
             Route(prefix + "/ready", _guard(model_ready), methods=["GET"]),
             Route(prefix + "/config", _guard(model_config), methods=["GET"]),
             Route(prefix + "/stats", _guard(model_stats), methods=["GET"]),
-            Route(prefix + "/infer", _guard(infer), methods=["POST"]),
+            # InferEndpoint answers every POST here before the router sees it; the route exists
+            # so that other methods on an inference path get 405, not 404.
+            Route(prefix + "/infer", _guard(infer_not_here), methods=["POST"]),
         ]
     for repo in ("/v2/repository", "/v2/repository/{repository}"):
         routes += [
@@ -245,4 +187,5 @@ def create_app(
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         return _json({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    router = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    return InferEndpoint(router, service, max_request_bytes=max_request_bytes)
