@@ -629,7 +629,7 @@ async def test_failing_execution_fails_only_its_own_batch(make_batcher: MakeBatc
     async def fail_second_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         nonlocal calls
         calls += 1
-        if calls == 2:
+        if 2 <= calls <= 4:  # the batch of two, then each of them alone
             raise RuntimeError("boom")
         return await model(inputs)
 
@@ -644,6 +644,28 @@ async def test_failing_execution_fails_only_its_own_batch(make_batcher: MakeBatc
         with pytest.raises(ModelExecutionError, match="RuntimeError: boom"):
             await within(task)
     assert (await within(batcher.submit({"x": rows(2)}))).batch_size == 2
+
+
+async def test_a_caller_whose_rows_break_the_model_fails_alone(make_batcher: MakeBatcher) -> None:
+    model = FakeModel(gated=True)
+
+    async def reject_negative(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if (inputs["x"] < 0).any():
+            raise RuntimeError("index out of range")
+        return await model(inputs)
+
+    batcher = make_batcher(reject_negative)
+    first = await busy(batcher, model)
+    poisoned = asyncio.ensure_future(batcher.submit({"x": -np.ones((1, 2), np.float32)}))
+    good = submit(batcher, 2, first=5)
+    await settle()
+
+    model.open()
+    await within(first)
+    with pytest.raises(ModelExecutionError, match="index out of range"):
+        await within(poisoned)
+    result = await within(good)
+    assert result.outputs["y"][:, 0].tolist() == [10, 12]  # its own rows, doubled
 
 
 async def test_serve_error_from_execute_reaches_callers_unchanged(make_batcher: MakeBatcher) -> None:

@@ -293,20 +293,29 @@ class Batcher:
         rows = sum(request.rows for request in live) if batching else 1
         input_ns = infer_ns = output_ns = 0
         mark = start
+        executing = False
         try:
             inputs = self._concatenate(live)
             now = self._clock()
             input_ns, mark = now - mark, now
+            executing = True
             outputs = await self._execute(inputs)
+            executing = False
             now = self._clock()
             infer_ns, mark = now - mark, now
             parts = self._split(outputs, live, rows) if batching else [outputs]
             output_ns = self._clock() - mark
         except Exception as exc:
+            self._observe(rows, len(live), input_ns, infer_ns, output_ns, exc)
+            if executing and batching and len(live) > 1:
+                # The model itself failed on a batch of several callers: run each alone, so that
+                # one caller's bad values (an index out of range, say) fail only that caller.
+                for request in live:
+                    await self._run_alone(request, start)
+                return
             for request in live:
                 if not request.future.done():
                     request.future.set_exception(self._as_serve_error(exc, rows))
-            self._observe(rows, len(live), input_ns, infer_ns, output_ns, exc)
             return
         for request, part in zip(live, parts, strict=True):
             if not request.future.done():
@@ -314,6 +323,23 @@ class Batcher:
                     BatchResult(part, start - request.enqueue_ns, input_ns, infer_ns, output_ns, rows)
                 )
         self._observe(rows, len(live), input_ns, infer_ns, output_ns, None)
+
+    async def _run_alone(self, request: PendingRequest, start: int) -> None:
+        if request.future.done():
+            return
+        mark = self._clock()
+        try:
+            outputs = await self._execute(request.inputs)
+            infer_ns = self._clock() - mark
+            (part,) = self._split(outputs, [request], request.rows)
+        except Exception as exc:
+            self._observe(request.rows, 1, 0, self._clock() - mark, 0, exc)
+            if not request.future.done():
+                request.future.set_exception(self._as_serve_error(exc, request.rows))
+            return
+        self._observe(request.rows, 1, 0, infer_ns, 0, None)
+        if not request.future.done():
+            request.future.set_result(BatchResult(part, start - request.enqueue_ns, 0, infer_ns, 0, request.rows))
 
     @staticmethod
     def _concatenate(live: list[PendingRequest]) -> dict[str, np.ndarray]:

@@ -38,6 +38,12 @@ def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int, name: str =
     """Decode exactly ``count`` elements that must fill ``buffer`` exactly."""
     view = memoryview(buffer)
     total = len(view)
+    # Every element takes at least its 4-byte length: check before allocating from a shape the
+    # client chose, or a tiny body claiming [1, 10**9] would make us allocate gigabytes.
+    if count > total // 4:
+        raise InvalidInput(
+            f"input '{name}': shape needs {count} BYTES elements but the data holds at most {total // 4}"
+        )
     out = np.empty(count, dtype=object)
     offset = 0
     unpack = _LEN.unpack_from

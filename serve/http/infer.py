@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import zlib
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -17,6 +18,8 @@ from serve.codecs import http_codec
 from serve.core import InferenceService
 from serve.errors import InvalidInput, PayloadTooLarge, RequestCancelled, ServeError
 from serve.types import InferRequest, InferResponse, TensorSpec
+
+log = logging.getLogger(__name__)
 
 _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
@@ -36,8 +39,25 @@ def parse_infer_path(path: str) -> tuple[str, str] | None:
     return None
 
 
+def _accepted_codings(accept_encoding: str) -> set[str]:
+    accepted = set()
+    for part in accept_encoding.split(","):
+        coding, _, params = part.partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > 0:
+            accepted.add(coding.strip().lower())
+    return accepted
+
+
 def compress(body: bytes, accept_encoding: str) -> tuple[bytes, bytes | None]:
-    accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
+    accepted = _accepted_codings(accept_encoding)
     if "gzip" in accepted:
         return gzip.compress(body, compresslevel=1), b"gzip"
     if "deflate" in accepted:
@@ -72,6 +92,10 @@ class InferEndpoint:
             status, extra, payload = exc.http_status, [(b"content-type", _JSON)], http_codec.encode_error(exc.message)
         except _Disconnected:
             return  # nobody to answer
+        except Exception as exc:  # a bug must still answer JSON, and the server goes on
+            log.exception("inference request for model %r failed unexpectedly", name)
+            status, extra = 500, [(b"content-type", _JSON)]
+            payload = http_codec.encode_error(f"internal error: {type(exc).__name__}: {exc}")
         extra.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
