@@ -22,13 +22,14 @@ ENV_PREFIX = "SERVE_"
 
 
 def _env_default(name: str, convert: Callable[[str], Any], default: Any) -> Any:
-    raw = os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+    env = ENV_PREFIX + name.upper().replace("-", "_")
+    raw = os.environ.get(env)
     if raw is None:
         return default
     try:
         return convert(raw)
     except ValueError:
-        raise SystemExit(f"serve: environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not valid") from None
+        raise SystemExit(f"serve: environment variable {env}={raw!r} is not valid") from None
 
 
 def _bool(raw: str) -> bool:
@@ -174,12 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(args)
     _setup_logging(settings.log_level)
     if args.command == "run":
+        from serve.errors import ServeError
         from serve.server import run_server
 
         try:
             _run_in_loop(run_server(settings, _repository_root(settings)))
         except OSError as exc:
             logging.getLogger("serve").error("%s", exc)
+            return 1
+        except ServeError as exc:  # e.g. --load-model naming a model the repository does not have
+            logging.getLogger("serve").error("cannot start: %s", exc.message)
             return 1
         return 0
     if args.command == "validate":

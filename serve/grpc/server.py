@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -46,10 +50,30 @@ def create_grpc_server(
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=POOL
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises this, with no reason, when the bind fails
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind gRPC to {address}")
+        raise OSError(errno.EADDRNOTAVAIL, f"cannot listen for gRPC on {address}: {_why_not(address)}")
     return server, health_servicer, port
+
+
+def bind_error_reason(exc: OSError) -> str:
+    """'address already in use' rather than '[Errno 98] Address already in use'."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+def _why_not(address: str) -> str:
+    # grpcio does not say why a bind failed; trying the same bind on a plain socket does.
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, int(port)), family=family):
+            return "the address could not be bound"
+    except (OSError, ValueError) as exc:
+        return bind_error_reason(exc) if isinstance(exc, OSError) else str(exc)
 
 
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,8 @@ from serve.grpc._proto import model_config_pb2 as mc
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 
 async def _call(context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
     try:
@@ -26,6 +29,15 @@ async def _call(context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[
     except ServeError as exc:
         await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
         raise  # unreachable: abort raises
+    except Exception as exc:
+        # A bug answers INTERNAL with what went wrong, not grpcio's bare UNKNOWN.
+        log.exception("gRPC call failed")
+        await context.abort(grpc.StatusCode.INTERNAL, _internal_message(exc))
+        raise  # unreachable: abort raises
+
+
+def _internal_message(exc: Exception) -> str:
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def _repository_parameters(params: Any) -> tuple[mc.ModelConfig | None, dict[str, bytes]]:
@@ -114,10 +126,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await answers.put(
                     pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))
                 )
-            except ServeError as exc:
+            except Exception as exc:
+                # Every request gets an answer, even when a bug raised something other than a ServeError.
+                if not isinstance(exc, ServeError):
+                    log.exception("stream request failed")
+                error = exc.message if isinstance(exc, ServeError) else _internal_message(exc)
                 await answers.put(
                     pb.ModelStreamInferResponse(
-                        error_message=exc.message,
+                        error_message=error,
                         infer_response=pb.ModelInferResponse(
                             model_name=message.model_name, model_version=message.model_version, id=message.id
                         ),
