@@ -7,14 +7,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from serve.core import InferenceService
-from serve.grpc.server import create_grpc_server, set_serving
+from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
+from serve.metrics.endpoint import create_metrics_app, metrics_route
+from serve.metrics.prometheus import PrometheusMetrics
 from serve.repository.repository import ModelRepository
 from serve.settings import ServerSettings
 
@@ -27,21 +31,61 @@ class _Uvicorn(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            # uvicorn logs why and calls sys.exit(), which would skip our shutdown; report it instead.
+            raise OSError("the HTTP server failed to start") from None
+
+
+def bind_http_socket(host: str, port: int) -> socket.socket:
+    """Bind the HTTP listening socket ourselves, so that a taken port is an OSError naming it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=4096)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen for HTTP on {host}:{port}: {bind_error_reason(exc)}") from None
+
+
+def _grpc_address(host: str, port: int) -> str:
+    # gRPC wants IPv6 literals in brackets ("[::]:8001"); uvicorn takes the bare address.
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
 
 class Server:
     def __init__(self, settings: ServerSettings, repository_root: Path) -> None:
         self.settings = settings
-        self.repository = ModelRepository(repository_root, settings)
+        # One registry per server, never prometheus_client's global one: tests and embedders get their own.
+        self.registry = CollectorRegistry()
+        self.metrics = PrometheusMetrics(
+            self.registry,
+            latency_buckets_s=settings.latency_buckets_s,
+            triton_compat=settings.metrics_triton_compat,
+        )
+        self.repository = ModelRepository(
+            repository_root,
+            settings,
+            observer_factory=self.metrics.observer_for,
+            on_state_change=self.metrics.on_state_change,
+        )
         self.service = InferenceService(
             self.repository,
             server_name=settings.server_name,
             model_control_explicit=settings.model_control_mode == "explicit",
+            recorders=[self.metrics],
+            timing_recorders=[self.metrics],
         )
         self._stop = asyncio.Event()
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc = None
         self._health = None
+        self._http_socket: socket.socket | None = None
+        self._metrics_http: _Uvicorn | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
+        self._metrics_socket: socket.socket | None = None
+        self.metrics_port = settings.metrics_port
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
 
@@ -51,9 +95,13 @@ class Server:
             await self.repository.load_all(s.load_models)
         else:
             await self.repository.load_all()
-        app = create_app(self.service, max_request_bytes=s.max_request_bytes)
+        app = create_app(
+            self.service, max_request_bytes=s.max_request_bytes, extra_routes=[metrics_route(self.metrics)]
+        )
+        self._http_socket = bind_http_socket(s.host, s.http_port)
+        self.http_port = self._http_socket.getsockname()[1]
         self._grpc, self._health, self.grpc_port = create_grpc_server(
-            self.service, address=f"{s.host}:{s.grpc_port}", max_message_bytes=s.max_request_bytes
+            self.service, address=_grpc_address(s.host, s.grpc_port), max_message_bytes=s.max_request_bytes
         )
         await self._grpc.start()
         config = uvicorn.Config(
@@ -64,24 +112,48 @@ class Server:
             http="httptools",
             lifespan="off",
             access_log=False,
+            # No proxy-header rewriting or Server header: nothing here reads them, and the hot
+            # path pays for both on every request.
+            proxy_headers=False,
+            server_header=False,
             log_config=None,
             timeout_graceful_shutdown=max(1, int(s.shutdown_grace_s)),
             backlog=4096,
         )
         self._http = _Uvicorn(config)
-        self._http_task = asyncio.ensure_future(self._http.serve())
+        self._http_task = asyncio.ensure_future(self._http.serve(sockets=[self._http_socket]))
         while not self._http.started:
             if self._http_task.done():
-                # uvicorn logs the bind error and exits its serve() with SystemExit.
+                # uvicorn logged why; _Uvicorn.startup turned its sys.exit() into an OSError.
                 with contextlib.suppress(BaseException):
                     self._http_task.result()
-                raise OSError(f"HTTP server could not listen on {s.host}:{s.http_port}")
+                raise OSError(f"HTTP server could not start on {s.host}:{s.http_port}")
             await asyncio.sleep(0.01)
+        if s.metrics_port is not None:
+            await self._start_metrics_http(s.metrics_port)
         await set_serving(self._health, True)
         log.info(
             "serving %d model version(s): HTTP on %s:%d, gRPC on %s:%d",
-            len(self.repository.loaded()), s.host, s.http_port, s.host, self.grpc_port,
+            len(self.repository.loaded()), s.host, self.http_port, s.host, self.grpc_port,
         )
+
+    async def _start_metrics_http(self, port: int) -> None:
+        """--metrics-port: a second, tiny uvicorn server in the same loop that serves only /metrics."""
+        s = self.settings
+        self._metrics_socket = bind_http_socket(s.host, port)
+        self.metrics_port = self._metrics_socket.getsockname()[1]
+        config = uvicorn.Config(
+            create_metrics_app(self.metrics), host=s.host, port=self.metrics_port, loop="none",
+            lifespan="off", access_log=False, server_header=False, log_config=None,
+        )
+        self._metrics_http = _Uvicorn(config)
+        self._metrics_task = asyncio.ensure_future(self._metrics_http.serve(sockets=[self._metrics_socket]))
+        while not self._metrics_http.started:
+            if self._metrics_task.done():
+                self._metrics_task.result()  # raises why it could not start
+                raise OSError(f"metrics server could not start on {s.host}:{port}")
+            await asyncio.sleep(0.01)
+        log.info("metrics on %s:%d/metrics", s.host, self.metrics_port)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -101,13 +173,21 @@ class Server:
             await set_serving(self._health, False)
         if self._http is not None:
             self._http.should_exit = True
+        if self._metrics_http is not None:
+            self._metrics_http.should_exit = True
         stops = []
         if self._grpc is not None:
             stops.append(self._grpc.stop(grace))
         if self._http_task is not None:
             stops.append(self._http_task)
+        if self._metrics_task is not None:
+            stops.append(self._metrics_task)
         if stops:
             await asyncio.gather(*stops, return_exceptions=True)
+        if self._http_socket is not None:
+            self._http_socket.close()  # uvicorn closes its servers, not a socket it was handed
+        if self._metrics_socket is not None:
+            self._metrics_socket.close()
         await self.repository.close()
         log.info("stopped")
 

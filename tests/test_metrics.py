@@ -1,0 +1,367 @@
+"""Prometheus metrics: units on a fresh registry, then a real server fed a known sequence of requests."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import RunningServer, free_port, start_server
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from serve.batching.result import BatchResult
+from serve.demo import TABULAR_CONFIG, tabular_model
+from serve.metrics.prometheus import PrometheusMetrics, batch_size_buckets
+from serve.metrics.triton_compat import HostCpuCollector
+from serve.modelgen import to_bytes
+from serve.repository.repository import READY, UNAVAILABLE, ModelVersion
+from serve.settings import ServerSettings
+from serve.types import InferRequest
+
+LATENCY_BUCKETS = ServerSettings().latency_buckets_s
+Key = tuple[str, frozenset[tuple[str, str]]]
+
+
+def parse(text: str) -> dict[Key, float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict[Key, float], name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def series(samples: dict[Key, float], name: str) -> list[dict[str, str]]:
+    return [dict(labels) for (n, labels) in samples if n == name]
+
+
+# ---- units: one fresh registry per test -------------------------------------------------------
+
+
+def _ready_model(name: str = "m", version: int = 1, load_seconds: float = 0.25) -> ModelVersion:
+    return ModelVersion(name, version, state=READY, load_seconds=load_seconds)
+
+
+def test_each_metrics_object_owns_its_registry() -> None:
+    first, second = CollectorRegistry(), CollectorRegistry()
+    PrometheusMetrics(first, process_metrics=False).on_request(
+        _ready_model(), InferRequest("m"), "http", "success", 0.01, None
+    )
+    PrometheusMetrics(second, process_metrics=False)  # same names again: no clash, nothing shared
+    labels = {"model": "m", "version": "1", "protocol": "http", "outcome": "success"}
+    assert first.get_sample_value("serve_requests_total", labels) == 1
+    assert second.get_sample_value("serve_requests_total", labels) is None
+
+
+def test_hooks_update_counters_histograms_and_gauges() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, latency_buckets_s=(0.001, 0.1), max_batch_size_bucket=8)
+    model = _ready_model()
+    observer = metrics.observer_for(model)
+    metrics.on_state_change(model)
+    observer.on_execution(3, 2, 1_000_000, 2_000_000, 3_000_000, None)
+    observer.on_execution(5, 1, 0, 1, 0, RuntimeError("failed batches are not counted"))
+    metrics.on_timings(model, BatchResult({}, 50_000_000, 1_000_000, 2_000_000, 3_000_000, 3))
+    metrics.on_request(model, InferRequest("m"), "grpc", "success", 0.0005, None)
+    m = {"model": "m", "version": "1"}
+    get = registry.get_sample_value
+    assert get("serve_executions_total", m) == 1
+    assert get("serve_inference_rows_total", m) == 3
+    assert get("serve_batch_size_bucket", {**m, "le": "2.0"}) == 0
+    assert get("serve_batch_size_bucket", {**m, "le": "4.0"}) == 1
+    assert get("serve_compute_duration_seconds_sum", m) == pytest.approx(0.006)
+    assert get("serve_queue_duration_seconds_bucket", {**m, "le": "0.1"}) == 1
+    assert get("serve_queue_duration_seconds_bucket", {**m, "le": "0.001"}) == 0
+    request = {**m, "protocol": "grpc", "outcome": "success"}
+    assert get("serve_request_duration_seconds_bucket", {**request, "le": "0.001"}) == 1
+    assert get("serve_model_ready", m) == 1
+    assert get("serve_model_load_duration_seconds", m) == 0.25
+    assert get("process_cpu_seconds_total") is not None
+
+
+def test_unload_sets_ready_to_zero_and_clears_live_gauges() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, process_metrics=False)
+    model = _ready_model()
+    metrics.observer_for(model)
+    metrics.on_state_change(model)
+    model.state = UNAVAILABLE
+    metrics.on_state_change(model)
+    metrics.refresh()
+    m = {"model": "m", "version": "1"}
+    assert registry.get_sample_value("serve_model_ready", m) == 0
+    assert registry.get_sample_value("serve_queue_depth", m) == 0
+
+
+def test_requests_for_unknown_models_share_one_empty_label_set() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, process_metrics=False, triton_compat=True)
+    for name in ("a", "b", "c"):
+        metrics.on_request(None, InferRequest(name), "http", "unavailable", 0.001, None)
+    samples = parse(metrics.exposition()[0].decode())
+    unknown = {"model": "", "version": "", "protocol": "http", "outcome": "unavailable"}
+    assert value(samples, "serve_requests_total", **unknown) == 3
+    assert {labels["model"] for labels in series(samples, "serve_requests_total")} == {""}
+    assert series(samples, "nv_inference_request_success") == []  # Triton counts per model only
+
+
+def test_triton_names_are_bare_and_failures_map_to_triton_reasons() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, process_metrics=False, triton_compat=True)
+    model = _ready_model()
+    metrics.on_state_change(model)
+    for outcome in ("rejected", "timeout", "cancelled", "model_error", "invalid_input", "error"):
+        metrics.on_request(model, InferRequest("m"), "http", outcome, 0.001, None)
+    text = metrics.exposition()[0].decode()
+    samples = parse(text)
+    failures = {
+        labels["reason"]: samples[("nv_inference_request_failure", frozenset(labels.items()))]
+        for labels in series(samples, "nv_inference_request_failure")
+    }
+    assert failures == {"REJECTED": 2, "CANCELED": 1, "BACKEND": 1, "OTHER": 2}
+    assert "nv_inference_request_failure_total" not in text
+    assert "nv_inference_request_failure_created" not in text
+
+
+def test_batch_size_buckets_double_up_to_the_maximum() -> None:
+    assert batch_size_buckets(8) == (1, 2, 4, 8)
+    assert batch_size_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+
+
+def test_host_cpu_utilization_is_the_busy_share_between_scrapes(tmp_path: Path) -> None:
+    (tmp_path / "meminfo").write_text("MemTotal: 1000 kB\nMemFree: 10 kB\nMemAvailable: 250 kB\n")
+    (tmp_path / "stat").write_text("cpu  100 0 100 800 0 0 0 0 0 0\n")
+    collector = HostCpuCollector(tmp_path)
+    list(collector.collect())
+    (tmp_path / "stat").write_text("cpu  175 0 100 825 0 0 0 0 0 0\n")  # 75 busy of 100 jiffies
+    got = {s.name: s.value for family in collector.collect() for s in family.samples}
+    assert got == {
+        "nv_cpu_utilization": 0.75,
+        "nv_cpu_memory_total_bytes": 1000 * 1024,
+        "nv_cpu_memory_used_bytes": 750 * 1024,
+    }
+
+
+# ---- a real server fed a known sequence --------------------------------------------------------
+
+# A request to "held" waits in the queue for a preferred batch of 4 rows that never comes (a minute
+# of max_queue_delay), so it sits there until its own timeout: the queue is full (max_queue_size 1)
+# for exactly as long as we need, without depending on how fast the model runs.
+HELD_CONFIG = TABULAR_CONFIG.replace('name: "tabular"', 'name: "held"').replace(
+    "max_queue_delay_microseconds: 0",
+    "preferred_batch_size: [ 4 ]\n  max_queue_delay_microseconds: 60000000\n"
+    "  default_queue_policy { max_queue_size: 1 }",
+)
+HELD_TIMEOUT_US = 1_500_000
+HTTP_ROWS = (1, 2, 3)
+GRPC_ROWS = (4, 1)
+
+
+def _write_repository(root: Path) -> Path:
+    onnx_bytes = to_bytes(tabular_model())
+    for name, config in (("tabular", TABULAR_CONFIG), ("held", HELD_CONFIG)):
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(config)
+        (root / name / "1" / "model.onnx").write_bytes(onnx_bytes)
+    return root
+
+
+def _features(rows: int) -> np.ndarray:
+    return np.arange(rows * 8, dtype=np.float32).reshape(rows, 8)
+
+
+def _post(server: RunningServer, model: str, body: dict[str, Any]) -> int:
+    url = f"{server.base}/v2/models/{model}/infer"
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _infer_body(rows: int, **extra: Any) -> dict[str, Any]:
+    data = _features(rows)
+    tensor = {"name": "features", "datatype": "FP32", "shape": [rows, 8], "data": data.ravel().tolist()}
+    return {"inputs": [tensor], **extra}
+
+
+def _scrape(url: str) -> dict[Key, float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return parse(response.read().decode())
+
+
+@dataclass
+class Scenario:
+    statuses: dict[str, int]
+    during_hold: dict[Key, float]
+    final: dict[Key, float]
+    metrics_port_final: dict[Key, float]
+
+
+def _run_sequence(server: RunningServer, metrics_url: str) -> Scenario:
+    statuses: dict[str, int] = {}
+    for rows in HTTP_ROWS:
+        assert _post(server, "tabular", _infer_body(rows)) == 200
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        for rows in GRPC_ROWS:
+            tensor = grpcclient.InferInput("features", [rows, 8], "FP32")
+            tensor.set_data_from_numpy(_features(rows))
+            client.infer("tabular", [tensor])
+    # Well-formed on the wire, wrong for the model: the core rejects it, so it is counted.
+    wrong_shape = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 7], "data": [0.0] * 7}]}
+    statuses["invalid_input"] = _post(server, "tabular", wrong_shape)
+    statuses["unknown_output"] = _post(server, "tabular", _infer_body(1, outputs=[{"name": "nope"}]))
+    statuses["unknown_model"] = _post(server, "no_such_model", _infer_body(1))
+
+    timeout = {"parameters": {"timeout": HELD_TIMEOUT_US}}
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(_post, server, "held", _infer_body(1, **timeout))
+        deadline = time.monotonic() + 10
+        while True:
+            during_hold = _scrape(f"{server.base}/metrics")
+            if value(during_hold, "serve_queue_depth", model="held", version="1") == 1:
+                break
+            assert time.monotonic() < deadline and not held.done(), "the held request never queued"
+            time.sleep(0.02)
+        statuses["rejected"] = _post(server, "held", _infer_body(1, **timeout))
+        statuses["timeout"] = held.result(timeout=30)
+    return Scenario(
+        statuses, during_hold, _scrape(f"{server.base}/metrics"), _scrape(f"{metrics_url}/metrics")
+    )
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    tmp = tmp_path_factory.mktemp("metrics")
+    metrics_port = free_port()
+    server = start_server(
+        _write_repository(tmp / "repo"), tmp, "--metrics-triton-compat", "--metrics-port", str(metrics_port)
+    )
+    try:
+        yield _run_sequence(server, f"http://127.0.0.1:{metrics_port}")
+    finally:
+        server.stop()
+
+
+TAB = {"model": "tabular", "version": "1"}
+HELD = {"model": "held", "version": "1"}
+
+
+def test_the_sequence_got_the_expected_statuses(scenario: Scenario) -> None:
+    assert scenario.statuses == {
+        "invalid_input": 400, "unknown_output": 400, "unknown_model": 404, "rejected": 429, "timeout": 504,
+    }
+
+
+def test_requests_are_counted_by_protocol_and_outcome(scenario: Scenario) -> None:
+    got = {
+        (labels["model"], labels["protocol"], labels["outcome"]): scenario.final[
+            ("serve_requests_total", frozenset(labels.items()))
+        ]
+        for labels in series(scenario.final, "serve_requests_total")
+    }
+    assert got == {
+        ("tabular", "http", "success"): len(HTTP_ROWS),
+        ("tabular", "grpc", "success"): len(GRPC_ROWS),
+        ("tabular", "http", "invalid_input"): 2,
+        ("", "http", "unavailable"): 1,
+        ("held", "http", "rejected"): 1,
+        ("held", "http", "timeout"): 1,
+    }
+
+
+def test_rows_executions_and_batch_sizes_match_the_requests(scenario: Scenario) -> None:
+    f = scenario.final
+    rows = HTTP_ROWS + GRPC_ROWS
+    assert value(f, "serve_inference_rows_total", **TAB) == sum(rows)
+    assert value(f, "serve_executions_total", **TAB) == len(rows)
+    assert value(f, "serve_executions_total", **HELD) == 0
+    assert value(f, "serve_batch_size_sum", **TAB) == sum(rows)
+    for le in batch_size_buckets(1024):
+        assert value(f, "serve_batch_size_bucket", **TAB, le=str(float(le))) == sum(r <= le for r in rows)
+    assert value(f, "serve_batch_size_bucket", **TAB, le="+Inf") == len(rows)
+
+
+def test_latency_histograms_count_what_ran(scenario: Scenario) -> None:
+    f = scenario.final
+    ran = len(HTTP_ROWS) + len(GRPC_ROWS)
+    assert value(f, "serve_queue_duration_seconds_count", **TAB) == ran
+    assert value(f, "serve_compute_duration_seconds_count", **TAB) == ran
+    assert value(f, "serve_queue_duration_seconds_count", **HELD) == 0
+    http_ok = {**TAB, "protocol": "http", "outcome": "success"}
+    assert value(f, "serve_request_duration_seconds_count", **http_ok) == len(HTTP_ROWS)
+    timed_out = {**HELD, "protocol": "http", "outcome": "timeout"}
+    assert value(f, "serve_request_duration_seconds_sum", **timed_out) >= HELD_TIMEOUT_US / 1e6
+
+
+@pytest.mark.parametrize(
+    "name",
+    [f"serve_{kind}_duration_seconds_bucket" for kind in ("request", "queue", "compute")],
+)
+def test_latency_histograms_have_the_configured_buckets(scenario: Scenario, name: str) -> None:
+    les = {float(labels["le"]) for labels in series(scenario.final, name) if labels["model"] == "tabular"}
+    assert les == {*LATENCY_BUCKETS, math.inf}
+
+
+def test_queue_depth_shows_the_waiting_request_and_drops_after(scenario: Scenario) -> None:
+    assert value(scenario.during_hold, "serve_queue_depth", **HELD) == 1
+    assert value(scenario.during_hold, "serve_batches_in_flight", **HELD) == 0
+    assert value(scenario.during_hold, "nv_inference_pending_request_count", **HELD) == 1
+    assert value(scenario.final, "serve_queue_depth", **HELD) == 0
+
+
+def test_model_state_and_load_time_are_exported(scenario: Scenario) -> None:
+    for model in (TAB, HELD):
+        assert value(scenario.final, "serve_model_ready", **model) == 1
+        assert value(scenario.final, "serve_model_load_duration_seconds", **model) > 0
+
+
+def test_process_metrics_are_exported(scenario: Scenario) -> None:
+    assert value(scenario.final, "process_cpu_seconds_total") > 0
+    assert series(scenario.final, "python_info")
+
+
+def test_triton_compat_counts_match_triton_semantics(scenario: Scenario) -> None:
+    f = scenario.final
+    rows = HTTP_ROWS + GRPC_ROWS
+    assert value(f, "nv_inference_request_success", **TAB) == len(rows)
+    assert value(f, "nv_inference_count", **TAB) == sum(rows)
+    assert value(f, "nv_inference_exec_count", **TAB) == len(rows)
+    assert value(f, "nv_inference_request_failure", **TAB, reason="OTHER") == 2
+    assert value(f, "nv_inference_request_failure", **HELD, reason="REJECTED") == 2
+    assert value(f, "nv_inference_request_failure", **TAB, reason="BACKEND") == 0
+    assert value(f, "nv_inference_pending_request_count", **HELD) == 0
+    for name in ("request", "queue", "compute_input", "compute_infer", "compute_output"):
+        assert value(f, f"nv_inference_{name}_duration_us", **HELD) == 0
+    assert value(f, "nv_inference_compute_infer_duration_us", **TAB) > 0
+    assert value(f, "nv_model_load_duration_secs", **TAB) > 0
+    assert 0 <= value(f, "nv_cpu_utilization") <= 1
+
+
+def test_metrics_port_serves_the_same_metrics(scenario: Scenario) -> None:
+    def ours(samples: dict[Key, float]) -> dict[Key, float]:
+        return {k: v for k, v in samples.items() if k[0].startswith(("serve_", "nv_inference_", "nv_model_"))}
+
+    assert ours(scenario.metrics_port_final) == ours(scenario.final)
+    assert len(ours(scenario.final)) > 100
+
+
+def test_triton_names_appear_only_with_the_flag(demo_server: RunningServer) -> None:
+    samples = _scrape(f"{demo_server.base}/metrics")
+    assert value(samples, "serve_model_ready", model="tabular", version="1") == 1
+    assert not [name for name, _ in samples if name.startswith("nv_")]
