@@ -33,9 +33,9 @@ PROTO_DIR = ROOT / "protos"
 DEFAULT_OUT = ROOT / "serve" / "grpc" / "_proto"
 PACKAGE = "serve.grpc._proto"
 
-PROTOS = ("model_config.proto", "grpc_service.proto")
-# Only grpc_service.proto declares a service; model_config_pb2_grpc.py would be empty.
-SERVICE_PROTOS = ("grpc_service.proto",)
+PROTOS = ("model_config.proto", "grpc_service.proto", "serve_monitoring.proto")
+# model_config.proto declares no service; model_config_pb2_grpc.py would be empty.
+SERVICE_PROTOS = ("grpc_service.proto", "serve_monitoring.proto")
 
 GENERATED = (
     "model_config_pb2.py",
@@ -43,6 +43,9 @@ GENERATED = (
     "grpc_service_pb2.py",
     "grpc_service_pb2.pyi",
     "grpc_service_pb2_grpc.py",
+    "serve_monitoring_pb2.py",
+    "serve_monitoring_pb2.pyi",
+    "serve_monitoring_pb2_grpc.py",
 )
 
 _NOTE = "# Post-processed by protos/generate.py: private descriptor pool, package-relative imports.\n"
