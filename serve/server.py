@@ -21,6 +21,8 @@ from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.prometheus import PrometheusMetrics
 from serve.repository.repository import ModelRepository
 from serve.settings import ServerSettings
+from serve.stats.http import input_stats_routes
+from serve.stats.wiring import StatsFactory, recorder_lookup
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,13 @@ class Server:
             latency_buckets_s=settings.latency_buckets_s,
             triton_compat=settings.metrics_triton_compat,
         )
+        self.stats = StatsFactory(settings) if settings.stats_enabled else None
         self.repository = ModelRepository(
             repository_root,
             settings,
             observer_factory=self.metrics.observer_for,
             on_state_change=self.metrics.on_state_change,
+            sink_factory=self.stats,
         )
         self.service = InferenceService(
             self.repository,
@@ -95,13 +99,18 @@ class Server:
             await self.repository.load_all(s.load_models)
         else:
             await self.repository.load_all()
-        app = create_app(
-            self.service, max_request_bytes=s.max_request_bytes, extra_routes=[metrics_route(self.metrics)]
-        )
+        stats_lookup = recorder_lookup(self.repository) if self.stats is not None else None
+        extra_routes = [metrics_route(self.metrics)]
+        if stats_lookup is not None:
+            extra_routes += input_stats_routes(stats_lookup)
+        app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
         self._http_socket = bind_http_socket(s.host, s.http_port)
         self.http_port = self._http_socket.getsockname()[1]
         self._grpc, self._health, self.grpc_port = create_grpc_server(
-            self.service, address=_grpc_address(s.host, s.grpc_port), max_message_bytes=s.max_request_bytes
+            self.service,
+            address=_grpc_address(s.host, s.grpc_port),
+            max_message_bytes=s.max_request_bytes,
+            stats_lookup=stats_lookup,
         )
         await self._grpc.start()
         config = uvicorn.Config(

@@ -39,3 +39,11 @@ class ServerSettings:
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     )
     server_name: str = "serve"
+    # Input/output statistics (GET .../input-stats): on by default; windows and horizon in seconds.
+    stats_enabled: bool = True
+    stats_window_s: float = 60.0
+    stats_horizon_s: float = 3600.0
+    # Share of rows recorded (Bernoulli sampling); statistics then describe an unbiased sample.
+    stats_sample_rate: float = 1.0
+    # Batches waiting for the statistics worker; beyond it they are dropped and counted, never waited for.
+    stats_queue_size: int = 64

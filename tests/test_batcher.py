@@ -131,10 +131,13 @@ async def make_batcher() -> AsyncIterator[MakeBatcher]:
         *,
         clock: Callable[[], int] = time.monotonic_ns,
         observer: Any = None,
+        on_batch: Any = None,
         **policy: Any,
     ) -> Batcher:
         policy.setdefault("max_batch_size", 8)
-        batcher = Batcher(execute, BatchingPolicy(**policy), name="m", observer=observer, clock=clock)
+        batcher = Batcher(
+            execute, BatchingPolicy(**policy), name="m", observer=observer, clock=clock, on_batch=on_batch
+        )
         batcher.start()
         made.append(batcher)
         return batcher
@@ -739,6 +742,32 @@ async def test_observer_sees_each_execution_once_with_its_error(make_batcher: Ma
     await within(batcher.submit({"x": rows(3)}))
 
     assert observer.calls == [(1, 1, failure), (3, 1, None)]
+
+
+async def test_batch_sink_sees_each_executed_batch_once(make_batcher: MakeBatcher) -> None:
+    model = FakeModel(gated=True)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    batcher = make_batcher(model, on_batch=lambda inputs, outputs: seen.append((inputs["x"], outputs["y"])))
+    first = await busy(batcher, model)
+    together = [submit(batcher, 2, first=0), submit(batcher, 1, first=10)]
+    await settle()
+
+    model.open()
+    await within(asyncio.gather(first, *together))
+
+    assert [len(x) for x, _ in seen] == [1, 3]
+    np.testing.assert_array_equal(seen[1][1], seen[1][0] * 2)
+
+
+async def test_failing_batch_sink_never_fails_callers(make_batcher: MakeBatcher) -> None:
+    def broken(inputs: Any, outputs: Any) -> None:
+        raise RuntimeError("statistics bug")
+
+    batcher = make_batcher(FakeModel(), on_batch=broken)
+
+    result = await within(batcher.submit({"x": rows(2)}))
+
+    assert result.batch_size == 2
 
 
 async def test_result_carries_the_timings_of_its_batch(make_batcher: MakeBatcher) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from serve.batching.policy import BatchingPolicy
 from serve.batching.queue import PendingRequest, RequestQueue, select_batch
-from serve.batching.result import BatchObserver, BatchResult, Execute
+from serve.batching.result import BatchObserver, BatchResult, BatchSink, Execute
 from serve.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -49,11 +49,15 @@ class Batcher:
         name: str = "",
         observer: BatchObserver | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
+        on_batch: BatchSink | None = None,
     ) -> None:
         self._execute = execute
         self._policy = policy
         self._name = name
         self._observer = observer
+        # Told each executed batch's inputs and outputs after its callers are answered
+        # (input statistics); it must not block and must not modify the arrays.
+        self._on_batch = on_batch
         self._clock = clock
         self._queue = RequestQueue(policy.level_count)
         self._hold_ns = policy.max_queue_delay_us * 1000 if policy.holds_for_preferred_sizes else 0
@@ -323,6 +327,15 @@ class Batcher:
                     BatchResult(part, start - request.enqueue_ns, input_ns, infer_ns, output_ns, rows)
                 )
         self._observe(rows, len(live), input_ns, infer_ns, output_ns, None)
+        self._sink(inputs, outputs)
+
+    def _sink(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        if self._on_batch is None:
+            return
+        try:
+            self._on_batch(inputs, outputs)
+        except Exception:  # statistics must never fail inference
+            logger.exception("batch sink of model %r failed", self._name)
 
     async def _run_alone(self, request: PendingRequest, start: int) -> None:
         if request.future.done():
@@ -338,6 +351,7 @@ class Batcher:
                 request.future.set_exception(self._as_serve_error(exc, request.rows))
             return
         self._observe(request.rows, 1, 0, infer_ns, 0, None)
+        self._sink(request.inputs, outputs)
         if not request.future.done():
             request.future.set_result(BatchResult(part, start - request.enqueue_ns, 0, infer_ns, 0, request.rows))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,3 +32,7 @@ class BatchObserver(Protocol):
         compute_output_ns: int,
         error: BaseException | None,
     ) -> None: ...
+
+
+# Receives each executed batch's inputs and outputs (input statistics); never blocks.
+BatchSink = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None]

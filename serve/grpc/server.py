@@ -14,7 +14,10 @@ from serve.core import InferenceService
 from serve.grpc._proto import grpc_service_pb2 as pb
 from serve.grpc._proto import grpc_service_pb2_grpc as pb_grpc
 from serve.grpc._proto._pool import POOL
+from serve.grpc.monitoring import SERVICE_NAME as MONITORING_SERVICE_NAME
+from serve.grpc.monitoring import add_monitoring_servicer
 from serve.grpc.service import InferenceServicer
+from serve.stats.http import Lookup as StatsLookup
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -29,7 +32,11 @@ def _add_to_pool(module: object) -> None:
 
 
 def create_grpc_server(
-    service: InferenceService, *, address: str, max_message_bytes: int
+    service: InferenceService,
+    *,
+    address: str,
+    max_message_bytes: int,
+    stats_lookup: StatsLookup | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """Build and bind the server; returns it, its health servicer and the bound port."""
     server = grpc.aio.server(
@@ -46,10 +53,12 @@ def create_grpc_server(
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if stats_lookup is not None:
+        add_monitoring_servicer(server, stats_lookup)
+        services.append(MONITORING_SERVICE_NAME)
     _add_to_pool(health_pb2)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=POOL
-    )
+    reflection.enable_server_reflection(services, server, pool=POOL)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError:  # grpcio raises this, with no reason, when the bind fails

@@ -15,9 +15,10 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -55,6 +56,7 @@ class ModelVersion:
     runner: OnnxRunner | None = None
     batcher: Batcher | None = None
     stats: InferenceStatistics = field(default_factory=InferenceStatistics)
+    sink: BatchSink | None = None
     load_seconds: float = 0.0
 
     @property
@@ -67,6 +69,18 @@ class ModelVersion:
 
 
 ObserverFactory = Callable[[ModelVersion], BatchObserver | None]
+
+
+class BatchSink(Protocol):
+    """Sees every executed batch of one version (input statistics); submit never blocks."""
+
+    def submit(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None: ...
+
+    def close(self, timeout_s: float = 5.0) -> None: ...
+
+
+# Called once a version has loaded, with its directory; None = no sink for it.
+SinkFactory = Callable[[ModelVersion, Path], BatchSink | None]
 
 
 class _FanOut:
@@ -90,11 +104,13 @@ class ModelRepository:
         *,
         observer_factory: ObserverFactory | None = None,
         on_state_change: Callable[[ModelVersion], None] | None = None,
+        sink_factory: SinkFactory | None = None,
     ) -> None:
         self.root = root.resolve()
         self._settings = settings
         self._observer_factory = observer_factory
         self._on_state_change = on_state_change
+        self._sink_factory = sink_factory
         self._versions: dict[str, dict[int, ModelVersion]] = {}
         self._model_errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -186,11 +202,17 @@ class ModelRepository:
             extra = self._observer_factory(entry)
             if extra is not None:
                 observers.append(extra)
+        if self._sink_factory is not None:
+            try:
+                entry.sink = self._sink_factory(entry, model_dir)
+            except Exception:  # statistics are an add-on: the model serves without them
+                log.exception("model %s version %d: statistics not recorded", entry.name, entry.version)
         entry.batcher = Batcher(
             runner.run,
             cfg.batching_policy(config, runner.instance_count),
             name=f"{entry.name}:{entry.version}",
             observer=_FanOut(observers),
+            on_batch=entry.sink.submit if entry.sink is not None else None,
         )
         entry.batcher.start()
         entry.load_seconds = time.perf_counter() - started
@@ -276,6 +298,8 @@ class ModelRepository:
             await entry.batcher.close(self._settings.shutdown_grace_s)
         if entry.runner is not None:
             await asyncio.to_thread(entry.runner.close)
+        if entry.sink is not None:
+            await asyncio.to_thread(entry.sink.close)
 
     async def close(self) -> None:
         for name in list(self._versions):
