@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
          help="seconds shutdown waits for queued and running requests")
     _add(run, "--metrics-triton-compat", type=_bool, default=d.metrics_triton_compat,
          help="also export Triton's nv_* metric names")
+    _add(run, "--stats", type=_bool, default=d.stats_enabled,
+         help="record input/output statistics per model (GET .../input-stats)")
+    _add(run, "--stats-window-s", type=float, default=d.stats_window_s, help="statistics window length, seconds")
+    _add(run, "--stats-horizon-s", type=float, default=d.stats_horizon_s, help="how long windows are kept, seconds")
+    _add(run, "--stats-sample-rate", type=float, default=d.stats_sample_rate,
+         help="share of rows recorded in the statistics, in (0, 1]")
 
     validate = sub.add_parser(
         "validate", help="load every model and run one inference each; non-zero exit if any fails",
@@ -115,9 +121,12 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         "model_repository", "host", "http_port", "grpc_port", "metrics_port", "log_level",
         "model_control_mode", "max_request_bytes", "default_max_batch_size", "shutdown_grace_s",
         "ort_allow_spinning", "ort_intra_op_threads", "metrics_triton_compat",
+        "stats_window_s", "stats_horizon_s", "stats_sample_rate",
     ):
         if hasattr(args, name):
             setattr(s, name, getattr(args, name))
+    if hasattr(args, "stats"):
+        s.stats_enabled = args.stats
     load_models = getattr(args, "load_model", None)
     if load_models is None and os.environ.get(ENV_PREFIX + "LOAD_MODEL"):
         load_models = [m for m in os.environ[ENV_PREFIX + "LOAD_MODEL"].split(",") if m]
