@@ -99,10 +99,9 @@ class Server:
             await self.repository.load_all(s.load_models)
         else:
             await self.repository.load_all()
-        stats_lookup = recorder_lookup(self.repository) if self.stats is not None else None
-        extra_routes = [metrics_route(self.metrics)]
-        if stats_lookup is not None:
-            extra_routes += input_stats_routes(stats_lookup)
+        # Registered even with --no-stats, so that a client is told why there is nothing.
+        stats_lookup = recorder_lookup(self.repository)
+        extra_routes = [metrics_route(self.metrics), *input_stats_routes(stats_lookup)]
         app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
         self._http_socket = bind_http_socket(s.host, s.http_port)
         self.http_port = self._http_socket.getsockname()[1]
