@@ -177,7 +177,12 @@ def main() -> None:
     parser.add_argument("--no-nobatch", action="store_true", help="skip the batching-disabled comparison")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `serve run` argument")
     parser.add_argument("--json", type=Path, help="also write the points as JSON here")
+    parser.add_argument("--compare-stats", action="store_true",
+                        help="only concurrency 64: input statistics on vs off (--no-stats), as a ratio")
     args = parser.parse_args()
+    if args.compare_stats:
+        compare_stats(args)
+        return
     if shutil.which("h2load") is None:
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
     models = args.models.split(",")
@@ -212,6 +217,35 @@ def main() -> None:
         args.json.write_text(json.dumps([p.__dict__ for p in points], indent=2))
 
 
+def compare_stats(args: argparse.Namespace) -> None:
+    """Throughput at concurrency 64 with statistics on and off, alternating servers to share the noise."""
+    models = args.models.split(",")
+    protocols = args.protocols.split(",")
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        repo = tmp / "models"
+        write_repository(repo, models, args.instances)
+        rates: dict[tuple[str, str, str], list[float]] = {}
+        for _round in range(2):
+            for mode in ("--stats", "--no-stats"):
+                server = start_server(repo, mode, *args.server_arg, log=tmp / "server.log")
+                try:
+                    for m in models:
+                        for p in protocols:
+                            point = run_point(server, m, MODELS[m], p, 64, 1, args.duration, tmp)
+                            rates.setdefault((m, p, mode), []).append(point.rows_per_s)
+                            print(f"{mode:10s} {format_point(point, float('nan'))}", flush=True)
+                finally:
+                    server.stop()
+    print()
+    print(f"{'model':8s} {'proto':5s} {'stats on rows/s':>16s} {'stats off rows/s':>17s} {'on / off':>9s}")
+    for m in models:
+        for p in protocols:
+            on = statistics.mean(rates[(m, p, "--stats")])
+            off = statistics.mean(rates[(m, p, "--no-stats")])
+            print(f"{m:8s} {p:5s} {on:16,.0f} {off:17,.0f} {on / off:9.1%}")
+
+
 HEADER = (f"{'model':14s} {'proto':5s} {'conc':>4s} {'rows':>4s} {'req/s':>9s} {'rows/s':>9s} {'p50 ms':>7s} "
           f"{'p99 ms':>7s} {'batch':>6s} {'srv cpu':>7s} {'cli cpu':>7s} {'vs raw':>7s} {'fail':>5s}")
 
@@ -234,5 +268,4 @@ def table(points: list[Point], ceilings: dict[str, float]) -> str:
 
 
 if __name__ == "__main__":
-    _ = statistics  # keep import for readers extending percentiles
     main()

@@ -19,8 +19,10 @@ from serve.errors import (
     DeadlineExceeded,
     InvalidInput,
     ModelExecutionError,
+    ModelLoadError,
     ModelNotFound,
     ModelNotReady,
+    OperationNotAllowed,
     QueueFull,
     RequestCancelled,
     ServeError,
@@ -197,21 +199,15 @@ class InferenceService:
     async def load_model(
         self, name: str, config: mc.ModelConfig | None = None, files: dict[str, bytes] | None = None
     ) -> None:
-        from serve.errors import OperationNotAllowed
-
         if not self.model_control_explicit:
             raise OperationNotAllowed("model load and unload need --model-control-mode explicit")
         await self.repository.load_model(name, config_override=config, files=files)
         try:
             self.repository.get(name)
         except ModelNotReady as exc:
-            from serve.errors import ModelLoadError
-
             raise ModelLoadError(f"failed to load '{name}': {exc.message}") from None
 
     async def unload_model(self, name: str) -> None:
-        from serve.errors import OperationNotAllowed
-
         if not self.model_control_explicit:
             raise OperationNotAllowed("model load and unload need --model-control-mode explicit")
         await self.repository.unload_model(name)
