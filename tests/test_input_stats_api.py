@@ -128,3 +128,74 @@ def test_statistics_can_be_switched_off(demo_repository: Path, tmp_path: Path) -
 
     assert status == 404
     assert "no-stats" in body["error"]
+
+
+def send(server: RunningServer, x: np.ndarray) -> None:
+    inp = httpclient.InferInput("features", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    httpclient.InferenceServerClient(server.http_url).infer("tabular", [inp])
+
+
+def document_with(server: RunningServer, rows: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        _, document = fetch(server, "/v2/models/tabular/input-stats")
+        if document["total"]["rows"] >= rows or time.monotonic() > deadline:
+            return document
+        time.sleep(0.05)
+
+
+def test_two_servers_merged_equal_one_server_fed_both_streams(demo_repository: Path, tmp_path: Path) -> None:
+    from serve.stats.schema import merge
+
+    rng = np.random.default_rng(9)
+    first, second = rng.normal(0, 1, (12, 8)).astype(np.float32), rng.normal(2, 3, (20, 8)).astype(np.float32)
+    for name in ("a", "b", "both"):
+        (tmp_path / name).mkdir()
+    servers = [start_server(demo_repository, tmp_path / name) for name in ("a", "b", "both")]
+    try:
+        a, b, both = servers
+        send(a, first)
+        send(b, second)
+        send(both, first)
+        send(both, second)
+        merged = merge([document_with(a, 12), document_with(b, 20)])
+        single = document_with(both, 32)
+    finally:
+        for running in servers:
+            running.stop()
+
+    for column in range(8):
+        name = f"features[{column}]"
+        got, want = merged["total"]["features"][name], single["total"]["features"][name]
+        assert got["count"] == want["count"] == 32
+        assert got["mean"] == pytest.approx(want["mean"], rel=1e-9)
+        assert got["m2"] == pytest.approx(want["m2"], rel=1e-9)
+        assert (got["min"], got["max"]) == (want["min"], want["max"])
+
+
+def test_a_restarted_server_is_detected_and_not_double_counted(demo_repository: Path, tmp_path: Path) -> None:
+    from serve.stats.schema import merge
+
+    x = np.ones((5, 8), np.float32)
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    running = start_server(demo_repository, tmp_path / "first")
+    try:
+        send(running, x)
+        before = document_with(running, 5)
+        again = document_with(running, 5)  # polled twice: must not count twice
+    finally:
+        running.stop()
+    running = start_server(demo_repository, tmp_path / "second")
+    try:
+        send(running, x[:3])
+        after = document_with(running, 3)
+    finally:
+        running.stop()
+
+    merged = merge([before, again, after])
+
+    assert before["instance"]["id"] != after["instance"]["id"]
+    assert merged["total"]["features"]["features[0]"]["count"] == 8
+    assert merged["restarts"]
