@@ -1,4 +1,4 @@
-"""The `serve` command line: `serve run | validate | demo-repo`.
+"""The `serve` command line: `serve run | validate | demo-repo | baseline | monitor`.
 
 Every `serve run` flag can also come from an environment variable SERVE_<FLAG> (dashes
 become underscores, e.g. SERVE_HTTP_PORT); a flag on the command line wins.
@@ -112,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo-repo", help="write the bundled demo model repository to DIR")
     demo.add_argument("directory", type=Path, help="where to write it")
+
+    # The drift commands keep their arguments in their own packages (cheap imports; the work is lazy).
+    from serve.baseline.command import add_arguments as add_baseline_arguments
+    from serve.monitor.command import add_arguments as add_monitor_arguments
+
+    add_baseline_arguments(sub.add_parser(
+        "baseline", help="compute a model's baseline.json (training distribution) for drift monitoring",
+        description="Read training data in chunks and write baseline.json: per input feature its declared kind, "
+        "counts, moments, bin edges and bin counts; and the model's output distribution on a held-out sample.",
+    ))
+    add_monitor_arguments(sub.add_parser(
+        "monitor", help="watch servers' input statistics for drift against baselines",
+        description="Poll servers' input statistics, merge replicas, compare with baselines, keep history in "
+        "SQLite, export Prometheus gauges, serve an HTML report, and alert on drift.",
+    ))
     return parser
 
 
@@ -183,6 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     settings = settings_from_args(args)
     _setup_logging(settings.log_level)
+    if args.command == "baseline":
+        from serve.baseline.command import run as run_baseline
+
+        return run_baseline(args)
+    if args.command == "monitor":
+        from serve.monitor.command import run as run_monitor
+
+        return run_monitor(args)
     if args.command == "run":
         from serve.errors import ServeError
         from serve.server import run_server

@@ -34,6 +34,9 @@ _KNOWN_PARAMETERS = {
     "enable_mem_pattern",
     "allow_spinning",
     "graph_optimization_level",
+    # Declares which input features are categorical, for `serve baseline` and the statistics;
+    # the runtime does not read it.
+    "categorical_features",
 }
 # Triton's optimization.graph.level: -1 basic only, 1 extended, anything else all (onnxruntime_backend).
 _GRAPH_LEVELS = {-1: "basic", 1: "extended"}

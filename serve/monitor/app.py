@@ -1,0 +1,132 @@
+"""The monitor's own HTTP port: the HTML report, the JSON API and ``/metrics``.
+
+* ``GET /`` (also ``/report``): the HTML report with plots.
+* ``GET /api/models``: every model version with its baseline status, window, drift share and states.
+* ``GET /api/drift?model=M[&version=V][&history=SECONDS]``: per feature every measure with its threshold,
+  sample counts, verdict and state; ``history`` adds each measure's values over that many past seconds.
+* ``GET /api/servers``, ``GET /api/alerts``: polled servers (up / stale) and the latest alerts.
+* ``GET /metrics``: Prometheus gauges (prom.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from serve.monitor.prom import DriftCollector
+from serve.monitor.report import data_uri, feature_plot, render_page
+from serve.monitor.service import Monitor
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
+        status_code=status, media_type="application/json",
+    )  # fmt: skip
+
+
+def _models_summary(monitor: Monitor) -> list[dict[str, Any]]:
+    out = []
+    for (model, version), r in sorted(monitor.latest.items()):
+        features = r.get("features", [])
+        out.append({
+            "model": model, "version": version, "evaluated_at": r.get("evaluated_at"), "baseline": r.get("baseline"),
+            "window": r.get("window"), "drifted_share": r.get("drifted_share"),
+            "drifted_state_share": r.get("drifted_state_share"), "dataset_drift": r.get("dataset_drift"),
+            "dataset_state": r.get("dataset_state"), "prediction_drift": r.get("prediction_drift"),
+            "prediction_drift_state": r.get("prediction_drift_state"), "slo": r.get("slo"),
+            "features": len(features), "drifted_features": [f["name"] for f in features if f.get("drifted")],
+            "problems": r.get("problems", []), "replicas": r.get("replicas", []), "restarts": r.get("restarts", []),
+        })  # fmt: skip
+    return out
+
+
+def render_report(monitor: Monitor) -> str:
+    """The whole page (plots cached until the next evaluation)."""
+    cache = monitor.render_cache
+    reports = [r for _, r in sorted(monitor.latest.items())]
+    plots: dict[tuple[str, str], dict[str, str]] = {}
+    since = (monitor.last_evaluation or 0) - max(monitor.settings.horizon_s * 8, 6 * 3600)
+    for r in reports:
+        key = (r["model"], r["version"])
+        own = plots[key] = {}
+        for f in r.get("features", [])[: monitor.settings.max_plot_features]:
+            cache_key = f"{r['model']}\0{r['version']}\0{f['name']}"
+            uri = cache.get(cache_key)
+            if uri is None:
+                deciding = [m for m, v in f["measures"].items() if v.get("threshold") is not None]
+                history = monitor.store.history(r["model"], r["version"], f["name"], deciding, since)
+                uri = cache[cache_key] = data_uri(feature_plot(f, history))
+            own[f["name"]] = uri
+    return render_page(reports, plots, [s.to_json() for s in monitor.servers.values()])
+
+
+def create_monitor_app(monitor: Monitor) -> Starlette:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DriftCollector(monitor))
+    render_lock = asyncio.Lock()
+
+    async def report(request: Request) -> Response:
+        async with render_lock:  # one matplotlib render at a time; the cache serves the rest
+            page = await asyncio.to_thread(render_report, monitor)
+        return HTMLResponse(page)
+
+    async def models(request: Request) -> Response:
+        return _json(
+            {"models": _models_summary(monitor), "servers": [s.to_json() for s in monitor.servers.values()]}
+        )
+
+    async def drift(request: Request) -> Response:
+        model = request.query_params.get("model")
+        if not model:
+            return _json({"error": "query parameter 'model' is required"}, 400)
+        version = request.query_params.get("version")
+        matches = [
+            r for (m, v), r in monitor.latest.items() if m == model and (version is None or v == version)
+        ]
+        if not matches:
+            return _json(
+                {"error": f"no evaluation for model '{model}'" + (f" version {version}" if version else "")},
+                404,
+            )
+        report = max(matches, key=lambda r: int(r["version"]) if r["version"].isdigit() else -1)
+        raw_history = request.query_params.get("history")
+        if raw_history:
+            try:
+                seconds = float(raw_history)
+            except ValueError:
+                return _json({"error": "'history' is a number of seconds"}, 400)
+            since = (monitor.last_evaluation or 0) - seconds
+            report = {**report, "features": [
+                {**f, "history": monitor.store.history(report["model"], report["version"], f["name"], None, since)}
+                for f in report["features"]
+            ]}  # fmt: skip
+        return _json(report)
+
+    async def servers(request: Request) -> Response:
+        return _json({"servers": [s.to_json() for s in monitor.servers.values()]})
+
+    async def alerts(request: Request) -> Response:
+        return _json({"alerts": monitor.store.alerts()})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/", report, methods=["GET"]),
+            Route("/report", report, methods=["GET"]),
+            Route("/api/models", models, methods=["GET"]),
+            Route("/api/drift", drift, methods=["GET"]),
+            Route("/api/servers", servers, methods=["GET"]),
+            Route("/api/alerts", alerts, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )

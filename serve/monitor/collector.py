@@ -1,0 +1,140 @@
+"""What the monitor has received from the servers' ``/input-stats`` endpoints, without double counting.
+
+Per model version and per server *instance* (a process: random id, replica name, start
+time) the collector keeps the newest snapshot of every window it has seen. A poll asks
+``since=<last seq>`` and gets only windows that changed, each a complete cumulative
+snapshot that replaces the one held for ``(instance, window start)`` — so polling twice
+adds nothing, a lost poll is made up by the next one, and a restarted server (a new
+instance id at the same URL) contributes its new windows next to the old ones, each
+counted once. Across instances, ``serve.stats.schema.merge`` adds the windows up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve.stats import schema
+
+Key = tuple[str, str]  # (model, version)
+
+
+@dataclass(slots=True)
+class _Instance:
+    header: dict[str, Any]  # the newest document without its windows
+    windows: dict[float, dict[str, Any]] = field(default_factory=dict)
+    source: str = ""  # the server URL it came from
+
+
+@dataclass(slots=True)
+class Collected:
+    """The merged live view of one model version over a time range."""
+
+    windows: list[dict[str, Any]]  # merged across instances, by start time
+    instances: list[dict[str, Any]]
+    restarts: list[dict[str, Any]]
+    baseline_sha256: str | None
+    problems: list[str]
+
+
+class StatsCollector:
+    def __init__(self) -> None:
+        self._instances: dict[Key, dict[str, _Instance]] = {}
+        self._since: dict[
+            tuple[str, str, str], tuple[str, int]
+        ] = {}  # (url, model, version) → (instance id, seq)
+
+    def since(self, url: str, model: str, version: str) -> int:
+        held = self._since.get((url, model, version))
+        return held[1] if held else 0
+
+    def ingest(self, url: str, document: dict[str, Any]) -> bool:
+        """Take one server document (answer to ``since=...``). True when the URL now answers from a new
+        instance that may have skipped windows (its seq passed our ``since``): ask again with ``since=0``."""
+        schema.check_document(document)
+        model = document["model"]["name"]
+        version = str(document["model"]["version"])
+        iid = document["instance"]["id"]
+        previous = self._since.get((url, model, version))
+        restarted = previous is not None and previous[0] != iid
+        instances = self._instances.setdefault((model, version), {})
+        inst = instances.get(iid)
+        header = {k: v for k, v in document.items() if k != "windows"}
+        header["windows"] = []
+        if inst is None:
+            inst = instances[iid] = _Instance(header, source=url)
+        elif document["seq"] >= inst.header["seq"]:
+            inst.header = header
+        for w in document["windows"]:
+            held = inst.windows.get(w["start"])
+            if held is None or w["seq"] > held["seq"]:
+                inst.windows[w["start"]] = w
+        self._since[(url, model, version)] = (iid, document["seq"])
+        return restarted and document.get("since", 0) > 0 and not document.get("since_reset", False)
+
+    def models(self) -> list[Key]:
+        return sorted(self._instances)
+
+    def forget_before(self, t: float) -> None:
+        """Drop windows that ended before ``t`` and instances left with nothing newer."""
+        for key, instances in list(self._instances.items()):
+            for iid, inst in list(instances.items()):
+                for start in [s for s, w in inst.windows.items() if w["end"] < t]:
+                    del inst.windows[start]
+                if not inst.windows and inst.header["generated_at"] < t:
+                    del instances[iid]
+            if not instances:
+                del self._instances[key]
+
+    def collected(
+        self, model: str, version: str, start: float, *, include_open: bool, baseline_sha256: str | None
+    ) -> Collected:
+        """Windows of ``model`` ``version`` that end after ``start`` (closed ones only unless ``include_open``),
+        from instances binning against ``baseline_sha256`` (others are reported, not mixed in)."""
+        instances = self._instances.get((model, version), {})
+        problems: list[str] = []
+        docs = []
+        for iid, inst in instances.items():
+            served = (inst.header.get("baseline") or {}).get("sha256")
+            if served != baseline_sha256:
+                replica = inst.header["instance"].get("replica", iid)
+                problems.append(
+                    f"replica {replica} ({inst.source}) bins against "
+                    + (f"baseline {served[:12]}…" if served else "no baseline")
+                    + (f", not {baseline_sha256[:12]}…" if baseline_sha256 else "")
+                )
+                continue
+            windows = [
+                w
+                for w in inst.windows.values()
+                if w["end"] > start and (include_open or w.get("closed", True))
+            ]
+            docs.append({**inst.header, "windows": windows})
+        if not docs:
+            return Collected([], [], [], baseline_sha256, problems)
+        merged = _merge_compatible(docs, problems)
+        return Collected(
+            merged["windows"], merged["instances"], merged["restarts"], baseline_sha256, problems
+        )
+
+    def instances(self, model: str, version: str) -> Iterable[dict[str, Any]]:
+        for inst in self._instances.get((model, version), {}).values():
+            yield {**inst.header["instance"], "source": inst.source, "seq": inst.header["seq"]}
+
+
+def _merge_compatible(docs: list[dict[str, Any]], problems: list[str]) -> dict[str, Any]:
+    """schema.merge, leaving out instances whose feature lists or window sizes disagree with the newest one."""
+    try:
+        return schema.merge(docs)
+    except ValueError:
+        newest = max(docs, key=lambda d: d["generated_at"])
+        keep = [
+            d for d in docs if d["features"] == newest["features"] and d["window_s"] == newest["window_s"]
+        ]
+        for d in docs:
+            if d not in keep:
+                problems.append(
+                    f"replica {d['instance'].get('replica')} records other features or windows; left out"
+                )
+        return schema.merge(keep)

@@ -1,0 +1,213 @@
+"""``serve monitor``: arguments and the command (heavy imports happen only when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("serve.monitor")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="a replica's HTTP base URL, e.g. http://127.0.0.1:8000 (repeatable)",
+    )
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        help="find baselines as <model>/baseline.json (and check ONNX hashes for staleness)",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="a baseline.json to use for the model version it names (repeatable)",
+    )
+    parser.add_argument("--interval", default="30s", help="time between polls [default 30s]")
+    parser.add_argument(
+        "--horizon", default="15m", help="rolling window each evaluation covers [default 15m]"
+    )
+    parser.add_argument("--timeout", default="10s", help="per-request timeout towards a server [default 10s]")
+    parser.add_argument(
+        "--db", default="serve-monitor.db", help="SQLite history file [default serve-monitor.db]"
+    )
+    parser.add_argument("--retention", default="7d", help="how long history is kept [default 7d]")
+    parser.add_argument("--host", default="127.0.0.1", help="address of the monitor's own port")
+    parser.add_argument(
+        "--port", type=int, default=8010, help="port of the report, JSON API and /metrics [8010]"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="TOML file with per-model/feature thresholds and SLOs"
+    )
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="MEASURE=VALUE",
+        help="override a default threshold, e.g. psi=0.2 (negative switches the measure off)",
+    )
+    parser.add_argument(
+        "--persistence",
+        type=int,
+        default=3,
+        help="consecutive evaluations a state change needs before it alerts [default 3]",
+    )
+    parser.add_argument(
+        "--min-samples",
+        type=int,
+        default=100,
+        help="floor under the sample-size-aware minimum window [default 100]",
+    )
+    parser.add_argument(
+        "--drift-share",
+        type=float,
+        default=0.5,
+        help="share of drifted input features that makes a model drifted [default 0.5]",
+    )
+    parser.add_argument(
+        "--slo-p99", type=float, default=None, metavar="SECONDS", help="p99 latency SLO per model (seconds)"
+    )
+    parser.add_argument("--slo-error-rate", type=float, default=None, help="error-rate SLO per model (0..1)")
+    parser.add_argument("--webhook", default=None, metavar="URL", help="POST every alert as JSON to this URL")
+    parser.add_argument(
+        "--alert-rate", type=float, default=30.0, help="webhook calls per minute at most [30]"
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="poll once, evaluate including the still-open window, print and exit",
+    )
+    parser.add_argument("--format", choices=["json", "text"], default="text", help="output of --once")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    from serve.monitor.config import MonitorSettings, load_config_file, parse_duration, parse_threshold_flags
+    from serve.monitor.policy import Policy, SloPolicy
+
+    policy = Policy(
+        thresholds=parse_threshold_flags(args.threshold), persistence=args.persistence,
+        min_samples=args.min_samples, drift_share=args.drift_share,
+        slo=SloPolicy(p99_latency_s=args.slo_p99, error_rate=args.slo_error_rate),
+    )  # fmt: skip
+    settings = MonitorSettings(
+        servers=list(args.server), model_repository=args.model_repository, baselines=list(args.baseline),
+        interval_s=parse_duration(args.interval), horizon_s=parse_duration(args.horizon),
+        timeout_s=parse_duration(args.timeout), db_path=args.db, retention_s=parse_duration(args.retention),
+        host=args.host, port=args.port, webhook=args.webhook, alert_rate_per_minute=args.alert_rate, policy=policy,
+    )  # fmt: skip
+    if args.config is not None:
+        settings = load_config_file(args.config, settings)
+    return settings
+
+
+def _print_text(document: dict[str, Any]) -> None:
+    for s in document["servers"]:
+        print(f"server {s['url']}: {'up' if s['up'] else 'STALE: ' + str(s['last_error'])}")
+    for m in document["models"]:
+        print(
+            f"{m['model']} v{m['version']}: baseline {m['baseline']['status']}, "
+            f"drifted share {m.get('drifted_share')}, prediction drift {m.get('prediction_drift')}"
+        )
+        for p in m.get("problems", []):
+            print(f"  ! {p}")
+        for f in m["features"]:
+            hits = [k for k, v in f["measures"].items() if v.get("drifted")]
+            verdict = (
+                "n/a (too few values)"
+                if f["drifted"] is None
+                else ("DRIFT " + ",".join(hits))
+                if f["drifted"]
+                else "ok"
+            )
+            print(f"  {f['role']:6} {f['name']:24} N={f['samples']:<8} {verdict}")
+
+
+async def _once(settings: Any, fmt: str) -> int:
+    import orjson
+
+    from serve.monitor.service import Monitor
+
+    monitor = Monitor(settings)
+    try:
+        results = await monitor.cycle(include_open=True)
+        await monitor.alerter.drain()
+        document = monitor.once_document(results)
+    finally:
+        await monitor.alerter.close()
+        monitor.close()
+    if fmt == "json":
+        sys.stdout.write(
+            orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n"
+        )
+    else:
+        _print_text(document)
+    return 0
+
+
+async def _serve(settings: Any) -> int:
+    import uvicorn
+
+    from serve.monitor.app import create_monitor_app
+    from serve.monitor.service import Monitor
+
+    monitor = Monitor(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    config = uvicorn.Config(
+        create_monitor_app(monitor),
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own the signals
+    web = asyncio.create_task(server.serve())
+    log.info(
+        "monitor on http://%s:%d polling %s every %.0fs",
+        settings.host,
+        settings.port,
+        ", ".join(settings.servers),
+        settings.interval_s,
+    )
+    try:
+        await monitor.run_forever(stop)
+    finally:
+        server.should_exit = True
+        await web
+        await monitor.alerter.close()
+        monitor.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from serve.stats.baseline import BaselineError
+
+    try:
+        settings = settings_from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"serve monitor: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_once(settings, args.format) if args.once else _serve(settings))
+    except BaselineError as exc:
+        print(f"serve monitor: {exc}", file=sys.stderr)
+        return 2

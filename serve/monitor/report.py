@@ -1,0 +1,218 @@
+"""The HTML report: per model version, features sorted by drift, and per feature a PNG plot.
+
+Plots are drawn on the server with matplotlib's Agg backend and embedded as
+``data:image/png;base64`` URIs, so the page needs no script and no internet access.
+Each plot is small (≈ 15–30 KB): only the ``max_plot_features`` most drifted features
+of a model get one (the table lists them all), which keeps the page light (a pitfall of
+self-contained HTML reports, MONITOR.md §4.6).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+COLUMNS = ("psi", "js", "ks", "wasserstein", "missing_rate", "out_of_range", "linf", "unseen")
+_BASELINE_COLOUR = "#7f8c8d"
+_LIVE_COLOUR = "#e67e22"
+
+History = Mapping[str, Sequence[tuple[float, float | None, float | None]]]
+
+
+def feature_plot(feature: Mapping[str, Any], history: History) -> bytes:
+    """PNG: baseline vs live shares (left) and each deciding measure / its threshold over time (right)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.4, 2.5), dpi=80)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
+    view = feature.get("view")
+    if view:
+        n = len(view["baseline"])
+        xs = list(range(n))
+        width = 0.42
+        left.bar(
+            [x - width / 2 for x in xs], view["baseline"], width, color=_BASELINE_COLOUR, label="baseline"
+        )
+        left.bar([x + width / 2 for x in xs], view["live"], width, color=_LIVE_COLOUR, label="live")
+        step = max(1, n // 10)
+        left.set_xticks(xs[::step])
+        left.set_xticklabels(
+            view["labels"][::step], fontsize=7, rotation=30 if feature["kind"] == "categorical" else 0
+        )
+        left.set_ylabel("share", fontsize=8)
+        left.set_title(
+            "share per baseline ventile (lower edge)"
+            if feature["kind"] == "numeric"
+            else "share per category",
+            fontsize=8,
+        )
+        left.legend(fontsize=7, frameon=False, loc="upper right")
+    else:
+        left.text(0.5, 0.5, "no live data", ha="center", va="center", transform=left.transAxes)
+    left.tick_params(labelsize=7)
+    plotted = False
+    for measure, points in sorted(history.items()):
+        pts = [(t, v / th) for t, v, th in points if v is not None and th]
+        if not pts:
+            continue
+        right.plot(
+            [dt.datetime.fromtimestamp(t) for t, _ in pts], [abs(v) for _, v in pts], label=measure, lw=1.2
+        )
+        plotted = True
+    right.axhline(1.0, color="#c0392b", ls="--", lw=1)
+    right.set_title("drift over time: value / threshold (dashed: 1)", fontsize=8)
+    right.tick_params(labelsize=7)
+    if plotted:
+        right.legend(fontsize=6, frameon=False, ncol=3, loc="upper left")
+        fig.autofmt_xdate(rotation=0, ha="center")
+        import matplotlib.dates as mdates
+
+        right.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        return f"{value:.{digits}g}"
+    return html.escape(str(value))
+
+
+def _badge(text: str, level: str) -> str:
+    return f'<span class="badge {level}">{html.escape(text)}</span>'
+
+
+def _verdict_badge(verdict: bool | None, state: str | None) -> str:
+    if state == "drifted":
+        return _badge("drifted", "bad")
+    if verdict is True:
+        return _badge("crossing", "warn")
+    if verdict is None:
+        return _badge("too few values", "muted")
+    return _badge("ok", "good")
+
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 6px}
+.meta{color:#555;font-size:12px}.problems{color:#a94442;font-size:13px}
+table{border-collapse:collapse;background:#fff;font-size:12px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#eee}
+td.name,th.name{text-align:left}td.hit{color:#c0392b;font-weight:600}
+.badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:11px;color:#fff}
+.bad{background:#c0392b}.warn{background:#e67e22}.good{background:#27ae60}.muted{background:#95a5a6}
+figure{display:inline-block;margin:6px;background:#fff;border:1px solid #ddd;padding:4px}
+figcaption{font-size:12px;color:#333}
+"""
+
+
+def _model_section(report: Mapping[str, Any], plots: Mapping[str, str]) -> str:
+    model, version = report["model"], report["version"]
+    base = report.get("baseline") or {}
+    window = report.get("window") or {}
+    parts = [f'<section id="{html.escape(model)}-{html.escape(version)}">']
+    parts.append(f"<h2>{html.escape(model)} <small>version {html.escape(version)}</small></h2>")
+    badges = [
+        _badge(f"baseline {base.get('status')}", "good" if base.get("status") == "ok" else "bad"),
+    ]
+    if report.get("dataset_state") == "drifted":
+        badges.append(_badge("dataset drift", "bad"))
+    if report.get("prediction_drift_state") == "drifted":
+        badges.append(_badge("prediction drift", "bad"))
+    parts.append(" ".join(badges))
+    share = report.get("drifted_share")
+    when = dt.datetime.fromtimestamp(report["evaluated_at"]).strftime("%Y-%m-%d %H:%M:%S")
+    parts.append(
+        f'<p class="meta">evaluated {when} · {window.get("rows", 0)} rows in {window.get("windows", 0)} window(s) '
+        f"over the last {_fmt((window.get('horizon_s') or 0) / 60)} min · drifted inputs "
+        f"{'–' if share is None else f'{share:.0%}'} (model threshold {_fmt(report.get('drift_share_threshold'))}) · "
+        f"replicas {len(report.get('replicas') or [])} · baseline {html.escape(str(base.get('path')))}</p>"
+    )
+    slo = report.get("slo") or {}
+    if slo.get("requests"):
+        parts.append(
+            f'<p class="meta">SLO: {int(slo["requests"])} requests, p99 {_fmt(slo.get("p99_latency_s"))} s '
+            f"(max {_fmt(slo.get('p99_latency_threshold_s'))}), error rate {_fmt(slo.get('error_rate'))} "
+            f"(max {_fmt(slo.get('error_rate_threshold'))})</p>"
+        )
+    problems = report.get("problems") or []
+    if problems:
+        parts.append('<p class="problems">' + "<br>".join(html.escape(p) for p in problems) + "</p>")
+    header = "".join(f"<th>{c}</th>" for c in COLUMNS)
+    parts.append(
+        '<table><tr><th class="name">feature</th><th>role</th><th>kind</th><th>values</th><th>min</th>'
+        f"<th>verdict</th><th>score</th>{header}</tr>"
+    )
+    for f in report.get("features", []):
+        cells = []
+        for c in COLUMNS:
+            r = f["measures"].get(c)
+            if r is None:
+                cells.append("<td></td>")
+            else:
+                cls = ' class="hit"' if r.get("drifted") else ""
+                cells.append(f"<td{cls}>{_fmt(r['value'])}</td>")
+        problem = f'<br><span class="problems">{html.escape(f["problem"])}</span>' if f.get("problem") else ""
+        parts.append(
+            f'<tr><td class="name"><a href="#plot-{html.escape(model)}-{html.escape(f["name"])}">'
+            f"{html.escape(f['name'])}</a>{problem}</td><td>{f['role']}</td><td>{f['kind']}</td>"
+            f"<td>{f['samples']}</td><td>{f['min_samples']}</td><td>{_verdict_badge(f['drifted'], f.get('state'))}</td>"
+            f"<td>{_fmt(f['score'])}</td>{''.join(cells)}</tr>"
+        )
+    parts.append("</table>")
+    for f in report.get("features", []):
+        uri = plots.get(f["name"])
+        if uri is None:
+            continue
+        parts.append(
+            f'<figure id="plot-{html.escape(model)}-{html.escape(f["name"])}"><img src="{uri}" '
+            f'alt="baseline vs live and drift over time for {html.escape(f["name"])}" width="672" height="200">'
+            f"<figcaption>{html.escape(f['name'])} ({f['role']}, {f['kind']}) — score {_fmt(f['score'])}"
+            f"</figcaption></figure>"
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_page(
+    reports: Sequence[Mapping[str, Any]],
+    plots: Mapping[tuple[str, str], Mapping[str, str]],
+    servers: Sequence[Any],
+) -> str:
+    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    server_line = ", ".join(
+        f"{html.escape(s['url'])} {_badge('up', 'good') if s['up'] else _badge('stale', 'bad')}"
+        for s in servers
+    )
+    body = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>serve drift report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>serve · drift report</h1>",
+        f'<p class="meta">generated {now} · servers: {server_line or "none"} · '
+        '<a href="/api/models">/api/models</a> · <a href="/metrics">/metrics</a></p>',
+    ]
+    if not reports:
+        body.append("<p>No evaluation yet: the monitor has not reached a server with models.</p>")
+    for report in reports:
+        body.append(_model_section(report, plots.get((report["model"], report["version"]), {})))
+    body.append("</body></html>")
+    return "\n".join(body)
