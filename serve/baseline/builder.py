@@ -35,6 +35,7 @@ from serve.stats.baseline import (
     BaselineFeature,
     BaselineTensor,
     build_baseline_features,
+    feature_entry,
     make_baseline_document,
 )
 from serve.stats.binning import DEFAULT_QUANTILES, DEFAULT_TAIL_LEVELS, edges_from_quantiles, quantile_levels
@@ -278,14 +279,10 @@ def _streamed_features(
         progress.update(_rows(chunk))
     out = []
     for ex, _, group, entries, missing in plans:
-        for f, entry, stats, miss in zip(ex.features, entries, group.to_json(), missing, strict=True):
-            item = {
-                "name": f.name, "role": role, "tensor": f.tensor, "column": f.column, "view": f.view,
-                "kind": f.kind, "missing_values": miss, **entry, "stats": stats,
-            }  # fmt: skip
-            if f.kind == "numeric" and stats["n"] > 1:
-                item["std"] = float(np.sqrt(stats["m2"] / (stats["n"] - 1)))
-            out.append(item)
+        out += [
+            feature_entry(f, role, entry, stats, miss)
+            for f, entry, stats, miss in zip(ex.features, entries, group.to_json(), missing, strict=True)
+        ]
     return out
 
 

@@ -338,15 +338,24 @@ def build_baseline_features(
             entries = [{} for _ in names]
         group = spec.new_group()
         group.update(values)
-        for f, entry, stats, miss in zip(ex.features, entries, group.to_json(), missing, strict=True):
-            item = {
-                "name": f.name, "role": role, "tensor": f.tensor, "column": f.column, "view": f.view,
-                "kind": f.kind, "missing_values": miss, **entry, "stats": stats,
-            }  # fmt: skip
-            if f.kind == "numeric" and stats["n"] > 1:
-                item["std"] = float(np.sqrt(stats["m2"] / (stats["n"] - 1)))
-            out.append(item)
+        out += [
+            feature_entry(f, role, entry, stats, miss)
+            for f, entry, stats, miss in zip(ex.features, entries, group.to_json(), missing, strict=True)
+        ]
     return out, tensors
+
+
+def feature_entry(
+    feature: Any, role: str, entry: Mapping[str, Any], stats: dict[str, Any], missing_values: Any
+) -> dict[str, Any]:
+    """One feature of baseline.json: identity, bins or vocabulary, and its training statistics."""
+    item = {
+        "name": feature.name, "role": role, "tensor": feature.tensor, "column": feature.column,
+        "view": feature.view, "kind": feature.kind, "missing_values": missing_values, **entry, "stats": stats,
+    }  # fmt: skip
+    if feature.kind == "numeric" and stats["n"] > 1:
+        item["std"] = float(np.sqrt(stats["m2"] / (stats["n"] - 1)))
+    return item
 
 
 def make_baseline_document(
