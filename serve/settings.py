@@ -46,4 +46,4 @@ class ServerSettings:
     # Share of rows recorded (Bernoulli sampling); statistics then describe an unbiased sample.
     stats_sample_rate: float = 1.0
     # Batches waiting for the statistics worker; beyond it they are dropped and counted, never waited for.
-    stats_queue_size: int = 64
+    stats_queue_size: int = 256
