@@ -12,14 +12,15 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from serve.codecs import http_codec
 from serve.core import InferenceService
-from serve.errors import InvalidInput, PayloadTooLarge, ServeError
+from serve.errors import InvalidInput, ServeError
+from serve.http.body import ClientGone, read_body
 from serve.http.infer import InferEndpoint
 from serve.repository.config_json import message_to_json
 from serve.repository.model_config import parse_config_json
@@ -46,7 +47,7 @@ def _guard(handler: Handler) -> Handler:
             return await handler(request)
         except ServeError as exc:
             return _error(exc)
-        except ClientDisconnect:
+        except ClientGone:
             return Response(status_code=499)
         except Exception as exc:
             # A bug must still answer in the protocol's error format, not as a plain-text 500.
@@ -63,22 +64,8 @@ def _version(request: Request) -> str:
     return "" if version is None else str(version)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > max_bytes:
-                raise PayloadTooLarge(f"request body of {declared} bytes is over the {max_bytes}-byte limit")
-        except ValueError:
-            raise InvalidInput("Content-Length is not an integer") from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body is over the {max_bytes}-byte limit")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+async def _body(request: Request, max_bytes: int) -> bytes:
+    return await read_body(request.headers, request.receive, max_bytes)
 
 
 def create_app(
@@ -115,7 +102,7 @@ def create_app(
 
     async def repository_index(request: Request) -> Response:
         ready_only = False
-        body = await read_body(request, max_request_bytes)
+        body = await _body(request, max_request_bytes)
         if body.strip():
             try:
                 parsed = orjson.loads(body)
@@ -125,7 +112,7 @@ def create_app(
         return _json(service.repository_index(ready_only))
 
     async def repository_load(request: Request) -> Response:
-        body = await read_body(request, max_request_bytes)
+        body = await _body(request, max_request_bytes)
         config = None
         files: dict[str, bytes] = {}
         if body.strip():
@@ -151,7 +138,7 @@ def create_app(
         return Response(status_code=200)
 
     async def repository_unload(request: Request) -> Response:
-        await read_body(request, max_request_bytes)
+        await _body(request, max_request_bytes)
         await service.unload_model(request.path_params["model"])
         return Response(status_code=200)
 

@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.codecs import http_codec
 from serve.core import InferenceService
-from serve.errors import InvalidInput, PayloadTooLarge, RequestCancelled, ServeError
+from serve.errors import InvalidInput, RequestCancelled, ServeError
+from serve.http.body import ClientGone, read_body
 from serve.types import InferRequest, InferResponse, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,6 @@ def compress(body: bytes, accept_encoding: str) -> tuple[bytes, bytes | None]:
     return body, None
 
 
-class _Disconnected(Exception):
-    pass
-
-
 class InferEndpoint:
     def __init__(self, app: ASGIApp, service: InferenceService, *, max_request_bytes: int) -> None:
         self._app = app
@@ -86,11 +83,11 @@ class InferEndpoint:
     async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str, version: str) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            body = await self._read_body(headers, receive)
+            body = await read_body(headers, receive, self._max)
             status, extra, payload = await self._answer(headers, body, receive, name, version)
         except ServeError as exc:
             status, extra, payload = exc.http_status, [(b"content-type", _JSON)], http_codec.encode_error(exc.message)
-        except _Disconnected:
+        except ClientGone:
             return  # nobody to answer
         except Exception as exc:  # a bug must still answer JSON, and the server goes on
             log.exception("inference request for model %r failed unexpectedly", name)
@@ -99,31 +96,6 @@ class InferEndpoint:
         extra.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
-
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
-        declared = headers.get("content-length")
-        if declared is not None:
-            try:
-                too_big = int(declared) > self._max
-            except ValueError:
-                raise InvalidInput("Content-Length is not an integer") from None
-            if too_big:
-                raise PayloadTooLarge(f"request body of {declared} bytes is over the {self._max}-byte limit")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > self._max:
-                    raise PayloadTooLarge(f"request body is over the {self._max}-byte limit")
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _answer(
         self, headers: dict[str, str], body: bytes, receive: Receive, name: str, version: str
@@ -171,7 +143,7 @@ class InferEndpoint:
             try:
                 return await self._service.infer(request, "http")
             except RequestCancelled:
-                raise _Disconnected from None
+                raise ClientGone from None
         current = asyncio.current_task()
         assert current is not None
         gone = finished = False
@@ -193,7 +165,7 @@ class InferEndpoint:
             return response
         except asyncio.CancelledError:
             if gone:
-                raise _Disconnected from None
+                raise ClientGone from None
             raise
         finally:
             watcher.cancel()
