@@ -210,3 +210,36 @@ def test_missing_data_for_an_input_is_a_clear_cli_error(
 ) -> None:
     assert main(["baseline", "--model-repository", str(repo), "--model", MODEL, "--data", "nope.csv"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def _served_baseline(repo: Path, tmp_path: Path) -> tuple[object, str]:
+    import json
+    import urllib.request
+
+    from tests.conftest import start_server
+
+    server = start_server(repo, tmp_path)
+    try:
+        with urllib.request.urlopen(f"{server.base}/v2/models/{MODEL}/input-stats", timeout=10) as response:
+            document = json.load(response)
+    finally:
+        server.stop()
+    return document["baseline"], server.log()
+
+
+def test_server_bins_on_a_fitting_baseline_and_refuses_a_stale_one(train: np.ndarray, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo)
+    np.save(tmp_path / "x.npy", train)
+    args = ["baseline", "--model-repository", str(repo), "--model", MODEL, "--no-progress"]
+    assert main([*args, "--data", str(tmp_path / "x.npy")]) == 0
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "stale").mkdir()
+
+    used, _ = _served_baseline(repo, tmp_path / "fresh")
+    write_model(repo, seed=99)  # retrained after the baseline was computed
+    refused, log = _served_baseline(repo, tmp_path / "stale")
+
+    assert used is not None
+    assert refused is None
+    assert "baseline.json is not used" in log and "stale baseline" in log

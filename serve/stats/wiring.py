@@ -3,33 +3,24 @@ and matching the model, else none; a stale or mismatched baseline is logged, nev
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
+from serve.baseline.model import ModelInfo, check_baseline, file_sha256
 from serve.errors import ModelNotFound
 from serve.repository.repository import ModelRepository, ModelVersion
 from serve.settings import ServerSettings
-from serve.stats.baseline import Baseline, BaselineError, baseline_mismatches
+from serve.stats.baseline import BASELINE_FILENAME, Baseline, BaselineError
 from serve.stats.recorder import StatsOptions, StatsRecorder
 from serve.stats.windows import ServerInstance
 from serve.types import TensorSpec
 
 log = logging.getLogger(__name__)
 
-BASELINE_FILENAME = "baseline.json"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def load_baseline(model: ModelVersion, model_dir: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]
                   ) -> Baseline | None:
+    """The version's baseline.json if it fits the model; otherwise None, with the reasons logged."""
     path = model_dir / BASELINE_FILENAME
     if not path.is_file():
         return None
@@ -38,15 +29,17 @@ def load_baseline(model: ModelVersion, model_dir: Path, inputs: list[TensorSpec]
     except (BaselineError, OSError) as exc:
         log.error("model %s version %d: %s ignored: %s", model.name, model.version, BASELINE_FILENAME, exc)
         return None
-    problems = baseline_mismatches(baseline, inputs, outputs)
-    recorded_hash = (baseline.model or {}).get("onnx_sha256")
-    if recorded_hash and model.config is not None:
-        onnx_path = model_dir / str(model.version) / (model.config.default_model_filename or "model.onnx")
-        if onnx_path.is_file() and _file_sha256(onnx_path) != recorded_hash:
-            problems.append(f"it was computed for another ONNX file (sha256 {recorded_hash[:12]}…)")
+    filename = (model.config.default_model_filename if model.config is not None else "") or "model.onnx"
+    onnx_path = model_dir / str(model.version) / filename
+    info = ModelInfo(
+        name=model.name, version=model.version, model_dir=model_dir, onnx_path=onnx_path,
+        onnx_sha256=file_sha256(onnx_path), inputs=inputs, outputs=outputs, max_batch_size=model.max_batch_size,
+    )
+    # The same check as `serve baseline --check` and the monitor, so all three give the same reasons.
+    problems = check_baseline(baseline, info)
     if problems:
         log.error(
-            "model %s version %d: %s is stale and is not used: %s",
+            "model %s version %d: %s is not used: %s",
             model.name, model.version, BASELINE_FILENAME, "; ".join(problems),
         )
         return None
