@@ -13,6 +13,8 @@ from serve.datatypes import numpy_dtype
 from serve.errors import ServeError
 from serve.repository.repository import READY, ModelRepository, ModelVersion
 from serve.settings import ServerSettings
+from serve.stats.baseline import BASELINE_FILENAME
+from serve.stats.wiring import read_baseline, row_specs
 from serve.types import InferRequest, InputTensor, TensorSpec
 
 
@@ -56,10 +58,17 @@ async def validate_repository(settings: ServerSettings, root: Path, out: TextIO 
             model = repository.get(name, version)
             try:
                 response = await service.infer(sample_request(model))
-                shapes = ", ".join(f"{o.name}{list(o.shape)}" for o in response.outputs)
-                rows.append((name, version, "OK", f"inference returned {shapes}"))
             except ServeError as exc:
                 rows.append((name, version, "FAILED", f"inference failed: {exc.message}"))
+                continue
+            shapes = ", ".join(f"{o.name}{list(o.shape)}" for o in response.outputs)
+            inputs, outputs = row_specs(model)
+            baseline, problems = read_baseline(model, root / name, inputs, outputs)
+            if problems:
+                rows.append((name, version, "FAILED", f"{BASELINE_FILENAME} is not usable: {'; '.join(problems)}"))
+            else:
+                with_baseline = f"; {BASELINE_FILENAME} fits" if baseline is not None else ""
+                rows.append((name, version, "OK", f"inference returned {shapes}{with_baseline}"))
     finally:
         await repository.close()
     if not rows:

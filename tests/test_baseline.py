@@ -243,3 +243,21 @@ def test_server_bins_on_a_fitting_baseline_and_refuses_a_stale_one(train: np.nda
     assert used is not None
     assert refused is None
     assert "baseline.json is not used" in log and "stale baseline" in log
+
+
+def test_validate_fails_a_model_whose_baseline_is_stale(
+    train: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo)
+    np.save(tmp_path / "x.npy", train)
+    args = ["baseline", "--model-repository", str(repo), "--model", MODEL, "--no-progress"]
+    assert main([*args, "--data", str(tmp_path / "x.npy")]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--model-repository", str(repo)]) == 0
+    assert "baseline.json fits" in capsys.readouterr().out
+
+    write_model(repo, seed=99)
+
+    assert main(["validate", "--model-repository", str(repo)]) == 1
+    assert "stale baseline" in capsys.readouterr().out

@@ -18,17 +18,16 @@ from serve.types import TensorSpec
 log = logging.getLogger(__name__)
 
 
-def load_baseline(model: ModelVersion, model_dir: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]
-                  ) -> Baseline | None:
-    """The version's baseline.json if it fits the model; otherwise None, with the reasons logged."""
+def read_baseline(model: ModelVersion, model_dir: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]
+                  ) -> tuple[Baseline | None, list[str]]:
+    """The version's baseline.json (None if there is none) and why it must not be used (empty = it fits)."""
     path = model_dir / BASELINE_FILENAME
     if not path.is_file():
-        return None
+        return None, []
     try:
         baseline = Baseline.load(path)
     except (BaselineError, OSError) as exc:
-        log.error("model %s version %d: %s ignored: %s", model.name, model.version, BASELINE_FILENAME, exc)
-        return None
+        return None, [str(exc)]
     filename = (model.config.default_model_filename if model.config is not None else "") or "model.onnx"
     onnx_path = model_dir / str(model.version) / filename
     info = ModelInfo(
@@ -36,7 +35,25 @@ def load_baseline(model: ModelVersion, model_dir: Path, inputs: list[TensorSpec]
         onnx_sha256=file_sha256(onnx_path), inputs=inputs, outputs=outputs, max_batch_size=model.max_batch_size,
     )
     # The same check as `serve baseline --check` and the monitor, so all three give the same reasons.
-    problems = check_baseline(baseline, info)
+    return baseline, check_baseline(baseline, info)
+
+
+def row_specs(model: ModelVersion) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs per row, as the batcher hands them over: rows are the first axis of
+    every array, which for a model that does not batch is its own first dimension."""
+    if model.max_batch_size > 0:
+        return model.inputs, model.outputs
+
+    def per_row(specs: list[TensorSpec]) -> list[TensorSpec]:
+        return [TensorSpec(s.name, s.datatype, s.dims[1:]) for s in specs]
+
+    return per_row(model.inputs), per_row(model.outputs)
+
+
+def load_baseline(model: ModelVersion, model_dir: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]
+                  ) -> Baseline | None:
+    """The version's baseline.json if it fits the model; otherwise None, with the reasons logged."""
+    baseline, problems = read_baseline(model, model_dir, inputs, outputs)
     if problems:
         log.error(
             "model %s version %d: %s is not used: %s",
@@ -59,14 +76,7 @@ class StatsFactory:
         )
 
     def __call__(self, model: ModelVersion, model_dir: Path) -> StatsRecorder:
-        # Rows are the first axis of every array the batcher hands over; a model that does not
-        # batch has its own first dimension there instead.
-        batching = model.max_batch_size > 0
-
-        def row_specs(specs: list[TensorSpec]) -> list[TensorSpec]:
-            return specs if batching else [TensorSpec(s.name, s.datatype, s.dims[1:]) for s in specs]
-
-        inputs, outputs = row_specs(model.inputs), row_specs(model.outputs)
+        inputs, outputs = row_specs(model)
         baseline = load_baseline(model, model_dir, inputs, outputs)
         return StatsRecorder(
             model.name, model.version, inputs, outputs,
