@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +180,13 @@ async def _serve(settings: Any) -> int:
         log_level="warning",
         lifespan="off",
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own the signals
+    class QuietSignalsServer(uvicorn.Server):
+        # The monitor's loop owns SIGINT/SIGTERM; uvicorn would install its own and re-raise them on exit.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    server = QuietSignalsServer(config)
     web = asyncio.create_task(server.serve())
     log.info(
         "monitor on http://%s:%d polling %s every %.0fs",
