@@ -11,7 +11,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import uvicorn
+from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
 from serve.core import InferenceService
@@ -83,8 +85,8 @@ class Server:
         self._stop = asyncio.Event()
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
-        self._grpc = None
-        self._health = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health: health_aio.HealthServicer | None = None
         self._http_socket: socket.socket | None = None
         self._metrics_http: _Uvicorn | None = None
         self._metrics_task: asyncio.Task[None] | None = None

@@ -168,10 +168,12 @@ class ModelRunner:
 def _provisional(
     specs: Sequence[TensorSpec], role: str, options: BaselineOptions
 ) -> tuple[Baseline, list[dict[str, Any]]]:
-    tensors = [{"name": n, "role": role, "feature_names": list(v)} for n, v in options.feature_names.items()]
+    tensors: list[dict[str, Any]] = [
+        {"name": n, "role": role, "feature_names": list(v)} for n, v in options.feature_names.items()
+    ]
     provisional = Baseline(
         model={}, features=[],
-        tensors=[BaselineTensor(t["name"], role, feature_names=tuple(t["feature_names"])) for t in tensors],
+        tensors=[BaselineTensor(n, role, feature_names=tuple(v)) for n, v in options.feature_names.items()],
     )  # fmt: skip
     declared: list[BaselineFeature] = []
     for ex in build_extractors(specs, role, provisional):
@@ -198,7 +200,7 @@ class _Sketches:
             [ds.kll_doubles_sketch(KLL_K) for _ in ex.features] if isinstance(ex.spec, NumericSpec) else []
             for ex in extractors
         ]
-        self.counts = [
+        self.counts: list[list[Counter[Any]]] = [
             [Counter() for _ in ex.features] if isinstance(ex.spec, CategoricalSpec) else []
             for ex in extractors
         ]
@@ -244,7 +246,8 @@ def _streamed_features(
         names = [f.name for f in ex.features]
         missing = sketches.missing[i]
         if isinstance(ex.spec, NumericSpec):
-            edges, entries = [], []
+            edges: list[np.ndarray] = []
+            entries: list[dict[str, Any]] = []
             for sk in sketches.kll[i]:
                 if sk.is_empty():
                     edges.append(np.empty(0))

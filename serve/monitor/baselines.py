@@ -77,8 +77,8 @@ class BaselineRegistry:
     def _lookup(self, model: str, version: str) -> BaselineEntry:
         explicit = self._explicit.get((model, version)) or self._explicit.get((model, ""))
         if explicit is not None:
-            path, baseline = explicit
-            return self._check(model, version, BaselineEntry(OK, baseline, str(path)))
+            explicit_path, baseline = explicit
+            return self._check(model, version, BaselineEntry(OK, baseline, str(explicit_path)))
         if self.repository is None:
             return BaselineEntry(
                 MISSING, problems=["no --baseline file or --model-repository for this model"]

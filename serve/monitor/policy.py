@@ -86,7 +86,7 @@ class Policy:
         merged = {**self.thresholds, **self.feature_thresholds.get(name, {})}
         deciding = DECIDING.get(kind, ())
         extra = [m for m in self.feature_thresholds.get(name, {}) if m not in deciding]
-        return {m: float(merged[m]) for m in (*deciding, *extra) if merged.get(m) is not None}
+        return {m: float(value) for m in (*deciding, *extra) if (value := merged.get(m)) is not None}
 
 
 # ---------------------------------------------------------------- null quantiles

@@ -225,19 +225,19 @@ def _complete_tensors(
         return
     seen = set()
     for entry in declared:
-        tensor = by_name.get(entry.name)
-        if tensor is None:
+        found = by_name.get(entry.name)
+        if found is None:
             raise ModelLoadError(
                 f"config {what} '{entry.name}' is not an {what} of the ONNX graph (graph has {sorted(by_name)})"
             )
         seen.add(entry.name)
         declared_type = CONFIG_TO_OIP.get(mc.DataType.Name(entry.data_type), "INVALID")
-        if declared_type != tensor.datatype:
+        if declared_type != found.datatype:
             raise ModelLoadError(
                 f"config {what} '{entry.name}' has data_type {mc.DataType.Name(entry.data_type)} but the "
-                f"ONNX graph says {OIP_TO_CONFIG.get(tensor.datatype, tensor.datatype)}"
+                f"ONNX graph says {OIP_TO_CONFIG.get(found.datatype, found.datatype)}"
             )
-        graph_dims = _config_dims(tensor, batching)
+        graph_dims = _config_dims(found, batching)
         dims = list(entry.dims)
         if not dims and not graph_dims:
             continue

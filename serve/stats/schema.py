@@ -121,10 +121,10 @@ def merge(documents: Iterable[dict[str, Any]]) -> dict[str, Any]:
             }
             newest_total[iid] = d["total"]
         for w in d["windows"]:
-            key = (iid, w["start"])
-            held = newest_window.get(key)
+            window_key = (iid, w["start"])
+            held = newest_window.get(window_key)
             if held is None or w["seq"] > held[0]:
-                newest_window[key] = (w["seq"], w)
+                newest_window[window_key] = (w["seq"], w)
 
     windows: dict[float, dict[str, Any]] = {}
     for (iid, start), (_, w) in sorted(newest_window.items(), key=lambda kv: (kv[0][1], kv[0][0])):
