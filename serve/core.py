@@ -239,27 +239,11 @@ def validate_inputs(model: ModelVersion, request: InferRequest) -> dict[str, np.
             )
         if batching and shape[0] == 0:
             raise InvalidInput(f"input '{tensor.name}' has an empty batch dimension")
-        if spec.datatype == "BYTES":
-            _check_utf8(tensor.name, tensor.data)
         feeds[tensor.name] = tensor.data
     missing = [name for name in declared if name not in feeds]
     if missing:
         raise InvalidInput(f"model '{model.name}' needs input(s) {missing} which the request does not have")
     return feeds
-
-
-def _check_utf8(name: str, data: np.ndarray) -> None:
-    # onnxruntime string tensors hold text. Checked here, per request, because the runtime would
-    # only find out once the request shares a batch with others, and then fail all of them.
-    for index, element in enumerate(data.reshape(-1)):
-        if isinstance(element, bytes):
-            try:
-                element.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(
-                    f"input '{name}': BYTES element {index} is not valid UTF-8 ({exc.reason}); "
-                    "onnxruntime string tensors hold text"
-                ) from None
 
 
 def requested_outputs(model: ModelVersion, request: InferRequest) -> list[tuple[str, str]]:

@@ -79,8 +79,11 @@ def _graph_tensors(args: Sequence[ort.NodeArg], what: str) -> list[GraphTensor]:
     return tensors
 
 
-def _to_ort(array: np.ndarray) -> np.ndarray:
-    """onnxruntime's Python binding takes strings as ``str``; ``bytes`` objects would be str()-ed."""
+def _to_ort(name: str, array: np.ndarray) -> np.ndarray:
+    """onnxruntime's Python binding takes strings as ``str``; ``bytes`` objects would be str()-ed.
+
+    A caller's invalid UTF-8 fails the batch here; the batcher then re-runs its callers one by
+    one, so only that caller gets the error (which is why the core does not decode twice)."""
     if array.dtype != object:
         return array
     flat = array.reshape(-1)
@@ -88,7 +91,7 @@ def _to_ort(array: np.ndarray) -> np.ndarray:
         decoded = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in flat]
     except UnicodeDecodeError as exc:
         raise InvalidInput(
-            f"a BYTES element is not valid UTF-8 ({exc.reason}); onnxruntime string tensors hold text"
+            f"input '{name}': a BYTES element is not valid UTF-8 ({exc.reason}); onnxruntime string tensors hold text"
         ) from None
     out = np.empty(len(decoded), dtype=object)
     out[:] = decoded
@@ -193,7 +196,7 @@ class OnnxRunner:
 
     def _run_on(self, index: int, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._sessions[index]
-        ort_feeds = {name: _to_ort(array) for name, array in feeds.items()}
+        ort_feeds = {name: _to_ort(name, array) for name, array in feeds.items()}
         started = time.perf_counter_ns()
         try:
             if self._use_iobinding[index]:
