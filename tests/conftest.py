@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -95,6 +96,16 @@ def start_server(
     raise RuntimeError("could not find free ports for the server")
 
 
+@contextlib.contextmanager
+def serving(repository: Path | None, tmp_path: Path, *extra_args: str) -> Iterator[RunningServer]:
+    """A server for the duration of a ``with`` block (or a fixture's ``yield``), stopped however it ends."""
+    server = start_server(repository, tmp_path, *extra_args)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def _wait_grpc(port: int, deadline: float) -> None:
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -112,8 +123,5 @@ def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    server = start_server(demo_repository, tmp_path_factory.mktemp("demo-server"))
-    try:
+    with serving(demo_repository, tmp_path_factory.mktemp("demo-server")) as server:
         yield server
-    finally:
-        server.stop()

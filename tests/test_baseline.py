@@ -216,14 +216,13 @@ def _served_baseline(repo: Path, tmp_path: Path) -> tuple[object, str]:
     import json
     import urllib.request
 
-    from tests.conftest import start_server
+    from tests.conftest import serving
 
-    server = start_server(repo, tmp_path)
-    try:
-        with urllib.request.urlopen(f"{server.base}/v2/models/{MODEL}/input-stats", timeout=10) as response:
-            document = json.load(response)
-    finally:
-        server.stop()
+    with (
+        serving(repo, tmp_path) as server,
+        urllib.request.urlopen(f"{server.base}/v2/models/{MODEL}/input-stats", timeout=10) as response,
+    ):
+        document = json.load(response)
     return document["baseline"], server.log()
 
 

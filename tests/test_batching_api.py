@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from serve.modelgen import mlp, save
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, serving
 
 CALLERS = 16
 # Held until 8 rows are queued (or 2 s pass): concurrent callers are batched deterministically.
@@ -36,11 +36,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(repository, tmp_path_factory.mktemp("batching-server"))
-    try:
+    with serving(repository, tmp_path_factory.mktemp("batching-server")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from serve.modelgen import mlp, save
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, serving
 
 # Held for up to 1 s waiting for a batch of 8, so requests sit in the queue long enough to be abandoned.
 CONFIG = """
@@ -31,11 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("cancel")
     save(mlp([4, 8, 2], seed=2), root / "models" / "held" / "1" / "model.onnx")
     (root / "models" / "held" / "config.pbtxt").write_text(CONFIG)
-    running = start_server(root / "models", root)
-    try:
+    with serving(root / "models", root) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def rows_inferred(server: RunningServer) -> int:

@@ -19,16 +19,13 @@ import tritonclient.http as httpclient
 
 from serve.grpc._proto import serve_monitoring_pb2 as mpb
 from serve.grpc._proto import serve_monitoring_pb2_grpc as mpb_grpc
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, serving
 
 
 @pytest.fixture(scope="module")
 def server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(demo_repository, tmp_path_factory.mktemp("stats-server"))
-    try:
+    with serving(demo_repository, tmp_path_factory.mktemp("stats-server")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def fetch(server: RunningServer, path: str) -> tuple[int, dict[str, Any]]:
@@ -120,11 +117,8 @@ def test_bad_since_is_400(server: RunningServer) -> None:
 
 
 def test_statistics_can_be_switched_off(demo_repository: Path, tmp_path: Path) -> None:
-    running = start_server(demo_repository, tmp_path, "--no-stats")
-    try:
+    with serving(demo_repository, tmp_path, "--no-stats") as running:
         status, body = fetch(running, "/v2/models/tabular/input-stats")
-    finally:
-        running.stop()
 
     assert status == 404
     assert "no-stats" in body["error"]
@@ -152,18 +146,17 @@ def test_two_servers_merged_equal_one_server_fed_both_streams(demo_repository: P
     first, second = rng.normal(0, 1, (12, 8)).astype(np.float32), rng.normal(2, 3, (20, 8)).astype(np.float32)
     for name in ("a", "b", "both"):
         (tmp_path / name).mkdir()
-    servers = [start_server(demo_repository, tmp_path / name) for name in ("a", "b", "both")]
-    try:
-        a, b, both = servers
+    with (
+        serving(demo_repository, tmp_path / "a") as a,
+        serving(demo_repository, tmp_path / "b") as b,
+        serving(demo_repository, tmp_path / "both") as both,
+    ):
         send(a, first)
         send(b, second)
         send(both, first)
         send(both, second)
         merged = merge([document_with(a, 12), document_with(b, 20)])
         single = document_with(both, 32)
-    finally:
-        for running in servers:
-            running.stop()
 
     for column in range(8):
         name = f"features[{column}]"
@@ -180,19 +173,13 @@ def test_a_restarted_server_is_detected_and_not_double_counted(demo_repository: 
     x = np.ones((5, 8), np.float32)
     (tmp_path / "first").mkdir()
     (tmp_path / "second").mkdir()
-    running = start_server(demo_repository, tmp_path / "first")
-    try:
+    with serving(demo_repository, tmp_path / "first") as running:
         send(running, x)
         before = document_with(running, 5)
         again = document_with(running, 5)  # polled twice: must not count twice
-    finally:
-        running.stop()
-    running = start_server(demo_repository, tmp_path / "second")
-    try:
+    with serving(demo_repository, tmp_path / "second") as running:
         send(running, x[:3])
         after = document_with(running, 3)
-    finally:
-        running.stop()
 
     merged = merge([before, again, after])
 
