@@ -43,14 +43,30 @@ class ServerProcess:
                 self.process.wait()
 
 
-def start_server(repository: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None
-                 ) -> ServerProcess:
+def start_server(
+    repository: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> ServerProcess:
     http_port, grpc_port = free_port(), free_port()
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "serve", "run", "--model-repository", str(repository),
-         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--log-level", "warning", *extra],
-        stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        [
+            sys.executable,
+            "-m",
+            "serve",
+            "run",
+            "--model-repository",
+            str(repository),
+            "--http-port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -67,16 +83,29 @@ def start_server(repository: Path, *extra: str, env: dict[str, str] | None = Non
 
 
 def http_json_body(name: str, array: np.ndarray, datatype: str) -> bytes:
-    return orjson.dumps({"inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype,
-                                     "data": array.reshape(-1).tolist()}]})
+    return orjson.dumps(
+        {
+            "inputs": [
+                {"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.reshape(-1).tolist()}
+            ]
+        }
+    )
 
 
 def http_binary_body(name: str, array: np.ndarray, datatype: str) -> tuple[bytes, int]:
-    header = orjson.dumps({
-        "inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype,
-                    "parameters": {"binary_data_size": array.nbytes}}],
-        "parameters": {"binary_data_output": True},
-    })
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(array.shape),
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": array.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
     return header + array.tobytes(), len(header)
 
 

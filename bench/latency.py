@@ -73,8 +73,10 @@ def main() -> None:
                 assert response.status == 200, response.status
 
             results["HTTP JSON"] = timed(lambda: post(json_body, {"Content-Type": "application/json"}), n)
-            bin_headers = {"Inference-Header-Content-Length": str(header_len),
-                           "Content-Type": "application/octet-stream"}
+            bin_headers = {
+                "Inference-Header-Content-Length": str(header_len),
+                "Content-Type": "application/octet-stream",
+            }
             results["HTTP binary"] = timed(lambda: post(bin_body, bin_headers), n)
 
             import grpc

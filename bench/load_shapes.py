@@ -55,9 +55,7 @@ def step_plan(users: int = 10, steps: int = 5, step_time_s: float = 30.0) -> Loa
     steps = min(steps, users)
     # Each step's users start within about a second, so that the hold measures the step, not the ramp.
     rate = max(1.0, users / steps)
-    return LoadPlan(
-        [Stage(f"step {i}", step_time_s, round(users * i / steps), rate) for i in range(1, steps + 1)]
-    )
+    return LoadPlan([Stage(f"step {i}", step_time_s, round(users * i / steps), rate) for i in range(1, steps + 1)])
 
 
 def spike_plan(

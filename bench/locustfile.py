@@ -182,9 +182,7 @@ class _HttpInferUser(_InferUser, FastHttpUser):
             return
         request = next(self.requests)
         path = self.infer_path
-        post = self.client.post(
-            path, data=request.body, headers=request.headers, name=path, catch_response=True
-        )
+        post = self.client.post(path, data=request.body, headers=request.headers, name=path, catch_response=True)
         with post as response:
             if response.status_code >= 400:
                 response.failure(ServerError(_http_error(response.status_code, response.content)))

@@ -54,8 +54,7 @@ class EncodedRequest:
 def model_spec(metadata: Mapping[str, Any], config: Mapping[str, Any] | None) -> ModelSpec:
     """From the metadata JSON (``GET /v2/models/{m}``) and config JSON (``.../config``, may be missing)."""
     inputs = tuple(
-        InputSpec(str(i["name"]), str(i["datatype"]), tuple(int(d) for d in i["shape"]))
-        for i in metadata["inputs"]
+        InputSpec(str(i["name"]), str(i["datatype"]), tuple(int(d) for d in i["shape"])) for i in metadata["inputs"]
     )
     if config is not None and "max_batch_size" in config:
         max_batch = int(config["max_batch_size"])

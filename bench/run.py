@@ -140,9 +140,7 @@ class ServerSnapshot:
 
     @classmethod
     def take(cls, target: Target, model: str) -> ServerSnapshot:
-        return cls(
-            model_stats(target, model), metrics_samples(target.metrics_url), process_cpu_s(target.server_pid)
-        )
+        return cls(model_stats(target, model), metrics_samples(target.metrics_url), process_cpu_s(target.server_pid))
 
 
 def server_deltas(before: ServerSnapshot, after: ServerSnapshot) -> dict[str, Any]:
@@ -330,15 +328,11 @@ class Point:
     concurrency: int
 
 
-def summarize(
-    point: Point, rows: int, samples: Samples, wall_s: float, client_cpu_s: float
-) -> dict[str, Any]:
+def summarize(point: Point, rows: int, samples: Samples, wall_s: float, client_cpu_s: float) -> dict[str, Any]:
     ok = len(samples.latencies_ns)
     failures = sum(samples.errors.values())
     lat = np.asarray(samples.latencies_ns, dtype=np.float64) / 1e6
-    pct = (
-        dict(zip(("p50", "p90", "p99"), np.percentile(lat, [50, 90, 99]).tolist(), strict=True)) if ok else {}
-    )
+    pct = dict(zip(("p50", "p90", "p99"), np.percentile(lat, [50, 90, 99]).tolist(), strict=True)) if ok else {}
     return {
         **asdict(point),
         "rows_per_request": rows,
@@ -521,8 +515,7 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         by_batch = ", ".join(f"{b}: {r['rows_per_s']:.0f}" for b, r in c["batches"].items())
         out.append(
-            f"| {model} | {c['best_rows_per_s']:.0f} | {c['best_batch']} | {c['batch1_p50_us']:.1f} "
-            f"| {by_batch} |"
+            f"| {model} | {c['best_rows_per_s']:.0f} | {c['best_batch']} | {c['batch1_p50_us']:.1f} | {by_batch} |"
         )
     out += ["", "## Served", "", f"| {POINT_COLUMNS} |", "|" + "---|" * len(POINT_COLUMNS.split("|"))]
     out += [point_row(p) for p in report["points"]]
@@ -561,9 +554,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
             ys = [p["latency_ms"]["p99"] for p in points]
             ax.plot(xs, ys, "o-", label=protocol)
             for p, x, y in zip(points, xs, ys, strict=True):
-                ax.annotate(
-                    f"c={p['concurrency']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
-                )
+                ax.annotate(f"c={p['concurrency']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ceiling = report["ceiling"].get(model)
         title = model
         if ceiling is not None:
@@ -591,41 +582,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--url", help="a running server's HTTP base URL (default: start one on free loopback ports)"
-    )
-    parser.add_argument(
-        "--grpc-port", type=int, default=8001, help="gRPC port on --url's host (default 8001)"
-    )
-    parser.add_argument(
-        "--metrics-url", help="Prometheus endpoint (default: <url>/metrics; skipped if absent)"
-    )
+    parser.add_argument("--url", help="a running server's HTTP base URL (default: start one on free loopback ports)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port on --url's host (default 8001)")
+    parser.add_argument("--metrics-url", help="Prometheus endpoint (default: <url>/metrics; skipped if absent)")
     parser.add_argument(
         "--model-repository",
         type=Path,
         help="repository to serve (default: the demo); with --url, used for the onnxruntime ceiling",
     )
-    parser.add_argument(
-        "--models", type=_csv(str), help="default: tabular for the demo, else every ready model"
-    )
-    parser.add_argument(
-        "--protocols", type=_csv(str), default=list(payloads.PROTOCOLS), help="http,http-json,grpc"
-    )
-    parser.add_argument(
-        "--concurrency", type=_csv(int), default=[1, 4, 16], help="requests in flight (1,4,16)"
-    )
+    parser.add_argument("--models", type=_csv(str), help="default: tabular for the demo, else every ready model")
+    parser.add_argument("--protocols", type=_csv(str), default=list(payloads.PROTOCOLS), help="http,http-json,grpc")
+    parser.add_argument("--concurrency", type=_csv(int), default=[1, 4, 16], help="requests in flight (1,4,16)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per point (10)")
-    parser.add_argument(
-        "--warmup", type=float, default=1.0, help="seconds sent before each point, not measured (1)"
-    )
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds sent before each point, not measured (1)")
     parser.add_argument("--rows-per-request", type=int, default=1)
     parser.add_argument(
         "--ceiling-seconds", type=float, default=2.0, help="onnxruntime ceiling time per model; 0 skips"
     )
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
-    parser.add_argument(
-        "--server-arg", action="append", default=[], help="extra `serve run` argument (repeatable)"
-    )
+    parser.add_argument("--server-arg", action="append", default=[], help="extra `serve run` argument (repeatable)")
     args = parser.parse_args(argv)
     unknown = set(args.protocols) - set(payloads.PROTOCOLS)
     if unknown:
@@ -738,9 +713,7 @@ def run(args: argparse.Namespace) -> Path:
                 head = f"[{i}/{len(points)}] {point.model} {point.protocol} c={point.concurrency}"
                 print(f"{head:<40}", end="", flush=True)
                 try:
-                    requests = payloads.build_requests(
-                        specs[point.model], point.protocol, args.rows_per_request
-                    )
+                    requests = payloads.build_requests(specs[point.model], point.protocol, args.rows_per_request)
                 except ValueError as exc:  # e.g. FP16 inputs cannot be sent as JSON
                     report["points"].append(skipped(point, str(exc)))
                     print(f"skipped: {exc}", flush=True)
@@ -772,10 +745,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| {POINT_COLUMNS} |")
     for p in report["points"]:
         print(point_row(p))
-    print(
-        f"\nreport: {out / 'report.md'}\n        {out / 'report.json'}\n"
-        f"        {out / 'throughput_vs_p99.png'}"
-    )
+    print(f"\nreport: {out / 'report.md'}\n        {out / 'report.json'}\n        {out / 'throughput_vs_p99.png'}")
 
 
 if __name__ == "__main__":

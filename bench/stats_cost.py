@@ -22,9 +22,7 @@ from serve.stats.windows import ServerInstance
 from serve.types import TensorSpec
 
 
-def _recorder(
-    inputs: list[TensorSpec], outputs: list[TensorSpec], baseline: Baseline | None
-) -> StatsRecorder:
+def _recorder(inputs: list[TensorSpec], outputs: list[TensorSpec], baseline: Baseline | None) -> StatsRecorder:
     instance = ServerInstance("bench", "bench", 0.0)
     # start=False: no worker thread; the benchmark drives the update itself.
     return StatsRecorder(
@@ -69,9 +67,7 @@ def _scenarios(rows: int, d: int, rng: np.random.Generator) -> list[tuple[str, l
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=2000)

@@ -96,15 +96,28 @@ def stats(port: int, model: str) -> tuple[int, int]:
     return int(s["inference_count"]), int(s["execution_count"])
 
 
-def h2load(url: str, body: Path, concurrency: int, duration: float, protocol: str, log: Path,
-           extra_headers: list[str]) -> tuple[int, int, list[float], float]:
+def h2load(
+    url: str, body: Path, concurrency: int, duration: float, protocol: str, log: Path, extra_headers: list[str]
+) -> tuple[int, int, list[float], float]:
     if protocol == "http":
         shape = ["-c", str(concurrency), "-m", "1", "--h1"]
     else:
         clients = min(concurrency, 4)
         shape = ["-c", str(clients), "-m", str(max(1, concurrency // clients))]
-    args = ["h2load", *shape, "-t", "1", "-D", f"{duration:g}", "-d", str(body), "--log-file", str(log),
-            "--warm-up-time", "1"]
+    args = [
+        "h2load",
+        *shape,
+        "-t",
+        "1",
+        "-D",
+        f"{duration:g}",
+        "-d",
+        str(body),
+        "--log-file",
+        str(log),
+        "--warm-up-time",
+        "1",
+    ]
     for header in extra_headers:
         args += ["-H", header]
     process = psutil.Popen([*args, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -127,8 +140,9 @@ def h2load(url: str, body: Path, concurrency: int, duration: float, protocol: st
     return succeeded, failed, latencies, 0.0
 
 
-def run_point(server, model: str, dims: list[int], protocol: str, concurrency: int, rows: int,
-              duration: float, tmp: Path) -> Point:
+def run_point(
+    server, model: str, dims: list[int], protocol: str, concurrency: int, rows: int, duration: float, tmp: Path
+) -> Point:
     x = np.random.default_rng(0).standard_normal((rows, dims[0])).astype(np.float32)
     body_path = tmp / f"body-{protocol}-{rows}.bin"
     if protocol == "http":
@@ -156,14 +170,26 @@ def run_point(server, model: str, dims: list[int], protocol: str, concurrency: i
     rows_done = after_stats[0] - before_stats[0]
     executions = max(1, after_stats[1] - before_stats[1])
     server_cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / elapsed
-    client_cpu = (children_after.children_user + children_after.children_system
-                  - children_before.children_user - children_before.children_system) / elapsed
+    client_cpu = (
+        children_after.children_user
+        + children_after.children_system
+        - children_before.children_user
+        - children_before.children_system
+    ) / elapsed
     lat = np.asarray(latencies) if latencies else np.asarray([float("nan")])
     return Point(
-        model=model, protocol=protocol, concurrency=concurrency, rows=rows,
-        requests_per_s=ok / measured, rows_per_s=ok * rows / measured,
-        p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)),
-        failed=failed, avg_batch=rows_done / executions, server_cpu=server_cpu, client_cpu=client_cpu,
+        model=model,
+        protocol=protocol,
+        concurrency=concurrency,
+        rows=rows,
+        requests_per_s=ok / measured,
+        rows_per_s=ok * rows / measured,
+        p50_ms=float(np.percentile(lat, 50)),
+        p99_ms=float(np.percentile(lat, 99)),
+        failed=failed,
+        avg_batch=rows_done / executions,
+        server_cpu=server_cpu,
+        client_cpu=client_cpu,
     )
 
 
@@ -177,8 +203,11 @@ def main() -> None:
     parser.add_argument("--no-nobatch", action="store_true", help="skip the batching-disabled comparison")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `serve run` argument")
     parser.add_argument("--json", type=Path, help="also write the points as JSON here")
-    parser.add_argument("--compare-stats", action="store_true",
-                        help="only concurrency 64: input statistics on vs off (--no-stats), as a ratio")
+    parser.add_argument(
+        "--compare-stats",
+        action="store_true",
+        help="only concurrency 64: input statistics on vs off (--no-stats), as a ratio",
+    )
     args = parser.parse_args()
     if args.compare_stats:
         compare_stats(args)
@@ -246,14 +275,18 @@ def compare_stats(args: argparse.Namespace) -> None:
             print(f"{m:8s} {p:5s} {on:16,.0f} {off:17,.0f} {on / off:9.1%}")
 
 
-HEADER = (f"{'model':14s} {'proto':5s} {'conc':>4s} {'rows':>4s} {'req/s':>9s} {'rows/s':>9s} {'p50 ms':>7s} "
-          f"{'p99 ms':>7s} {'batch':>6s} {'srv cpu':>7s} {'cli cpu':>7s} {'vs raw':>7s} {'fail':>5s}")
+HEADER = (
+    f"{'model':14s} {'proto':5s} {'conc':>4s} {'rows':>4s} {'req/s':>9s} {'rows/s':>9s} {'p50 ms':>7s} "
+    f"{'p99 ms':>7s} {'batch':>6s} {'srv cpu':>7s} {'cli cpu':>7s} {'vs raw':>7s} {'fail':>5s}"
+)
 
 
 def format_point(p: Point, ceiling: float) -> str:
-    return (f"{p.model:14s} {p.protocol:5s} {p.concurrency:4d} {p.rows:4d} {p.requests_per_s:9,.0f} "
-            f"{p.rows_per_s:9,.0f} {p.p50_ms:7.3f} {p.p99_ms:7.3f} {p.avg_batch:6.1f} {p.server_cpu:7.2f} "
-            f"{p.client_cpu:7.2f} {p.rows_per_s / ceiling:7.1%} {p.failed:5d}")
+    return (
+        f"{p.model:14s} {p.protocol:5s} {p.concurrency:4d} {p.rows:4d} {p.requests_per_s:9,.0f} "
+        f"{p.rows_per_s:9,.0f} {p.p50_ms:7.3f} {p.p99_ms:7.3f} {p.avg_batch:6.1f} {p.server_cpu:7.2f} "
+        f"{p.client_cpu:7.2f} {p.rows_per_s / ceiling:7.1%} {p.failed:5d}"
+    )
 
 
 def table(points: list[Point], ceilings: dict[str, float]) -> str:

@@ -103,9 +103,7 @@ def generate(out_dir: Path = DEFAULT_OUT) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="output directory (default: %(default)s)"
-    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: %(default)s)")
     args = parser.parse_args(argv)
     for path in generate(args.out):
         print(f"wrote {path}")

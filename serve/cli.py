@@ -41,34 +41,66 @@ def _bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
-def _add(parser: argparse.ArgumentParser, flag: str, *, type: Callable[[str], Any] = str,
-         default: Any = None, help: str, **kwargs: Any) -> None:
+def _add(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    type: Callable[[str], Any] = str,
+    default: Any = None,
+    help: str,
+    **kwargs: Any,
+) -> None:
     name = flag.lstrip("-")
     env = ENV_PREFIX + name.upper().replace("-", "_")
     if type is _bool:
         parser.add_argument(
-            flag, action=argparse.BooleanOptionalAction, default=_env_default(name, _bool, default),
-            help=f"{help} [env {env}; default {default}]", **kwargs,
+            flag,
+            action=argparse.BooleanOptionalAction,
+            default=_env_default(name, _bool, default),
+            help=f"{help} [env {env}; default {default}]",
+            **kwargs,
         )
         return
     parser.add_argument(
-        flag, type=type, default=_env_default(name, type, default),
-        help=f"{help} [env {env}; default {default}]", **kwargs,
+        flag,
+        type=type,
+        default=_env_default(name, type, default),
+        help=f"{help} [env {env}; default {default}]",
+        **kwargs,
     )
 
 
 def _add_repository_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
     d = ServerSettings()
-    _add(parser, "--model-repository", type=Path, default=None,
-         help="Triton-layout model repository" + ("" if required else "; omitted = the bundled demo repository"))
-    _add(parser, "--default-max-batch-size", type=int, default=d.default_max_batch_size,
-         help="max_batch_size for batchable models without a config.pbtxt")
-    _add(parser, "--ort-intra-op-threads", type=int, default=d.ort_intra_op_threads,
-         help="onnxruntime intra-op threads per instance when the config has none (0 = cores / instances)")
-    _add(parser, "--ort-allow-spinning", type=_bool, default=d.ort_allow_spinning,
-         help="let onnxruntime threads spin while idle (faster on idle big machines, starves small ones)")
-    _add(parser, "--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"],
-         help="log level")
+    _add(
+        parser,
+        "--model-repository",
+        type=Path,
+        default=None,
+        help="Triton-layout model repository" + ("" if required else "; omitted = the bundled demo repository"),
+    )
+    _add(
+        parser,
+        "--default-max-batch-size",
+        type=int,
+        default=d.default_max_batch_size,
+        help="max_batch_size for batchable models without a config.pbtxt",
+    )
+    _add(
+        parser,
+        "--ort-intra-op-threads",
+        type=int,
+        default=d.ort_intra_op_threads,
+        help="onnxruntime intra-op threads per instance when the config has none (0 = cores / instances)",
+    )
+    _add(
+        parser,
+        "--ort-allow-spinning",
+        type=_bool,
+        default=d.ort_allow_spinning,
+        help="let onnxruntime threads spin while idle (faster on idle big machines, starves small ones)",
+    )
+    _add(parser, "--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"], help="log level")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,25 +118,60 @@ def build_parser() -> argparse.ArgumentParser:
     _add(run, "--http-port", type=int, default=d.http_port, help="HTTP/REST port")
     _add(run, "--grpc-port", type=int, default=d.grpc_port, help="gRPC port")
     _add(run, "--metrics-port", type=int, default=None, help="extra port serving only /metrics")
-    _add(run, "--model-control-mode", default=d.model_control_mode, choices=["none", "explicit"],
-         help="'explicit' answers repository load/unload requests and loads only --load-model at start")
-    run.add_argument("--load-model", action="append", default=None,
-                     help="with --model-control-mode explicit: a model to load at start (repeatable)")
-    _add(run, "--max-request-bytes", type=int, default=d.max_request_bytes,
-         help="largest request body / gRPC message accepted, bytes")
-    _add(run, "--shutdown-grace-s", type=float, default=d.shutdown_grace_s,
-         help="seconds shutdown waits for queued and running requests")
-    _add(run, "--metrics-triton-compat", type=_bool, default=d.metrics_triton_compat,
-         help="also export Triton's nv_* metric names")
-    _add(run, "--stats", type=_bool, default=d.stats_enabled,
-         help="record input/output statistics per model (GET .../input-stats)")
+    _add(
+        run,
+        "--model-control-mode",
+        default=d.model_control_mode,
+        choices=["none", "explicit"],
+        help="'explicit' answers repository load/unload requests and loads only --load-model at start",
+    )
+    run.add_argument(
+        "--load-model",
+        action="append",
+        default=None,
+        help="with --model-control-mode explicit: a model to load at start (repeatable)",
+    )
+    _add(
+        run,
+        "--max-request-bytes",
+        type=int,
+        default=d.max_request_bytes,
+        help="largest request body / gRPC message accepted, bytes",
+    )
+    _add(
+        run,
+        "--shutdown-grace-s",
+        type=float,
+        default=d.shutdown_grace_s,
+        help="seconds shutdown waits for queued and running requests",
+    )
+    _add(
+        run,
+        "--metrics-triton-compat",
+        type=_bool,
+        default=d.metrics_triton_compat,
+        help="also export Triton's nv_* metric names",
+    )
+    _add(
+        run,
+        "--stats",
+        type=_bool,
+        default=d.stats_enabled,
+        help="record input/output statistics per model (GET .../input-stats)",
+    )
     _add(run, "--stats-window-s", type=float, default=d.stats_window_s, help="statistics window length, seconds")
     _add(run, "--stats-horizon-s", type=float, default=d.stats_horizon_s, help="how long windows are kept, seconds")
-    _add(run, "--stats-sample-rate", type=float, default=d.stats_sample_rate,
-         help="share of rows recorded in the statistics, in (0, 1]")
+    _add(
+        run,
+        "--stats-sample-rate",
+        type=float,
+        default=d.stats_sample_rate,
+        help="share of rows recorded in the statistics, in (0, 1]",
+    )
 
     validate = sub.add_parser(
-        "validate", help="load every model and run one inference each; non-zero exit if any fails",
+        "validate",
+        help="load every model and run one inference each; non-zero exit if any fails",
         description="Load every model exactly as the server would, run one inference per model with generated "
         "inputs, print a table, and exit 1 if any model fails. For CI gates on model repositories.",
     )
@@ -117,26 +184,44 @@ def build_parser() -> argparse.ArgumentParser:
     from serve.baseline.command import add_arguments as add_baseline_arguments
     from serve.monitor.command import add_arguments as add_monitor_arguments
 
-    add_baseline_arguments(sub.add_parser(
-        "baseline", help="compute a model's baseline.json (training distribution) for drift monitoring",
-        description="Read training data in chunks and write baseline.json: per input feature its declared kind, "
-        "counts, moments, bin edges and bin counts; and the model's output distribution on a held-out sample.",
-    ))
-    add_monitor_arguments(sub.add_parser(
-        "monitor", help="watch servers' input statistics for drift against baselines",
-        description="Poll servers' input statistics, merge replicas, compare with baselines, keep history in "
-        "SQLite, export Prometheus gauges, serve an HTML report, and alert on drift.",
-    ))
+    add_baseline_arguments(
+        sub.add_parser(
+            "baseline",
+            help="compute a model's baseline.json (training distribution) for drift monitoring",
+            description="Read training data in chunks and write baseline.json: per input feature its declared kind, "
+            "counts, moments, bin edges and bin counts; and the model's output distribution on a held-out sample.",
+        )
+    )
+    add_monitor_arguments(
+        sub.add_parser(
+            "monitor",
+            help="watch servers' input statistics for drift against baselines",
+            description="Poll servers' input statistics, merge replicas, compare with baselines, keep history in "
+            "SQLite, export Prometheus gauges, serve an HTML report, and alert on drift.",
+        )
+    )
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     s = ServerSettings()
     for name in (
-        "model_repository", "host", "http_port", "grpc_port", "metrics_port", "log_level",
-        "model_control_mode", "max_request_bytes", "default_max_batch_size", "shutdown_grace_s",
-        "ort_allow_spinning", "ort_intra_op_threads", "metrics_triton_compat",
-        "stats_window_s", "stats_horizon_s", "stats_sample_rate",
+        "model_repository",
+        "host",
+        "http_port",
+        "grpc_port",
+        "metrics_port",
+        "log_level",
+        "model_control_mode",
+        "max_request_bytes",
+        "default_max_batch_size",
+        "shutdown_grace_s",
+        "ort_allow_spinning",
+        "ort_intra_op_threads",
+        "metrics_triton_compat",
+        "stats_window_s",
+        "stats_horizon_s",
+        "stats_sample_rate",
     ):
         if hasattr(args, name):
             setattr(s, name, getattr(args, name))

@@ -188,9 +188,7 @@ class InferenceService:
         )
         for recorder in self.timing_recorders:
             recorder.on_timings(model, result)
-        return InferResponse(
-            model_name=model.name, model_version=model.version_str, id=request.id, outputs=outputs
-        )
+        return InferResponse(model_name=model.name, model_version=model.version_str, id=request.id, outputs=outputs)
 
     # ---- repository ------------------------------------------------------------------------
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
@@ -265,5 +263,10 @@ def requested_outputs(model: ModelVersion, request: InferRequest) -> list[tuple[
 
 
 __all__ = [
-    "InferenceService", "RequestRecorder", "ServeError", "TimingRecorder", "outcome_of", "validate_inputs",
+    "InferenceService",
+    "RequestRecorder",
+    "ServeError",
+    "TimingRecorder",
+    "outcome_of",
+    "validate_inputs",
 ]

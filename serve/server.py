@@ -144,7 +144,11 @@ class Server:
         await set_serving(self._health, True)
         log.info(
             "serving %d model version(s): HTTP on %s:%d, gRPC on %s:%d",
-            len(self.repository.loaded()), s.host, self.http_port, s.host, self.grpc_port,
+            len(self.repository.loaded()),
+            s.host,
+            self.http_port,
+            s.host,
+            self.grpc_port,
         )
 
     async def _start_metrics_http(self, port: int) -> None:
@@ -153,8 +157,14 @@ class Server:
         self._metrics_socket = bind_http_socket(s.host, port)
         self.metrics_port = self._metrics_socket.getsockname()[1]
         config = uvicorn.Config(
-            create_metrics_app(self.metrics), host=s.host, port=self.metrics_port, loop="none",
-            lifespan="off", access_log=False, server_header=False, log_config=None,
+            create_metrics_app(self.metrics),
+            host=s.host,
+            port=self.metrics_port,
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            server_header=False,
+            log_config=None,
         )
         self._metrics_http = _Uvicorn(config)
         self._metrics_task = asyncio.ensure_future(self._metrics_http.serve(sockets=[self._metrics_socket]))

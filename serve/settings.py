@@ -36,7 +36,22 @@ class ServerSettings:
     metrics_triton_compat: bool = False
     # Histogram buckets for latency metrics, seconds.
     latency_buckets_s: tuple[float, ...] = (
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        0.0001,
+        0.00025,
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
     )
     server_name: str = "serve"
     # Input/output statistics (GET .../input-stats): on by default; windows and horizon in seconds.

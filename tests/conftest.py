@@ -61,7 +61,10 @@ class RunningServer:
 
 
 def start_server(
-    repository: Path | None, tmp_path: Path, *extra_args: str, env: dict[str, str] | None = None,
+    repository: Path | None,
+    tmp_path: Path,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
     wait_ready: bool = True,
 ) -> RunningServer:
     """Start `serve run` in a subprocess on free ports and wait until its HTTP port answers."""
@@ -73,9 +76,7 @@ def start_server(
             args += ["--model-repository", str(repository)]
         args += list(extra_args)
         with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-            )
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         server = RunningServer(process, http_port, grpc_port, log_path)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

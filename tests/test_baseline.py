@@ -130,9 +130,7 @@ def test_unknown_categorical_name_is_an_error(repo: Path, train: np.ndarray, tmp
         _build(repo, str(tmp_path / "x.npy"), categorical=["nope"])
 
 
-def test_streaming_beyond_the_memory_limit_counts_the_same_rows(
-    repo: Path, train: np.ndarray, tmp_path: Path
-) -> None:
+def test_streaming_beyond_the_memory_limit_counts_the_same_rows(repo: Path, train: np.ndarray, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", train)
     exact = _inputs(_build(repo, str(tmp_path / "x.npy")))
     streamed = _inputs(_build(repo, str(tmp_path / "x.npy"), memory_limit_bytes=10_000, chunk_rows=500))
@@ -147,9 +145,7 @@ def test_streaming_beyond_the_memory_limit_counts_the_same_rows(
             assert np.max(np.abs(ranks[0] - ranks[1])) < 0.005
 
 
-def test_output_distribution_comes_from_the_held_out_sample(
-    repo: Path, train: np.ndarray, tmp_path: Path
-) -> None:
+def test_output_distribution_comes_from_the_held_out_sample(repo: Path, train: np.ndarray, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", train)
     document = _build(repo, str(tmp_path / "x.npy"), holdout=0.25)
     outputs = {f["name"]: f for f in document["features"] if f["role"] == "output"}
@@ -205,9 +201,7 @@ def test_check_reports_a_stale_baseline_after_the_model_changes(
     assert "stale baseline" in capsys.readouterr().err
 
 
-def test_missing_data_for_an_input_is_a_clear_cli_error(
-    repo: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_missing_data_for_an_input_is_a_clear_cli_error(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["baseline", "--model-repository", str(repo), "--model", MODEL, "--data", "nope.csv"]) == 2
     assert "no such file" in capsys.readouterr().err
 

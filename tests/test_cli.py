@@ -21,8 +21,14 @@ from serve.demo import MODELS, write_demo_repository
 
 SERVE = [sys.executable, "-m", "serve"]
 RUN_FLAGS = [
-    "--model-repository", "--host", "--http-port", "--grpc-port", "--log-level", "--model-control-mode",
-    "--load-model", "--max-request-bytes",
+    "--model-repository",
+    "--host",
+    "--http-port",
+    "--grpc-port",
+    "--log-level",
+    "--model-control-mode",
+    "--load-model",
+    "--max-request-bytes",
 ]
 
 
@@ -186,12 +192,15 @@ def test_sigint_stops_the_server_with_exit_code_zero(demo_repository: Path, tmp_
     assert server.process.wait(30) == 0
 
 
-def test_a_taken_http_port_fails_with_a_clear_message(
-    demo_repository: Path, taken_port: int
-) -> None:
+def test_a_taken_http_port_fails_with_a_clear_message(demo_repository: Path, taken_port: int) -> None:
     result = serve(
-        "run", "--model-repository", str(demo_repository),
-        "--http-port", str(taken_port), "--grpc-port", str(free_port()),
+        "run",
+        "--model-repository",
+        str(demo_repository),
+        "--http-port",
+        str(taken_port),
+        "--grpc-port",
+        str(free_port()),
     )
     assert result.returncode != 0
     assert f"HTTP on {HOST}:{taken_port}" in result.stderr
@@ -199,12 +208,15 @@ def test_a_taken_http_port_fails_with_a_clear_message(
     assert "Traceback" not in result.stderr
 
 
-def test_a_taken_grpc_port_fails_with_a_clear_message(
-    demo_repository: Path, taken_port: int
-) -> None:
+def test_a_taken_grpc_port_fails_with_a_clear_message(demo_repository: Path, taken_port: int) -> None:
     result = serve(
-        "run", "--model-repository", str(demo_repository),
-        "--http-port", str(free_port()), "--grpc-port", str(taken_port),
+        "run",
+        "--model-repository",
+        str(demo_repository),
+        "--http-port",
+        str(free_port()),
+        "--grpc-port",
+        str(taken_port),
     )
     assert result.returncode != 0
     assert f"gRPC on {HOST}:{taken_port}" in result.stderr
@@ -220,8 +232,17 @@ def test_run_rejects_a_missing_repository_directory(tmp_path: Path) -> None:
 
 def test_load_model_naming_an_absent_model_fails_clearly(demo_repository: Path) -> None:
     result = serve(
-        "run", "--model-repository", str(demo_repository), "--model-control-mode", "explicit",
-        "--load-model", "absent_model", "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+        "run",
+        "--model-repository",
+        str(demo_repository),
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "absent_model",
+        "--http-port",
+        str(free_port()),
+        "--grpc-port",
+        str(free_port()),
     )
     assert result.returncode == 1
     assert "absent_model" in result.stderr and "Traceback" not in result.stderr

@@ -66,9 +66,7 @@ def _model_path(repo: Path, name: str) -> Path:
 def test_write_returns_model_names_in_triton_layout(tmp_path: Path) -> None:
     names = write_demo_repository(tmp_path)
     assert names == MODEL_NAMES
-    assert sorted(_snapshot(tmp_path)) == sorted(
-        [f"{n}/1/model.onnx" for n in MODEL_NAMES] + ["tabular/config.pbtxt"]
-    )
+    assert sorted(_snapshot(tmp_path)) == sorted([f"{n}/1/model.onnx" for n in MODEL_NAMES] + ["tabular/config.pbtxt"])
 
 
 def test_repository_is_byte_identical_across_writes(tmp_path: Path) -> None:
@@ -153,9 +151,7 @@ def test_tabular_labels_are_not_all_the_same_class(tabular_run: tuple[np.ndarray
     assert len(np.unique(tabular_run[2])) > 1
 
 
-@pytest.mark.parametrize(
-    "module_name", ["serve.grpc._proto.model_config_pb2", "tritonclient.grpc.model_config_pb2"]
-)
+@pytest.mark.parametrize("module_name", ["serve.grpc._proto.model_config_pb2", "tritonclient.grpc.model_config_pb2"])
 def test_tabular_config_parses_as_triton_model_config(repo: Path, module_name: str) -> None:
     pb = pytest.importorskip(module_name)
     config = text_format.Parse((repo / "tabular" / "config.pbtxt").read_text(), pb.ModelConfig())
@@ -372,9 +368,7 @@ def test_default_demo_path_falls_back_to_home_cache(tmp_path: Path, monkeypatch:
     assert default_demo_path() == tmp_path / ".cache" / "serve" / f"demo-repo-{__version__}"
 
 
-def test_default_demo_path_ignores_relative_xdg_cache_home(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_demo_path_ignores_relative_xdg_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_demo_path() == tmp_path / ".cache" / "serve" / f"demo-repo-{__version__}"
@@ -419,9 +413,7 @@ def test_ensure_repairs_a_missing_file_without_touching_other_files(tmp_path: Pa
     assert {k: v for k, v in _snapshot(root).items() if k != "mine.txt"} == demo_files()
 
 
-def test_ensure_uses_default_demo_path_without_argument(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ensure_uses_default_demo_path_without_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     root = ensure_demo_repository()
     assert root == tmp_path / "serve" / f"demo-repo-{__version__}"

@@ -138,17 +138,14 @@ def test_no_verdict_below_the_minimum_window() -> None:
     assert enough.verdict is True
 
 
-def _false_alarm_rate(
-    make: callable, categorical: bool, windows: int, scale: float, seed: int
-) -> tuple[float, int]:
+def _false_alarm_rate(make: callable, categorical: bool, windows: int, scale: float, seed: int) -> tuple[float, int]:
     rng = np.random.default_rng(seed)
     baseline = _baseline(make(rng, M), categorical=("x",) if categorical else ())
     f = baseline.features[0]
     n_min = evaluate_feature(f, _live_block(baseline, make(rng, 2000)), Policy()).min_samples
     n = int(n_min * scale)
     flagged = sum(
-        bool(evaluate_feature(f, _live_block(baseline, make(rng, n)), Policy()).verdict)
-        for _ in range(windows)
+        bool(evaluate_feature(f, _live_block(baseline, make(rng, n)), Policy()).verdict) for _ in range(windows)
     )
     return flagged / windows, n_min
 
@@ -192,9 +189,7 @@ def test_a_one_sigma_mean_shift_is_caught_at_the_minimum_window() -> None:
 
 def test_state_changes_only_after_persistent_verdicts() -> None:
     tracker = StateTracker()
-    changes = [
-        tracker.observe(v, 3, float(t)) for t, v in enumerate([True, True, None, False, True, True, True])
-    ]
+    changes = [tracker.observe(v, 3, float(t)) for t, v in enumerate([True, True, None, False, True, True, True])]
     assert changes == [False, False, False, False, False, False, True]
     assert tracker.state == "drifted"
     assert [tracker.observe(False, 3, 9.0) for _ in range(3)] == [False, False, True]

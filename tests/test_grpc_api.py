@@ -75,8 +75,13 @@ def raw_bytes(array: np.ndarray, datatype: str) -> bytes:
 
 
 def raw_request(
-    model: str, tensors: list[tuple[str, str, np.ndarray]], *, outputs: list[str] | None = None,
-    version: str = "", request_id: str = "", shapes: dict[str, list[int]] | None = None,
+    model: str,
+    tensors: list[tuple[str, str, np.ndarray]],
+    *,
+    outputs: list[str] | None = None,
+    version: str = "",
+    request_id: str = "",
+    shapes: dict[str, list[int]] | None = None,
 ) -> pb.ModelInferRequest:
     """A ModelInferRequest with raw_input_contents; ``shapes`` overrides a tensor's declared shape."""
     shapes = shapes or {}
@@ -198,7 +203,11 @@ def test_model_config_json_has_what_perf_analyzer_reads(client: grpcclient.Infer
     assert config["max_batch_size"] == 64
     assert [i["name"] for i in config["input"]] == ["text", "counts", "flag", "values"]
     assert [o["name"] for o in config["output"]] == [
-        "text_out", "counts_doubled", "flag_not", "values_sum", "values_half",
+        "text_out",
+        "counts_doubled",
+        "flag_not",
+        "values_sum",
+        "values_half",
     ]
     assert "sequence_batching" not in config
 
@@ -291,9 +300,7 @@ def test_request_id_is_echoed(client: grpcclient.InferenceServerClient) -> None:
 
 def test_responses_carry_every_output_in_raw_output_contents(stub: Stub) -> None:
     inputs = multi_io_inputs(2)
-    response = stub.ModelInfer(
-        raw_request("multi_io", [(n, MULTI_IO_DATATYPES[n], a) for n, a in inputs.items()])
-    )
+    response = stub.ModelInfer(raw_request("multi_io", [(n, MULTI_IO_DATATYPES[n], a) for n, a in inputs.items()]))
     assert (response.model_name, response.model_version) == ("multi_io", "1")
     assert len(response.raw_output_contents) == len(response.outputs) == 5
     assert not any(o.HasField("contents") for o in response.outputs)

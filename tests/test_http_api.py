@@ -200,9 +200,7 @@ def test_tabular_answers_what_onnxruntime_answers(
 
 def test_multi_io_answers_every_output_with_binary_tensors(client: httpclient.InferenceServerClient) -> None:
     inputs = multi_io_inputs(3)
-    result = client.infer(
-        "multi_io", [infer_input(n, a, MULTI_IO_DATATYPES[n]) for n, a in inputs.items()]
-    )
+    result = client.infer("multi_io", [infer_input(n, a, MULTI_IO_DATATYPES[n]) for n, a in inputs.items()])
     for name, expected in multi_io_expected(inputs).items():
         got = result.as_numpy(name)
         assert got.dtype == expected.dtype, name
@@ -218,7 +216,8 @@ def test_multi_io_answers_json_inputs_with_json_outputs_and_binary_fp16(
         for name in ("text_out", "counts_doubled", "flag_not", "values_sum", "values_half")
     ]
     result = client.infer(
-        "multi_io", [infer_input(n, a, MULTI_IO_DATATYPES[n], binary=False) for n, a in inputs.items()],
+        "multi_io",
+        [infer_input(n, a, MULTI_IO_DATATYPES[n], binary=False) for n, a in inputs.items()],
         outputs=outputs,
     )
     expected = multi_io_expected(inputs)
@@ -235,9 +234,7 @@ def test_fixed_shape_model_infers_without_a_batch_dimension(client: httpclient.I
 
 
 @pytest.mark.parametrize("datatype", IDENTITY_DATATYPES)
-def test_every_datatype_round_trips_exactly_as_binary(
-    client: httpclient.InferenceServerClient, datatype: str
-) -> None:
+def test_every_datatype_round_trips_exactly_as_binary(client: httpclient.InferenceServerClient, datatype: str) -> None:
     name = datatype.lower()
     sent = sample(datatype)
     others = [dt for dt in IDENTITY_DATATYPES if dt != datatype]
@@ -260,9 +257,7 @@ def test_every_json_datatype_round_trips_exactly_as_json(
 ) -> None:
     name = datatype.lower()
     sent = sample(datatype)
-    inputs = [
-        infer_input(f"in_{dt.lower()}", sample(dt), dt, binary=dt != datatype) for dt in IDENTITY_DATATYPES
-    ]
+    inputs = [infer_input(f"in_{dt.lower()}", sample(dt), dt, binary=dt != datatype) for dt in IDENTITY_DATATYPES]
     result = client.infer(
         "identity_all", inputs, outputs=[httpclient.InferRequestedOutput(f"out_{name}", binary_data=False)]
     )
@@ -314,8 +309,9 @@ def test_per_output_binary_data_mixes_json_and_binary_outputs(port: int) -> None
         port,
         TABULAR,
         {
-            "inputs": [{"name": "features", "shape": [2, 8], "datatype": "FP32",
-                        "parameters": {"binary_data_size": x.nbytes}}],
+            "inputs": [
+                {"name": "features", "shape": [2, 8], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+            ],
             "outputs": [
                 {"name": "probabilities", "parameters": {"binary_data": True}},
                 {"name": "label", "parameters": {"binary_data": False}},
@@ -384,9 +380,7 @@ def test_compressed_request_bodies_are_inflated(
     client: httpclient.InferenceServerClient, demo_repository: Path, algorithm: str
 ) -> None:
     x = features(4)
-    result = client.infer(
-        "tabular", [infer_input("features", x, "FP32")], request_compression_algorithm=algorithm
-    )
+    result = client.infer("tabular", [infer_input("features", x, "FP32")], request_compression_algorithm=algorithm)
     assert_tabular_answer(demo_repository, x, result.as_numpy("probabilities"), result.as_numpy("label"))
 
 
@@ -402,9 +396,7 @@ def test_tritonclient_reads_a_gzip_compressed_response(
     client: httpclient.InferenceServerClient, demo_repository: Path
 ) -> None:
     x = features(2)
-    result = client.infer(
-        "tabular", [infer_input("features", x, "FP32")], response_compression_algorithm="gzip"
-    )
+    result = client.infer("tabular", [infer_input("features", x, "FP32")], response_compression_algorithm="gzip")
     assert_tabular_answer(demo_repository, x, result.as_numpy("probabilities"), result.as_numpy("label"))
 
 
@@ -435,8 +427,7 @@ def test_statistics_carry_every_field_perf_analyzer_reads(client: httpclient.Inf
 
 def test_a_rejected_request_counts_as_a_failure(port: int) -> None:
     before = stats_of(port, "tabular")["inference_stats"]["fail"]["count"]
-    post_json(port, TABULAR, {"inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP32",
-                                          "data": [0.0] * 7}]})
+    post_json(port, TABULAR, {"inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP32", "data": [0.0] * 7}]})
     assert stats_of(port, "tabular")["inference_stats"]["fail"]["count"] == before + 1
 
 
@@ -481,9 +472,11 @@ def test_malformed_json_is_400(port: int) -> None:
 
 def test_missing_input_is_400(port: int) -> None:
     inputs = multi_io_inputs(1)
-    body = {"inputs": [
-        {"name": "counts", "shape": [1, 4], "datatype": "INT32", "data": inputs["counts"].ravel().tolist()},
-    ]}
+    body = {
+        "inputs": [
+            {"name": "counts", "shape": [1, 4], "datatype": "INT32", "data": inputs["counts"].ravel().tolist()},
+        ]
+    }
     assert_error(post_json(port, "/v2/models/multi_io/infer", body), 400, "text", "flag", "values")
     assert_still_serving(port)
 
@@ -532,22 +525,25 @@ def test_data_length_that_does_not_match_the_shape_is_400(port: int) -> None:
 
 
 def test_binary_size_beyond_the_body_is_400(port: int) -> None:
-    header = {"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
-                          "parameters": {"binary_data_size": 64}}]}
+    header = {
+        "inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "parameters": {"binary_data_size": 64}}]
+    }
     assert_error(post_binary(port, TABULAR, header, [b"\0" * 32]), 400, "features", "binary_data_size")
     assert_still_serving(port)
 
 
 def test_binary_size_that_does_not_match_the_shape_is_400(port: int) -> None:
-    header = {"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
-                          "parameters": {"binary_data_size": 16}}]}
+    header = {
+        "inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]
+    }
     assert_error(post_binary(port, TABULAR, header, [b"\0" * 16]), 400, "features", "32")
     assert_still_serving(port)
 
 
 def test_binary_bytes_left_over_after_the_inputs_are_400(port: int) -> None:
-    header = {"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
-                          "parameters": {"binary_data_size": 32}}]}
+    header = {
+        "inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "parameters": {"binary_data_size": 32}}]
+    }
     assert_error(post_binary(port, TABULAR, header, [b"\0" * 40]), 400, "8 bytes")
     assert_still_serving(port)
 
@@ -568,9 +564,17 @@ def test_negative_header_length_is_400(port: int) -> None:
 
 
 def test_fp16_as_json_is_400(port: int) -> None:
-    body = {"inputs": [{"name": f"in_{dt.lower()}", "shape": [1, 3], "datatype": dt,
-                        "data": sample(dt, 1).ravel().tolist() if dt != "BYTES" else ["a", "b", "c"]}
-                       for dt in JSON_DATATYPES]}
+    body = {
+        "inputs": [
+            {
+                "name": f"in_{dt.lower()}",
+                "shape": [1, 3],
+                "datatype": dt,
+                "data": sample(dt, 1).ravel().tolist() if dt != "BYTES" else ["a", "b", "c"],
+            }
+            for dt in JSON_DATATYPES
+        ]
+    }
     body["inputs"].append({"name": "in_fp16", "shape": [1, 3], "datatype": "FP16", "data": [1.0, 2.0, 3.0]})
     assert_error(post_json(port, "/v2/models/identity_all/infer", body), 400, "in_fp16", "FP16")
     assert_still_serving(port)
@@ -593,18 +597,25 @@ def test_bytes_that_are_not_utf8_are_400_naming_the_input(port: int) -> None:
     inputs = multi_io_inputs(1)
     inputs["text"][0, 0] = b"\xff\xfe"
     blobs = [serialize_bytes_tensor(a) if n == "text" else a.tobytes() for n, a in inputs.items()]
-    header = {"inputs": [
-        {"name": n, "shape": list(a.shape), "datatype": MULTI_IO_DATATYPES[n],
-         "parameters": {"binary_data_size": len(b)}}
-        for (n, a), b in zip(inputs.items(), blobs, strict=True)
-    ]}
+    header = {
+        "inputs": [
+            {
+                "name": n,
+                "shape": list(a.shape),
+                "datatype": MULTI_IO_DATATYPES[n],
+                "parameters": {"binary_data_size": len(b)},
+            }
+            for (n, a), b in zip(inputs.items(), blobs, strict=True)
+        ]
+    }
     assert_error(post_binary(port, "/v2/models/multi_io/infer", header, blobs), 400, "text", "UTF-8")
     assert_still_serving(port)
 
 
 def test_a_bytes_shape_far_larger_than_its_data_is_400(port: int) -> None:
-    header = {"inputs": [{"name": "text", "shape": [1, 2**62], "datatype": "BYTES",
-                          "parameters": {"binary_data_size": 4}}]}
+    header = {
+        "inputs": [{"name": "text", "shape": [1, 2**62], "datatype": "BYTES", "parameters": {"binary_data_size": 4}}]
+    }
     response = post_binary(port, "/v2/models/multi_io/infer", header, [b"\0\0\0\0"])
     assert_still_serving(port)
     assert_error(response, 400, "text")

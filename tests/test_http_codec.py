@@ -71,9 +71,7 @@ def client_input(name: str, array: np.ndarray, datatype: str, *, binary: bool) -
 
 
 def decode(body: bytes, header_length: int | None, **kwargs: Any) -> InferRequest:
-    return decode_infer_request(
-        body, header_length=header_length, model_name="m", model_version="1", **kwargs
-    )
+    return decode_infer_request(body, header_length=header_length, model_name="m", model_version="1", **kwargs)
 
 
 def handmade(header: dict[str, Any], *blobs: bytes) -> tuple[bytes, int]:
@@ -169,9 +167,7 @@ def test_decodes_nested_json_data_row_major() -> None:
 
 
 def test_decodes_nested_json_bytes() -> None:
-    body, _ = handmade(
-        {"inputs": [{"name": "s", "shape": [2, 1], "datatype": "BYTES", "data": [["a"], ["\u00e9"]]}]}
-    )
+    body, _ = handmade({"inputs": [{"name": "s", "shape": [2, 1], "datatype": "BYTES", "data": [["a"], ["\u00e9"]]}]})
 
     request = decode(body, None)
 
@@ -496,12 +492,8 @@ def test_raw_binary_request_deduces_the_variable_dimension() -> None:
 
 
 def test_raw_binary_request_answers_every_output_binary() -> None:
-    request = decode(
-        np.arange(4, dtype=np.int32).tobytes(), 0, model_inputs=[TensorSpec("x", "INT32", (1, 4))]
-    )
-    response = response_of(
-        OutputTensor("y", "FP32", SAMPLES["FP32"]), OutputTensor("z", "BOOL", SAMPLES["BOOL"])
-    )
+    request = decode(np.arange(4, dtype=np.int32).tobytes(), 0, model_inputs=[TensorSpec("x", "INT32", (1, 4))])
+    response = response_of(OutputTensor("y", "FP32", SAMPLES["FP32"]), OutputTensor("z", "BOOL", SAMPLES["BOOL"]))
 
     body, header_length = encode_infer_response(response, request)
 
@@ -555,12 +547,8 @@ INVALID_REQUESTS = [
         b"",
         r"input 'x': data has 3 elements but shape \[2\] needs 2",
     ),
-    case(
-        "uint8-out-of-range", one_input(datatype="UINT8", data=[1, 300]), b"", "input 'x'.*300.*out of range"
-    ),
-    case(
-        "int8-out-of-range", one_input(datatype="INT8", data=[-129, 0]), b"", "input 'x'.*-129.*out of range"
-    ),
+    case("uint8-out-of-range", one_input(datatype="UINT8", data=[1, 300]), b"", "input 'x'.*300.*out of range"),
+    case("int8-out-of-range", one_input(datatype="INT8", data=[-129, 0]), b"", "input 'x'.*-129.*out of range"),
     case("uint64-negative", one_input(datatype="UINT64", data=[-1, 0]), b"", "input 'x'.*-1.*out of range"),
     case("int64-too-big", one_input(datatype="INT64", data=[2**63, 0]), b"", "input 'x'.*out of range"),
     case("float-in-int", one_input(data=[1.5, 2]), b"", "input 'x'.*integers"),
@@ -583,9 +571,7 @@ INVALID_REQUESTS = [
         b"",
         "input 'x': unsupported datatype 'C64'",
     ),
-    case(
-        "bf16-datatype", one_input(datatype="BF16", parameters={"binary_data_size": 4}), b"\0" * 4, "'BF16'"
-    ),
+    case("bf16-datatype", one_input(datatype="BF16", parameters={"binary_data_size": 4}), b"\0" * 4, "'BF16'"),
     case("negative-dim", one_input(shape=[-1], data=[1]), b"", "input 'x'.*shape"),
     case("shape-not-list", one_input(shape="2", data=[1, 2]), b"", "input 'x'.*shape"),
     case(
@@ -601,9 +587,7 @@ INVALID_REQUESTS = [
         I32x2[:4],
         r"input 'x': binary_data_size is 4 bytes but shape \[2\] of INT32 needs 8",
     ),
-    case(
-        "too-few-bytes", one_input(parameters={"binary_data_size": 8}), I32x2[:6], "input 'x'.*only 6 bytes"
-    ),
+    case("too-few-bytes", one_input(parameters={"binary_data_size": 8}), I32x2[:6], "input 'x'.*only 6 bytes"),
     case(
         "bad-binary-size",
         one_input(parameters={"binary_data_size": "8"}),
@@ -636,9 +620,7 @@ INVALID_REQUESTS = [
         "binary_data_output",
     ),
     case("negative-priority", {"parameters": {"priority": -1}, **WITH_DATA}, b"", "priority"),
-    case(
-        "duplicate-output", {"outputs": [{"name": "y"}] * 2, **WITH_DATA}, b"", "output 'y'.*more than once"
-    ),
+    case("duplicate-output", {"outputs": [{"name": "y"}] * 2, **WITH_DATA}, b"", "output 'y'.*more than once"),
     case(
         "output-binary-not-bool",
         {"outputs": [{"name": "y", "parameters": {"binary_data": 1}}], **WITH_DATA},
@@ -650,9 +632,7 @@ INVALID_REQUESTS = [
 
 
 @pytest.mark.parametrize("header, blob, message", INVALID_REQUESTS)
-def test_invalid_request_is_invalid_input_naming_the_problem(
-    header: dict[str, Any], blob: bytes, message: str
-) -> None:
+def test_invalid_request_is_invalid_input_naming_the_problem(header: dict[str, Any], blob: bytes, message: str) -> None:
     body, header_length = handmade(header, blob)
 
     with pytest.raises(InvalidInput, match=message):

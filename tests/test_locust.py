@@ -62,9 +62,7 @@ def test_user_kind_sends_successful_requests_and_records_percentiles(
     assert 0 <= int(row["50%"]) <= int(row["99%"]) <= int(row["100%"])
 
 
-def test_inputs_of_every_datatype_are_generated_from_metadata(
-    demo_server: RunningServer, tmp_path: Path
-) -> None:
+def test_inputs_of_every_datatype_are_generated_from_metadata(demo_server: RunningServer, tmp_path: Path) -> None:
     done, rows = run_locust(
         demo_server, tmp_path, "--protocol", "grpc", "--model", "identity_all", "--rows-per-request", "4",
         run_time="2s",

@@ -240,9 +240,7 @@ def _run_sequence(server: RunningServer, metrics_url: str) -> Scenario:
             time.sleep(0.02)
         statuses["rejected"] = _post(server, "held", _infer_body(1, **timeout))
         statuses["timeout"] = held.result(timeout=30)
-    return Scenario(
-        statuses, during_hold, _scrape(f"{server.base}/metrics"), _scrape(f"{metrics_url}/metrics")
-    )
+    return Scenario(statuses, during_hold, _scrape(f"{server.base}/metrics"), _scrape(f"{metrics_url}/metrics"))
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +262,11 @@ HELD = {"model": "held", "version": "1"}
 
 def test_the_sequence_got_the_expected_statuses(scenario: Scenario) -> None:
     assert scenario.statuses == {
-        "invalid_input": 400, "unknown_output": 400, "unknown_model": 404, "rejected": 429, "timeout": 504,
+        "invalid_input": 400,
+        "unknown_output": 400,
+        "unknown_model": 404,
+        "rejected": 429,
+        "timeout": 504,
     }
 
 

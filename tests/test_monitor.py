@@ -42,9 +42,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model_dir = write_model(root)
     np.save(root / "train.npy", sample(np.random.default_rng(0), 30_000))
     info = load_model_info(root, MODEL)
-    options = BaselineOptions(
-        categorical=["x[2]"], feature_names={"x": FEATURES}, progress=False, holdout=0.3
-    )
+    options = BaselineOptions(categorical=["x[2]"], feature_names={"x": FEATURES}, progress=False, holdout=0.3)
     write_baseline(
         build_baseline(info, [open_source(str(root / "train.npy"), info.inputs)], options),
         model_dir / "baseline.json",
@@ -76,9 +74,7 @@ def replica(baseline: Baseline, clock: Clock) -> Iterator[FakeReplica]:
 
 def _monitor(repo: Path, servers: list[str], clock: Clock, tmp_path: Path, **settings: object) -> Monitor:
     options: dict = {"horizon_s": 300.0, "timeout_s": 5.0, **settings}
-    s = MonitorSettings(
-        servers=servers, model_repository=repo, db_path=str(tmp_path / "monitor.db"), **options
-    )
+    s = MonitorSettings(servers=servers, model_repository=repo, db_path=str(tmp_path / "monitor.db"), **options)
     return Monitor(s, clock=clock)
 
 
@@ -324,9 +320,7 @@ async def test_a_failing_replica_is_marked_stale_and_retried(
     monitor.close()
 
 
-async def test_a_stale_baseline_is_reported_and_not_used(
-    baseline: Baseline, clock: Clock, tmp_path: Path
-) -> None:
+async def test_a_stale_baseline_is_reported_and_not_used(baseline: Baseline, clock: Clock, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_model(repo, seed=5)  # a different model than the one the baseline was computed for
     (repo / MODEL / "baseline.json").write_bytes(orjson_dump(baseline.document))
@@ -408,9 +402,7 @@ def test_once_prints_measures_thresholds_counts_and_verdicts_including_the_open_
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    feed(
-        replica.rec, sample(np.random.default_rng(30), 1500, "category"), predict
-    )  # the window is still open
+    feed(replica.rec, sample(np.random.default_rng(30), 1500, "category"), predict)  # the window is still open
     code = main(
         [
             "monitor",

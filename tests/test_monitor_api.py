@@ -59,9 +59,7 @@ def test_metrics_export_drift_gauges_with_bounded_labels(served: tuple[Any, str]
             assert set(sample.labels) <= allowed, (family.name, sample.labels)
             assert ":" not in sample.name
     age_psi = [
-        s
-        for s in families["serve_drift_score"].samples
-        if s.labels["input"] == "age" and s.labels["method"] == "psi"
+        s for s in families["serve_drift_score"].samples if s.labels["input"] == "age" and s.labels["method"] == "psi"
     ]
     assert age_psi and age_psi[0].labels["role"] == "input" and age_psi[0].value > 0.25
 

@@ -75,9 +75,7 @@ def test_monitor_once_flags_the_shifted_feature_across_two_real_replicas(
     probe = urllib.request.urlopen(f"{replicas[0].base}/v2/models/{MODEL}/input-stats", timeout=10)
     stats = json.loads(probe.read())
     if stats.get("baseline") is None:
-        pytest.skip(
-            "the server did not load models/churn/baseline.json (statistics wiring without baselines)"
-        )
+        pytest.skip("the server did not load models/churn/baseline.json (statistics wiring without baselines)")
     rng = np.random.default_rng(5)
     rows = 0
     for i in range(48):  # 50 rows a request: under the default max_batch_size of 64

@@ -91,9 +91,7 @@ class Predictor:
     def __init__(self, model_dir: Path) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(
-            str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["probabilities"], {"x": np.nan_to_num(x).astype(np.float32)})[0]
@@ -135,9 +133,7 @@ class FakeReplica:
                     self._send(503, b"{}")
                 elif self.path == "/v2/repository/index":
                     r = replica.rec
-                    self._send(
-                        200, orjson.dumps([{"name": r.model_name, "version": r.version, "state": "READY"}])
-                    )
+                    self._send(200, orjson.dumps([{"name": r.model_name, "version": r.version, "state": "READY"}]))
                 else:
                     self._send(404, b"{}")
 
@@ -211,9 +207,7 @@ async def monitor_with_history(root: Path, windows: int = 8) -> tuple[Any, FakeR
     rng = np.random.default_rng(0)
     np.save(root / "train.npy", sample(rng, 20_000))
     info = load_model_info(root, MODEL)
-    options = BaselineOptions(
-        categorical=["x[2]"], feature_names={"x": FEATURES}, progress=False, holdout=0.3
-    )
+    options = BaselineOptions(categorical=["x[2]"], feature_names={"x": FEATURES}, progress=False, holdout=0.3)
     write_baseline(
         build_baseline(info, [open_source(str(root / "train.npy"), info.inputs)], options),
         model_dir / "baseline.json",

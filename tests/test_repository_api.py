@@ -42,8 +42,11 @@ BROKEN_MODELS = ["corrupt_onnx", "unsupported_field", "wrong_input_name", "unsup
 
 
 def tabular_body(rows: int = 1) -> dict[str, object]:
-    return {"inputs": [{"name": "features", "shape": [rows, 8], "datatype": "FP32",
-                        "data": features(rows).ravel().tolist()}]}
+    return {
+        "inputs": [
+            {"name": "features", "shape": [rows, 8], "datatype": "FP32", "data": features(rows).ravel().tolist()}
+        ]
+    }
 
 
 def lookup_body(indices: list[int]) -> dict[str, object]:
@@ -136,8 +139,7 @@ def test_grpc_index_lists_broken_models_unavailable_with_their_reason(
         models = client.get_model_repository_index().models
     finally:
         client.close()
-    rows = index_by_name([{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
-                          for m in models])
+    rows = index_by_name([{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in models])
     assert {n for n in rows} == set(GOOD_MODELS) | set(broken_reasons[1])
     for name in GOOD_MODELS:
         assert [r["state"] for r in rows[name]] == ["READY"], name
@@ -182,9 +184,7 @@ def test_server_is_not_ready_while_a_model_is_broken(
     assert mixed_stub.ServerLive(pb.ServerLiveRequest()).live
 
 
-def test_broken_model_is_not_ready(
-    mixed_server: RunningServer, mixed_stub: pb_grpc.GRPCInferenceServiceStub
-) -> None:
+def test_broken_model_is_not_ready(mixed_server: RunningServer, mixed_stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     assert request(mixed_server.http_port, "GET", "/v2/models/corrupt_onnx/ready").status == 400
     assert not mixed_stub.ModelReady(pb.ModelReadyRequest(name="corrupt_onnx")).ready
 
@@ -279,8 +279,14 @@ def explicit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
     root = tmp_path_factory.mktemp("explicit-repo")
     write_demo_repository(root)
     server = start_server(
-        root, tmp_path_factory.mktemp("explicit-server"),
-        "--model-control-mode", "explicit", "--load-model", "tabular", "--load-model", "multi_io",
+        root,
+        tmp_path_factory.mktemp("explicit-server"),
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "tabular",
+        "--load-model",
+        "multi_io",
     )
     try:
         yield server
@@ -379,16 +385,17 @@ def test_grpc_load_with_a_config_override_applies_it(explicit_grpc: grpcclient.I
 
 
 def uploaded_config(name: str) -> str:
-    return json.dumps({
-        "name": name, "max_batch_size": 4,
-        "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [4]}],
-        "output": [{"name": "output", "data_type": "TYPE_FP32", "dims": [2]}],
-    })
+    return json.dumps(
+        {
+            "name": name,
+            "max_batch_size": 4,
+            "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [4]}],
+            "output": [{"name": "output", "data_type": "TYPE_FP32", "dims": [2]}],
+        }
+    )
 
 
-def test_http_load_from_uploaded_files_serves_the_new_model(
-    explicit_server: RunningServer, tmp_path: Path
-) -> None:
+def test_http_load_from_uploaded_files_serves_the_new_model(explicit_server: RunningServer, tmp_path: Path) -> None:
     port = explicit_server.http_port
     model_path = save(mlp([4, 2], seed=3), tmp_path / "model.onnx")
     parameters = {
@@ -412,7 +419,8 @@ def test_grpc_load_from_uploaded_files_serves_the_new_model(
 ) -> None:
     model_path = save(mlp([4, 2], seed=4), tmp_path / "model.onnx")
     explicit_grpc.load_model(
-        "uploaded_grpc", config=uploaded_config("uploaded_grpc"),
+        "uploaded_grpc",
+        config=uploaded_config("uploaded_grpc"),
         files={"file:1/model.onnx": model_path.read_bytes()},
     )
     assert explicit_grpc.is_model_ready("uploaded_grpc")
@@ -503,8 +511,7 @@ def triton_server(triton_repository: Path, tmp_path_factory: pytest.TempPathFact
 
 def triton_infer(port: int, model: str, x: np.ndarray, version: str = "") -> RawResponse:
     path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-    body = {"inputs": [{"name": "INPUT__0", "shape": list(x.shape), "datatype": "FP32",
-                        "data": x.ravel().tolist()}]}
+    body = {"inputs": [{"name": "INPUT__0", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
     return post_json(port, path, body)
 
 
@@ -571,9 +578,9 @@ def test_version_policy_all_serves_every_version(triton_server: RunningServer, t
     for version in ("1", "2"):
         response = triton_infer(port, "triton_all", x, version=version)
         assert response.status == 200 and response.json()["model_version"] == version
-        expected = run_reference(
-            triton_mlp_path(triton_repository, "triton_all", int(version)), {"INPUT__0": x}
-        )["OUTPUT__0"]
+        expected = run_reference(triton_mlp_path(triton_repository, "triton_all", int(version)), {"INPUT__0": x})[
+            "OUTPUT__0"
+        ]
         got = np.asarray(response.json()["outputs"][0]["data"]).reshape(3, 2)
         np.testing.assert_allclose(got, expected, rtol=1e-5)
     # No version in the request: the highest ready one answers.

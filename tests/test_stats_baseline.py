@@ -65,9 +65,7 @@ def test_the_server_bins_training_data_exactly_as_the_baseline_did(tmp_path: Pat
     baseline = Baseline.load(path)
     assert baseline.sha256 == sha
     options = StatsOptions(queue_size=100)  # 79 batches submitted faster than any worker drains them
-    rec = StatsRecorder(
-        "m", 1, SPECS, [], instance=ServerInstance("i", "r", 0.0), baseline=baseline, options=options
-    )
+    rec = StatsRecorder("m", 1, SPECS, [], instance=ServerInstance("i", "r", 0.0), baseline=baseline, options=options)
     try:
         for i in range(0, 5000, 64):
             rec.submit({"x": data["x"][i : i + 64], "city": data["city"][i : i + 64]}, {})

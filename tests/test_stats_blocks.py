@@ -94,9 +94,7 @@ def test_bin_counts_sums_and_tail_squares_are_exact() -> None:
     in_bin = [(v >= lo) & (v < hi) for lo, hi in zip(full[:-1], full[1:], strict=True)]
     assert block["bins"]["counts"] == [int(m.sum()) for m in in_bin]
     assert block["bins"]["sums"] == pytest.approx([v[m].sum() for m in in_bin], rel=1e-12, abs=1e-12)
-    assert block["bins"]["tail_sumsq"] == pytest.approx(
-        [(v[in_bin[0]] ** 2).sum(), (v[in_bin[-1]] ** 2).sum()]
-    )
+    assert block["bins"]["tail_sumsq"] == pytest.approx([(v[in_bin[0]] ** 2).sum(), (v[in_bin[-1]] ** 2).sum()])
 
 
 def test_nan_infinities_and_missing_sentinels_are_counted_and_kept_out_of_the_statistics() -> None:

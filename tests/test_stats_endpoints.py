@@ -117,9 +117,7 @@ async def test_http_since_leaves_out_unchanged_windows(client: Client) -> None:
     ],
     ids=["unknown-model", "unknown-version", "not-ready", "negative-since", "bad-since"],
 )
-async def test_http_errors_are_json_with_the_errors_status(
-    client: Client, path: str, query: str, status: int
-) -> None:
+async def test_http_errors_are_json_with_the_errors_status(client: Client, path: str, query: str, status: int) -> None:
     got, _, body = await client.get(path, query)
     assert got == status
     assert set(orjson.loads(body)) == {"error"}
@@ -159,9 +157,7 @@ async def test_grpc_input_stats_honours_since(grpc_target: str) -> None:
     [("nope", grpc.StatusCode.NOT_FOUND), ("loading", grpc.StatusCode.UNAVAILABLE)],
     ids=["unknown", "not-ready"],
 )
-async def test_grpc_errors_carry_the_errors_status_code(
-    grpc_target: str, name: str, code: grpc.StatusCode
-) -> None:
+async def test_grpc_errors_carry_the_errors_status_code(grpc_target: str, name: str, code: grpc.StatusCode) -> None:
     async with grpc.aio.insecure_channel(grpc_target) as channel:
         stub = pb_grpc.MonitoringStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -96,9 +96,7 @@ def test_nan_and_infinite_inputs_are_counted_per_feature(recorder: StatsRecorder
     assert (features["x[1]"]["neginf"], features["x[1]"]["n"]) == (1, 2)
 
 
-def test_batches_fall_into_tumbling_windows_of_the_injected_clock(
-    recorder: StatsRecorder, clock: Clock
-) -> None:
+def test_batches_fall_into_tumbling_windows_of_the_injected_clock(recorder: StatsRecorder, clock: Clock) -> None:
     for t, rows in ((START + 1, 3), (START + 59.9, 4), (START + 60, 5), (START + 185, 6)):
         clock.t = t
         recorder.submit(*_batch(rows, rows))
@@ -117,9 +115,7 @@ def test_batches_fall_into_tumbling_windows_of_the_injected_clock(
 
 def test_windows_older_than_the_horizon_leave_the_ring_but_stay_in_the_total(clock: Clock) -> None:
     options = StatsOptions(window_s=60, horizon_s=120)
-    rec = StatsRecorder(
-        "m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock
-    )
+    rec = StatsRecorder("m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock)
     try:
         for k in range(5):
             clock.t = START + 60 * k
@@ -144,9 +140,7 @@ def test_a_late_batch_counts_in_the_newest_window(recorder: StatsRecorder, clock
     assert [(w["start"], w["rows"]) for w in recorder.export()["windows"]] == [(START + 60, 5)]
 
 
-def test_since_returns_only_windows_changed_after_that_sequence(
-    recorder: StatsRecorder, clock: Clock
-) -> None:
+def test_since_returns_only_windows_changed_after_that_sequence(recorder: StatsRecorder, clock: Clock) -> None:
     recorder.submit(*_batch(2, 0))
     recorder.flush(5)
     first = recorder.export()
@@ -185,9 +179,7 @@ class GatedRecorder(StatsRecorder):
 
 def test_overflow_drops_and_counts_batches_and_submit_never_blocks(clock: Clock) -> None:
     options = StatsOptions(queue_size=4)
-    rec = GatedRecorder(
-        "m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock
-    )
+    rec = GatedRecorder("m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock)
     try:
         rec.submit(*_batch(1, 0))
         assert rec.entered.wait(5)  # the worker holds batch 1 and is stuck
@@ -258,9 +250,7 @@ def test_row_sampling_records_a_counted_subset(clock: Clock) -> None:
 
 def test_max_rows_per_batch_caps_each_batch(clock: Clock) -> None:
     options = StatsOptions(max_rows_per_batch=8)
-    rec = StatsRecorder(
-        "m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock
-    )
+    rec = StatsRecorder("m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock)
     try:
         rec.submit(*_batch(100, 0))
         rec.submit(*_batch(5, 1))
@@ -338,9 +328,7 @@ def test_a_failing_update_is_counted_and_the_worker_keeps_going(clock: Clock) ->
 
 def test_drop_counts_kept_per_window_stay_within_the_horizon(clock: Clock) -> None:
     options = StatsOptions(queue_size=1, window_s=60, horizon_s=120)
-    rec = GatedRecorder(
-        "m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock
-    )
+    rec = GatedRecorder("m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock)
     try:
         rec.submit(*_batch(1, 0))
         assert rec.entered.wait(5)
@@ -358,9 +346,7 @@ def test_drop_counts_kept_per_window_stay_within_the_horizon(clock: Clock) -> No
 
 def test_updates_are_spaced_so_queued_batches_coalesce_and_close_cuts_the_pause(clock: Clock) -> None:
     options = StatsOptions(min_update_interval_s=60)
-    rec = StatsRecorder(
-        "m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock
-    )
+    rec = StatsRecorder("m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock)
     rec.submit(*_batch(2, 0))
     assert rec.flush(5)  # the first batch after idle is applied at once
     for s in range(3):
@@ -373,9 +359,7 @@ def test_updates_are_spaced_so_queued_batches_coalesce_and_close_cuts_the_pause(
 
 def test_a_half_full_queue_ends_the_pause(clock: Clock) -> None:
     options = StatsOptions(min_update_interval_s=60, queue_size=4)
-    rec = StatsRecorder(
-        "m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock
-    )
+    rec = StatsRecorder("m", 1, INPUTS, OUTPUTS, instance=ServerInstance("i", "r", START), options=options, clock=clock)
     try:
         rec.submit(*_batch(1, 0))
         assert rec.flush(5)

@@ -39,9 +39,7 @@ def _baseline() -> Baseline:
 
 
 def _recorder(instance: ServerInstance, clock: Clock, baseline: Baseline | None = None) -> StatsRecorder:
-    return StatsRecorder(
-        "m", 1, INPUTS, OUTPUTS, instance=instance, baseline=baseline or _baseline(), clock=clock
-    )
+    return StatsRecorder("m", 1, INPUTS, OUTPUTS, instance=instance, baseline=baseline or _baseline(), clock=clock)
 
 
 def _batch(seed: int, rows: int = 16) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -142,9 +140,7 @@ def test_a_restart_is_flagged_and_both_lives_are_counted_once() -> None:
     finally:
         after.close()
     merged = schema.merge([doc_before, doc_after, doc_before])
-    assert merged["restarts"] == [
-        {"replica": "pod-a", "instances": ["old", "new"], "start_times": [START, START + 40]}
-    ]
+    assert merged["restarts"] == [{"replica": "pod-a", "instances": ["old", "new"], "start_times": [START, START + 40]}]
     assert merged["total"]["rows"] == 64
     first = merged["windows"][0]
     assert (first["start"], first["rows"], first["instances"]) == (START, 48, ["new", "old"])

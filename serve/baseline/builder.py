@@ -179,9 +179,7 @@ def _provisional(
     for ex in build_extractors(specs, role, provisional):
         for f in ex.features:
             if f.name in options.categorical or f.tensor in options.categorical:
-                declared.append(
-                    BaselineFeature(f.name, role, f.tensor, f.column, f.view, "categorical", vocabulary=())
-                )
+                declared.append(BaselineFeature(f.name, role, f.tensor, f.column, f.view, "categorical", vocabulary=()))
     provisional.features = declared
     return provisional, tensors
 
@@ -201,8 +199,7 @@ class _Sketches:
             for ex in extractors
         ]
         self.counts: list[list[Counter[Any]]] = [
-            [Counter() for _ in ex.features] if isinstance(ex.spec, CategoricalSpec) else []
-            for ex in extractors
+            [Counter() for _ in ex.features] if isinstance(ex.spec, CategoricalSpec) else [] for ex in extractors
         ]
 
     def update(self, chunk: Chunk) -> None:
@@ -253,9 +250,7 @@ def _streamed_features(
                     edges.append(np.empty(0))
                     entries.append({"edges": [], "quantiles": {}})
                     continue
-                e = edges_from_quantiles(
-                    sk.get_min_value(), sk.get_quantiles(levels.tolist()), sk.get_max_value()
-                )
+                e = edges_from_quantiles(sk.get_min_value(), sk.get_quantiles(levels.tolist()), sk.get_max_value())
                 edges.append(e)
                 shown = sk.get_quantiles(list(DISPLAY_LEVELS))
                 entries.append(
@@ -267,8 +262,7 @@ def _streamed_features(
             spec: Any = NumericSpec(names, edges, missing, kll_k=0)
         elif isinstance(ex.spec, CategoricalSpec):
             vocab = [
-                _vocabulary(c, m, options.max_vocabulary)
-                for c, m in zip(sketches.counts[i], missing, strict=True)
+                _vocabulary(c, m, options.max_vocabulary) for c, m in zip(sketches.counts[i], missing, strict=True)
             ]
             entries = [{"vocabulary": v} for v in vocab]
             spec = CategoricalSpec(names, vocab, missing, lg_max_map_size=ex.spec.lg)
@@ -295,9 +289,7 @@ def _streamed_features(
 def _progress(options: BaselineOptions, total: int | None, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(
-        total=total, desc=desc, unit="rows", unit_scale=True, file=sys.stderr, disable=not options.progress
-    )
+    return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, file=sys.stderr, disable=not options.progress)
 
 
 def _canonical_names(info: ModelInfo, options: BaselineOptions) -> BaselineOptions:
@@ -327,9 +319,7 @@ def _canonical_names(info: ModelInfo, options: BaselineOptions) -> BaselineOptio
     return dataclasses.replace(options, categorical=categorical, missing_values=missing)
 
 
-def build_baseline(
-    info: ModelInfo, sources: Sequence[DataSource], options: BaselineOptions
-) -> dict[str, Any]:
+def build_baseline(info: ModelInfo, sources: Sequence[DataSource], options: BaselineOptions) -> dict[str, Any]:
     """The baseline document for ``info`` from ``sources`` (see the module docstring)."""
     if not 0 <= options.holdout <= 1:
         raise BaselineInputError("--holdout must be a fraction between 0 and 1")
@@ -339,9 +329,7 @@ def build_baseline(
         raise BaselineInputError(f"no --data for model input(s) {missing_inputs}")
     categorical = list(dict.fromkeys([*info.categorical, *options.categorical]))
     feature_names = {**{k: v for s in sources for k, v in s.feature_names.items()}, **options.feature_names}
-    options = _canonical_names(
-        info, dataclasses.replace(options, categorical=categorical, feature_names=feature_names)
-    )
+    options = _canonical_names(info, dataclasses.replace(options, categorical=categorical, feature_names=feature_names))
     categorical = list(options.categorical)
 
     rng = np.random.default_rng(options.seed)
@@ -355,9 +343,7 @@ def build_baseline(
     sketches: _Sketches | None = None
     total_rows = 0
     known_rows = (
-        sum(s.rows for s in sources if s.rows is not None)
-        if all(s.rows is not None for s in sources)
-        else None
+        sum(s.rows for s in sources if s.rows is not None) if all(s.rows is not None for s in sources) else None
     )
     if known_rows is not None and len({tuple(sorted(s.tensors)) for s in sources}) > 1:
         known_rows = None
@@ -401,9 +387,7 @@ def build_baseline(
     else:
         assert sketches is not None
         bar = _progress(options, total_rows, "counting")
-        features = _streamed_features(
-            sketches, combined_chunks(sources, options.chunk_rows), "input", options, bar
-        )
+        features = _streamed_features(sketches, combined_chunks(sources, options.chunk_rows), "input", options, bar)
         bar.close()
         sampling = f"all rows, edges from KLL sketches (k={KLL_K})"
 

@@ -30,9 +30,7 @@ def _number_or_text(raw: str) -> float | str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", type=Path, required=True, help="Triton-layout model repository")
     parser.add_argument("--model", required=True, help="model name (a directory of the repository)")
-    parser.add_argument(
-        "--version", type=int, default=None, help="model version [default: the latest served]"
-    )
+    parser.add_argument("--version", type=int, default=None, help="model version [default: the latest served]")
     parser.add_argument(
         "--data",
         action="append",
@@ -77,18 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="COLUMN",
         help="a data column (or .npz array) that is not a model input, e.g. the label",
     )
-    parser.add_argument(
-        "--no-header", action="store_true", help="CSV files have no header row (map by order)"
-    )
+    parser.add_argument("--no-header", action="store_true", help="CSV files have no header row (map by order)")
     parser.add_argument(
         "--holdout",
         type=float,
         default=0.1,
         help="fraction of rows run through the model for the output distribution [default 0.1; 0 = none]",
     )
-    parser.add_argument(
-        "--max-holdout-rows", type=int, default=100_000, help="cap on held-out rows [default 100000]"
-    )
+    parser.add_argument("--max-holdout-rows", type=int, default=100_000, help="cap on held-out rows [default 100000]")
     parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time [default 65536]")
     parser.add_argument(
         "--memory-limit-mb",
@@ -103,9 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only check the existing baseline against the model (stale ONNX hash, features); exit 1 if unusable",
     )
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level"
-    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,9 +140,7 @@ def _build(args: argparse.Namespace, info: object, default_out: Path) -> int:
     assert isinstance(info, ModelInfo)
     feature_names = {k: v for k, v in _pairs(args.feature_names, "--feature-names").items()}
     categorical = [c.strip() for raw in args.categorical for c in raw.split(",") if c.strip()]
-    missing = {
-        k: [_number_or_text(v) for v in vs] for k, vs in _pairs(args.missing_value, "--missing-value").items()
-    }
+    missing = {k: [_number_or_text(v) for v in vs] for k, vs in _pairs(args.missing_value, "--missing-value").items()}
     sources = [
         open_source(
             d,

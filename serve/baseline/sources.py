@@ -96,9 +96,7 @@ def map_columns(
         names.update(zip(given, own, strict=True))
     unknown_ignored = [c for c in ignore if c not in header]
     if unknown_ignored:
-        raise BaselineInputError(
-            f"--ignore-column {unknown_ignored} not in the data's columns {list(header)}"
-        )
+        raise BaselineInputError(f"--ignore-column {unknown_ignored} not in the data's columns {list(header)}")
     columns = [c for c in header if c not in ignore]
     if len(set(columns)) != len(columns):
         dupes = sorted({c for c in columns if columns.count(c) > 1})
@@ -153,16 +151,12 @@ def _spec_for(specs: Sequence[TensorSpec], name: str, path: Path) -> TensorSpec:
     for spec in specs:
         if spec.name == name:
             return spec
-    raise BaselineInputError(
-        f"{path.name}: '{name}' is not an input of the model (inputs: {[s.name for s in specs]})"
-    )
+    raise BaselineInputError(f"{path.name}: '{name}' is not an input of the model (inputs: {[s.name for s in specs]})")
 
 
 def _check_rows(array_shape: tuple[int, ...], spec: TensorSpec, where: str) -> None:
     dims = tuple(spec.dims)
-    if len(array_shape) != len(dims) + 1 or any(
-        d >= 0 and d != s for d, s in zip(dims, array_shape[1:], strict=True)
-    ):
+    if len(array_shape) != len(dims) + 1 or any(d >= 0 and d != s for d, s in zip(dims, array_shape[1:], strict=True)):
         raise BaselineInputError(
             f"{where}: array of shape {list(array_shape)} does not fit input '{spec.name}' "
             f"(rows of shape {list(dims)}, so an array [N, {', '.join(map(str, dims))}])"
@@ -233,9 +227,7 @@ class NpzSource(DataSource):
         for key, (shape, fortran, dtype) in self._headers.items():
             _check_rows(shape, _spec_for(specs, key, path), f"{path.name}:{key}")
             if fortran and len(shape) > 1:
-                raise BaselineInputError(
-                    f"{path.name}:{key} is stored in Fortran order; save it C-contiguous"
-                )
+                raise BaselineInputError(f"{path.name}:{key} is stored in Fortran order; save it C-contiguous")
             if dtype.hasobject:
                 raise BaselineInputError(
                     f"{path.name}:{key} holds Python objects; store text as a fixed-width 'U' array"
@@ -295,15 +287,9 @@ class _TableSource(DataSource):
         chunk: Chunk = {}
         for tensor in self.tensors:
             spec = self.specs[tensor]
-            own = [
-                (c, s)
-                for c, s in zip(self.mapping.columns, self.mapping.slots, strict=True)
-                if s.tensor == tensor
-            ]
+            own = [(c, s) for c, s in zip(self.mapping.columns, self.mapping.slots, strict=True) if s.tensor == tensor]
             text = spec.datatype == "BYTES"
-            width = (
-                1 if own[0][1].column is None else max(s.column for _, s in own if s.column is not None) + 1
-            )
+            width = 1 if own[0][1].column is None else max(s.column for _, s in own if s.column is not None) + 1
             out = np.empty((rows, width), dtype=object if text else np.float64)
             for column, slot in own:
                 col = batch.column(batch.schema.get_field_index(column))
@@ -365,9 +351,7 @@ class CsvSource(_TableSource):
             column_types=types, include_columns=self.mapping.columns, strings_can_be_null=True
         )
         try:
-            reader = pacsv.open_csv(
-                self.path, read_options=read, parse_options=parse, convert_options=convert
-            )
+            reader = pacsv.open_csv(self.path, read_options=read, parse_options=parse, convert_options=convert)
             for batch in reader:
                 yield self._to_chunk(batch)
         except pa.ArrowInvalid as exc:
@@ -421,6 +405,4 @@ def open_source(
         return CsvSource(path, specs, feature_names, ignore, csv_header)
     if kind == "parquet":
         return ParquetSource(path, specs, feature_names, ignore)
-    raise BaselineInputError(
-        f"--data {spec_text}: unknown format '{suffix}' (use .npy, .npz, .csv, .tsv or .parquet)"
-    )
+    raise BaselineInputError(f"--data {spec_text}: unknown format '{suffix}' (use .npy, .npz, .csv, .tsv or .parquet)")

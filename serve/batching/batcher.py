@@ -214,12 +214,7 @@ class Batcher:
             request.timer = None
 
     def _check_drained(self) -> None:
-        if (
-            self._drained is not None
-            and not self._drained.done()
-            and self._queue.size == 0
-            and self._in_flight == 0
-        ):
+        if self._drained is not None and not self._drained.done() and self._queue.size == 0 and self._in_flight == 0:
             self._drained.set_result(None)
 
     # -- scheduling ------------------------------------------------------------------------------

@@ -65,8 +65,7 @@ class BatchingPolicy:
         for size in self.preferred_batch_sizes:
             if size < 1 or (self.max_batch_size > 0 and size > self.max_batch_size):
                 raise ValueError(
-                    f"preferred batch size {size} must be between 1 and max_batch_size "
-                    f"({self.max_batch_size})"
+                    f"preferred batch size {size} must be between 1 and max_batch_size ({self.max_batch_size})"
                 )
         if self.priority_levels < 0:
             raise ValueError(f"priority_levels must be >= 0, got {self.priority_levels}")
@@ -76,13 +75,9 @@ class BatchingPolicy:
             )
         for level in self.priority_queue_policies:
             if not 1 <= level <= self.priority_levels:
-                raise ValueError(
-                    f"priority_queue_policies names level {level}; levels are 1..{self.priority_levels}"
-                )
+                raise ValueError(f"priority_queue_policies names level {level}; levels are 1..{self.priority_levels}")
         # Freeze the mapping so the policy really is immutable once built.
-        object.__setattr__(
-            self, "priority_queue_policies", MappingProxyType(dict(self.priority_queue_policies))
-        )
+        object.__setattr__(self, "priority_queue_policies", MappingProxyType(dict(self.priority_queue_policies)))
         object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes))))
 
     @property

@@ -49,9 +49,7 @@ def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int, name: str =
     unpack = _LEN.unpack_from
     for i in range(count):
         if offset + 4 > total:
-            raise InvalidInput(
-                f"input '{name}': BYTES data holds fewer than the {count} elements its shape needs"
-            )
+            raise InvalidInput(f"input '{name}': BYTES data holds fewer than the {count} elements its shape needs")
         (length,) = unpack(view, offset)
         offset += 4
         end = offset + length

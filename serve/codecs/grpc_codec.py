@@ -149,8 +149,7 @@ def _decode_raw(name: str, datatype: str, shape: tuple[int, ...], buffer: bytes)
     expected = count * dtype.itemsize
     if len(buffer) != expected:
         raise InvalidInput(
-            f"input '{name}': raw data has {len(buffer)} bytes, "
-            f"but shape {list(shape)} of {datatype} needs {expected}"
+            f"input '{name}': raw data has {len(buffer)} bytes, but shape {list(shape)} of {datatype} needs {expected}"
         )
     array = np.frombuffer(buffer, dtype=dtype)
     if not dtype.isnative:  # only on big-endian hosts

@@ -42,9 +42,7 @@ def decode_infer_request(
     if header_length is None:
         header_length = total
     elif header_length < 0 or header_length > total:
-        raise InvalidInput(
-            f"Inference-Header-Content-Length {header_length} is outside the body's [0, {total}] bytes"
-        )
+        raise InvalidInput(f"Inference-Header-Content-Length {header_length} is outside the body's [0, {total}] bytes")
     header = _load_header(view[:header_length])
 
     request_id = header.get("id")
@@ -68,8 +66,7 @@ def decode_infer_request(
         inputs.append(tensor)
     if offset != total:
         raise InvalidInput(
-            f"request body has {total - offset} bytes after the JSON header and the inputs' "
-            "binary_data_size blobs"
+            f"request body has {total - offset} bytes after the JSON header and the inputs' binary_data_size blobs"
         )
 
     return InferRequest(
@@ -147,9 +144,7 @@ def _decode_input(raw: Any, index: int, view: memoryview, offset: int) -> tuple[
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(_is_int(d) and d >= 0 for d in value):
-        raise InvalidInput(
-            f"input '{name}': 'shape' must be an array of non-negative integers, got {value!r}"
-        )
+        raise InvalidInput(f"input '{name}': 'shape' must be an array of non-negative integers, got {value!r}")
     return tuple(value)
 
 
@@ -171,8 +166,7 @@ def _binary_input(
     needed = count * dtype.itemsize
     if size != needed:
         raise InvalidInput(
-            f"input '{name}': {_BINARY_SIZE} is {size} bytes but shape {list(shape)} of {datatype} "
-            f"needs {needed}"
+            f"input '{name}': {_BINARY_SIZE} is {size} bytes but shape {list(shape)} of {datatype} needs {needed}"
         )
     # A read-only view into the request body: the tensor bytes are never copied here.
     return np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape), end

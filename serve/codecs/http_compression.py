@@ -25,9 +25,7 @@ def decompress_body(body: bytes, content_encoding: str | None, *, max_size: int)
         return _inflate_gzip(body, max_size)
     if encoding == "deflate":
         return _inflate_deflate(body, max_size)
-    raise InvalidInput(
-        f"unsupported Content-Encoding '{content_encoding}' (supported: gzip, deflate, identity)"
-    )
+    raise InvalidInput(f"unsupported Content-Encoding '{content_encoding}' (supported: gzip, deflate, identity)")
 
 
 def _inflate_gzip(body: bytes, max_size: int) -> bytes:
@@ -56,9 +54,7 @@ def _inflate_deflate(body: bytes, max_size: int) -> bytes:
         parts.clear()
         _, rest = _inflate_stream(body, _RAW_WBITS, "deflate", parts, 0, max_size)
     if rest:
-        raise InvalidInput(
-            f"deflate request body has {len(rest)} bytes after the end of the compressed stream"
-        )
+        raise InvalidInput(f"deflate request body has {len(rest)} bytes after the end of the compressed stream")
     return b"".join(parts)
 
 

@@ -26,9 +26,7 @@ ORJSON_NUMPY_KINDS: Final[frozenset[str]] = frozenset(
 def json_to_array(data: Any, datatype: str, shape: Sequence[int], name: str) -> np.ndarray:
     """Decode a (nested or flat, row-major) JSON ``data`` value into an array of ``shape``."""
     if datatype in JSON_UNSUPPORTED:
-        raise InvalidInput(
-            f"input '{name}': {datatype} cannot be sent as JSON; use the binary tensor extension"
-        )
+        raise InvalidInput(f"input '{name}': {datatype} cannot be sent as JSON; use the binary tensor extension")
     if not isinstance(data, list):
         raise InvalidInput(f"input '{name}': 'data' must be a JSON array, got {type(data).__name__}")
     if datatype == "BYTES":
@@ -37,9 +35,7 @@ def json_to_array(data: Any, datatype: str, shape: Sequence[int], name: str) -> 
         flat = _numbers_from_json(data, OIP_TO_NUMPY[datatype], datatype, name)
     needed = math.prod(shape)
     if flat.size != needed:
-        raise InvalidInput(
-            f"input '{name}': data has {flat.size} elements but shape {list(shape)} needs {needed}"
-        )
+        raise InvalidInput(f"input '{name}': data has {flat.size} elements but shape {list(shape)} needs {needed}")
     return flat.reshape(shape)
 
 
@@ -73,9 +69,7 @@ def _check_integer_range(values: np.ndarray, dtype: np.dtype, datatype: str, nam
     low, high = int(values.min()), int(values.max())
     if low < info.min or high > info.max:
         bad = low if low < info.min else high
-        raise InvalidInput(
-            f"input '{name}': value {bad} is out of range for {datatype} [{info.min}, {info.max}]"
-        )
+        raise InvalidInput(f"input '{name}': value {bad} is out of range for {datatype} [{info.min}, {info.max}]")
 
 
 def _exact_integers(data: list[Any], dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
@@ -84,9 +78,7 @@ def _exact_integers(data: list[Any], dtype: np.dtype, datatype: str, name: str) 
     _collect_integers(data, leaves, datatype, name)
     for value in leaves:
         if value < info.min or value > info.max:
-            raise InvalidInput(
-                f"input '{name}': value {value} is out of range for {datatype} [{info.min}, {info.max}]"
-            )
+            raise InvalidInput(f"input '{name}': value {value} is out of range for {datatype} [{info.min}, {info.max}]")
     return np.array(leaves, dtype=dtype)
 
 

@@ -94,9 +94,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await _call(context, work)
 
-    async def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: Any
-    ) -> pb.ModelStatisticsResponse:
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         async def work() -> pb.ModelStatisticsResponse:
             stats = self._service.model_statistics(request.name, request.version)
             return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
@@ -165,9 +163,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: Any
-    ) -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         rows = self._service.repository_index(request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**r) for r in rows])
 

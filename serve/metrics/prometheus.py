@@ -117,49 +117,74 @@ class PrometheusMetrics:
         self.batch_size_buckets = batch_size_buckets(max_batch_size_bucket)
         r = registry
         self.requests = Counter(
-            "serve_requests", "Inference requests by protocol and outcome",
-            (*MODEL_LABELS, "protocol", "outcome"), registry=r,
+            "serve_requests",
+            "Inference requests by protocol and outcome",
+            (*MODEL_LABELS, "protocol", "outcome"),
+            registry=r,
         )
         self.request_duration = Histogram(
-            "serve_request_duration_seconds", "End-to-end inference request time inside the server",
-            (*MODEL_LABELS, "protocol", "outcome"), registry=r, buckets=latency,
+            "serve_request_duration_seconds",
+            "End-to-end inference request time inside the server",
+            (*MODEL_LABELS, "protocol", "outcome"),
+            registry=r,
+            buckets=latency,
         )
         self.inference_rows = Counter(
-            "serve_inference_rows", "Rows (first dimension) inferred by successful executions",
-            MODEL_LABELS, registry=r,
+            "serve_inference_rows",
+            "Rows (first dimension) inferred by successful executions",
+            MODEL_LABELS,
+            registry=r,
         )
-        self.executions = Counter(
-            "serve_executions", "Successful model executions (batches)", MODEL_LABELS, registry=r
-        )
+        self.executions = Counter("serve_executions", "Successful model executions (batches)", MODEL_LABELS, registry=r)
         self.queue_duration = Histogram(
-            "serve_queue_duration_seconds", "Time a request that ran waited in the queue for its batch",
-            MODEL_LABELS, registry=r, buckets=latency,
+            "serve_queue_duration_seconds",
+            "Time a request that ran waited in the queue for its batch",
+            MODEL_LABELS,
+            registry=r,
+            buckets=latency,
         )
         self.compute_duration = Histogram(
             "serve_compute_duration_seconds",
             "Time of one successful execution: gathering inputs, running the model, splitting outputs",
-            MODEL_LABELS, registry=r, buckets=latency,
+            MODEL_LABELS,
+            registry=r,
+            buckets=latency,
         )
         self.batch_size = Histogram(
-            "serve_batch_size", "Rows per successful execution", MODEL_LABELS, registry=r,
+            "serve_batch_size",
+            "Rows per successful execution",
+            MODEL_LABELS,
+            registry=r,
             buckets=self.batch_size_buckets,
         )
         self.queue_depth = Gauge(
-            "serve_queue_depth", "Requests waiting in the queue", MODEL_LABELS, registry=r,
+            "serve_queue_depth",
+            "Requests waiting in the queue",
+            MODEL_LABELS,
+            registry=r,
             multiprocess_mode="livesum",
         )
         self.in_flight = Gauge(
-            "serve_batches_in_flight", "Batches executing now", MODEL_LABELS, registry=r,
+            "serve_batches_in_flight",
+            "Batches executing now",
+            MODEL_LABELS,
+            registry=r,
             multiprocess_mode="livesum",
         )
         # livemin: with several workers, a version is ready only where every live worker has it ready.
         self.model_ready = Gauge(
-            "serve_model_ready", "1 if the model version is loaded and ready, else 0",
-            MODEL_LABELS, registry=r, multiprocess_mode="livemin",
+            "serve_model_ready",
+            "1 if the model version is loaded and ready, else 0",
+            MODEL_LABELS,
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.load_duration = Gauge(
-            "serve_model_load_duration_seconds", "Time the last successful load of the model version took",
-            MODEL_LABELS, registry=r, multiprocess_mode="livemax",
+            "serve_model_load_duration_seconds",
+            "Time the last successful load of the model version took",
+            MODEL_LABELS,
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.triton = TritonCompatMetrics(r) if triton_compat else None
         if process_metrics:
@@ -225,9 +250,7 @@ class PrometheusMetrics:
         key = (name, version, protocol, outcome)
         children = self._request_children.get(key)
         if children is None:
-            children = self._request_children[key] = (
-                self.requests.labels(*key), self.request_duration.labels(*key)
-            )
+            children = self._request_children[key] = (self.requests.labels(*key), self.request_duration.labels(*key))
         children[0].inc()
         children[1].observe(duration_s)
         if model is None or self.triton is None:

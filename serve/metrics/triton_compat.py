@@ -87,12 +87,18 @@ class TritonCompatMetrics:
             "nv_inference_compute_output_duration_us", "Cumulative compute output duration in microseconds"
         )
         self.pending = Gauge(
-            "nv_inference_pending_request_count", "Number of requests waiting in the queue",
-            LABELS, registry=r, multiprocess_mode="livesum",
+            "nv_inference_pending_request_count",
+            "Number of requests waiting in the queue",
+            LABELS,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.load_secs = Gauge(
-            "nv_model_load_duration_secs", "Model load time in seconds",
-            LABELS, registry=r, multiprocess_mode="livemax",
+            "nv_model_load_duration_secs",
+            "Model load time in seconds",
+            LABELS,
+            registry=r,
+            multiprocess_mode="livemax",
         )
         registry.register(BareNames(self.source))
         if host_metrics:

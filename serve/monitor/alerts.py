@@ -70,9 +70,7 @@ class Alerter:
 
     def _take_token(self) -> bool:
         now = self._clock()
-        self._tokens = min(
-            self.rate_per_minute, self._tokens + (now - self._refilled) * self.rate_per_minute / 60
-        )
+        self._tokens = min(self.rate_per_minute, self._tokens + (now - self._refilled) * self.rate_per_minute / 60)
         self._refilled = now
         if self._tokens >= 1:
             self._tokens -= 1

@@ -79,18 +79,14 @@ def create_monitor_app(monitor: Monitor) -> Starlette:
         return HTMLResponse(page)
 
     async def models(request: Request) -> Response:
-        return _json(
-            {"models": _models_summary(monitor), "servers": [s.to_json() for s in monitor.servers.values()]}
-        )
+        return _json({"models": _models_summary(monitor), "servers": [s.to_json() for s in monitor.servers.values()]})
 
     async def drift(request: Request) -> Response:
         model = request.query_params.get("model")
         if not model:
             return _json({"error": "query parameter 'model' is required"}, 400)
         version = request.query_params.get("version")
-        matches = [
-            r for (m, v), r in monitor.latest.items() if m == model and (version is None or v == version)
-        ]
+        matches = [r for (m, v), r in monitor.latest.items() if m == model and (version is None or v == version)]
         if not matches:
             return _json(
                 {"error": f"no evaluation for model '{model}'" + (f" version {version}" if version else "")},

@@ -80,9 +80,7 @@ class BaselineRegistry:
             explicit_path, baseline = explicit
             return self._check(model, version, BaselineEntry(OK, baseline, str(explicit_path)))
         if self.repository is None:
-            return BaselineEntry(
-                MISSING, problems=["no --baseline file or --model-repository for this model"]
-            )
+            return BaselineEntry(MISSING, problems=["no --baseline file or --model-repository for this model"])
         path = find_baseline(self.repository / model, version)
         if path is None:
             return BaselineEntry(

@@ -41,9 +41,7 @@ class Collected:
 class StatsCollector:
     def __init__(self) -> None:
         self._instances: dict[Key, dict[str, _Instance]] = {}
-        self._since: dict[
-            tuple[str, str, str], tuple[str, int]
-        ] = {}  # (url, model, version) → (instance id, seq)
+        self._since: dict[tuple[str, str, str], tuple[str, int]] = {}  # (url, model, version) → (instance id, seq)
 
     def since(self, url: str, model: str, version: str) -> int:
         held = self._since.get((url, model, version))
@@ -105,18 +103,12 @@ class StatsCollector:
                     + (f", not {baseline_sha256[:12]}…" if baseline_sha256 else "")
                 )
                 continue
-            windows = [
-                w
-                for w in inst.windows.values()
-                if w["end"] > start and (include_open or w.get("closed", True))
-            ]
+            windows = [w for w in inst.windows.values() if w["end"] > start and (include_open or w.get("closed", True))]
             docs.append({**inst.header, "windows": windows})
         if not docs:
             return Collected([], [], [], baseline_sha256, problems)
         merged = _merge_compatible(docs, problems)
-        return Collected(
-            merged["windows"], merged["instances"], merged["restarts"], baseline_sha256, problems
-        )
+        return Collected(merged["windows"], merged["instances"], merged["restarts"], baseline_sha256, problems)
 
     def instances(self, model: str, version: str) -> Iterable[dict[str, Any]]:
         for inst in self._instances.get((model, version), {}).values():
@@ -129,12 +121,8 @@ def _merge_compatible(docs: list[dict[str, Any]], problems: list[str]) -> dict[s
         return schema.merge(docs)
     except ValueError:
         newest = max(docs, key=lambda d: d["generated_at"])
-        keep = [
-            d for d in docs if d["features"] == newest["features"] and d["window_s"] == newest["window_s"]
-        ]
+        keep = [d for d in docs if d["features"] == newest["features"] and d["window_s"] == newest["window_s"]]
         for d in docs:
             if d not in keep:
-                problems.append(
-                    f"replica {d['instance'].get('replica')} records other features or windows; left out"
-                )
+                problems.append(f"replica {d['instance'].get('replica')} records other features or windows; left out")
         return schema.merge(keep)

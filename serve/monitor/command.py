@@ -38,18 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a baseline.json to use for the model version it names (repeatable)",
     )
     parser.add_argument("--interval", default="30s", help="time between polls [default 30s]")
-    parser.add_argument(
-        "--horizon", default="15m", help="rolling window each evaluation covers [default 15m]"
-    )
+    parser.add_argument("--horizon", default="15m", help="rolling window each evaluation covers [default 15m]")
     parser.add_argument("--timeout", default="10s", help="per-request timeout towards a server [default 10s]")
-    parser.add_argument(
-        "--db", default="serve-monitor.db", help="SQLite history file [default serve-monitor.db]"
-    )
+    parser.add_argument("--db", default="serve-monitor.db", help="SQLite history file [default serve-monitor.db]")
     parser.add_argument("--retention", default="7d", help="how long history is kept [default 7d]")
     parser.add_argument("--host", default="127.0.0.1", help="address of the monitor's own port")
-    parser.add_argument(
-        "--port", type=int, default=8010, help="port of the report, JSON API and /metrics [8010]"
-    )
+    parser.add_argument("--port", type=int, default=8010, help="port of the report, JSON API and /metrics [8010]")
     parser.add_argument(
         "--config", type=Path, default=None, help="TOML file with per-model/feature thresholds and SLOs"
     )
@@ -83,18 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--slo-error-rate", type=float, default=None, help="error-rate SLO per model (0..1)")
     parser.add_argument("--webhook", default=None, metavar="URL", help="POST every alert as JSON to this URL")
-    parser.add_argument(
-        "--alert-rate", type=float, default=30.0, help="webhook calls per minute at most [30]"
-    )
+    parser.add_argument("--alert-rate", type=float, default=30.0, help="webhook calls per minute at most [30]")
     parser.add_argument(
         "--once",
         action="store_true",
         help="poll once, evaluate including the still-open window, print and exit",
     )
     parser.add_argument("--format", choices=["json", "text"], default="text", help="output of --once")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level"
-    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -180,6 +170,7 @@ async def _serve(settings: Any) -> int:
         log_level="warning",
         lifespan="off",
     )
+
     class QuietSignalsServer(uvicorn.Server):
         # The monitor's loop owns SIGINT/SIGTERM; uvicorn would install its own and re-raise them on exit.
         @contextlib.contextmanager

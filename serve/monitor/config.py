@@ -63,9 +63,7 @@ class MonitorSettings:
     alert_rate_per_minute: float = 30.0
     webhook_retries: int = 3
     max_plot_features: int = 24  # per model on the report page; the table lists all
-    max_series_features: int = (
-        500  # per model in /metrics (top by score); serve_drift_inputs_truncated says so
-    )
+    max_series_features: int = 500  # per model in /metrics (top by score); serve_drift_inputs_truncated says so
     # thresholds here are only explicit overrides (flags, file); policy_for() layers them over the defaults
     policy: Policy = field(default_factory=lambda: Policy(thresholds={}))
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -75,9 +73,7 @@ class MonitorSettings:
         thresholds = {**DEFAULT_THRESHOLDS, **_thresholds(baseline_thresholds or {}), **base.thresholds}
         over = self.model_overrides.get(model, {})
         thresholds.update(_thresholds(over.get("thresholds", {})))
-        features = {
-            name: _thresholds(f.get("thresholds", {})) for name, f in over.get("features", {}).items()
-        }
+        features = {name: _thresholds(f.get("thresholds", {})) for name, f in over.get("features", {}).items()}
         slo = over.get("slo", {})
         return replace(
             base,

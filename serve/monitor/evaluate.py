@@ -80,9 +80,7 @@ def merge_windows(windows: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Block
 
 
 @lru_cache(maxsize=4096)
-def _min_windows(
-    kind: str, ctx: NullContext, items: tuple[tuple[str, float], ...], alpha: float
-) -> tuple[int, ...]:
+def _min_windows(kind: str, ctx: NullContext, items: tuple[tuple[str, float], ...], alpha: float) -> tuple[int, ...]:
     return tuple(min_window(m, t, ctx, alpha) for m, t in items)
 
 
@@ -112,9 +110,7 @@ def evaluate_feature(feature: BaselineFeature, live: Block | None, policy: Polic
     result.samples = int(live["count"])
     if feature.kind == "numeric":
         if "bins" not in live:
-            result.problem = (
-                "the server bins this feature without the baseline's edges (baseline not loaded there)"
-            )
+            result.problem = "the server bins this feature without the baseline's edges (baseline not loaded there)"
             return result
         if len(live["bins"]["counts"]) != len(stats["bins"]["counts"]):
             result.problem = "the server's bins differ from the baseline's (another baseline?)"
@@ -134,9 +130,7 @@ def evaluate_feature(feature: BaselineFeature, live: Block | None, policy: Polic
     raw.pop("mean_shift", None)
     deciding = [(m, t) for m, t in thresholds.items() if m in raw]
     alpha = policy.false_alarm / max(1, len(deciding))
-    mins = dict(
-        zip([m for m, _ in deciding], _min_windows(feature.kind, ctx, tuple(deciding), alpha), strict=True)
-    )
+    mins = dict(zip([m for m, _ in deciding], _min_windows(feature.kind, ctx, tuple(deciding), alpha), strict=True))
     result.min_samples = max([policy.min_samples, *mins.values()])
     enough = result.samples >= result.min_samples
     any_drift = False
@@ -197,9 +191,7 @@ def evaluate_model(
     ends = [w["end"] for w in windows]
     results = [evaluate_feature(f, live.get(f.name), policy) for f in baseline.features if f.kind != "bytes"]
     results.sort(key=lambda r: (-r.score, r.role, r.name))
-    ev = ModelEvaluation(
-        model, version, results, rows, min(starts) if starts else None, max(ends) if ends else None
-    )
+    ev = ModelEvaluation(model, version, results, rows, min(starts) if starts else None, max(ends) if ends else None)
     inputs = [r for r in results if r.role == "input" and r.verdict is not None]
     if inputs:
         ev.drifted_share = sum(1 for r in inputs if r.verdict) / len(inputs)

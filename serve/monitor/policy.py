@@ -129,9 +129,7 @@ def null_quantile(measure: str, n: int, ctx: NullContext, alpha: float) -> float
     if measure == "ks":
         return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt(inv)
     if measure == "wasserstein":
-        return (math.sqrt(2 / math.pi) * ctx.j_over_sigma + math.sqrt(2 * math.log(1 / alpha))) * math.sqrt(
-            inv
-        )
+        return (math.sqrt(2 / math.pi) * ctx.j_over_sigma + math.sqrt(2 * math.log(1 / alpha))) * math.sqrt(inv)
     z = _NORMAL.inv_cdf(1 - alpha / 2)
     m_count = max(ctx.m_count, 1)
     if measure == "missing_rate":
@@ -164,9 +162,7 @@ def min_window(measure: str, threshold: float, ctx: NullContext, alpha: float, c
     return lo
 
 
-def numeric_context(
-    counts: np.ndarray, edges: np.ndarray, std: float, block: Mapping[str, Any]
-) -> NullContext:
+def numeric_context(counts: np.ndarray, edges: np.ndarray, std: float, block: Mapping[str, Any]) -> NullContext:
     total = counts.sum()
     j = 1.6
     if total > 0 and edges.size > 1 and std > 0:

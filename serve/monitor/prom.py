@@ -35,9 +35,7 @@ class DriftCollector(Collector):
             "Drift statistic of one input/output of a model version over the evaluation window",
             labels=MEASURE,
         )
-        threshold = GaugeMetricFamily(
-            "serve_drift_threshold", "Threshold of the drift statistic", labels=MEASURE
-        )
+        threshold = GaugeMetricFamily("serve_drift_threshold", "Threshold of the drift statistic", labels=MEASURE)
         detected = GaugeMetricFamily(
             "serve_drift_detected",
             "1 if the statistic crossed its threshold in the last evaluation (no series below the minimum window)",
@@ -64,9 +62,7 @@ class DriftCollector(Collector):
             "1 if an output (prediction) feature drifted in the last evaluation",
             labels=MV,
         )
-        missing = GaugeMetricFamily(
-            "serve_input_missing_ratio", "Live share of missing values", labels=FEATURE
-        )
+        missing = GaugeMetricFamily("serve_input_missing_ratio", "Live share of missing values", labels=FEATURE)
         unseen = GaugeMetricFamily(
             "serve_input_unseen_category_ratio",
             "Live share of categories outside the training vocabulary",
@@ -97,9 +93,7 @@ class DriftCollector(Collector):
             "p99 latency of successful requests over the horizon, all replicas",
             labels=MV,
         )
-        errors = GaugeMetricFamily(
-            "serve_slo_error_ratio", "Share of failed requests over the horizon", labels=MV
-        )
+        errors = GaugeMetricFamily("serve_slo_error_ratio", "Share of failed requests over the horizon", labels=MV)
         up = GaugeMetricFamily(
             "serve_monitor_server_up", "1 if the last poll of the server succeeded", labels=["server"]
         )

@@ -37,20 +37,14 @@ def feature_plot(feature: Mapping[str, Any], history: History) -> bytes:
         n = len(view["baseline"])
         xs = list(range(n))
         width = 0.42
-        left.bar(
-            [x - width / 2 for x in xs], view["baseline"], width, color=_BASELINE_COLOUR, label="baseline"
-        )
+        left.bar([x - width / 2 for x in xs], view["baseline"], width, color=_BASELINE_COLOUR, label="baseline")
         left.bar([x + width / 2 for x in xs], view["live"], width, color=_LIVE_COLOUR, label="live")
         step = max(1, n // 10)
         left.set_xticks(xs[::step])
-        left.set_xticklabels(
-            view["labels"][::step], fontsize=7, rotation=30 if feature["kind"] == "categorical" else 0
-        )
+        left.set_xticklabels(view["labels"][::step], fontsize=7, rotation=30 if feature["kind"] == "categorical" else 0)
         left.set_ylabel("share", fontsize=8)
         left.set_title(
-            "share per baseline ventile (lower edge)"
-            if feature["kind"] == "numeric"
-            else "share per category",
+            "share per baseline ventile (lower edge)" if feature["kind"] == "numeric" else "share per category",
             fontsize=8,
         )
         left.legend(fontsize=7, frameon=False, loc="upper right")
@@ -62,9 +56,7 @@ def feature_plot(feature: Mapping[str, Any], history: History) -> bytes:
         pts = [(t, v / th) for t, v, th in points if v is not None and th]
         if not pts:
             continue
-        right.plot(
-            [dt.datetime.fromtimestamp(t) for t, _ in pts], [abs(v) for _, v in pts], label=measure, lw=1.2
-        )
+        right.plot([dt.datetime.fromtimestamp(t) for t, _ in pts], [abs(v) for _, v in pts], label=measure, lw=1.2)
         plotted = True
     right.axhline(1.0, color="#c0392b", ls="--", lw=1)
     right.set_title("drift over time: value / threshold (dashed: 1)", fontsize=8)
@@ -200,8 +192,7 @@ def render_page(
 ) -> str:
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     server_line = ", ".join(
-        f"{html.escape(s['url'])} {_badge('up', 'good') if s['up'] else _badge('stale', 'bad')}"
-        for s in servers
+        f"{html.escape(s['url'])} {_badge('up', 'good') if s['up'] else _badge('stale', 'bad')}" for s in servers
     )
     body = [
         "<!doctype html><html><head><meta charset='utf-8'><title>serve drift report</title>",

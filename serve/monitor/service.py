@@ -86,8 +86,7 @@ class Monitor:
         self.slo = SloTracker(settings.horizon_s)
         self.servers = {url.rstrip("/"): ServerStatus(url.rstrip("/")) for url in settings.servers}
         self.trackers: dict[str, StateTracker] = {
-            key: StateTracker(state, streak, since)
-            for key, (state, streak, since) in self.store.load_states().items()
+            key: StateTracker(state, streak, since) for key, (state, streak, since) in self.store.load_states().items()
         }
         self.latest: dict[tuple[str, str], dict[str, Any]] = {
             key: payload for key, (_, payload) in self.store.load_latest().items()
@@ -119,9 +118,7 @@ class Monitor:
             if self.collector.ingest(status.url, document):
                 self.collector.ingest(status.url, orjson.loads(_http(f"{base}?since=0", timeout)))
         try:
-            self.slo.add(
-                status.url, self.clock(), parse_metrics(_http(status.url + "/metrics", timeout).decode())
-            )
+            self.slo.add(status.url, self.clock(), parse_metrics(_http(status.url + "/metrics", timeout).decode()))
         except (OSError, ValueError) as exc:
             log.debug("no metrics from %s: %s", status.url, exc)
         status.models, status.no_stats = models, no_stats
@@ -165,14 +162,10 @@ class Monitor:
             out[(model, version)] = self._evaluate_model(model, version, now, include_open)
         return out
 
-    def _evaluate_model(
-        self, model: str, version: str, now: float, include_open: bool
-    ) -> tuple[dict[str, Any], Any]:
+    def _evaluate_model(self, model: str, version: str, now: float, include_open: bool) -> tuple[dict[str, Any], Any]:
         entry = self.registry.get(model, version)
         baseline = entry.baseline
-        policy = self.settings.policy_for(
-            model, (baseline.document.get("thresholds") if baseline else None) or {}
-        )
+        policy = self.settings.policy_for(model, (baseline.document.get("thresholds") if baseline else None) or {})
         report: dict[str, Any] = {
             "model": model, "version": version, "evaluated_at": now, "baseline": entry.to_json(),
             "problems": list(entry.problems), "features": [],
@@ -219,9 +212,7 @@ class Monitor:
             "latency_violated": (latency >= s.p99_latency_s)
             if enough and latency is not None and s.p99_latency_s
             else None,
-            "errors_violated": (errors >= s.error_rate)
-            if enough and errors is not None and s.error_rate
-            else None,
+            "errors_violated": (errors >= s.error_rate) if enough and errors is not None and s.error_rate else None,
         }
 
     # ---------------------------------------------------------------- state, history, alerts
@@ -232,9 +223,7 @@ class Monitor:
             tracker = self.trackers[key] = StateTracker(since=self.clock())
         return tracker
 
-    def _observe(
-        self, key: str, verdict: bool | None, persistence: int, now: float, alert: dict[str, Any]
-    ) -> str:
+    def _observe(self, key: str, verdict: bool | None, persistence: int, now: float, alert: dict[str, Any]) -> str:
         tracker = self._tracker(key)
         if tracker.observe(verdict, persistence, now):
             firing = tracker.state == "drifted"
@@ -242,9 +231,7 @@ class Monitor:
             payload["message"] = alert["firing" if firing else "resolved"]
             payload.pop("firing"), payload.pop("resolved")
             sent = self.alerter.emit(payload)
-            self.store.add_alert(
-                now, key, payload["state"], payload, None if self.alerter.webhook is None else sent
-            )
+            self.store.add_alert(now, key, payload["state"], payload, None if self.alerter.webhook is None else sent)
         return tracker.state
 
     def record(self, results: dict[tuple[str, str], tuple[dict[str, Any], Any]]) -> None:
@@ -309,9 +296,7 @@ class Monitor:
         by_name = {f["name"]: f for f in report["features"]}
         for f in ev.features:
             if f.samples == 0 and f.verdict is None:
-                by_name[f.name]["state"] = self._tracker(
-                    _model_key("feature", model, version, f.role, f.name)
-                ).state
+                by_name[f.name]["state"] = self._tracker(_model_key("feature", model, version, f.role, f.name)).state
                 continue
             for name, m in f.measures.items():
                 rows.append(
@@ -398,9 +383,7 @@ class Monitor:
         models = []
         for (_, _), (report, _) in sorted(results.items()):
             slim = {k: v for k, v in report.items() if k not in ("features", "replicas")}
-            slim["features"] = [
-                {k: v for k, v in f.items() if k not in ("view", "state")} for f in report["features"]
-            ]
+            slim["features"] = [{k: v for k, v in f.items() if k not in ("view", "state")} for f in report["features"]]
             models.append(slim)
         return {
             "generated_at": self.clock(),
@@ -413,7 +396,5 @@ class Monitor:
 
 
 def _crossed(f: FeatureResult) -> str:
-    hits = [
-        f"{k} {m.value:.3g} ≥ {m.threshold:.3g}" for k, m in f.measures.items() if m.drifted and m.threshold
-    ]
+    hits = [f"{k} {m.value:.3g} ≥ {m.threshold:.3g}" for k, m in f.measures.items() if m.drifted and m.threshold]
     return ", ".join(hits) or "threshold crossed"

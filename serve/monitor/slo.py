@@ -28,9 +28,7 @@ class ModelCounters:
     buckets: dict[float, float] = field(default_factory=dict)  # le → cumulative count, successful requests
 
     def minus(self, earlier: ModelCounters) -> ModelCounters:
-        if self.requests < earlier.requests or any(
-            self.buckets.get(le, 0.0) < c for le, c in earlier.buckets.items()
-        ):
+        if self.requests < earlier.requests or any(self.buckets.get(le, 0.0) < c for le, c in earlier.buckets.items()):
             return self  # reset: everything counted since the restart
         return ModelCounters(
             self.requests - earlier.requests,

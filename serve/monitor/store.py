@@ -38,9 +38,7 @@ CREATE TABLE IF NOT EXISTS latest (
 );
 """
 
-Row = tuple[
-    float, str, str, str, str, str, float | None, float | None, int | None, int, float | None, float | None
-]
+Row = tuple[float, str, str, str, str, str, float | None, float | None, int | None, int, float | None, float | None]
 
 
 class HistoryStore:
@@ -112,9 +110,7 @@ class HistoryStore:
                 list(states),
             )
 
-    def add_alert(
-        self, ts: float, key: str, state: str, payload: dict[str, Any], delivered: bool | None
-    ) -> None:
+    def add_alert(self, ts: float, key: str, state: str, payload: dict[str, Any], delivered: bool | None) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO alerts VALUES (?,?,?,?,?)",

@@ -198,9 +198,7 @@ def complete_config(
             group.count = 1
         if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
             group.kind = (
-                mc.ModelInstanceGroup.KIND_GPU
-                if cuda_available or group.gpus
-                else mc.ModelInstanceGroup.KIND_CPU
+                mc.ModelInstanceGroup.KIND_GPU if cuda_available or group.gpus else mc.ModelInstanceGroup.KIND_CPU
             )
     return config
 
@@ -211,9 +209,7 @@ def _copy(config: mc.ModelConfig) -> mc.ModelConfig:
     return out
 
 
-def _complete_tensors(
-    declared, graph: list[GraphTensor], batching: bool, what: str, *, require_all: bool
-) -> None:
+def _complete_tensors(declared, graph: list[GraphTensor], batching: bool, what: str, *, require_all: bool) -> None:
     by_name = {t.name: t for t in graph}
     if not declared:
         for tensor in graph:
@@ -253,8 +249,7 @@ def _complete_tensors(
 
 def tensor_specs(entries) -> list[TensorSpec]:
     return [
-        TensorSpec(e.name, CONFIG_TO_OIP[mc.DataType.Name(e.data_type)], tuple(int(d) for d in e.dims))
-        for e in entries
+        TensorSpec(e.name, CONFIG_TO_OIP[mc.DataType.Name(e.data_type)], tuple(int(d) for d in e.dims)) for e in entries
     ]
 
 
@@ -308,9 +303,7 @@ def runtime_options(config: mc.ModelConfig, *, allow_spinning: bool, intra_op_th
         allow_spinning=_bool_parameter(config, "allow_spinning", allow_spinning),
         enable_mem_arena=_bool_parameter(config, "enable_mem_arena", True),
         enable_mem_pattern=_bool_parameter(config, "enable_mem_pattern", True),
-        extra_session_config={
-            k: v.string_value for k, v in config.parameters.items() if k.startswith("session.")
-        },
+        extra_session_config={k: v.string_value for k, v in config.parameters.items() if k.startswith("session.")},
     )
 
 
@@ -359,7 +352,7 @@ class VersionPolicy:
             return ordered
         if self.kind == "specific":
             return [v for v in ordered if v in self.specific]
-        return ordered[-max(1, self.latest):]
+        return ordered[-max(1, self.latest) :]
 
 
 def version_policy(config: mc.ModelConfig) -> VersionPolicy:

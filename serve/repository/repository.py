@@ -150,9 +150,7 @@ class ModelRepository:
                 raise ModelNotFound(f"model '{name}' is not in the model repository")
             self._model_errors.pop(name, None)
             try:
-                raw, from_file = (
-                    (config_override, True) if config_override is not None else cfg.read_config(model_dir)
-                )
+                raw, from_file = (config_override, True) if config_override is not None else cfg.read_config(model_dir)
                 cfg.check_supported(raw)
                 policy = cfg.version_policy(raw)
                 available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
@@ -219,8 +217,12 @@ class ModelRepository:
         entry.state, entry.reason = READY, ""
         log.info(
             "model %s version %d ready in %.2fs on %s (max_batch_size %d, %d instance(s))",
-            entry.name, entry.version, entry.load_seconds, runner.providers[0],
-            config.max_batch_size, runner.instance_count,
+            entry.name,
+            entry.version,
+            entry.load_seconds,
+            runner.providers[0],
+            config.max_batch_size,
+            runner.instance_count,
         )
         return entry
 
@@ -333,9 +335,7 @@ class ModelRepository:
         return entry
 
     def ready_versions(self, name: str) -> list[ModelVersion]:
-        return sorted(
-            (v for v in self._versions.get(name, {}).values() if v.state == READY), key=lambda v: v.version
-        )
+        return sorted((v for v in self._versions.get(name, {}).values() if v.state == READY), key=lambda v: v.version)
 
     def loaded(self) -> list[ModelVersion]:
         return [v for versions in self._versions.values() for v in versions.values() if v.state == READY]
@@ -380,8 +380,13 @@ def _warm_up(runner: OnnxRunner, config: mc.ModelConfig, model_dir: Path) -> Non
 
 
 def _warmup_tensor(
-    datatype: str, shape: list[int], spec: mc.ModelWarmup.Input, rng: np.random.Generator,
-    model_dir: Path, warmup_name: str, input_name: str,
+    datatype: str,
+    shape: list[int],
+    spec: mc.ModelWarmup.Input,
+    rng: np.random.Generator,
+    model_dir: Path,
+    warmup_name: str,
+    input_name: str,
 ) -> np.ndarray:
     count = int(np.prod(shape)) if shape else 1
     kind = spec.WhichOneof("input_data_type")

@@ -167,9 +167,7 @@ class OnnxRunner:
         so.intra_op_num_threads = intra
         if o.inter_op_threads:
             so.inter_op_num_threads = o.inter_op_threads
-        so.execution_mode = (
-            ort.ExecutionMode.ORT_PARALLEL if o.parallel_execution else ort.ExecutionMode.ORT_SEQUENTIAL
-        )
+        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if o.parallel_execution else ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             so.graph_optimization_level = _OPTIMIZATION_LEVELS[o.optimization_level]
         except KeyError:

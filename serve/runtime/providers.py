@@ -77,9 +77,7 @@ def choose_providers(
             providers.append(CUDA)
             options.append(cuda_options)
         else:
-            log.warning(
-                "GPU instance requested but onnxruntime offers only %s; falling back to CPU", list(available)
-            )
+            log.warning("GPU instance requested but onnxruntime offers only %s; falling back to CPU", list(available))
     providers.append(CPU)
     options.append({})
     return ProviderChoice(providers, options)

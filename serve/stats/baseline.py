@@ -106,9 +106,7 @@ def _feature_from_dict(raw: Mapping[str, Any]) -> BaselineFeature:
     stats = raw.get("stats")
     if stats is not None and edges is not None and "bins" in stats:
         if len(stats["bins"]["counts"]) != edges.size + 1:
-            raise BaselineError(
-                f"feature {name!r}: {len(stats['bins']['counts'])} bin counts for {edges.size} edges"
-            )
+            raise BaselineError(f"feature {name!r}: {len(stats['bins']['counts'])} bin counts for {edges.size} edges")
     column = raw.get("column")
     return BaselineFeature(
         name=name,
@@ -150,9 +148,7 @@ class Baseline:
     @classmethod
     def from_dict(cls, document: Mapping[str, Any], sha256: str | None = None) -> Baseline:
         if document.get("format") != BASELINE_FORMAT:
-            raise BaselineError(
-                f"not a baseline file (format {document.get('format')!r}, want {BASELINE_FORMAT!r})"
-            )
+            raise BaselineError(f"not a baseline file (format {document.get('format')!r}, want {BASELINE_FORMAT!r})")
         version = document.get("format_version")
         if version != BASELINE_FORMAT_VERSION:
             raise BaselineError(
@@ -289,8 +285,7 @@ def build_baseline_features(
     the specs' groups chunk by chunk.
     """
     tensors = [
-        {"name": name, "role": role, "feature_names": list(names)}
-        for name, names in (feature_names or {}).items()
+        {"name": name, "role": role, "feature_names": list(names)} for name, names in (feature_names or {}).items()
     ]
     missing_values = dict(missing_values or {})
     # First pass: which features exist, with categorical declarations (vocabulary filled in later).
@@ -300,9 +295,7 @@ def build_baseline_features(
     for ex in plain:
         for f in ex.features:
             if f.name in categorical or f.tensor in categorical:
-                declared.append(
-                    BaselineFeature(f.name, role, f.tensor, f.column, f.view, "categorical", vocabulary=())
-                )
+                declared.append(BaselineFeature(f.name, role, f.tensor, f.column, f.view, "categorical", vocabulary=()))
     provisional.features = declared
     out: list[dict[str, Any]] = []
     for ex in build_extractors(specs, role, provisional, options):

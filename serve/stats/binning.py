@@ -39,9 +39,7 @@ def quantile_levels(
     return np.unique(np.concatenate([levels, extra]))
 
 
-def edges_from_quantiles(
-    minimum: float, quantiles: Sequence[float] | np.ndarray, maximum: float
-) -> np.ndarray:
+def edges_from_quantiles(minimum: float, quantiles: Sequence[float] | np.ndarray, maximum: float) -> np.ndarray:
     """Edges from a feature's range and its quantile values (e.g. from a streaming first pass)."""
     upper = np.nextafter(float(maximum), np.inf)
     values = np.concatenate([[float(minimum)], np.asarray(quantiles, dtype=np.float64).ravel(), [upper]])

@@ -150,11 +150,7 @@ class NumericGroup:
         self.bin_counts = np.zeros(total, np.int64)
         self.bin_sums = np.zeros(total)
         self.tail_sumsq = np.zeros((spec.binned.size, 2))
-        self.kll = (
-            ds.vector_of_kll_floats_sketches(spec.kll_k, int(spec.sketched.size))
-            if spec.sketched.size
-            else None
-        )
+        self.kll = ds.vector_of_kll_floats_sketches(spec.kll_k, int(spec.sketched.size)) if spec.sketched.size else None
 
     def update(self, values: np.ndarray) -> None:
         """``values``: float64, features × rows."""
@@ -338,8 +334,7 @@ class CategoricalSpec:
         self.missing_numbers: list[np.ndarray] = []
         for vocab, missing in zip(self.vocabularies, self.missing_values, strict=True):
             numeric = bool(vocab) and all(
-                isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                for v in vocab
+                isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in vocab
             )
             self.numeric.append(numeric)
             if numeric:
@@ -395,9 +390,7 @@ class CategoricalGroup:
         if other.any():
             self.other[j] += int(other.sum())
             values, counts = np.unique(col[other], return_counts=True)
-            self._remember(
-                j, ((item_key(v), int(c)) for v, c in zip(values.tolist(), counts.tolist(), strict=True))
-            )
+            self._remember(j, ((item_key(v), int(c)) for v, c in zip(values.tolist(), counts.tolist(), strict=True)))
 
     def _update_keys(self, j: int, counted: Counter[Any]) -> None:
         spec = self.spec
@@ -610,8 +603,7 @@ def merge_blocks(a: Block, b: Block) -> Block:
             raise ValueError("cannot merge a binned block with a sketched one (different baselines?)")
         if "bins" in a:
             out["bins"] = {
-                key: _add_lists(a["bins"][key], b["bins"][key], "bins")
-                for key in ("counts", "sums", "tail_sumsq")
+                key: _add_lists(a["bins"][key], b["bins"][key], "bins") for key in ("counts", "sums", "tail_sumsq")
             }
         if "kll" in a:
             out["kll"] = _merge_kll(a["kll"], b["kll"])

@@ -44,9 +44,7 @@ def input_stats_routes(lookup: Lookup) -> list[Route]:
             recorder = lookup(request.path_params["model"], "" if version is None else str(version))
             body = await asyncio.to_thread(recorder.export_json, since)
         except ServeError as exc:
-            return Response(
-                orjson.dumps({"error": exc.message}), status_code=exc.http_status, media_type=JSON
-            )
+            return Response(orjson.dumps({"error": exc.message}), status_code=exc.http_status, media_type=JSON)
         return Response(body, media_type=JSON)
 
     return [

@@ -152,9 +152,7 @@ class StatsRecorder:
              "rows_recorded", "rows_sampled_out", "tensors_skipped", "errors"),
             0,
         )  # fmt: skip
-        self._thread = threading.Thread(
-            target=self._run, name=f"stats-{model_name}-{self.version}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"stats-{model_name}-{self.version}", daemon=True)
         if start:
             self._thread.start()
 

@@ -169,9 +169,7 @@ def merge(documents: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "merged": True,
         "model": first["model"],
-        "instances": [
-            {key: i[key] for key in ("id", "replica", "start_time", "seq", "generated_at")} for i in ordered
-        ],
+        "instances": [{key: i[key] for key in ("id", "replica", "start_time", "seq", "generated_at")} for i in ordered],
         "restarts": restarts,
         "generated_at": total["end"],
         "window_s": first["window_s"],

@@ -186,9 +186,7 @@ class _Builder:
         for j, kind in enumerate(kinds):
             by_kind.setdefault(kind, []).append(j)
         for kind, idx in by_kind.items():
-            infos = tuple(
-                FeatureInfo(names[j], self.role, spec.name, columns[j], views[j], kind) for j in idx
-            )
+            infos = tuple(FeatureInfo(names[j], self.role, spec.name, columns[j], views[j], kind) for j in idx)
             decl = [declared[j] for j in idx]
             spec_ = self._spec(kind, infos, decl)
             pick = extract if len(idx) == len(kinds) else _select_rows(extract, np.asarray(idx))
@@ -203,16 +201,12 @@ class _Builder:
             return NumericSpec(names, edges, missing, kll_k=o.kll_k)
         if kind == "categorical":
             # A classifier's predicted_class without a declared vocabulary gets 0…K-1 in _add_tensor.
-            vocab = [
-                list(d.vocabulary) if d is not None and d.vocabulary is not None else [] for d in declared
-            ]
+            vocab = [list(d.vocabulary) if d is not None and d.vocabulary is not None else [] for d in declared]
             return CategoricalSpec(names, vocab, missing, lg_max_map_size=o.frequent_lg)
         return BytesSpec(names, missing, lg_max_map_size=o.frequent_lg)
 
 
-def _select_rows(
-    extract: Callable[[np.ndarray], np.ndarray], idx: np.ndarray
-) -> Callable[[np.ndarray], np.ndarray]:
+def _select_rows(extract: Callable[[np.ndarray], np.ndarray], idx: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     def select(a: np.ndarray) -> np.ndarray:
         return extract(a)[idx]
 
@@ -266,11 +260,7 @@ def _add_tensor(b: _Builder, spec: TensorSpec, bt: BaselineTensor | None) -> Non
         if len(dims) != 1 or dims[0] <= 0:
             raise ValueError(f"tensor '{name}': view 'columns' needs a fixed (D,) row, not {list(dims)}")
         d = dims[0]
-        names = (
-            list(bt.feature_names)
-            if bt is not None and bt.feature_names
-            else [f"{name}[{i}]" for i in range(d)]
-        )
+        names = list(bt.feature_names) if bt is not None and bt.feature_names else [f"{name}[{i}]" for i in range(d)]
         if len(names) != d:
             raise ValueError(f"tensor '{name}': {len(names)} feature names for {d} columns")
         b.add(spec, names, list(range(d)), [None] * d, _columns_extract(bytes_like), bytes_like)
@@ -329,9 +319,7 @@ def _embedding(a: np.ndarray) -> np.ndarray:
 
 def _sequence(a: np.ndarray) -> np.ndarray:
     rows = a.shape[0]
-    return np.stack(
-        [np.full(rows, a.shape[1], dtype=np.float64), np.count_nonzero(a, axis=1).astype(np.float64)]
-    )
+    return np.stack([np.full(rows, a.shape[1], dtype=np.float64), np.count_nonzero(a, axis=1).astype(np.float64)])
 
 
 def _generic(with_length: bool) -> Callable[[np.ndarray], np.ndarray]:
@@ -357,9 +345,7 @@ def _add_image(b: _Builder, spec: TensorSpec, bt: BaselineTensor | None) -> None
         raise ValueError(f"tensor '{spec.name}': view 'image' needs a fixed channel count")
     spatial = (2, 3) if first else (1, 2)
     h_dim, w_dim = (dims[1], dims[2]) if first else (dims[0], dims[1])
-    views = (
-        [f"mean[{c}]" for c in range(channels)] + [f"std[{c}]" for c in range(channels)] + ["zero_fraction"]
-    )
+    views = [f"mean[{c}]" for c in range(channels)] + [f"std[{c}]" for c in range(channels)] + ["zero_fraction"]
     extra = [v for v, d in (("height", h_dim), ("width", w_dim)) if d < 0]
     views += extra
 

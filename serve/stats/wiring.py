@@ -18,8 +18,9 @@ from serve.types import TensorSpec
 log = logging.getLogger(__name__)
 
 
-def read_baseline(model: ModelVersion, model_dir: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]
-                  ) -> tuple[Baseline | None, list[str]]:
+def read_baseline(
+    model: ModelVersion, model_dir: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]
+) -> tuple[Baseline | None, list[str]]:
     """The version's baseline.json (None if there is none) and why it must not be used (empty = it fits)."""
     path = model_dir / BASELINE_FILENAME
     if not path.is_file():
@@ -31,8 +32,14 @@ def read_baseline(model: ModelVersion, model_dir: Path, inputs: list[TensorSpec]
     filename = (model.config.default_model_filename if model.config is not None else "") or "model.onnx"
     onnx_path = model_dir / str(model.version) / filename
     info = ModelInfo(
-        name=model.name, version=model.version, model_dir=model_dir, onnx_path=onnx_path,
-        onnx_sha256=file_sha256(onnx_path), inputs=inputs, outputs=outputs, max_batch_size=model.max_batch_size,
+        name=model.name,
+        version=model.version,
+        model_dir=model_dir,
+        onnx_path=onnx_path,
+        onnx_sha256=file_sha256(onnx_path),
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=model.max_batch_size,
     )
     # The same check as `serve baseline --check` and the monitor, so all three give the same reasons.
     return baseline, check_baseline(baseline, info)
@@ -50,14 +57,18 @@ def row_specs(model: ModelVersion) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return per_row(model.inputs), per_row(model.outputs)
 
 
-def load_baseline(model: ModelVersion, model_dir: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]
-                  ) -> Baseline | None:
+def load_baseline(
+    model: ModelVersion, model_dir: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]
+) -> Baseline | None:
     """The version's baseline.json if it fits the model; otherwise None, with the reasons logged."""
     baseline, problems = read_baseline(model, model_dir, inputs, outputs)
     if problems:
         log.error(
             "model %s version %d: %s is not used: %s",
-            model.name, model.version, BASELINE_FILENAME, "; ".join(problems),
+            model.name,
+            model.version,
+            BASELINE_FILENAME,
+            "; ".join(problems),
         )
         return None
     return baseline
@@ -79,8 +90,13 @@ class StatsFactory:
         inputs, outputs = row_specs(model)
         baseline = load_baseline(model, model_dir, inputs, outputs)
         return StatsRecorder(
-            model.name, model.version, inputs, outputs,
-            instance=self.instance, baseline=baseline, options=self._options,
+            model.name,
+            model.version,
+            inputs,
+            outputs,
+            instance=self.instance,
+            baseline=baseline,
+            options=self._options,
         )
 
 
