@@ -110,7 +110,7 @@ def http_binary_body(name: str, array: np.ndarray, datatype: str) -> tuple[bytes
 
 
 def grpc_request_bytes(model: str, name: str, array: np.ndarray, datatype: str) -> bytes:
-    from serve.grpc._proto import grpc_service_pb2 as pb
+    from serve.protocol import grpc_service_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))

@@ -33,8 +33,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import load_shapes, payloads  # noqa: E402
-from serve.grpc._proto import grpc_service_pb2 as pb  # noqa: E402
-from serve.grpc._proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
+from serve.protocol import grpc_service_pb2 as pb  # noqa: E402
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
 
 # grpcio blocks the whole gevent hub unless told to cooperate; this must run before any channel exists.
 grpc_gevent.init_gevent()

@@ -216,7 +216,7 @@ def encode(model: ModelSpec, inputs: Mapping[str, np.ndarray], protocol: str, ro
         }
         return EncodedRequest(header + b"".join(raw.values()), headers, rows)
     if protocol == "grpc":
-        from serve.grpc._proto import grpc_service_pb2 as pb
+        from serve.protocol import grpc_service_pb2 as pb
 
         request = pb.ModelInferRequest(model_name=model.name)
         for n, a in inputs.items():

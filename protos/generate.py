@@ -1,4 +1,4 @@
-"""Regenerate serve/grpc/_proto from protos/*.proto.
+"""Regenerate serve/protocol from protos/*.proto.
 
 Run ``.venv/bin/python protos/generate.py`` after editing a .proto file and commit the
 result; tests/test_protos.py fails while the committed code is stale.
@@ -10,12 +10,12 @@ changes the generated text fails loudly instead of silently skipping a rewrite:
    process-wide default pool. tritonclient (which our tests and users import next to
    serve) registers types with the same full names there (``inference.ModelInferRequest``
    and so on), and the second registration fails with ``TypeError: duplicate symbol``.
-   Our modules therefore add their files to ``serve.grpc._proto._pool.POOL`` instead.
+   Our modules therefore add their files to ``serve.protocol._pool.POOL`` instead.
    Messages from that pool serialize, parse and work with text_format and json_format
    like any other; gRPC reflection must be given ``pool=POOL``.
 
 2. Package imports. protoc writes ``import model_config_pb2``, which only works when the
-   output directory is on sys.path; these become ``from serve.grpc._proto import ...``.
+   output directory is on sys.path; these become ``from serve.protocol import ...``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
-DEFAULT_OUT = ROOT / "serve" / "grpc" / "_proto"
-PACKAGE = "serve.grpc._proto"
+DEFAULT_OUT = ROOT / "serve" / "protocol"
+PACKAGE = "serve.protocol"
 
 PROTOS = ("model_config.proto", "grpc_service.proto", "serve_monitoring.proto")
 # model_config.proto declares no service; model_config_pb2_grpc.py would be empty.

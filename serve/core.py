@@ -28,7 +28,7 @@ from serve.errors import (
     ServeError,
     UnknownOutput,
 )
-from serve.grpc._proto import model_config_pb2 as mc
+from serve.protocol import model_config_pb2 as mc
 from serve.repository.repository import ModelRepository, ModelVersion
 from serve.types import InferRequest, InferResponse, OutputTensor, TensorSpec
 

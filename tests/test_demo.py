@@ -151,7 +151,7 @@ def test_tabular_labels_are_not_all_the_same_class(tabular_run: tuple[np.ndarray
     assert len(np.unique(tabular_run[2])) > 1
 
 
-@pytest.mark.parametrize("module_name", ["serve.grpc._proto.model_config_pb2", "tritonclient.grpc.model_config_pb2"])
+@pytest.mark.parametrize("module_name", ["serve.protocol.model_config_pb2", "tritonclient.grpc.model_config_pb2"])
 def test_tabular_config_parses_as_triton_model_config(repo: Path, module_name: str) -> None:
     pb = pytest.importorskip(module_name)
     config = text_format.Parse((repo / "tabular" / "config.pbtxt").read_text(), pb.ModelConfig())

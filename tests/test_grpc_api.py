@@ -1,6 +1,6 @@
 """Acceptance tests of the gRPC API against a real server.
 
-Clients: the unmodified tritonclient.grpc, and a grpcio stub built from serve.grpc._proto for
+Clients: the unmodified tritonclient.grpc, and a grpcio stub built from serve.protocol for
 what tritonclient hides (typed ``contents``, malformed requests, the exact response message).
 """
 
@@ -34,8 +34,8 @@ from tritonclient.utils import InferenceServerException
 from serve.codecs.bytes_tensor import deserialize_bytes_tensor, serialize_bytes_tensor
 from serve.datatypes import OIP_TO_WIRE_DTYPE
 from serve.demo import IDENTITY_DATATYPES
-from serve.grpc._proto import grpc_service_pb2 as pb
-from serve.grpc._proto import grpc_service_pb2_grpc as pb_grpc
+from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 
 Stub = pb_grpc.GRPCInferenceServiceStub
 SERVICE = "inference.GRPCInferenceService"

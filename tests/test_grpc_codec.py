@@ -17,7 +17,7 @@ from serve.codecs.grpc_codec import (
     encode_parameters,
 )
 from serve.errors import InvalidInput
-from serve.grpc._proto import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2 as pb
 from serve.types import InferResponse, OutputTensor
 
 SAMPLES: dict[str, np.ndarray] = {

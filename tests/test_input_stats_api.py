@@ -17,8 +17,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from serve.grpc._proto import serve_monitoring_pb2 as mpb
-from serve.grpc._proto import serve_monitoring_pb2_grpc as mpb_grpc
+from serve.protocol import serve_monitoring_pb2 as mpb
+from serve.protocol import serve_monitoring_pb2_grpc as mpb_grpc
 from tests.conftest import RunningServer, serving
 
 

@@ -22,13 +22,13 @@ from tritonclient.grpc import model_config_pb2 as triton_mc
 from tritonclient.grpc import service_pb2 as triton_pb
 from tritonclient.grpc._utils import _get_inference_request
 
-from serve.grpc._proto import grpc_service_pb2 as pb
-from serve.grpc._proto import grpc_service_pb2_grpc
-from serve.grpc._proto import model_config_pb2 as mc
-from serve.grpc._proto._pool import POOL
+from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc
+from serve.protocol import model_config_pb2 as mc
+from serve.protocol._pool import POOL
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERATED_DIR = ROOT / "serve" / "grpc" / "_proto"
+GENERATED_DIR = ROOT / "serve" / "protocol"
 HAND_WRITTEN = {"__init__.py", "_pool.py"}
 
 
@@ -54,7 +54,7 @@ def test_committed_generated_code_matches_a_fresh_generation(tmp_path: Path) -> 
     committed = {name: data for name, data in committed.items() if name not in HAND_WRITTEN}
     stale = sorted(name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name))
     assert not stale, (
-        f"serve/grpc/_proto is stale ({', '.join(stale)}): run `.venv/bin/python protos/generate.py` "
+        f"serve/protocol is stale ({', '.join(stale)}): run `.venv/bin/python protos/generate.py` "
         "and commit the result"
     )
 
@@ -75,8 +75,8 @@ def test_generated_modules_use_the_private_pool_and_package_imports() -> None:
 @pytest.mark.parametrize(
     "imports",
     [
-        "import tritonclient.grpc; import serve.grpc._proto.grpc_service_pb2_grpc",
-        "import serve.grpc._proto.grpc_service_pb2_grpc; import tritonclient.grpc",
+        "import tritonclient.grpc; import serve.protocol.grpc_service_pb2_grpc",
+        "import serve.protocol.grpc_service_pb2_grpc; import tritonclient.grpc",
     ],
     ids=["tritonclient-first", "serve-first"],
 )

@@ -33,8 +33,8 @@ from fixtures.repositories import (
 from tritonclient.utils import InferenceServerException
 
 from serve.demo import write_demo_repository
-from serve.grpc._proto import grpc_service_pb2 as pb
-from serve.grpc._proto import grpc_service_pb2_grpc as pb_grpc
+from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.modelgen import mlp, save
 
 GOOD_MODELS = ["fixed_shape", "identity_all", "lookup", "multi_io", "tabular"]

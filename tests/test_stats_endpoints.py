@@ -15,8 +15,8 @@ import pytest
 from starlette.applications import Starlette
 
 from serve.errors import ModelNotFound, ModelNotReady
-from serve.grpc._proto import serve_monitoring_pb2 as pb
-from serve.grpc._proto import serve_monitoring_pb2_grpc as pb_grpc
+from serve.protocol import serve_monitoring_pb2 as pb
+from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
 from serve.grpc.monitoring import SERVICE_NAME, add_monitoring_servicer
 from serve.stats.http import input_stats_routes
 from serve.stats.recorder import StatsRecorder

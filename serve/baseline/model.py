@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from serve.datatypes import ORT_TO_OIP
 from serve.errors import ServeError
-from serve.grpc._proto import model_config_pb2 as mc
+from serve.protocol import model_config_pb2 as mc
 from serve.repository import model_config as cfg
 from serve.runtime.onnx_runner import GraphTensor
 from serve.stats.baseline import BASELINE_FILENAME, Baseline, baseline_mismatches

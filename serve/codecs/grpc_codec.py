@@ -16,7 +16,7 @@ import numpy as np
 from serve.codecs.bytes_tensor import deserialize_bytes_tensor, serialize_bytes_tensor
 from serve.datatypes import OIP_TO_WIRE_DTYPE
 from serve.errors import InvalidInput, ModelExecutionError
-from serve.grpc._proto import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2 as pb
 from serve.types import InferRequest, InferResponse, InputTensor, Parameters, RequestedOutput
 
 # The InferTensorContents field that carries each datatype, and the numpy type protobuf

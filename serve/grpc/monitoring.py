@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 
 from serve.errors import ServeError
-from serve.grpc._proto import serve_monitoring_pb2 as pb
-from serve.grpc._proto import serve_monitoring_pb2_grpc as pb_grpc
+from serve.protocol import serve_monitoring_pb2 as pb
+from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
 from serve.stats.http import Lookup
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitoring"].full_name

@@ -11,9 +11,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serve.core import InferenceService
-from serve.grpc._proto import grpc_service_pb2 as pb
-from serve.grpc._proto import grpc_service_pb2_grpc as pb_grpc
-from serve.grpc._proto._pool import POOL
+from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc
+from serve.protocol._pool import POOL
 from serve.grpc.monitoring import SERVICE_NAME as MONITORING_SERVICE_NAME
 from serve.grpc.monitoring import add_monitoring_servicer
 from serve.grpc.service import InferenceServicer

@@ -14,9 +14,9 @@ from google.protobuf import json_format
 from serve.codecs import grpc_codec
 from serve.core import InferenceService
 from serve.errors import InvalidInput, ServeError, Unsupported
-from serve.grpc._proto import grpc_service_pb2 as pb
-from serve.grpc._proto import grpc_service_pb2_grpc as pb_grpc
-from serve.grpc._proto import model_config_pb2 as mc
+from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc
+from serve.protocol import model_config_pb2 as mc
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from serve.batching.policy import BatchingPolicy, QueuePolicy
 from serve.datatypes import CONFIG_TO_OIP, OIP_TO_CONFIG
 from serve.errors import ModelLoadError
-from serve.grpc._proto import model_config_pb2 as mc
+from serve.protocol import model_config_pb2 as mc
 from serve.runtime.onnx_runner import GraphTensor, RuntimeOptions
 from serve.runtime.providers import Accelerator
 from serve.types import TensorSpec

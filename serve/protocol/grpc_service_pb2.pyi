@@ -1,5 +1,5 @@
 # Post-processed by protos/generate.py: private descriptor pool, package-relative imports.
-from serve.grpc._proto import model_config_pb2 as _model_config_pb2
+from serve.protocol import model_config_pb2 as _model_config_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from serve.grpc._proto import serve_monitoring_pb2 as serve__monitoring__pb2
+from serve.protocol import serve_monitoring_pb2 as serve__monitoring__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

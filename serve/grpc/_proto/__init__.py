@@ -1,1 +1,0 @@
-"""Protobuf and gRPC code generated from protos/*.proto by protos/generate.py; do not edit."""
