@@ -16,7 +16,7 @@ from serve.baseline.model import BaselineInputError, check_baseline, load_model_
 from serve.baseline.sources import map_columns, open_source
 from serve.cli import main
 from serve.stats.baseline import Baseline
-from tests.test_monitor_helpers import FEATURES, INPUTS, MODEL, sample, write_model
+from tests.fixtures.monitoring import FEATURES, INPUTS, MODEL, sample, write_model
 
 ROWS = 6000
 

@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from serve.modelgen import mlp, save
-from tests.conftest import RunningServer, serving
+from tests.fixtures.servers import RunningServer, serving
 
 CALLERS = 16
 # Held until 8 rows are queued (or 2 s pass): concurrent callers are batched deterministically.

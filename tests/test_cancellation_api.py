@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from serve.modelgen import mlp, save
-from tests.conftest import RunningServer, serving
+from tests.fixtures.servers import RunningServer, serving
 
 # Held for up to 1 s waiting for a batch of 8, so requests sit in the queue long enough to be abandoned.
 CONFIG = """

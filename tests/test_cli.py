@@ -14,10 +14,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from conftest import HOST, free_port, start_server
-from fixtures.repositories import write_broken_models
 
 from serve.demo import MODELS, write_demo_repository
+from tests.fixtures.repositories import write_broken_models
+from tests.fixtures.servers import HOST, free_port, start_server
 
 SERVE = [sys.executable, "-m", "serve"]
 RUN_FLAGS = [

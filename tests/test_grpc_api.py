@@ -15,17 +15,6 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import RunningServer, start_server
-from fixtures.data import (
-    BYTES_VALUES,
-    MULTI_IO_DATATYPES,
-    assert_tabular_answer,
-    features,
-    fixed_shape_expected,
-    multi_io_expected,
-    multi_io_inputs,
-    sample,
-)
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -36,6 +25,17 @@ from serve.datatypes import OIP_TO_WIRE_DTYPE
 from serve.demo import IDENTITY_DATATYPES
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
+from tests.fixtures.data import (
+    BYTES_VALUES,
+    MULTI_IO_DATATYPES,
+    assert_tabular_answer,
+    features,
+    fixed_shape_expected,
+    multi_io_expected,
+    multi_io_inputs,
+    sample,
+)
+from tests.fixtures.servers import RunningServer, start_server
 
 Stub = pb_grpc.GRPCInferenceServiceStub
 SERVICE = "inference.GRPCInferenceService"

@@ -17,9 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import RunningServer, start_server
-from fixtures.clients import RawResponse, post_binary, post_json, request
-from fixtures.data import (
+from tritonclient.utils import InferenceServerException
+
+from serve.codecs.bytes_tensor import serialize_bytes_tensor
+from serve.demo import IDENTITY_DATATYPES
+from tests.fixtures.clients import RawResponse, post_binary, post_json, request
+from tests.fixtures.data import (
     MULTI_IO_DATATYPES,
     assert_tabular_answer,
     features,
@@ -28,10 +31,7 @@ from fixtures.data import (
     multi_io_inputs,
     sample,
 )
-from tritonclient.utils import InferenceServerException
-
-from serve.codecs.bytes_tensor import serialize_bytes_tensor
-from serve.demo import IDENTITY_DATATYPES
+from tests.fixtures.servers import RunningServer, start_server
 
 TABULAR = "/v2/models/tabular/infer"
 JSON_DATATYPES = [dt for dt in IDENTITY_DATATYPES if dt != "FP16"]

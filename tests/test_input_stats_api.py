@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 
 from serve.protocol import serve_monitoring_pb2 as mpb
 from serve.protocol import serve_monitoring_pb2_grpc as mpb_grpc
-from tests.conftest import RunningServer, serving
+from tests.fixtures.servers import RunningServer, serving
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:  # bench/ is a folder of scripts in the checkout, 
 
 from bench import load_shapes, payloads  # noqa: E402
 from serve.codecs.bytes_tensor import deserialize_bytes_tensor  # noqa: E402
-from tests.conftest import RunningServer, free_port  # noqa: E402
+from tests.fixtures.servers import RunningServer, free_port  # noqa: E402
 
 LOCUSTFILE = ROOT / "bench" / "locustfile.py"
 

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import RunningServer, free_port, start_server
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,6 +27,7 @@ from serve.modelgen import to_bytes
 from serve.repository.repository import READY, UNAVAILABLE, ModelVersion
 from serve.settings import ServerSettings
 from serve.types import InferRequest
+from tests.fixtures.servers import RunningServer, free_port, start_server
 
 LATENCY_BUCKETS = ServerSettings().latency_buckets_s
 Key = tuple[str, frozenset[tuple[str, str]]]

@@ -20,7 +20,7 @@ from serve.monitor.policy import Policy
 from serve.monitor.service import Monitor
 from serve.monitor.slo import parse_metrics, quantile
 from serve.stats.baseline import Baseline, write_baseline
-from tests.test_monitor_helpers import (
+from tests.fixtures.monitoring import (
     FEATURES,
     MODEL,
     Clock,

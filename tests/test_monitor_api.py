@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.monitor.app import create_monitor_app
-from tests.test_monitor_helpers import MODEL, AppServer, monitor_with_history
+from tests.fixtures.monitoring import MODEL, AppServer, monitor_with_history
 
 
 @pytest.fixture(scope="module")

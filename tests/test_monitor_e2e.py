@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from serve.cli import main
-from tests.conftest import RunningServer, start_server
-from tests.test_monitor_helpers import FEATURES, MODEL, sample, write_model
+from tests.fixtures.monitoring import FEATURES, MODEL, sample, write_model
+from tests.fixtures.servers import RunningServer, start_server
 
 
 @pytest.fixture(scope="module")

@@ -54,8 +54,7 @@ def test_committed_generated_code_matches_a_fresh_generation(tmp_path: Path) -> 
     committed = {name: data for name, data in committed.items() if name not in HAND_WRITTEN}
     stale = sorted(name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name))
     assert not stale, (
-        f"serve/protocol is stale ({', '.join(stale)}): run `.venv/bin/python protos/generate.py` "
-        "and commit the result"
+        f"serve/protocol is stale ({', '.join(stale)}): run `.venv/bin/python protos/generate.py` and commit the result"
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from serve.monitor.app import create_monitor_app
-from tests.test_monitor_helpers import AppServer, monitor_with_history
+from tests.fixtures.monitoring import AppServer, monitor_with_history
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 RESULTS = Path(__file__).resolve().parent.parent / "results"

@@ -18,10 +18,15 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import RunningServer, start_server
-from fixtures.clients import RawResponse, post_json, request
-from fixtures.data import features, run_reference
-from fixtures.repositories import (
+from tritonclient.utils import InferenceServerException
+
+from serve.demo import write_demo_repository
+from serve.modelgen import mlp, save
+from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc
+from tests.fixtures.clients import RawResponse, post_json, request
+from tests.fixtures.data import features, run_reference
+from tests.fixtures.repositories import (
     LOOKUP_MODEL,
     LOOKUP_TABLE,
     TRITON_MODEL,
@@ -30,12 +35,7 @@ from fixtures.repositories import (
     write_mixed_repository,
     write_triton_repository,
 )
-from tritonclient.utils import InferenceServerException
-
-from serve.demo import write_demo_repository
-from serve.protocol import grpc_service_pb2 as pb
-from serve.protocol import grpc_service_pb2_grpc as pb_grpc
-from serve.modelgen import mlp, save
+from tests.fixtures.servers import RunningServer, start_server
 
 GOOD_MODELS = ["fixed_shape", "identity_all", "lookup", "multi_io", "tabular"]
 BROKEN_MODELS = ["corrupt_onnx", "unsupported_field", "wrong_input_name", "unsupported_op", "sequence_output"]

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from serve.modelgen import mlp, save
-from tests.conftest import start_server
+from tests.fixtures.servers import start_server
 
 # Requests are held up to 1.5 s waiting for a batch of 8 that never fills: they are queued when
 # the signal arrives.

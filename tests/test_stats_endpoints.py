@@ -15,9 +15,9 @@ import pytest
 from starlette.applications import Starlette
 
 from serve.errors import ModelNotFound, ModelNotReady
+from serve.grpc.monitoring import SERVICE_NAME, add_monitoring_servicer
 from serve.protocol import serve_monitoring_pb2 as pb
 from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
-from serve.grpc.monitoring import SERVICE_NAME, add_monitoring_servicer
 from serve.stats.http import input_stats_routes
 from serve.stats.recorder import StatsRecorder
 from serve.stats.windows import ServerInstance

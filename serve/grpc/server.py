@@ -11,12 +11,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serve.core import InferenceService
-from serve.protocol import grpc_service_pb2 as pb
-from serve.protocol import grpc_service_pb2_grpc as pb_grpc
-from serve.protocol._pool import POOL
 from serve.grpc.monitoring import SERVICE_NAME as MONITORING_SERVICE_NAME
 from serve.grpc.monitoring import add_monitoring_servicer
 from serve.grpc.service import InferenceServicer
+from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc
+from serve.protocol._pool import POOL
 from serve.stats.http import Lookup as StatsLookup
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name

@@ -26,8 +26,8 @@ import onnxruntime as ort
 from serve.batching.batcher import Batcher, BatchObserver
 from serve.datatypes import CONFIG_TO_OIP, numpy_dtype
 from serve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServeError
-from serve.protocol import model_config_pb2 as mc
 from serve.metrics.statistics import InferenceStatistics
+from serve.protocol import model_config_pb2 as mc
 from serve.repository import model_config as cfg
 from serve.runtime.onnx_runner import OnnxRunner
 from serve.runtime.providers import CUDA
