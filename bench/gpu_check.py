@@ -14,7 +14,8 @@ import numpy as np
 import onnxruntime as ort
 
 from serve.modelgen import mlp, save
-from serve.runtime.onnx_runner import OnnxRunner, RuntimeOptions
+from serve.runtime.onnx_runner import OnnxRunner
+from serve.runtime.options import RuntimeOptions
 from serve.runtime.providers import CUDA
 
 MODELS = {"small": [32, 256, 256, 8], "wide": [512, 2048, 2048, 512]}

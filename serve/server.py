@@ -17,14 +17,16 @@ from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
 from serve.core import InferenceService
+from serve.errors import ModelNotFound
+from serve.events import Observer
 from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
+from serve.http.input_stats import input_stats_routes
 from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.prometheus import PrometheusMetrics
-from serve.repository.repository import ModelRepository
 from serve.settings import ServerSettings
-from serve.stats.http import input_stats_routes
-from serve.stats.wiring import StatsFactory, recorder_lookup
+from serve.stats.recorder import StatsRecorder
+from serve.stats.wiring import InputStatistics
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +69,17 @@ class Server:
             latency_buckets_s=settings.latency_buckets_s,
             triton_compat=settings.metrics_triton_compat,
         )
-        self.stats = StatsFactory(settings) if settings.stats_enabled else None
-        self.repository = ModelRepository(
+        self.stats = InputStatistics(settings) if settings.stats_enabled else None
+        observers: list[Observer] = [self.metrics] if self.stats is None else [self.stats, self.metrics]
+        self.service = InferenceService.create(
             repository_root,
             settings,
-            observer_factory=self.metrics.observer_for,
-            on_state_change=self.metrics.on_state_change,
-            sink_factory=self.stats,
-        )
-        self.service = InferenceService(
-            self.repository,
+            observers,
             server_name=settings.server_name,
             model_control_explicit=settings.model_control_mode == "explicit",
-            recorders=[self.metrics],
-            timing_recorders=[self.metrics],
         )
+        self.repository = self.service.repository
+        self.metrics.queue_probe = self.service.queue_depths
         self._stop = asyncio.Event()
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -102,7 +100,7 @@ class Server:
         else:
             await self.repository.load_all()
         # Registered even with --no-stats, so that a client is told why there is nothing.
-        stats_lookup = recorder_lookup(self.repository)
+        stats_lookup = self.stats_recorder
         extra_routes = [metrics_route(self.metrics), *input_stats_routes(stats_lookup)]
         app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
         self._http_socket = bind_http_socket(s.host, s.http_port)
@@ -175,6 +173,12 @@ class Server:
             await asyncio.sleep(0.01)
         log.info("metrics on %s:%d/metrics", s.host, self.metrics_port)
 
+    def stats_recorder(self, name: str, version: str) -> StatsRecorder:
+        model = self.repository.get(name, version)
+        if self.stats is None:
+            raise ModelNotFound(f"input statistics are not recorded for model '{name}' (the server runs --no-stats)")
+        return self.stats.recorder(model)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -208,7 +212,7 @@ class Server:
             self._http_socket.close()  # uvicorn closes its servers, not a socket it was handed
         if self._metrics_socket is not None:
             self._metrics_socket.close()
-        await self.repository.close()
+        await self.service.close()
         log.info("stopped")
 
 

@@ -19,8 +19,7 @@ Parameters = dict[str, Any]
 class InputTensor:
     name: str
     datatype: str
-    shape: tuple[int, ...]
-    data: np.ndarray  # already reshaped to ``shape``
+    data: np.ndarray  # already in the shape the request declared
     parameters: Parameters = field(default_factory=dict)
 
 
@@ -44,14 +43,6 @@ class InferRequest:
     # Transport probe: True once the caller has gone away; the batcher then drops the request
     # before it runs. None where the transport cancels the caller's task instead (gRPC).
     client_gone: Callable[[], bool] | None = None
-
-    @property
-    def priority(self) -> int:
-        return int(self.parameters.get("priority", 0) or 0)
-
-    @property
-    def timeout_us(self) -> int:
-        return int(self.parameters.get("timeout", 0) or 0)
 
 
 @dataclass(slots=True)
@@ -82,3 +73,12 @@ class TensorSpec:
     name: str
     datatype: str
     dims: tuple[int, ...]  # -1 = variable
+
+
+@dataclass(frozen=True, slots=True)
+class GraphTensor:
+    """An input or output as the ONNX graph declares it; -1 marks a symbolic or unknown dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]

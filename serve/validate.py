@@ -11,10 +11,10 @@ import numpy as np
 from serve.core import InferenceService
 from serve.datatypes import numpy_dtype
 from serve.errors import ServeError
-from serve.repository.repository import READY, ModelRepository, ModelVersion
+from serve.repository.repository import READY, ModelVersion
 from serve.settings import ServerSettings
 from serve.stats.baseline import BASELINE_FILENAME
-from serve.stats.wiring import read_baseline, row_specs
+from serve.stats.wiring import read_baseline
 from serve.types import InferRequest, InputTensor, TensorSpec
 
 
@@ -40,13 +40,13 @@ def sample_request(model: ModelVersion, seed: int = 0) -> InferRequest:
     inputs = []
     for spec in model.inputs:
         data = sample_input(spec, batching, rng)
-        inputs.append(InputTensor(spec.name, spec.datatype, tuple(data.shape), data))
+        inputs.append(InputTensor(spec.name, spec.datatype, data))
     return InferRequest(model_name=model.name, model_version=model.version_str, inputs=inputs)
 
 
 async def validate_repository(settings: ServerSettings, root: Path, out: TextIO = sys.stdout) -> int:
-    repository = ModelRepository(root, settings)
-    service = InferenceService(repository)
+    service = InferenceService.create(root, settings)
+    repository = service.repository
     rows: list[tuple[str, str, str, str]] = []
     try:
         await repository.load_all()
@@ -62,15 +62,14 @@ async def validate_repository(settings: ServerSettings, root: Path, out: TextIO 
                 rows.append((name, version, "FAILED", f"inference failed: {exc.message}"))
                 continue
             shapes = ", ".join(f"{o.name}{list(o.shape)}" for o in response.outputs)
-            inputs, outputs = row_specs(model)
-            baseline, problems = read_baseline(model, root / name, inputs, outputs)
+            baseline, problems = read_baseline(model)
             if problems:
                 rows.append((name, version, "FAILED", f"{BASELINE_FILENAME} is not usable: {'; '.join(problems)}"))
             else:
                 with_baseline = f"; {BASELINE_FILENAME} fits" if baseline is not None else ""
                 rows.append((name, version, "OK", f"inference returned {shapes}{with_baseline}"))
     finally:
-        await repository.close()
+        await service.close()
     if not rows:
         rows.append(("-", "-", "FAILED", f"no models found in {root}"))
     widths = [max(len(r[i]) for r in [("MODEL", "VERSION", "STATUS", "REASON"), *rows]) for i in range(3)]

@@ -22,6 +22,7 @@ from serve.errors import (
     QueueFull,
     ShuttingDown,
 )
+from serve.events import Execution, Observer, VersionKey
 
 T = TypeVar("T")
 BOUND_S = 5.0  # generous: only a hang should ever reach it
@@ -103,20 +104,16 @@ class FakeModel:
                 gate.set_result(None)
 
 
-class RecordingObserver:
+class RecordingObserver(Observer):
     def __init__(self) -> None:
-        self.calls: list[tuple[int, int, BaseException | None]] = []
+        self.executions: list[Execution] = []
 
-    def on_execution(
-        self,
-        batch_size: int,
-        requests: int,
-        compute_input_ns: int,
-        compute_infer_ns: int,
-        compute_output_ns: int,
-        error: BaseException | None,
-    ) -> None:
-        self.calls.append((batch_size, requests, error))
+    @property
+    def calls(self) -> list[tuple[int, int, BaseException | None]]:
+        return [(e.rows, e.requests, e.error) for e in self.executions]
+
+    def on_execution(self, execution: Execution) -> None:
+        self.executions.append(execution)
 
 
 MakeBatcher = Callable[..., Batcher]
@@ -130,14 +127,11 @@ async def make_batcher() -> AsyncIterator[MakeBatcher]:
         execute: Any,
         *,
         clock: Callable[[], int] = time.monotonic_ns,
-        observer: Any = None,
-        on_batch: Any = None,
+        observer: Observer | None = None,
         **policy: Any,
     ) -> Batcher:
         policy.setdefault("max_batch_size", 8)
-        batcher = Batcher(
-            execute, BatchingPolicy(**policy), name="m", observer=observer, clock=clock, on_batch=on_batch
-        )
+        batcher = Batcher(execute, BatchingPolicy(**policy), key=VersionKey("m", "1"), observer=observer, clock=clock)
         batcher.start()
         made.append(batcher)
         return batcher
@@ -169,7 +163,7 @@ async def test_lone_request_dispatches_without_waiting(make_batcher: MakeBatcher
     result = await within(batcher.submit({"x": rows(3)}))
 
     assert model.batch_rows() == [3]
-    assert result.batch_size == 3
+    assert result.timings.batch_size == 3
     np.testing.assert_array_equal(result.outputs["y"], rows(3) * 2)
 
 
@@ -186,7 +180,7 @@ async def test_requests_arriving_while_busy_share_the_next_batch(make_batcher: M
     await within(asyncio.gather(first, *waiting))
 
     assert model.batch_rows() == [1, 3]
-    assert [task.result().batch_size for task in waiting] == [3, 3, 3]
+    assert [task.result().timings.batch_size for task in waiting] == [3, 3, 3]
 
 
 async def test_each_caller_gets_exactly_its_rows(make_batcher: MakeBatcher) -> None:
@@ -242,30 +236,7 @@ async def test_batch_never_exceeds_max_batch_size_in_rows(make_batcher: MakeBatc
 
     # 3 + 1 fill the first batch; the 2 that did not fit heads the next one.
     assert model.batch_rows() == [1, 4, 4, 4]
-    assert [task.result().batch_size for task in waiting] == [4, 4, 4, 4, 4]
-
-
-async def test_request_with_more_rows_than_max_batch_size_is_rejected(make_batcher: MakeBatcher) -> None:
-    model = FakeModel()
-    batcher = make_batcher(model, max_batch_size=4)
-
-    with pytest.raises(InvalidInput, match="request has 5 rows; model 'm' accepts at most 4 per request"):
-        await within(batcher.submit({"x": rows(5)}))
-    assert model.batches == []
-
-
-async def test_inputs_disagreeing_on_rows_are_rejected_naming_them(make_batcher: MakeBatcher) -> None:
-    batcher = make_batcher(FakeModel())
-
-    with pytest.raises(InvalidInput, match="'x' has 2, 'z' has 3"):
-        await within(batcher.submit({"x": rows(2), "z": rows(3)}))
-
-
-async def test_scalar_input_is_rejected_when_the_model_batches(make_batcher: MakeBatcher) -> None:
-    batcher = make_batcher(FakeModel())
-
-    with pytest.raises(InvalidInput, match="scalar"):
-        await within(batcher.submit({"x": np.array(1.0, np.float32)}))
+    assert [task.result().timings.batch_size for task in waiting] == [4, 4, 4, 4, 4]
 
 
 async def test_only_requests_with_equal_inner_shapes_share_a_batch(make_batcher: MakeBatcher) -> None:
@@ -406,7 +377,7 @@ async def test_close_sends_held_requests_without_waiting_for_the_delay(make_batc
 
     await within(batcher.close(grace_s=5.0))
 
-    assert (await within(held)).batch_size == 1
+    assert (await within(held)).timings.batch_size == 1
 
 
 # -- queue policy ------------------------------------------------------------------------------
@@ -484,7 +455,7 @@ async def test_deadline_no_longer_applies_once_the_batch_started(make_batcher: M
     await asyncio.sleep(0.01)
     model.open()
 
-    assert (await within(task)).batch_size == 1
+    assert (await within(task)).timings.batch_size == 1
 
 
 @pytest.mark.parametrize(
@@ -563,7 +534,7 @@ async def test_priority_is_ignored_by_a_model_without_priority_levels(make_batch
 
     result = await within(batcher.submit({"x": rows(1)}, priority=5))
 
-    assert result.batch_size == 1
+    assert result.timings.batch_size == 1
 
 
 # -- cancellation ------------------------------------------------------------------------------
@@ -642,11 +613,11 @@ async def test_failing_execution_fails_only_its_own_batch(make_batcher: MakeBatc
     await settle()
 
     model.open()
-    assert (await within(first)).batch_size == 1
+    assert (await within(first)).timings.batch_size == 1
     for task in doomed:
         with pytest.raises(ModelExecutionError, match="RuntimeError: boom"):
             await within(task)
-    assert (await within(batcher.submit({"x": rows(2)}))).batch_size == 2
+    assert (await within(batcher.submit({"x": rows(2)}))).timings.batch_size == 2
 
 
 async def test_a_caller_whose_rows_break_the_model_fails_alone(make_batcher: MakeBatcher) -> None:
@@ -705,7 +676,7 @@ async def test_failing_concatenation_fails_the_batch_and_the_loop_lives_on(
     monkeypatch.undo()
 
     assert model.batch_rows() == [1]  # execute never saw the batch
-    assert (await within(batcher.submit({"x": rows(1)}))).batch_size == 1
+    assert (await within(batcher.submit({"x": rows(1)}))).timings.batch_size == 1
 
 
 async def test_output_with_wrong_first_dimension_fails_the_batch(make_batcher: MakeBatcher) -> None:
@@ -721,7 +692,7 @@ async def test_output_with_wrong_first_dimension_fails_the_batch(make_batcher: M
 
     with pytest.raises(ModelExecutionError, match="first dimension"):
         await within(batcher.submit({"x": rows(2)}))
-    assert (await within(batcher.submit({"x": rows(2)}))).batch_size == 2
+    assert (await within(batcher.submit({"x": rows(2)}))).timings.batch_size == 2
 
 
 async def test_observer_sees_each_execution_once_with_its_error(make_batcher: MakeBatcher) -> None:
@@ -744,10 +715,10 @@ async def test_observer_sees_each_execution_once_with_its_error(make_batcher: Ma
     assert observer.calls == [(1, 1, failure), (3, 1, None)]
 
 
-async def test_batch_sink_sees_each_executed_batch_once(make_batcher: MakeBatcher) -> None:
+async def test_observer_sees_each_executed_batchs_tensors_once(make_batcher: MakeBatcher) -> None:
     model = FakeModel(gated=True)
-    seen: list[tuple[np.ndarray, np.ndarray]] = []
-    batcher = make_batcher(model, on_batch=lambda inputs, outputs: seen.append((inputs["x"], outputs["y"])))
+    observer = RecordingObserver()
+    batcher = make_batcher(model, observer=observer)
     first = await busy(batcher, model)
     together = [submit(batcher, 2, first=0), submit(batcher, 1, first=10)]
     await settle()
@@ -755,19 +726,21 @@ async def test_batch_sink_sees_each_executed_batch_once(make_batcher: MakeBatche
     model.open()
     await within(asyncio.gather(first, *together))
 
+    seen = [(e.inputs["x"], e.outputs["y"]) for e in observer.executions]
     assert [len(x) for x, _ in seen] == [1, 3]
     np.testing.assert_array_equal(seen[1][1], seen[1][0] * 2)
 
 
-async def test_failing_batch_sink_never_fails_callers(make_batcher: MakeBatcher) -> None:
-    def broken(inputs: Any, outputs: Any) -> None:
-        raise RuntimeError("statistics bug")
+async def test_failing_observer_never_fails_callers(make_batcher: MakeBatcher) -> None:
+    class Broken(Observer):
+        def on_execution(self, execution: Execution) -> None:
+            raise RuntimeError("statistics bug")
 
-    batcher = make_batcher(FakeModel(), on_batch=broken)
+    batcher = make_batcher(FakeModel(), observer=Broken())
 
     result = await within(batcher.submit({"x": rows(2)}))
 
-    assert result.batch_size == 2
+    assert result.timings.batch_size == 2
 
 
 async def test_result_carries_the_timings_of_its_batch(make_batcher: MakeBatcher) -> None:
@@ -787,10 +760,10 @@ async def test_result_carries_the_timings_of_its_batch(make_batcher: MakeBatcher
     model.open()
     await within(asyncio.gather(first, second))
 
-    result = second.result()
-    assert (result.queue_ns, result.compute_input_ns, result.compute_infer_ns) == (3_000, 0, 7_000)
-    assert (result.compute_output_ns, result.batch_size) == (0, 2)
-    assert first.result().compute_infer_ns == 10_000
+    timings = second.result().timings
+    assert (timings.queue_ns, timings.compute_input_ns, timings.compute_infer_ns) == (3_000, 0, 7_000)
+    assert (timings.compute_output_ns, timings.batch_size) == (0, 2)
+    assert first.result().timings.compute_infer_ns == 10_000
 
 
 # -- shutdown ----------------------------------------------------------------------------------
@@ -809,7 +782,7 @@ async def test_close_runs_queued_requests_within_the_grace_period(make_batcher: 
     await within(closing)
 
     results = await within(asyncio.gather(first, *waiting))
-    assert [result.batch_size for result in results] == [1, 2, 2]
+    assert [result.timings.batch_size for result in results] == [1, 2, 2]
 
 
 async def test_close_fails_what_is_left_after_the_grace_period(make_batcher: MakeBatcher) -> None:

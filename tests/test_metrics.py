@@ -19,14 +19,13 @@ import tritonclient.grpc as grpcclient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve.batching.result import BatchResult
 from serve.demo import TABULAR_CONFIG, tabular_model
+from serve.events import UNKNOWN_VERSION, BatchTimings, Execution, RequestEvent
 from serve.metrics.prometheus import PrometheusMetrics, batch_size_buckets
 from serve.metrics.triton_compat import HostCpuCollector
 from serve.modelgen import to_bytes
 from serve.repository.repository import READY, UNAVAILABLE, ModelVersion
 from serve.settings import ServerSettings
-from serve.types import InferRequest
 from tests.fixtures.servers import RunningServer, free_port, start_server
 
 LATENCY_BUCKETS = ServerSettings().latency_buckets_s
@@ -53,30 +52,31 @@ def series(samples: dict[Key, float], name: str) -> list[dict[str, str]]:
 
 
 def _ready_model(name: str = "m", version: int = 1, load_seconds: float = 0.25) -> ModelVersion:
-    return ModelVersion(name, version, state=READY, load_seconds=load_seconds)
+    return ModelVersion(name, version, Path("."), state=READY, load_seconds=load_seconds)
+
+
+def _request(model: ModelVersion | None, protocol: str, outcome: str, duration_ns: int, **kw: Any) -> RequestEvent:
+    return RequestEvent(model.key if model is not None else UNKNOWN_VERSION, protocol, outcome, duration_ns, **kw)
 
 
 def test_each_metrics_object_owns_its_registry() -> None:
     first, second = CollectorRegistry(), CollectorRegistry()
-    PrometheusMetrics(first, process_metrics=False).on_request(
-        _ready_model(), InferRequest("m"), "http", "success", 0.01, None
-    )
+    PrometheusMetrics(first, process_metrics=False).on_request(_request(_ready_model(), "http", "success", 10**7))
     PrometheusMetrics(second, process_metrics=False)  # same names again: no clash, nothing shared
     labels = {"model": "m", "version": "1", "protocol": "http", "outcome": "success"}
     assert first.get_sample_value("serve_requests_total", labels) == 1
     assert second.get_sample_value("serve_requests_total", labels) is None
 
 
-def test_hooks_update_counters_histograms_and_gauges() -> None:
+def test_observations_update_counters_histograms_and_gauges() -> None:
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(registry, latency_buckets_s=(0.001, 0.1), max_batch_size_bucket=8)
     model = _ready_model()
-    observer = metrics.observer_for(model)
-    metrics.on_state_change(model)
-    observer.on_execution(3, 2, 1_000_000, 2_000_000, 3_000_000, None)
-    observer.on_execution(5, 1, 0, 1, 0, RuntimeError("failed batches are not counted"))
-    metrics.on_timings(model, BatchResult({}, 50_000_000, 1_000_000, 2_000_000, 3_000_000, 3))
-    metrics.on_request(model, InferRequest("m"), "grpc", "success", 0.0005, None)
+    metrics.changed(model)
+    metrics.on_execution(Execution(model.key, 3, 2, 1_000_000, 2_000_000, 3_000_000))
+    metrics.on_execution(Execution(model.key, 5, 1, 0, 1, 0, RuntimeError("failed batches are not counted")))
+    timings = BatchTimings(50_000_000, 1_000_000, 2_000_000, 3_000_000, 3)
+    metrics.on_request(_request(model, "grpc", "success", 500_000, timings=timings))
     m = {"model": "m", "version": "1"}
     get = registry.get_sample_value
     assert get("serve_executions_total", m) == 1
@@ -93,25 +93,31 @@ def test_hooks_update_counters_histograms_and_gauges() -> None:
     assert get("process_cpu_seconds_total") is not None
 
 
-def test_unload_sets_ready_to_zero_and_clears_live_gauges() -> None:
+def test_queue_gauges_follow_the_probe_and_drop_to_zero_after_unload() -> None:
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(registry, process_metrics=False)
     model = _ready_model()
-    metrics.observer_for(model)
-    metrics.on_state_change(model)
-    model.state = UNAVAILABLE
-    metrics.on_state_change(model)
+    metrics.changed(model)
+    serving = [(model.key, 4, 1)]
+    metrics.queue_probe = lambda: serving
     metrics.refresh()
     m = {"model": "m", "version": "1"}
+    assert registry.get_sample_value("serve_queue_depth", m) == 4
+    assert registry.get_sample_value("serve_batches_in_flight", m) == 1
+    model.state = UNAVAILABLE
+    metrics.changed(model)
+    serving.clear()
+    metrics.refresh()
     assert registry.get_sample_value("serve_model_ready", m) == 0
     assert registry.get_sample_value("serve_queue_depth", m) == 0
+    assert registry.get_sample_value("serve_batches_in_flight", m) == 0
 
 
 def test_requests_for_unknown_models_share_one_empty_label_set() -> None:
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(registry, process_metrics=False, triton_compat=True)
-    for name in ("a", "b", "c"):
-        metrics.on_request(None, InferRequest(name), "http", "unavailable", 0.001, None)
+    for _ in ("a", "b", "c"):
+        metrics.on_request(_request(None, "http", "unavailable", 10**6))
     samples = parse(metrics.exposition()[0].decode())
     unknown = {"model": "", "version": "", "protocol": "http", "outcome": "unavailable"}
     assert value(samples, "serve_requests_total", **unknown) == 3
@@ -123,9 +129,9 @@ def test_triton_names_are_bare_and_failures_map_to_triton_reasons() -> None:
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(registry, process_metrics=False, triton_compat=True)
     model = _ready_model()
-    metrics.on_state_change(model)
+    metrics.changed(model)
     for outcome in ("rejected", "timeout", "cancelled", "model_error", "invalid_input", "error"):
-        metrics.on_request(model, InferRequest("m"), "http", outcome, 0.001, None)
+        metrics.on_request(_request(model, "http", outcome, 10**6))
     text = metrics.exposition()[0].decode()
     samples = parse(text)
     failures = {

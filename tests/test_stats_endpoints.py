@@ -12,13 +12,15 @@ import grpc
 import numpy as np
 import orjson
 import pytest
-from starlette.applications import Starlette
+from starlette.routing import Router
+from starlette.types import ASGIApp
 
 from serve.errors import ModelNotFound, ModelNotReady
 from serve.grpc.monitoring import SERVICE_NAME, add_monitoring_servicer
+from serve.http.errors import ErrorBoundary
+from serve.http.input_stats import input_stats_routes
 from serve.protocol import serve_monitoring_pb2 as pb
 from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
-from serve.stats.http import input_stats_routes
 from serve.stats.recorder import StatsRecorder
 from serve.stats.windows import ServerInstance
 from serve.types import TensorSpec
@@ -53,7 +55,7 @@ def _lookup(recorders: dict[tuple[str, str], StatsRecorder]):  # noqa: ANN202
 class Client:
     """GET through the ASGI interface of a tiny Starlette app holding only the input-stats routes."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def get(self, path: str, query: str = "") -> tuple[int, dict[str, str], bytes]:
@@ -82,7 +84,7 @@ class Client:
 
 @pytest.fixture
 def client(recorders) -> Client:  # noqa: ANN001
-    return Client(Starlette(routes=input_stats_routes(_lookup(recorders))))
+    return Client(ErrorBoundary(Router(routes=input_stats_routes(_lookup(recorders)))))
 
 
 async def test_http_returns_the_default_versions_document(client: Client) -> None:

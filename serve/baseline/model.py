@@ -7,9 +7,7 @@ exactly those the server's statistics recorder will extract.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnxruntime as ort
@@ -17,45 +15,18 @@ import onnxruntime as ort
 from serve.datatypes import ORT_TO_OIP
 from serve.errors import ServeError
 from serve.protocol import model_config_pb2 as mc
+from serve.repository import config_file
 from serve.repository import model_config as cfg
-from serve.runtime.onnx_runner import GraphTensor
-from serve.stats.baseline import BASELINE_FILENAME, Baseline, baseline_mismatches
-from serve.types import TensorSpec
+from serve.stats.baseline_fit import ModelInfo, baseline_path, check_baseline, file_sha256, find_baseline
+from serve.types import GraphTensor, TensorSpec
 
 # config.pbtxt may declare categorical features (comma-separated feature or tensor names) in
 # ``parameters { key: "categorical_features" value { string_value: "..." } }``; kinds are declared, never guessed.
 CATEGORICAL_PARAMETER = "categorical_features"
-_HASH_CHUNK = 1 << 20
 
 
 class BaselineInputError(ValueError):
     """Bad command-line input to ``serve baseline``: a clear message, no traceback."""
-
-
-@dataclass(slots=True)
-class ModelInfo:
-    name: str
-    version: int
-    model_dir: Path
-    onnx_path: Path
-    onnx_sha256: str
-    inputs: list[TensorSpec]  # per row, as the server's statistics see them (wiring.StatsFactory)
-    outputs: list[TensorSpec]
-    max_batch_size: int
-    first_dim: int | None = None  # a model without batching: its inputs' own first dimension (-1 = any)
-    categorical: list[str] = field(default_factory=list)
-
-    @property
-    def version_str(self) -> str:
-        return str(self.version)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _graph_tensors(args: Sequence[ort.NodeArg], what: str) -> list[GraphTensor]:
@@ -75,7 +46,7 @@ def _choose_version(model_dir: Path, config: mc.ModelConfig, version: int | None
         if version not in available:
             raise BaselineInputError(f"model '{model_dir.name}' has no version {version} (found {available})")
         return version
-    chosen = cfg.version_policy(config).select(available)
+    chosen = config_file.version_policy(config).select(available)
     if not chosen:
         raise BaselineInputError(f"model '{model_dir.name}' has no version directory (found {available})")
     return max(chosen)
@@ -87,9 +58,9 @@ def load_model_info(repository: Path, name: str, version: int | None = None) -> 
     if not model_dir.is_dir():
         raise BaselineInputError(f"model '{name}' is not in the model repository {repository}")
     try:
-        raw, from_file = cfg.read_config(model_dir)
+        raw, from_file = config_file.read_config(model_dir)
         chosen = _choose_version(model_dir, raw, version)
-        path = model_dir / str(chosen) / (raw.default_model_filename or cfg.DEFAULT_MODEL_FILENAME)
+        path = model_dir / str(chosen) / (raw.default_model_filename or config_file.DEFAULT_MODEL_FILENAME)
         if not path.is_file():
             raise BaselineInputError(f"{path} not found")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -127,42 +98,12 @@ def load_model_info(repository: Path, name: str, version: int | None = None) -> 
     )
 
 
-def baseline_path(model_dir: Path, version: int | str) -> Path:
-    """Where ``serve baseline`` writes by default and the server reads: next to config.pbtxt.
-
-    The file names the version and ONNX hash it was computed for; the server and the
-    monitor refuse it for any other (``check_baseline``).
-    """
-    return model_dir / BASELINE_FILENAME
-
-
-def find_baseline(model_dir: Path, version: int | str) -> Path | None:
-    path = baseline_path(model_dir, version)
-    return path if path.is_file() else None
-
-
-def check_baseline(baseline: Baseline, info: ModelInfo) -> list[str]:
-    """Why this baseline must not be used for this model version (empty = it fits).
-
-    Stale: the ONNX file changed since the baseline was computed. Mismatched: another
-    model or version, or features the model does not yield (``baseline_mismatches``,
-    the server's own check).
-    """
-    problems: list[str] = []
-    model = baseline.model
-    if model.get("name") not in (None, info.name):
-        problems.append(f"baseline is for model '{model.get('name')}', not '{info.name}'")
-    if str(model.get("version", info.version)) != info.version_str:
-        problems.append(f"baseline is for version {model.get('version')}, not {info.version}")
-    recorded = model.get("onnx_sha256")
-    if recorded and recorded != info.onnx_sha256:
-        problems.append(
-            f"stale baseline: {info.onnx_path.name} changed since the baseline was computed "
-            f"(sha256 {info.onnx_sha256[:12]}…, baseline has {recorded[:12]}…); run `serve baseline` again"
-        )
-    problems += baseline_mismatches(baseline, info.inputs, info.outputs)
-    tensors = {t.name for t in info.inputs}
-    declared = {f.tensor for f in baseline.features if f.role == "input"}
-    if tensors - declared:
-        problems.append(f"baseline has no features for model inputs {sorted(tensors - declared)}")
-    return problems
+__all__ = [
+    "BaselineInputError",
+    "ModelInfo",
+    "baseline_path",
+    "check_baseline",
+    "file_sha256",
+    "find_baseline",
+    "load_model_info",
+]

@@ -2,6 +2,6 @@
 
 from serve.batching.batcher import Batcher
 from serve.batching.policy import BatchingPolicy, QueuePolicy
-from serve.batching.result import BatchObserver, BatchResult, Execute
+from serve.batching.result import BatchResult, Execute
 
-__all__ = ["Batcher", "BatchObserver", "BatchResult", "BatchingPolicy", "Execute", "QueuePolicy"]
+__all__ = ["Batcher", "BatchResult", "BatchingPolicy", "Execute", "QueuePolicy"]

@@ -21,7 +21,7 @@ import numpy as np
 
 from serve.batching.policy import BatchingPolicy
 from serve.batching.queue import PendingRequest, RequestQueue, select_batch
-from serve.batching.result import BatchObserver, BatchResult, BatchSink, Execute
+from serve.batching.result import BatchResult, Execute
 from serve.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -31,8 +31,9 @@ from serve.errors import (
     ServeError,
     ShuttingDown,
 )
+from serve.events import BatchTimings, Execution, Observer, VersionKey
 
-__all__ = ["Batcher", "BatchObserver", "BatchResult", "Execute"]
+__all__ = ["Batcher", "BatchResult", "Execute"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +47,17 @@ class Batcher:
         execute: Execute,
         policy: BatchingPolicy,
         *,
-        name: str = "",
-        observer: BatchObserver | None = None,
+        key: VersionKey,
+        observer: Observer | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
-        on_batch: BatchSink | None = None,
     ) -> None:
         self._execute = execute
         self._policy = policy
-        self._name = name
+        self._key = key
+        self._name = f"{key.name}:{key.version}"
+        # Told of every execution, with the batch's tensors when it succeeded, after its callers
+        # are answered (metrics, input statistics); it must not block or modify the arrays.
         self._observer = observer
-        # Told each executed batch's inputs and outputs after its callers are answered
-        # (input statistics); it must not block and must not modify the arrays.
-        self._on_batch = on_batch
         self._clock = clock
         self._queue = RequestQueue(policy.level_count)
         self._hold_ns = policy.max_queue_delay_us * 1000 if policy.holds_for_preferred_sizes else 0
@@ -102,6 +102,8 @@ class Batcher:
         if self._scheduler is None:
             self.start()
         assert self._loop is not None
+        # The core has checked the request (core/validation.py): when the model batches, every input
+        # has the same first dimension, between 1 and max_batch_size.
         rows, key = self._rows_and_key(inputs)
         level = self._level_of(priority)
         queue_policy = self._queue_policies[level]
@@ -148,27 +150,8 @@ class Batcher:
     def _rows_and_key(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, Hashable]:
         if self._policy.max_batch_size == 0:
             return 1, None  # the model does not batch: tensors go through as sent
-        if not inputs:
-            raise InvalidInput(f"request for model {self._name!r} has no inputs")
-        rows_by_input: dict[str, int] = {}
-        for input_name, array in inputs.items():
-            if array.ndim == 0:
-                raise InvalidInput(
-                    f"input {input_name!r} is a scalar, but model {self._name!r} batches along the "
-                    "first dimension of every input"
-                )
-            rows_by_input[input_name] = array.shape[0]
-        rows = next(iter(rows_by_input.values()))
-        if any(count != rows for count in rows_by_input.values()):
-            listed = ", ".join(f"{n!r} has {count}" for n, count in rows_by_input.items())
-            raise InvalidInput(f"inputs disagree on the number of rows (first dimension): {listed}")
-        if rows > self._policy.max_batch_size:
-            raise InvalidInput(
-                f"request has {rows} rows; model {self._name!r} accepts at most "
-                f"{self._policy.max_batch_size} per request"
-            )
-        key = tuple(sorted((n, array.dtype, array.shape[1:]) for n, array in inputs.items()))
-        return rows, key
+        rows = next(iter(inputs.values())).shape[0]
+        return rows, tuple(sorted((n, array.dtype, array.shape[1:]) for n, array in inputs.items()))
 
     def _level_of(self, priority: int) -> int:
         levels = self._policy.priority_levels
@@ -305,7 +288,7 @@ class Batcher:
             parts = self._split(outputs, live, rows) if batching else [outputs]
             output_ns = self._clock() - mark
         except Exception as exc:
-            self._observe(rows, len(live), input_ns, infer_ns, output_ns, exc)
+            self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, output_ns, exc))
             if executing and batching and len(live) > 1:
                 # The model itself failed on a batch of several callers: run each alone, so that
                 # one caller's bad values (an index out of range, say) fail only that caller.
@@ -318,19 +301,9 @@ class Batcher:
             return
         for request, part in zip(live, parts, strict=True):
             if not request.future.done():
-                request.future.set_result(
-                    BatchResult(part, start - request.enqueue_ns, input_ns, infer_ns, output_ns, rows)
-                )
-        self._observe(rows, len(live), input_ns, infer_ns, output_ns, None)
-        self._sink(inputs, outputs)
-
-    def _sink(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
-        if self._on_batch is None:
-            return
-        try:
-            self._on_batch(inputs, outputs)
-        except Exception:  # statistics must never fail inference
-            logger.exception("batch sink of model %r failed", self._name)
+                timings = BatchTimings(start - request.enqueue_ns, input_ns, infer_ns, output_ns, rows)
+                request.future.set_result(BatchResult(part, timings))
+        self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, output_ns, None, inputs, outputs))
 
     async def _run_alone(self, request: PendingRequest, start: int) -> None:
         if request.future.done():
@@ -341,14 +314,14 @@ class Batcher:
             infer_ns = self._clock() - mark
             (part,) = self._split(outputs, [request], request.rows)
         except Exception as exc:
-            self._observe(request.rows, 1, 0, self._clock() - mark, 0, exc)
+            self._observe(Execution(self._key, request.rows, 1, 0, self._clock() - mark, 0, exc))
             if not request.future.done():
                 request.future.set_exception(self._as_serve_error(exc, request.rows))
             return
-        self._observe(request.rows, 1, 0, infer_ns, 0, None)
-        self._sink(request.inputs, outputs)
         if not request.future.done():
-            request.future.set_result(BatchResult(part, start - request.enqueue_ns, 0, infer_ns, 0, request.rows))
+            timings = BatchTimings(start - request.enqueue_ns, 0, infer_ns, 0, request.rows)
+            request.future.set_result(BatchResult(part, timings))
+        self._observe(Execution(self._key, request.rows, 1, 0, infer_ns, 0, None, request.inputs, outputs))
 
     @staticmethod
     def _concatenate(live: list[PendingRequest]) -> dict[str, np.ndarray]:
@@ -390,21 +363,13 @@ class Batcher:
         error.__cause__ = exc
         return error
 
-    def _observe(
-        self,
-        rows: int,
-        requests: int,
-        input_ns: int,
-        infer_ns: int,
-        output_ns: int,
-        error: BaseException | None,
-    ) -> None:
+    def _observe(self, execution: Execution) -> None:
         if self._observer is None:
             return
         try:
-            self._observer.on_execution(rows, requests, input_ns, infer_ns, output_ns, error)
-        except Exception:
-            logger.exception("batch observer of model %r failed", self._name)
+            self._observer.on_execution(execution)
+        except Exception:  # observing must never fail inference
+            logger.exception("observer of model %r failed", self._name)
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -77,12 +77,8 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
     if raw:
         _check_raw_layout(msg)
     inputs: list[InputTensor] = []
-    seen: set[str] = set()
     for index, tensor in enumerate(msg.inputs):
         name = tensor.name
-        if name in seen:
-            raise InvalidInput(f"input '{name}' is given more than once")
-        seen.add(name)
         shape = tuple(tensor.shape)
         if any(d < 0 for d in shape):
             raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
@@ -96,7 +92,6 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
             InputTensor(
                 name=name,
                 datatype=tensor.datatype,
-                shape=shape,
                 data=data,
                 parameters=decode_parameters(tensor.parameters),
             )

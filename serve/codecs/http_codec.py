@@ -53,16 +53,12 @@ def decode_infer_request(
     parameters = _request_parameters(header.get("parameters"))
 
     raw_inputs = header.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidInput("'inputs' must be a non-empty array")
+    if not isinstance(raw_inputs, list):
+        raise InvalidInput("'inputs' must be an array")
     inputs: list[InputTensor] = []
-    seen: set[str] = set()
     offset = header_length
     for index, raw in enumerate(raw_inputs):
         tensor, offset = _decode_input(raw, index, view, offset)
-        if tensor.name in seen:
-            raise InvalidInput(f"input '{tensor.name}' appears more than once")
-        seen.add(tensor.name)
         inputs.append(tensor)
     if offset != total:
         raise InvalidInput(
@@ -106,10 +102,6 @@ def _request_parameters(value: Any) -> dict[str, Any]:
     binary_output = parameters.get(_BINARY_OUTPUT)
     if binary_output is not None and not isinstance(binary_output, bool):
         raise InvalidInput(f"parameter '{_BINARY_OUTPUT}' must be a boolean")
-    for key in ("priority", "timeout"):
-        number = parameters.get(key)
-        if number is not None and (not _is_int(number) or number < 0):
-            raise InvalidInput(f"parameter '{key}' must be a non-negative integer, got {number!r}")
     return parameters
 
 
@@ -139,7 +131,7 @@ def _decode_input(raw: Any, index: int, view: memoryview, offset: int) -> tuple[
         data = json_to_array(raw["data"], datatype, shape, name)
     else:
         raise InvalidInput(f"input '{name}': has neither 'data' nor parameter '{_BINARY_SIZE}'")
-    return InputTensor(name=name, datatype=datatype, shape=shape, data=data, parameters=parameters), offset
+    return InputTensor(name=name, datatype=datatype, data=data, parameters=parameters), offset
 
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
@@ -180,16 +172,12 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
     if not value:
         return None  # an empty list asks for nothing in particular: every output, as Triton does
     outputs: list[RequestedOutput] = []
-    seen: set[str] = set()
     for index, raw in enumerate(value):
         if not isinstance(raw, dict):
             raise InvalidInput(f"outputs[{index}] must be a JSON object")
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"outputs[{index}]: 'name' must be a non-empty string")
-        if name in seen:
-            raise InvalidInput(f"output '{name}' is requested more than once")
-        seen.add(name)
         parameters = _object(raw.get("parameters"), f"output '{name}': 'parameters'")
         if parameters.get("classification"):
             raise Unsupported("classification extension is not supported")
@@ -233,7 +221,7 @@ def _decode_raw_request(
     return InferRequest(
         model_name=model_name,
         model_version=model_version,
-        inputs=[InputTensor(name=spec.name, datatype=spec.datatype, shape=shape, data=data.reshape(shape))],
+        inputs=[InputTensor(name=spec.name, datatype=spec.datatype, data=data.reshape(shape))],
         outputs=None,
         parameters={_BINARY_OUTPUT: True},
     )

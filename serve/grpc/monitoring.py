@@ -11,30 +11,27 @@ from typing import Any
 
 import grpc
 
-from serve.errors import ServeError
+from serve.grpc.errors import rpc
 from serve.protocol import serve_monitoring_pb2 as pb
 from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
-from serve.stats.http import Lookup
+from serve.stats.wiring import StatsLookup
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitoring"].full_name
 
 
 class MonitoringServicer(pb_grpc.MonitoringServicer):
-    def __init__(self, lookup: Lookup) -> None:
+    def __init__(self, lookup: StatsLookup) -> None:
         self._lookup = lookup
 
+    @rpc
     async def InputStats(self, request: pb.InputStatsRequest, context: Any) -> pb.InputStatsResponse:
-        try:
-            recorder = self._lookup(request.model_name, request.model_version)
-            # Built in a worker thread: a large document must not stall the event loop.
-            body = await asyncio.to_thread(recorder.export_json, int(request.since))
-        except ServeError as exc:
-            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
-            raise  # unreachable: abort raises
+        recorder = self._lookup(request.model_name, request.model_version)
+        # Built in a worker thread: a large document must not stall the event loop.
+        body = await asyncio.to_thread(recorder.export_json, int(request.since))
         return pb.InputStatsResponse(json=body.decode("utf-8"))
 
 
-def add_monitoring_servicer(server: grpc.aio.Server, lookup: Lookup) -> MonitoringServicer:
+def add_monitoring_servicer(server: grpc.aio.Server, lookup: StatsLookup) -> MonitoringServicer:
     servicer = MonitoringServicer(lookup)
     pb_grpc.add_MonitoringServicer_to_server(servicer, server)
     return servicer

@@ -17,7 +17,7 @@ from serve.grpc.service import InferenceServicer
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.protocol._pool import POOL
-from serve.stats.http import Lookup as StatsLookup
+from serve.stats.wiring import StatsLookup
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 

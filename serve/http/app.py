@@ -1,77 +1,86 @@
 """Open Inference Protocol over HTTP/REST, with Triton's extensions.
 
-Routes only translate: bytes in, serve.types to the InferenceService, bytes out. Every
-ServeError becomes ``{"error": message}`` with the status the error class carries.
+Routes only translate: bytes in, serve.types to the InferenceService, bytes out. Handlers
+raise; the ErrorBoundary around the whole app turns every failure into a response.
 """
 
 from __future__ import annotations
 
-import logging
+import base64
+import binascii
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 
-from serve.codecs import http_codec
 from serve.core import InferenceService
-from serve.errors import InvalidInput, ServeError
-from serve.http.body import ClientGone, read_body
+from serve.errors import InvalidInput
+from serve.http.body import read_body
+from serve.http.errors import ErrorBoundary
 from serve.http.infer import InferEndpoint
+from serve.protocol import model_config_pb2 as mc
+from serve.repository.config_file import parse_config_json
 from serve.repository.config_json import message_to_json
-from serve.repository.model_config import parse_config_json
 
 JSON = "application/json"
-HEADER_LENGTH = "inference-header-content-length"
-
-log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _json(payload: Any, status: int = 200) -> Response:
+def json_response(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type=JSON)
 
 
-def _error(exc: ServeError) -> Response:
-    return Response(http_codec.encode_error(exc.message), status_code=exc.http_status, media_type=JSON)
-
-
-def _guard(handler: Handler) -> Handler:
-    async def guarded(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ServeError as exc:
-            return _error(exc)
-        except ClientGone:
-            return Response(status_code=499)
-        except Exception as exc:
-            # A bug must still answer in the protocol's error format, not as a plain-text 500.
-            log.exception("%s %s failed", request.method, request.url.path)
-            return _json({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
-
-    guarded.__name__ = handler.__name__
-    return guarded
-
-
 def _version(request: Request) -> str:
-    # The route's int convertor hands over an int; the core takes versions as strings.
     version = request.path_params.get("version")
     return "" if version is None else str(version)
 
 
-async def _body(request: Request, max_bytes: int) -> bytes:
-    return await read_body(request.headers, request.receive, max_bytes)
+def _json_object(body: bytes) -> dict[str, Any]:
+    """An optional JSON object body (repository requests); empty means {}."""
+    if not body.strip():
+        return {}
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request JSON is malformed: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidInput(f"request JSON must be an object, got {type(parsed).__name__}")
+    return parsed
+
+
+def _load_parameters(body: dict[str, Any]) -> tuple[mc.ModelConfig | None, dict[str, bytes]]:
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be an object")
+    config = None
+    if "config" in parameters:
+        if not isinstance(parameters["config"], str):
+            raise InvalidInput("parameter 'config' must be a string holding the config as JSON")
+        config = parse_config_json(parameters["config"])
+    files: dict[str, bytes] = {}
+    for key, value in parameters.items():
+        if key.startswith("file:"):
+            if not isinstance(value, str):
+                raise InvalidInput(f"parameter '{key}' must be a base64 string")
+            try:
+                files[key[5:]] = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise InvalidInput(f"parameter '{key}' is not valid base64") from None
+    return config, files
 
 
 def create_app(
-    service: InferenceService, *, max_request_bytes: int, extra_routes: list[Route] | None = None
+    service: InferenceService, *, max_request_bytes: int, extra_routes: list[BaseRoute] | None = None
 ) -> ASGIApp:
-    """The Starlette app; ``service`` carries all state (no globals)."""
+    """The HTTP app; ``service`` carries all state (no globals)."""
+
+    async def body_of(request: Request) -> bytes:
+        return await read_body(request.headers, request.receive, max_request_bytes)
 
     async def live(request: Request) -> Response:
         return Response(status_code=200 if service.server_live() else 400)
@@ -80,10 +89,10 @@ def create_app(
         return Response(status_code=200 if service.server_ready() else 400)
 
     async def server_metadata(request: Request) -> Response:
-        return _json(service.server_metadata())
+        return json_response(service.server_metadata())
 
     async def model_metadata(request: Request) -> Response:
-        return _json(service.model_metadata(request.path_params["model"], _version(request)))
+        return json_response(service.model_metadata(request.path_params["model"], _version(request)))
 
     async def model_ready(request: Request) -> Response:
         ok = service.model_ready(request.path_params["model"], _version(request))
@@ -91,88 +100,55 @@ def create_app(
 
     async def model_config(request: Request) -> Response:
         config = service.model_config(request.path_params["model"], _version(request))
-        return _json(message_to_json(config))
+        return json_response(message_to_json(config))
 
     async def model_stats(request: Request) -> Response:
         stats = service.model_statistics(request.path_params.get("model", ""), _version(request))
-        return _json({"model_stats": stats})
-
-    async def infer_not_here(request: Request) -> Response:
-        return _json({"error": f"no inference route for {request.url.path}"}, 404)
+        return json_response({"model_stats": stats})
 
     async def repository_index(request: Request) -> Response:
-        ready_only = False
-        body = await _body(request, max_request_bytes)
-        if body.strip():
-            try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"malformed JSON: {exc}") from None
-            ready_only = bool(parsed.get("ready", False)) if isinstance(parsed, dict) else False
-        return _json(service.repository_index(ready_only))
+        body = _json_object(await body_of(request))
+        ready_only = body.get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise InvalidInput("'ready' must be a boolean")
+        return json_response(service.repository_index(ready_only))
 
     async def repository_load(request: Request) -> Response:
-        body = await _body(request, max_request_bytes)
-        config = None
-        files: dict[str, bytes] = {}
-        if body.strip():
-            try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"malformed JSON: {exc}") from None
-            parameters = parsed.get("parameters", {}) if isinstance(parsed, dict) else {}
-            if not isinstance(parameters, dict):
-                raise InvalidInput("'parameters' must be an object")
-            if "config" in parameters:
-                config = parse_config_json(str(parameters["config"]))
-            import base64
-            import binascii
-
-            for key, value in parameters.items():
-                if key.startswith("file:"):
-                    try:
-                        files[key[5:]] = base64.b64decode(str(value), validate=True)
-                    except binascii.Error:
-                        raise InvalidInput(f"parameter '{key}' is not valid base64") from None
+        config, files = _load_parameters(_json_object(await body_of(request)))
         await service.load_model(request.path_params["model"], config, files or None)
         return Response(status_code=200)
 
     async def repository_unload(request: Request) -> Response:
-        await _body(request, max_request_bytes)
+        await body_of(request)
         await service.unload_model(request.path_params["model"])
         return Response(status_code=200)
 
+    async def not_an_inference(request: Request) -> Response:
+        # InferEndpoint answers every POST to an inference path; the route exists so that other
+        # methods get 405 rather than 404.
+        raise AssertionError("unreachable: InferEndpoint answers inference POSTs")
+
     model = "/v2/models/{model}"
-    versioned = "/v2/models/{model}/versions/{version:int}"
-    routes = [
-        Route("/v2/health/live", _guard(live), methods=["GET"]),
-        Route("/v2/health/ready", _guard(ready), methods=["GET"]),
-        Route("/v2", _guard(server_metadata), methods=["GET"]),
-        Route("/v2/models/stats", _guard(model_stats), methods=["GET"]),
+    versioned = "/v2/models/{model}/versions/{version}"
+    routes: list[BaseRoute] = [
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/models/stats", model_stats, methods=["GET"]),
     ]
     for prefix in (model, versioned):
         routes += [
-            Route(prefix, _guard(model_metadata), methods=["GET"]),
-            Route(prefix + "/ready", _guard(model_ready), methods=["GET"]),
-            Route(prefix + "/config", _guard(model_config), methods=["GET"]),
-            Route(prefix + "/stats", _guard(model_stats), methods=["GET"]),
-            # InferEndpoint answers every POST here before the router sees it; the route exists
-            # so that other methods on an inference path get 405, not 404.
-            Route(prefix + "/infer", _guard(infer_not_here), methods=["POST"]),
+            Route(prefix, model_metadata, methods=["GET"]),
+            Route(prefix + "/ready", model_ready, methods=["GET"]),
+            Route(prefix + "/config", model_config, methods=["GET"]),
+            Route(prefix + "/stats", model_stats, methods=["GET"]),
+            Route(prefix + "/infer", not_an_inference, methods=["POST"]),
         ]
     for repo in ("/v2/repository", "/v2/repository/{repository}"):
         routes += [
-            Route(repo + "/index", _guard(repository_index), methods=["POST"]),
-            Route(repo + "/models/{model}/load", _guard(repository_load), methods=["POST"]),
-            Route(repo + "/models/{model}/unload", _guard(repository_unload), methods=["POST"]),
+            Route(repo + "/index", repository_index, methods=["POST"]),
+            Route(repo + "/models/{model}/load", repository_load, methods=["POST"]),
+            Route(repo + "/models/{model}/unload", repository_unload, methods=["POST"]),
         ]
     routes += extra_routes or []
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return _json({"error": f"no route for {request.method} {request.url.path}"}, 404)
-
-    async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return _json({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
-
-    router = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
-    return InferEndpoint(router, service, max_request_bytes=max_request_bytes)
+    return ErrorBoundary(InferEndpoint(Router(routes=routes), service, max_request_bytes=max_request_bytes))

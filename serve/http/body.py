@@ -7,10 +7,7 @@ from collections.abc import Mapping
 from starlette.types import Receive
 
 from serve.errors import InvalidInput, PayloadTooLarge
-
-
-class ClientGone(Exception):
-    """The client disconnected: there is nobody left to answer."""
+from serve.http.errors import ClientGone
 
 
 async def read_body(headers: Mapping[str, str], receive: Receive, max_bytes: int) -> bytes:

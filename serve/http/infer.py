@@ -2,25 +2,24 @@
 
 Inference is the one hot route: answering it here skips routing through every pattern and
 Starlette's Request/Response objects, which cost more than the rest of a small model's
-request. Everything else goes to the router.
+request. Everything else goes to the router. Failures propagate to the ErrorBoundary, which
+answers them the same way as for every other route.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-import logging
 import zlib
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.codecs import http_codec
 from serve.core import InferenceService
-from serve.errors import InvalidInput, RequestCancelled, ServeError
-from serve.http.body import ClientGone, read_body
-from serve.types import InferRequest, InferResponse, TensorSpec
-
-log = logging.getLogger(__name__)
+from serve.errors import InvalidInput
+from serve.http.body import read_body
+from serve.http.disconnect import DisconnectProbe
+from serve.repository.repository import ModelVersion
+from serve.types import InferRequest, TensorSpec
 
 _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
@@ -35,8 +34,8 @@ def parse_infer_path(path: str) -> tuple[str, str] | None:
     parts = path[len(_PREFIX) : -len(_SUFFIX)].split("/")
     if len(parts) == 1 and parts[0]:
         return parts[0], ""
-    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2].isdigit():
-        return parts[0], parts[2]
+    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+        return parts[0], parts[2]  # the repository judges whether the version is one
     return None
 
 
@@ -66,6 +65,16 @@ def compress(body: bytes, accept_encoding: str) -> tuple[bytes, bytes | None]:
     return body, None
 
 
+def _header_length(headers: dict[str, str]) -> int | None:
+    value = headers.get("inference-header-content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(f"Inference-Header-Content-Length '{value}' is not an integer") from None
+
+
 class InferEndpoint:
     def __init__(self, app: ASGIApp, service: InferenceService, *, max_request_bytes: int) -> None:
         self._app = app
@@ -82,44 +91,32 @@ class InferEndpoint:
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str, version: str) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            body = await read_body(headers, receive, self._max)
-            status, extra, payload = await self._answer(headers, body, receive, name, version)
-        except ServeError as exc:
-            status, extra, payload = exc.http_status, [(b"content-type", _JSON)], http_codec.encode_error(exc.message)
-        except ClientGone:
-            return  # nobody to answer
-        except Exception as exc:  # a bug must still answer JSON, and the server goes on
-            log.exception("inference request for model %r failed unexpectedly", name)
-            status, extra = 500, [(b"content-type", _JSON)]
-            payload = http_codec.encode_error(f"internal error: {type(exc).__name__}: {exc}")
-        extra.append((b"content-length", str(len(payload)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": extra})
-        await send({"type": "http.response.body", "body": payload})
+        body = await read_body(headers, receive, self._max)
+        decoded: list[InferRequest] = []
+        probe = DisconnectProbe(receive)
 
-    async def _answer(
-        self, headers: dict[str, str], body: bytes, receive: Receive, name: str, version: str
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        encoding = headers.get("content-encoding")
-        if encoding:
-            body = http_codec.decompress_body(body, encoding, max_size=self._max)
-        header_value = headers.get("inference-header-content-length")
-        header_length: int | None = None
-        if header_value is not None:
-            try:
-                header_length = int(header_value)
-            except ValueError:
-                raise InvalidInput(f"Inference-Header-Content-Length '{header_value}' is not an integer") from None
-        model_inputs: list[TensorSpec] | None = None
-        if header_length == 0:
-            model = self._service.repository.get(name, version)
-            batch = (1,) if model.max_batch_size > 0 else ()
-            model_inputs = [TensorSpec(s.name, s.datatype, batch + s.dims) for s in model.inputs]
-        request = http_codec.decode_infer_request(
-            body, header_length=header_length, model_name=name, model_version=version, model_inputs=model_inputs
-        )
-        response = await self._run_watching_disconnect(request, receive)
-        payload, json_length = http_codec.encode_infer_response(response, request)
+        def decode(model: ModelVersion) -> InferRequest:
+            raw = body
+            encoding = headers.get("content-encoding")
+            if encoding:
+                raw = http_codec.decompress_body(raw, encoding, max_size=self._max)
+            header_length = _header_length(headers)
+            model_inputs: list[TensorSpec] | None = None
+            if header_length == 0:
+                batch = (1,) if model.max_batch_size > 0 else ()
+                model_inputs = [TensorSpec(s.name, s.datatype, batch + s.dims) for s in model.inputs]
+            request = http_codec.decode_infer_request(
+                raw, header_length=header_length, model_name=name, model_version=version, model_inputs=model_inputs
+            )
+            request.client_gone = probe
+            decoded.append(request)
+            return request
+
+        try:
+            response = await self._service.infer_decoding(name, version, decode, "http")
+        finally:
+            probe.close()
+        payload, json_length = http_codec.encode_infer_response(response, decoded[0])
         out: list[tuple[bytes, bytes]] = []
         accept = headers.get("accept-encoding")
         if accept:
@@ -131,41 +128,6 @@ class InferEndpoint:
         else:
             out.append((b"content-type", _BINARY))
             out.append((b"inference-header-content-length", str(json_length).encode()))
-        return 200, out, payload
-
-    async def _run_watching_disconnect(self, request: InferRequest, receive: Receive) -> InferResponse:
-        # A client that goes away must not have its request run. uvicorn's request cycle keeps
-        # a `disconnected` flag: the batcher reads it just before running the request, which
-        # costs nothing per request. Under other ASGI servers, a watcher task cancels the call.
-        cycle = getattr(receive, "__self__", None)
-        if cycle is not None and isinstance(getattr(cycle, "disconnected", None), bool):
-            request.client_gone = lambda: bool(cycle.disconnected)
-            try:
-                return await self._service.infer(request, "http")
-            except RequestCancelled:
-                raise ClientGone from None
-        current = asyncio.current_task()
-        assert current is not None
-        gone = finished = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    if not finished:
-                        gone = True
-                        current.cancel()
-                    return
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            response = await self._service.infer(request, "http")
-            finished = True
-            return response
-        except asyncio.CancelledError:
-            if gone:
-                raise ClientGone from None
-            raise
-        finally:
-            watcher.cancel()
+        out.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": out})
+        await send({"type": "http.response.body", "body": payload})

@@ -1,10 +1,10 @@
-"""Prometheus metrics: collectors on an injected registry, fed by the server's hooks.
+"""Prometheus metrics: collectors on an injected registry, fed by what the server observes.
 
-- ``on_request`` (a RequestRecorder): every inference request's protocol, outcome and duration.
-- ``on_timings`` (a TimingRecorder): the queue wait of every request that ran.
-- ``observer_for`` (the repository's observer factory): every executed batch.
-- ``on_state_change`` (the repository's hook): load state and load duration.
-- ``refresh``: queue depth and batches in flight, read from the batchers before each scrape.
+- ``on_request`` (an Observer): every inference request's protocol, outcome, duration and,
+  when it ran, its queue wait.
+- ``on_execution`` (an Observer): every executed batch.
+- ``changed`` (a repository VersionListener): load state and load duration.
+- ``refresh``: queue depth and batches in flight, read through ``queue_probe`` before each scrape.
 
 Multiprocess-ready: every serve_* metric is a plain Counter, Histogram or Gauge, which is what
 prometheus_client's multiprocess mode aggregates; gauges name their ``multiprocess_mode``. No
@@ -19,7 +19,7 @@ the name is client input, and labelling by it would let any client create series
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -27,12 +27,13 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from serve.batching.batcher import BatchObserver
-from serve.batching.result import BatchResult
+from serve.events import Execution, Observer, RequestEvent, VersionKey
 from serve.metrics.triton_compat import TritonCompatMetrics, TritonModelMetrics, failure_reason
-from serve.repository.repository import READY, ModelVersion
+from serve.repository.repository import READY, ModelVersion, VersionListener
 from serve.settings import ServerSettings
-from serve.types import InferRequest, InferResponse
+
+# (version, requests waiting, batches running) for every version that is serving.
+QueueProbe = Callable[[], Iterable[tuple[VersionKey, int, int]]]
 
 MODEL_LABELS = ("model", "version")
 UNKNOWN_MODEL = ("", "")
@@ -72,35 +73,7 @@ class _ModelSeries:
         )
 
 
-class _ExecutionObserver:
-    """A BatchObserver for one model version. Like Triton, only batches that succeeded are counted;
-    a failed batch shows as its requests' ``model_error`` outcome."""
-
-    def __init__(self, series: _ModelSeries) -> None:
-        self._series = series
-
-    def on_execution(
-        self,
-        batch_size: int,
-        requests: int,
-        compute_input_ns: int,
-        compute_infer_ns: int,
-        compute_output_ns: int,
-        error: BaseException | None,
-    ) -> None:
-        if error is not None:
-            return
-        s = self._series
-        s.executions.inc()
-        s.rows.inc(batch_size)
-        s.batch_size.observe(batch_size)
-        s.compute.observe((compute_input_ns + compute_infer_ns + compute_output_ns) / 1e9)
-        if s.triton is not None:
-            s.triton.exec_count.inc()
-            s.triton.count.inc(batch_size)
-
-
-class PrometheusMetrics:
+class PrometheusMetrics(Observer, VersionListener):
     def __init__(
         self,
         registry: CollectorRegistry,
@@ -192,8 +165,8 @@ class PrometheusMetrics:
             PlatformCollector(registry=r)
             GCCollector(registry=r)
         self._series: dict[tuple[str, str], _ModelSeries] = {}
-        self._live: dict[tuple[str, str], ModelVersion] = {}  # versions whose batchers refresh() reads
         self._request_children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
+        self.queue_probe: QueueProbe | None = None
 
     def _model_series(self, name: str, version: str) -> _ModelSeries:
         series = self._series.get((name, version))
@@ -201,79 +174,82 @@ class PrometheusMetrics:
             series = self._series[(name, version)] = _ModelSeries(self, name, version)
         return series
 
-    # ---- repository hooks --------------------------------------------------------------------
-    def observer_for(self, model: ModelVersion) -> BatchObserver:
-        """The repository's observer factory: called for every version it is about to start."""
-        key = (model.name, model.version_str)
-        self._live[key] = model
-        return _ExecutionObserver(self._model_series(*key))
-
-    def on_state_change(self, model: ModelVersion) -> None:
-        key = (model.name, model.version_str)
-        series = self._model_series(*key)
-        if model.state == READY:
-            self._live[key] = model
+    # ---- repository listener ---------------------------------------------------------------
+    def changed(self, version: ModelVersion) -> None:
+        series = self._model_series(version.name, version.version_str)
+        if version.state == READY:
             series.ready.set(1)
-            series.load.set(model.load_seconds)
+            series.load.set(version.load_seconds)
             if series.triton is not None:
-                series.triton.load_secs.set(model.load_seconds)
+                series.triton.load_secs.set(version.load_seconds)
             return
         series.ready.set(0)
-        if self._live.get(key) is model:
-            del self._live[key]
-            series.queue_depth.set(0)
-            series.in_flight.set(0)
-            if series.triton is not None:
-                series.triton.pending.set(0)
 
-    # ---- request hooks -----------------------------------------------------------------------
-    def on_timings(self, model: ModelVersion, result: BatchResult) -> None:
-        series = self._model_series(model.name, model.version_str)
-        series.queue.observe(result.queue_ns / 1e9)
-        t = series.triton
-        if t is not None:
-            t.queue_us.inc(result.queue_ns // 1000)
-            t.input_us.inc(result.compute_input_ns // 1000)
-            t.infer_us.inc(result.compute_infer_ns // 1000)
-            t.output_us.inc(result.compute_output_ns // 1000)
+    # ---- observer ----------------------------------------------------------------------------
+    def on_execution(self, execution: Execution) -> None:
+        # Like Triton, only batches that succeeded are counted; a failed batch shows as its
+        # requests' model_error outcome.
+        if execution.error is not None:
+            return
+        s = self._model_series(execution.key.name, execution.key.version)
+        s.executions.inc()
+        s.rows.inc(execution.rows)
+        s.batch_size.observe(execution.rows)
+        s.compute.observe(execution.compute_ns / 1e9)
+        if s.triton is not None:
+            s.triton.exec_count.inc()
+            s.triton.count.inc(execution.rows)
 
-    def on_request(
-        self,
-        model: ModelVersion | None,
-        request: InferRequest,
-        protocol: str,
-        outcome: str,
-        duration_s: float,
-        response: InferResponse | None,
-    ) -> None:
-        name, version = (model.name, model.version_str) if model is not None else UNKNOWN_MODEL
-        key = (name, version, protocol, outcome)
-        children = self._request_children.get(key)
+    def on_request(self, event: RequestEvent) -> None:
+        key = event.key
+        labels = (key.name, key.version, event.protocol, event.outcome)
+        children = self._request_children.get(labels)
         if children is None:
-            children = self._request_children[key] = (self.requests.labels(*key), self.request_duration.labels(*key))
+            children = self._request_children[labels] = (
+                self.requests.labels(*labels),
+                self.request_duration.labels(*labels),
+            )
         children[0].inc()
-        children[1].observe(duration_s)
-        if model is None or self.triton is None:
-            return  # Triton counts per model only
-        t = self._model_series(name, version).triton
-        assert t is not None
-        if outcome == "success":
-            t.success.inc()
-            t.request_us.inc(int(duration_s * 1e6))
-        else:
-            t.failure[failure_reason(outcome)].inc()
+        children[1].observe(event.duration_ns / 1e9)
+        if not key.name:
+            return  # the request named no loaded version: nothing is counted per model
+        series = self._model_series(key.name, key.version)
+        timings = event.timings
+        if timings is not None:
+            series.queue.observe(timings.queue_ns / 1e9)
+        t = series.triton
+        if t is None:
+            return
+        if event.outcome != "success":
+            t.failure[failure_reason(event.outcome)].inc()
+            return
+        t.success.inc()
+        t.request_us.inc(event.duration_ns // 1000)
+        if timings is not None:
+            t.queue_us.inc(timings.queue_ns // 1000)
+            t.input_us.inc(timings.compute_input_ns // 1000)
+            t.infer_us.inc(timings.compute_infer_ns // 1000)
+            t.output_us.inc(timings.compute_output_ns // 1000)
 
     # ---- scraping ----------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Copy the live queue depth and batches in flight of every loaded version into the gauges."""
-        for key, model in self._live.items():
-            batcher = model.batcher
-            depth, running = (batcher.queue_depth, batcher.in_flight) if batcher is not None else (0, 0)
-            series = self._series[key]
+        """Copy the live queue depth and batches in flight of every serving version into the gauges."""
+        if self.queue_probe is None:
+            return
+        seen: set[tuple[str, str]] = set()
+        for key, depth, running in self.queue_probe():
+            series = self._model_series(key.name, key.version)
+            seen.add((key.name, key.version))
             series.queue_depth.set(depth)
             series.in_flight.set(running)
             if series.triton is not None:
                 series.triton.pending.set(depth)
+        for labels, series in self._series.items():
+            if labels not in seen:  # unloaded since the last scrape
+                series.queue_depth.set(0)
+                series.in_flight.set(0)
+                if series.triton is not None:
+                    series.triton.pending.set(0)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The scrape body and its content type, in the format the ``Accept`` header asks for."""

@@ -4,6 +4,8 @@ Semantics follow Triton: ``inference_count`` counts rows, ``execution_count`` co
 executions; per-request durations (success, fail, queue, compute_*) are counted once per
 request, and each request is charged its whole batch's compute durations; ``batch_stats``
 has one entry per executed batch size. Everything runs on the event loop thread.
+
+Counts start afresh whenever a version is (re)loaded, as Triton's do.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from serve.events import Execution, Observer, RequestEvent, VersionKey
+from serve.repository.repository import ModelVersion, VersionListener
 
 
 @dataclass(slots=True)
@@ -46,39 +51,29 @@ class InferenceStatistics:
         self.last_inference_ms = 0
         self.batch_stats: dict[int, BatchSizeStats] = {}
 
-    # BatchObserver
-    def on_execution(
-        self,
-        batch_size: int,
-        requests: int,
-        compute_input_ns: int,
-        compute_infer_ns: int,
-        compute_output_ns: int,
-        error: BaseException | None,
-    ) -> None:
-        if error is not None:
+    def add_execution(self, execution: Execution) -> None:
+        if execution.error is not None:
             return
         self.execution_count += 1
-        self.inference_count += batch_size
+        self.inference_count += execution.rows
         self.last_inference_ms = int(time.time() * 1000)
-        stats = self.batch_stats.get(batch_size)
+        stats = self.batch_stats.get(execution.rows)
         if stats is None:
-            stats = self.batch_stats[batch_size] = BatchSizeStats()
-        stats.compute_input.add(compute_input_ns)
-        stats.compute_infer.add(compute_infer_ns)
-        stats.compute_output.add(compute_output_ns)
+            stats = self.batch_stats[execution.rows] = BatchSizeStats()
+        stats.compute_input.add(execution.compute_input_ns)
+        stats.compute_infer.add(execution.compute_infer_ns)
+        stats.compute_output.add(execution.compute_output_ns)
 
-    def record_success(
-        self, total_ns: int, queue_ns: int, compute_input_ns: int, compute_infer_ns: int, compute_output_ns: int
-    ) -> None:
-        self.success.add(total_ns)
-        self.queue.add(queue_ns)
-        self.compute_input.add(compute_input_ns)
-        self.compute_infer.add(compute_infer_ns)
-        self.compute_output.add(compute_output_ns)
-
-    def record_failure(self, total_ns: int) -> None:
-        self.fail.add(total_ns)
+    def add_request(self, event: RequestEvent) -> None:
+        timings = event.timings
+        if event.outcome != "success" or timings is None:
+            self.fail.add(event.duration_ns)
+            return
+        self.success.add(event.duration_ns)
+        self.queue.add(timings.queue_ns)
+        self.compute_input.add(timings.compute_input_ns)
+        self.compute_infer.add(timings.compute_infer_ns)
+        self.compute_output.add(timings.compute_output_ns)
 
     def as_dict(self, name: str, version: str) -> dict[str, Any]:
         empty = Duration().as_dict()
@@ -110,3 +105,30 @@ class InferenceStatistics:
             ],
             "memory_usage": [],
         }
+
+
+class TritonStatistics(Observer, VersionListener):
+    """The statistics extension's counters of every loaded version."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[VersionKey, InferenceStatistics] = {}
+
+    def attached(self, version: ModelVersion) -> None:
+        self._by_key[version.key] = InferenceStatistics()
+
+    async def detached(self, version: ModelVersion) -> None:
+        self._by_key.pop(version.key, None)
+
+    def on_request(self, event: RequestEvent) -> None:
+        stats = self._by_key.get(event.key)
+        if stats is not None:
+            stats.add_request(event)
+
+    def on_execution(self, execution: Execution) -> None:
+        stats = self._by_key.get(execution.key)
+        if stats is not None:
+            stats.add_execution(execution)
+
+    def as_dict(self, version: ModelVersion) -> dict[str, Any]:
+        stats = self._by_key.get(version.key) or InferenceStatistics()
+        return stats.as_dict(version.name, version.version_str)

@@ -13,9 +13,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve.baseline.model import file_sha256, find_baseline
-from serve.repository import model_config as cfg
+from serve.repository import config_file
 from serve.stats.baseline import Baseline, BaselineError
+from serve.stats.baseline_fit import file_sha256, find_baseline
 
 log = logging.getLogger("serve.monitor")
 
@@ -126,10 +126,10 @@ class BaselineRegistry:
             return None
         model_dir = self.repository / model
         try:
-            raw, _ = cfg.read_config(model_dir)
+            raw, _ = config_file.read_config(model_dir)
         except Exception:  # an unreadable config is the server's problem to report, not ours
             return None
-        path = model_dir / version / (raw.default_model_filename or cfg.DEFAULT_MODEL_FILENAME)
+        path = model_dir / version / (raw.default_model_filename or config_file.DEFAULT_MODEL_FILENAME)
         if not path.is_file():
             return None
         stat = path.stat()

@@ -5,6 +5,11 @@
 
 A model that fails to load is listed with its reason and never stops the others.
 Model names are single path components, so no path built here leaves the root.
+
+The repository knows models, versions and sessions, nothing about serving them: listeners
+(the core's batchers, metrics, statistics) attach to a version once it is loaded and warmed,
+before it takes traffic, and detach in reverse order once it takes no more, before its
+sessions close.
 """
 
 from __future__ import annotations
@@ -15,20 +20,18 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import onnxruntime as ort
 
-from serve.batching.batcher import Batcher, BatchObserver
-from serve.datatypes import CONFIG_TO_OIP, numpy_dtype
 from serve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServeError
-from serve.metrics.statistics import InferenceStatistics
+from serve.events import VersionKey
 from serve.protocol import model_config_pb2 as mc
+from serve.repository import config_file
 from serve.repository import model_config as cfg
+from serve.repository.warmup import warm_up
 from serve.runtime.onnx_runner import OnnxRunner
 from serve.runtime.providers import CUDA
 from serve.settings import ServerSettings
@@ -44,20 +47,22 @@ UNLOADING = "UNLOADING"
 UNAVAILABLE = "UNAVAILABLE"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class ModelVersion:
     name: str
     version: int
+    model_dir: Path
+    key: VersionKey = field(init=False)
     state: str = LOADING
     reason: str = ""
     config: mc.ModelConfig | None = None
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     runner: OnnxRunner | None = None
-    batcher: Batcher | None = None
-    stats: InferenceStatistics = field(default_factory=InferenceStatistics)
-    sink: BatchSink | None = None
     load_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.key = VersionKey.new(self.name, str(self.version))
 
     @property
     def version_str(self) -> str:
@@ -67,29 +72,33 @@ class ModelVersion:
     def max_batch_size(self) -> int:
         return self.config.max_batch_size if self.config is not None else 0
 
-
-ObserverFactory = Callable[[ModelVersion], BatchObserver | None]
-
-
-class BatchSink(Protocol):
-    """Sees every executed batch of one version (input statistics); submit never blocks."""
-
-    def submit(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None: ...
-
-    def close(self, timeout_s: float = 5.0) -> None: ...
+    @property
+    def model_path(self) -> Path:
+        filename = self.config.default_model_filename if self.config is not None else ""
+        return self.model_dir / self.version_str / (filename or config_file.DEFAULT_MODEL_FILENAME)
 
 
-# Called once a version has loaded, with its directory; None = no sink for it.
-SinkFactory = Callable[[ModelVersion, Path], BatchSink | None]
+class VersionListener:
+    """Told about every version's life; the defaults do nothing.
+
+    ``attached``: loaded and warmed, about to take traffic (raise a ServeError to fail the load).
+    ``detached``: takes no new traffic; once every listener has returned, its sessions close.
+    ``changed``: any change of state (LOADING, READY, UNLOADING, UNAVAILABLE).
+    """
+
+    def attached(self, version: ModelVersion) -> None:
+        return None
+
+    async def detached(self, version: ModelVersion) -> None:
+        return None
+
+    def changed(self, version: ModelVersion) -> None:
+        return None
 
 
-class _FanOut:
-    def __init__(self, observers: list[BatchObserver]) -> None:
-        self._observers = observers
-
-    def on_execution(self, *args: object) -> None:
-        for observer in self._observers:
-            observer.on_execution(*args)  # type: ignore[arg-type]
+def is_version_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', '١' and '１', which are no version."""
+    return text.isascii() and text.isdigit()
 
 
 def valid_model_name(name: str) -> bool:
@@ -102,15 +111,11 @@ class ModelRepository:
         root: Path,
         settings: ServerSettings,
         *,
-        observer_factory: ObserverFactory | None = None,
-        on_state_change: Callable[[ModelVersion], None] | None = None,
-        sink_factory: SinkFactory | None = None,
+        listeners: Sequence[VersionListener] = (),
     ) -> None:
         self.root = root.resolve()
         self._settings = settings
-        self._observer_factory = observer_factory
-        self._on_state_change = on_state_change
-        self._sink_factory = sink_factory
+        self._listeners = list(listeners)
         self._versions: dict[str, dict[int, ModelVersion]] = {}
         self._model_errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -150,10 +155,12 @@ class ModelRepository:
                 raise ModelNotFound(f"model '{name}' is not in the model repository")
             self._model_errors.pop(name, None)
             try:
-                raw, from_file = (config_override, True) if config_override is not None else cfg.read_config(model_dir)
-                cfg.check_supported(raw)
-                policy = cfg.version_policy(raw)
-                available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+                raw, from_file = (
+                    (config_override, True) if config_override is not None else config_file.read_config(model_dir)
+                )
+                config_file.check_supported(raw)
+                policy = config_file.version_policy(raw)
+                available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_number(p.name))
                 chosen = policy.select(available)
                 if not chosen:
                     raise ModelLoadError(
@@ -168,9 +175,9 @@ class ModelRepository:
             await self._unload_versions(name, [v for v in current if v not in chosen])
             for version in chosen:
                 old = current.get(version)
-                entry = ModelVersion(name, version)
+                entry = ModelVersion(name, version, model_dir)
                 current[version] = entry if old is None or old.state != READY else old
-                new = await self._load_version(entry, model_dir, raw, from_file)
+                new = await self._load_version(entry, raw, from_file)
                 if old is not None and old.state == READY and new.state == READY:
                     current[version] = new
                     await self._close_version(old)
@@ -178,61 +185,48 @@ class ModelRepository:
                     current[version] = new
                 self._notify(current[version])
 
-    async def _load_version(
-        self, entry: ModelVersion, model_dir: Path, raw: mc.ModelConfig, from_file: bool
-    ) -> ModelVersion:
+    async def _load_version(self, entry: ModelVersion, raw: mc.ModelConfig, from_file: bool) -> ModelVersion:
         started = time.perf_counter()
+        self._notify(entry)
         try:
-            runner, config = await asyncio.to_thread(self._build, entry.name, entry.version, model_dir, raw, from_file)
+            runner, config = await asyncio.to_thread(self._build, entry, raw, from_file)
         except ServeError as exc:
-            entry.state, entry.reason = UNAVAILABLE, exc.message
-            log.error("model %s version %d failed to load: %s", entry.name, entry.version, exc.message)
-            return entry
+            return self._failed(entry, exc.message)
         except Exception as exc:  # a broken file can raise anything; the server must go on
-            entry.state, entry.reason = UNAVAILABLE, f"{type(exc).__name__}: {exc}"
             log.exception("model %s version %d failed to load", entry.name, entry.version)
-            return entry
+            return self._failed(entry, f"{type(exc).__name__}: {exc}")
         entry.runner, entry.config = runner, config
         entry.inputs = cfg.tensor_specs(config.input)
         entry.outputs = cfg.tensor_specs(config.output)
-        observers: list[BatchObserver] = [entry.stats]
-        if self._observer_factory is not None:
-            extra = self._observer_factory(entry)
-            if extra is not None:
-                observers.append(extra)
-        if self._sink_factory is not None:
-            try:
-                entry.sink = self._sink_factory(entry, model_dir)
-            except Exception:  # statistics are an add-on: the model serves without them
-                log.exception("model %s version %d: statistics not recorded", entry.name, entry.version)
-        entry.batcher = Batcher(
-            runner.run,
-            cfg.batching_policy(config, runner.instance_count),
-            name=f"{entry.name}:{entry.version}",
-            observer=_FanOut(observers),
-            on_batch=entry.sink.submit if entry.sink is not None else None,
-        )
-        entry.batcher.start()
+        attached: list[VersionListener] = []
+        try:
+            for listener in self._listeners:
+                listener.attached(entry)
+                attached.append(listener)
+        except ServeError as exc:
+            await self._detach(entry, attached)
+            await asyncio.to_thread(runner.close)
+            entry.runner = None
+            return self._failed(entry, exc.message)
         entry.load_seconds = time.perf_counter() - started
         entry.state, entry.reason = READY, ""
         log.info(
             "model %s version %d ready in %.2fs on %s (max_batch_size %d, %d instance(s))",
-            entry.name,
-            entry.version,
-            entry.load_seconds,
-            runner.providers[0],
-            config.max_batch_size,
-            runner.instance_count,
-        )
+            entry.name, entry.version, entry.load_seconds, runner.providers[0],
+            config.max_batch_size, runner.instance_count,
+        )  # fmt: skip
         return entry
 
-    def _build(
-        self, name: str, version: int, model_dir: Path, raw: mc.ModelConfig, from_file: bool
-    ) -> tuple[OnnxRunner, mc.ModelConfig]:
-        filename = raw.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
-        path = model_dir / str(version) / filename
+    def _failed(self, entry: ModelVersion, reason: str) -> ModelVersion:
+        entry.state, entry.reason = UNAVAILABLE, reason
+        log.error("model %s version %d failed to load: %s", entry.name, entry.version, reason)
+        return entry
+
+    def _build(self, entry: ModelVersion, raw: mc.ModelConfig, from_file: bool) -> tuple[OnnxRunner, mc.ModelConfig]:
+        filename = raw.default_model_filename or config_file.DEFAULT_MODEL_FILENAME
+        path = entry.model_dir / entry.version_str / filename
         if not path.is_file():
-            raise ModelLoadError(f"{version}/{filename} not found")
+            raise ModelLoadError(f"{entry.version}/{filename} not found")
         options = cfg.runtime_options(
             raw,
             allow_spinning=self._settings.ort_allow_spinning,
@@ -242,15 +236,14 @@ class ModelRepository:
         try:
             config = cfg.complete_config(
                 raw,
-                name=name,
+                name=entry.name,
                 from_file=from_file,
                 inputs=runner.inputs,
                 outputs=runner.outputs,
                 default_max_batch_size=self._settings.default_max_batch_size,
                 cuda_available=CUDA in ort.get_available_providers(),
             )
-            cfg.batching_policy(config, runner.instance_count)  # a bad policy fails the load, here
-            _warm_up(runner, config, model_dir)
+            warm_up(runner, config, entry.model_dir)
         except BaseException:
             runner.close()
             raise
@@ -296,12 +289,18 @@ class ModelRepository:
             del current[version]
 
     async def _close_version(self, entry: ModelVersion) -> None:
-        if entry.batcher is not None:
-            await entry.batcher.close(self._settings.shutdown_grace_s)
+        await self._detach(entry, self._listeners)
         if entry.runner is not None:
             await asyncio.to_thread(entry.runner.close)
-        if entry.sink is not None:
-            await asyncio.to_thread(entry.sink.close)
+            entry.runner = None
+
+    async def _detach(self, entry: ModelVersion, listeners: list[VersionListener]) -> None:
+        # Reverse order of attaching: the batcher drains before the statistics behind it close.
+        for listener in reversed(listeners):
+            try:
+                await listener.detached(entry)
+            except Exception:  # one listener's failure must not keep the sessions open
+                log.exception("model %s version %d: %s failed to detach", entry.name, entry.version, listener)
 
     async def close(self) -> None:
         for name in list(self._versions):
@@ -310,8 +309,11 @@ class ModelRepository:
             shutil.rmtree(path, ignore_errors=True)
 
     def _notify(self, entry: ModelVersion) -> None:
-        if self._on_state_change is not None:
-            self._on_state_change(entry)
+        for listener in self._listeners:
+            try:
+                listener.changed(entry)
+            except Exception:
+                log.exception("model %s version %d: %s failed on a state change", entry.name, entry.version, listener)
 
     # ---- lookup ----------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> ModelVersion:
@@ -319,13 +321,15 @@ class ModelRepository:
         if not versions:
             if name in self._model_errors:
                 raise ModelNotReady(f"model '{name}' is not ready: {self._model_errors[name]}")
-            raise ModelNotFound(f"model '{name}' is not found")
+            raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
         if version:
-            if not version.isdigit():
-                raise ModelNotFound(f"model '{name}' has no version '{version}' (versions are integers)")
+            if not is_version_number(version):
+                raise ModelNotFound(
+                    f"Request for unknown model: '{name}' version '{version}' is not found (versions are integers)"
+                )
             entry = versions.get(int(version))
             if entry is None:
-                raise ModelNotFound(f"model '{name}' has no version {version}")
+                raise ModelNotFound(f"Request for unknown model: '{name}' version {version} is not found")
         else:
             ready = [v for v in versions.values() if v.state == READY]
             entry = max(ready, key=lambda v: v.version) if ready else max(versions.values(), key=lambda v: v.version)
@@ -359,59 +363,3 @@ class ModelRepository:
         if ready_only:
             rows = [r for r in rows if r["state"] == READY]
         return rows
-
-
-def _warm_up(runner: OnnxRunner, config: mc.ModelConfig, model_dir: Path) -> None:
-    rng = np.random.default_rng(0)
-    for warmup in config.model_warmup:
-        batch = max(1, warmup.batch_size)
-        feeds: dict[str, np.ndarray] = {}
-        for input_name, spec in warmup.inputs.items():
-            datatype = CONFIG_TO_OIP.get(mc.DataType.Name(spec.data_type), "")
-            if not datatype or datatype == "BF16":
-                raise ModelLoadError(f"model_warmup '{warmup.name}': unsupported data_type for '{input_name}'")
-            shape = ([batch] if config.max_batch_size > 0 else []) + [int(d) for d in spec.dims]
-            feeds[input_name] = _warmup_tensor(datatype, shape, spec, rng, model_dir, warmup.name, input_name)
-        try:
-            for _ in range(max(1, warmup.count)):
-                runner.run_sync(feeds)
-        except ServeError as exc:
-            raise ModelLoadError(f"model_warmup '{warmup.name}' failed: {exc.message}") from None
-
-
-def _warmup_tensor(
-    datatype: str,
-    shape: list[int],
-    spec: mc.ModelWarmup.Input,
-    rng: np.random.Generator,
-    model_dir: Path,
-    warmup_name: str,
-    input_name: str,
-) -> np.ndarray:
-    count = int(np.prod(shape)) if shape else 1
-    kind = spec.WhichOneof("input_data_type")
-    if datatype == "BYTES":
-        values = np.empty(count, dtype=object)
-        values[:] = [b"" if kind == "zero_data" else str(i).encode() for i in range(count)]
-        return values.reshape(shape)
-    dtype = numpy_dtype(datatype)
-    if kind == "zero_data":
-        return np.zeros(shape, dtype=dtype)
-    if kind == "random_data":
-        if dtype.kind == "f":
-            return rng.random(shape).astype(dtype)
-        if dtype.kind == "b":
-            return rng.integers(0, 2, shape).astype(dtype)
-        return rng.integers(0, 100, shape).astype(dtype)
-    path = (model_dir / "warmup" / spec.input_data_file).resolve()
-    if model_dir.resolve() not in path.parents:
-        raise ModelLoadError(f"model_warmup '{warmup_name}': input_data_file leaves the model directory")
-    try:
-        data = np.fromfile(path, dtype=dtype.newbyteorder("<"))
-    except OSError as exc:
-        raise ModelLoadError(f"model_warmup '{warmup_name}': {exc}") from None
-    if data.size != count:
-        raise ModelLoadError(
-            f"model_warmup '{warmup_name}': {path.name} holds {data.size} elements, input '{input_name}' needs {count}"
-        )
-    return data.reshape(shape)

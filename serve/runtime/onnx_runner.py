@@ -16,7 +16,6 @@ import queue
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,9 @@ import onnxruntime as ort
 
 from serve.datatypes import ORT_TO_OIP
 from serve.errors import InvalidInput, ModelExecutionError, ModelLoadError
-from serve.runtime.providers import CUDA, Accelerator, choose_providers
+from serve.runtime.options import RuntimeOptions
+from serve.runtime.providers import CUDA, choose_providers
+from serve.types import GraphTensor
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +38,6 @@ _OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class GraphTensor:
-    """An input or output as the ONNX graph declares it; -1 marks a symbolic or unknown dimension."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeOptions:
-    instance_count: int = 1
-    device_kind: str = "cpu"  # "cpu", "gpu" or "auto"
-    gpu_ids: tuple[int, ...] = ()
-    accelerators: tuple[Accelerator, ...] = ()
-    intra_op_threads: int = 0  # 0 = the machine's cores divided among instances
-    inter_op_threads: int = 0
-    parallel_execution: bool = False
-    optimization_level: str = "all"
-    allow_spinning: bool = False
-    enable_mem_arena: bool = True
-    enable_mem_pattern: bool = True
-    extra_session_config: dict[str, str] = field(default_factory=dict)
 
 
 def _graph_tensors(args: Sequence[ort.NodeArg], what: str) -> list[GraphTensor]:

@@ -1,0 +1,180 @@
+"""The transport-neutral server: every operation of the protocol, once.
+
+The HTTP and gRPC adapters hand over what they received, call this, and encode what comes back;
+all semantics (resolving the model, validation, batching, observation) live here and below.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from serve import __version__
+from serve.core.serving import ServedVersions
+from serve.core.validation import validate
+from serve.errors import ModelLoadError, ModelNotFound, ModelNotReady, OperationNotAllowed
+from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
+from serve.metrics.statistics import TritonStatistics
+from serve.protocol import model_config_pb2 as mc
+from serve.repository.repository import ModelRepository, ModelVersion, VersionListener
+from serve.settings import ServerSettings
+from serve.types import InferRequest, InferResponse, OutputTensor, TensorSpec
+
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+    "parameters",
+]
+
+# Turns what a transport received into a request, once the model it names is known
+# (HTTP's raw binary body needs the model's single input to be decoded at all).
+Decode = Callable[[ModelVersion], InferRequest]
+
+
+class InferenceService:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        served: ServedVersions,
+        statistics: TritonStatistics,
+        observer: Observer,
+        *,
+        server_name: str = "serve",
+        model_control_explicit: bool = False,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self.repository = repository
+        self.server_name = server_name
+        self.model_control_explicit = model_control_explicit
+        self._served = served
+        self._statistics = statistics
+        self._observer = observer
+        self._clock = clock
+        self.shutting_down = False
+
+    @classmethod
+    def create(
+        cls, root: Path, settings: ServerSettings, observers: Sequence[Observer] = (), **kwargs: Any
+    ) -> InferenceService:
+        """The repository, the core and ``observers`` wired together. Observers that are also
+        VersionListeners attach to each version before the core's batcher, and detach after it."""
+        statistics = TritonStatistics()
+        everyone = Observers([*observers, statistics])
+        served = ServedVersions(everyone, grace_s=settings.shutdown_grace_s)
+        listeners = [o for o in observers if isinstance(o, VersionListener)]
+        repository = ModelRepository(root, settings, listeners=[*listeners, statistics, served])
+        return cls(repository, served, statistics, everyone, **kwargs)
+
+    # ---- health and metadata ---------------------------------------------------------------
+    def server_live(self) -> bool:
+        return True
+
+    def server_ready(self) -> bool:
+        return not self.shutting_down and self.repository.all_ready()
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.repository.get(name, version)
+        except (ModelNotFound, ModelNotReady):
+            return False
+        return not self.shutting_down
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": self.server_name, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        model = self.repository.get(name, version)
+        batch = [-1] if model.max_batch_size > 0 else []
+
+        def describe(specs: list[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)} for s in specs]
+
+        return {
+            "name": model.name,
+            "versions": [v.version_str for v in self.repository.ready_versions(name)],
+            "platform": "onnxruntime_onnx",
+            "inputs": describe(model.inputs),
+            "outputs": describe(model.outputs),
+        }
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        model = self.repository.get(name, version)
+        assert model.config is not None
+        return model.config
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        if name:
+            if version:
+                models = [self.repository.get(name, version)]
+            else:
+                self.repository.get(name)  # raises for an unknown or unready model
+                models = self.repository.ready_versions(name)
+        else:
+            models = self.repository.loaded()
+        return [self._statistics.as_dict(m) for m in models]
+
+    def queue_depths(self) -> Iterator[tuple[VersionKey, int, int]]:
+        """(version, requests waiting, batches running) of every serving version, for the metrics."""
+        for served in self._served:
+            yield served.model.key, served.batcher.queue_depth, served.batcher.in_flight
+
+    # ---- inference -------------------------------------------------------------------------
+    async def infer(self, request: InferRequest, protocol: str = "http") -> InferResponse:
+        """Run a request that is already decoded."""
+        return await self.infer_decoding(request.model_name, request.model_version, lambda _: request, protocol)
+
+    async def infer_decoding(self, name: str, version: str, decode: Decode, protocol: str) -> InferResponse:
+        """Resolve the model first (an unknown model is NOT_FOUND whatever the body holds), then
+        decode, validate and run. Every request, however it ends, is observed exactly once."""
+        started = self._clock()
+        key = UNKNOWN_VERSION
+        timings = None
+        error: BaseException | None = None
+        try:
+            model = self.repository.get(name, version)
+            key = model.key
+            served = self._served.get(model)
+            request = decode(model)
+            valid = validate(served.signature, request)
+            result = await served.batcher.submit(
+                valid.feeds,
+                priority=valid.priority,
+                timeout_us=valid.timeout_us,
+                client_gone=request.client_gone,
+            )
+            timings = result.timings
+            outputs = [OutputTensor(n, datatype, result.outputs[n]) for n, datatype in valid.outputs]
+            return InferResponse(model.name, model.version_str, request.id, outputs)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._observer.on_request(RequestEvent(key, protocol, outcome_of(error), self._clock() - started, timings))
+
+    # ---- repository ------------------------------------------------------------------------
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return self.repository.index(ready_only)
+
+    async def load_model(
+        self, name: str, config: mc.ModelConfig | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
+        if not self.model_control_explicit:
+            raise OperationNotAllowed("model load and unload need --model-control-mode explicit")
+        await self.repository.load_model(name, config_override=config, files=files)
+        try:
+            self.repository.get(name)
+        except ModelNotReady as exc:
+            raise ModelLoadError(f"failed to load '{name}': {exc.message}") from None
+
+    async def unload_model(self, name: str) -> None:
+        if not self.model_control_explicit:
+            raise OperationNotAllowed("model load and unload need --model-control-mode explicit")
+        await self.repository.unload_model(name)
+
+    async def close(self) -> None:
+        await self.repository.close()

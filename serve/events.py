@@ -1,0 +1,145 @@
+"""What the server observes: one record per inference request and one per batch execution.
+
+The core reports every request once, as a ``RequestEvent``; the batcher reports every model
+execution once, as an ``Execution``. Both go to the same list of observers (Prometheus, Triton's
+statistics, input statistics), each of which keeps whatever it needs per model version. An
+observer that raises is logged and skipped: observing never fails a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+
+from serve.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelExecutionError,
+    ModelNotFound,
+    ModelNotReady,
+    QueueFull,
+    RequestCancelled,
+)
+
+log = logging.getLogger(__name__)
+
+_load_ids = itertools.count(1)
+_NO_TENSORS: Mapping[str, np.ndarray] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class VersionKey:
+    """One loaded model version. ``load_id`` tells apart two loads of the same version number
+    (a reload replaces one with the other while both may still see traffic)."""
+
+    name: str
+    version: str
+    load_id: int = 0
+
+    @classmethod
+    def new(cls, name: str, version: str) -> VersionKey:
+        return cls(name, version, next(_load_ids))
+
+
+# Requests that named no loaded version: the name is client input, so it never becomes a label.
+UNKNOWN_VERSION = VersionKey("", "")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTimings:
+    """Where the time of one request that ran went; compute phases are its whole batch's."""
+
+    queue_ns: int  # enqueued -> its batch started
+    compute_input_ns: int  # gathering the batch's inputs
+    compute_infer_ns: int  # running the model on the batch
+    compute_output_ns: int  # validating and splitting the batch's outputs
+    batch_size: int  # rows in the batch that ran
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One run of the model on a batch. ``inputs`` and ``outputs`` are the batch's tensors when it
+    succeeded (empty otherwise); observers must not modify them."""
+
+    key: VersionKey
+    rows: int
+    requests: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+    error: BaseException | None = None
+    inputs: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_TENSORS)
+    outputs: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_TENSORS)
+
+    @property
+    def compute_ns(self) -> int:
+        return self.compute_input_ns + self.compute_infer_ns + self.compute_output_ns
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEvent:
+    """One inference request, however it ended."""
+
+    key: VersionKey  # UNKNOWN_VERSION when the request named no loaded version
+    protocol: str  # "http" or "grpc"
+    outcome: str  # see outcome_of
+    duration_ns: int  # received by the core -> answered
+    timings: BatchTimings | None = None  # set when the request ran in a batch
+
+
+class Observer:
+    """Told of every request and every execution; the defaults ignore both."""
+
+    def on_request(self, event: RequestEvent) -> None:
+        return None
+
+    def on_execution(self, execution: Execution) -> None:
+        return None
+
+
+class Observers(Observer):
+    """Fans each record out to several observers; one that fails is logged and the rest still hear."""
+
+    __slots__ = ("_observers",)
+
+    def __init__(self, observers: Iterable[Observer] = ()) -> None:
+        self._observers = tuple(observers)
+
+    def on_request(self, event: RequestEvent) -> None:
+        for observer in self._observers:
+            try:
+                observer.on_request(event)
+            except Exception:
+                log.exception("observer %s failed on a request", type(observer).__name__)
+
+    def on_execution(self, execution: Execution) -> None:
+        for observer in self._observers:
+            try:
+                observer.on_execution(execution)
+            except Exception:
+                log.exception("observer %s failed on an execution", type(observer).__name__)
+
+
+def outcome_of(error: BaseException | None) -> str:
+    """A short, bounded label for why a request ended."""
+    if error is None:
+        return "success"
+    if isinstance(error, asyncio.CancelledError | RequestCancelled):
+        return "cancelled"
+    if isinstance(error, QueueFull):
+        return "rejected"
+    if isinstance(error, DeadlineExceeded):
+        return "timeout"
+    if isinstance(error, InvalidInput):
+        return "invalid_input"
+    if isinstance(error, ModelNotFound | ModelNotReady):
+        return "unavailable"
+    if isinstance(error, ModelExecutionError):
+        return "model_error"
+    return "error"
