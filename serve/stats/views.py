@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,8 +57,30 @@ from serve.stats.blocks import (
 )
 from serve.types import TensorSpec
 
-if TYPE_CHECKING:
-    from serve.stats.baseline import Baseline, BaselineTensor
+
+class TensorHints(Protocol):
+    """What a baseline says about one tensor (serve.stats.baseline.BaselineTensor)."""
+
+    @property
+    def view(self) -> str | None: ...
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None: ...
+
+    @property
+    def classifier(self) -> bool | None: ...
+
+    @property
+    def layout(self) -> str | None: ...
+
+
+class BaselineHints(Protocol):
+    """The part of a Baseline the views consult; a protocol, because the baseline module builds
+    its own extractors from this one and must not be imported back."""
+
+    def tensor(self, role: str, name: str) -> TensorHints | None: ...
+
+    def feature(self, role: str, tensor: str, column: int | None, view: str | None) -> Any: ...
 
 VIEWS = ("scalar", "columns", "embedding", "sequence", "image", "generic", "flatten", "none")
 _CHANNELS = (1, 3, 4)
@@ -156,7 +178,7 @@ def _row_moments(flat: np.ndarray) -> list[np.ndarray]:
 class _Builder:
     """Collects the extractors of one role, consulting the baseline for names, kinds and edges."""
 
-    def __init__(self, role: str, baseline: Baseline | None, options: ViewOptions) -> None:
+    def __init__(self, role: str, baseline: BaselineHints | None, options: ViewOptions) -> None:
         self.role = role
         self.baseline = baseline
         self.options = options
@@ -213,7 +235,7 @@ def _select_rows(extract: Callable[[np.ndarray], np.ndarray], idx: np.ndarray) -
     return select
 
 
-def _choose_view(spec: TensorSpec, bt: BaselineTensor | None, options: ViewOptions) -> str:
+def _choose_view(spec: TensorSpec, bt: TensorHints | None, options: ViewOptions) -> str:
     if bt is not None and bt.view:
         return bt.view
     dims = tuple(spec.dims)
@@ -233,7 +255,7 @@ def _choose_view(spec: TensorSpec, bt: BaselineTensor | None, options: ViewOptio
     return "generic"
 
 
-def _is_classifier(spec: TensorSpec, role: str, bt: BaselineTensor | None, options: ViewOptions) -> bool:
+def _is_classifier(spec: TensorSpec, role: str, bt: TensorHints | None, options: ViewOptions) -> bool:
     dims = tuple(spec.dims)
     shape_ok = len(dims) == 1 and 2 <= dims[0] <= options.max_classes
     if bt is not None and bt.classifier is not None:
@@ -241,7 +263,7 @@ def _is_classifier(spec: TensorSpec, role: str, bt: BaselineTensor | None, optio
     return role == "output" and spec.datatype in ("FP16", "FP32", "FP64") and shape_ok
 
 
-def _add_tensor(b: _Builder, spec: TensorSpec, bt: BaselineTensor | None) -> None:
+def _add_tensor(b: _Builder, spec: TensorSpec, bt: TensorHints | None) -> None:
     view = _choose_view(spec, bt, b.options)
     if view not in VIEWS:
         raise ValueError(f"tensor '{spec.name}': unknown view {view!r} (one of {', '.join(VIEWS)})")
@@ -332,7 +354,7 @@ def _generic(with_length: bool) -> Callable[[np.ndarray], np.ndarray]:
     return extract
 
 
-def _add_image(b: _Builder, spec: TensorSpec, bt: BaselineTensor | None) -> None:
+def _add_image(b: _Builder, spec: TensorSpec, bt: TensorHints | None) -> None:
     dims = tuple(spec.dims)
     if len(dims) != 3:
         raise ValueError(f"tensor '{spec.name}': view 'image' needs a (C, H, W) or (H, W, C) row")
@@ -368,7 +390,7 @@ def _add_image(b: _Builder, spec: TensorSpec, bt: BaselineTensor | None) -> None
 def build_extractors(
     specs: Sequence[TensorSpec],
     role: str,
-    baseline: Baseline | None = None,
+    baseline: BaselineHints | None = None,
     options: ViewOptions | None = None,
 ) -> list[Extractor]:
     """Extractors for every numeric and BYTES tensor in ``specs`` (other datatypes are skipped)."""
