@@ -1,64 +1,304 @@
-"""Server settings: one typed object, built at the edge (CLI flags over SERVE_* environment
-variables over defaults) and passed down. Nothing else reads the environment."""
+"""Server settings: one typed object, built at the edge and passed down. Nothing else reads the
+environment.
+
+Each setting is declared once, as a field here: its type, default, help text and the commands
+that take it. The command line flag (``--http-port``) and the environment variable
+(``SERVE_HTTP_PORT``) are derived from the field, and a value from either is converted and
+checked the same way; a flag on the command line wins over the environment, which wins over the
+default. ``Literal`` types are the allowed values of an enumeration.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
+
+ENV_PREFIX = "SERVE_"
+RUN = ("run",)
+MODEL_LOADING = ("run", "validate")
+
+ModelControlMode = Literal["none", "explicit"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable with a value the setting cannot take; names both."""
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be positive"
+
+
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number, 0..65535"
+
+
+def _share(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
+def _ascending(values: tuple[float, ...]) -> str | None:
+    ok = bool(values) and all(v > 0 for v in values) and list(values) == sorted(set(values))
+    return None if ok else "must be positive and strictly increasing"
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    commands: Sequence[str] = RUN,
+    flag: str | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A settings field. ``flag`` overrides the derived flag name; ``check`` returns why a value is wrong."""
+    metadata = {"help": help, "commands": tuple(commands), "flag": flag, "check": check}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(slots=True)
 class ServerSettings:
-    # Directory of the Triton-layout model repository; None serves the bundled demo repository.
-    model_repository: Path | None = None
-    # Loopback by default so that a fresh `serve run` exposes nothing; containers set 0.0.0.0.
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    # Separate Prometheus port; None = /metrics only on the HTTP port.
-    metrics_port: int | None = None
-    log_level: str = "info"
-    # "none": every model found at start is loaded and load/unload calls are refused.
-    # "explicit": repository load/unload calls are answered; --load-model chooses the start set.
-    model_control_mode: str = "none"
-    load_models: list[str] = field(default_factory=list)
-    # Largest accepted request body (after decompression) and gRPC message, in bytes.
-    max_request_bytes: int = 64 * 1024 * 1024
-    # max_batch_size given to models that batch but have no config.pbtxt saying otherwise.
-    default_max_batch_size: int = 64
-    # Seconds that shutdown waits for queued and running requests.
-    shutdown_grace_s: float = 10.0
-    # Whether onnxruntime's intra-op threads spin while idle (they burn the cores the front end needs).
-    ort_allow_spinning: bool = False
-    # Intra-op threads per model instance when the config does not say; 0 = cores / instances.
-    ort_intra_op_threads: int = 0
-    # Triton metric names (nv_*) beside ours on /metrics.
-    metrics_triton_compat: bool = False
-    # Histogram buckets for latency metrics, seconds.
-    latency_buckets_s: tuple[float, ...] = (
-        0.0001,
-        0.00025,
-        0.0005,
-        0.001,
-        0.0025,
-        0.005,
-        0.01,
-        0.025,
-        0.05,
-        0.1,
-        0.25,
-        0.5,
-        1.0,
-        2.5,
-        5.0,
-        10.0,
+    model_repository: Path | None = setting(
+        None,
+        help="Triton-layout model repository; omitted = the bundled demo repository",
+        commands=MODEL_LOADING,
     )
-    server_name: str = "serve"
-    # Input/output statistics (GET .../input-stats): on by default; windows and horizon in seconds.
-    stats_enabled: bool = True
-    stats_window_s: float = 60.0
-    stats_horizon_s: float = 3600.0
-    # Share of rows recorded (Bernoulli sampling); statistics then describe an unbiased sample.
-    stats_sample_rate: float = 1.0
-    # Batches waiting for the statistics worker; beyond it they are dropped and counted, never waited for.
-    stats_queue_size: int = 256
+    # Loopback by default so that a fresh `serve run` exposes nothing; containers set 0.0.0.0.
+    host: str = setting("127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
+    http_port: int = setting(8000, help="HTTP/REST port", check=_port)
+    grpc_port: int = setting(8001, help="gRPC port", check=_port)
+    metrics_port: int | None = setting(None, help="extra port serving only /metrics", check=_port)
+    log_level: LogLevel = setting("info", help="log level", commands=MODEL_LOADING)
+    model_control_mode: ModelControlMode = setting(
+        "none",
+        help="'none': every model found at start is loaded and load/unload requests are refused; "
+        "'explicit': load/unload requests are answered and only --load-model models load at start",
+    )
+    load_models: list[str] = setting(
+        help="with --model-control-mode explicit: a model to load at start (repeatable; comma-separated in the "
+        "environment)",
+        flag="--load-model",
+        default_factory=list,
+    )
+    max_request_bytes: int = setting(
+        64 * 1024 * 1024,
+        help="largest accepted request body (after decompression) and gRPC message, bytes",
+        check=_positive,
+    )
+    default_max_batch_size: int = setting(
+        64,
+        help="max_batch_size for batchable models without a config.pbtxt",
+        commands=MODEL_LOADING,
+        check=_positive,
+    )
+    shutdown_grace_s: float = setting(
+        10.0, help="seconds shutdown waits for queued and running requests", check=_not_negative
+    )
+    ort_allow_spinning: bool = setting(
+        False,
+        help="let onnxruntime threads spin while idle (faster on idle big machines, starves small ones)",
+        commands=MODEL_LOADING,
+    )
+    ort_intra_op_threads: int = setting(
+        0,
+        help="onnxruntime intra-op threads per instance when the config has none (0 = cores / instances)",
+        commands=MODEL_LOADING,
+        check=_not_negative,
+    )
+    metrics_triton_compat: bool = setting(False, help="also export Triton's nv_* metric names")
+    latency_buckets_s: tuple[float, ...] = setting(
+        (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        help="histogram buckets of the latency metrics, seconds (comma-separated)",
+        check=_ascending,
+    )
+    server_name: str = setting("serve", help="name in the server metadata")
+    stats_enabled: bool = setting(
+        True, help="record input/output statistics per model (GET .../input-stats)", flag="--stats"
+    )
+    stats_window_s: float = setting(60.0, help="statistics window length, seconds", check=_positive)
+    stats_horizon_s: float = setting(3600.0, help="how long statistics windows are kept, seconds", check=_positive)
+    stats_sample_rate: float = setting(
+        1.0, help="share of rows recorded in the statistics (Bernoulli sampling), in (0, 1]", check=_share
+    )
+    stats_queue_size: int = setting(
+        256,
+        help="batches waiting for the statistics worker; beyond it they are dropped and counted, never waited for",
+        check=_positive,
+    )
+
+    def __post_init__(self) -> None:
+        for spec in SPECS:
+            problem = spec.problem(getattr(self, spec.name))
+            if problem:
+                raise SettingsError(f"{spec.flag}: {problem}")
+
+
+# ---- deriving flags and environment variables from the fields ----------------------------------
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def _floats(raw: str) -> tuple[float, ...]:
+    return tuple(_float(part) for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    name: str
+    flag: str
+    env: str
+    help: str
+    commands: tuple[str, ...]
+    convert: Callable[[str], Any]
+    choices: tuple[str, ...] | None
+    is_bool: bool
+    is_list: bool
+    check: Callable[[Any], str | None] | None
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if self.choices is not None and value not in self.choices:
+            return f"{value!r} is not one of {', '.join(self.choices)}"
+        return self.check(value) if self.check is not None else None
+
+    def parse(self, raw: str, source: str) -> Any:
+        try:
+            if self.is_list:
+                return [part.strip() for part in raw.split(",") if part.strip()]
+            value = self.convert(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source}={raw!r} is not valid: {exc}") from None
+        problem = self.problem(value)
+        if problem:
+            raise SettingsError(f"{source}={raw!r}: {problem}")
+        return value
+
+
+def _optional_inner(hint: Any) -> Any:
+    """``X | None`` -> X; anything else unchanged."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _spec(f: dataclasses.Field[Any], hint: Any) -> SettingSpec:
+    inner = _optional_inner(hint)
+    origin = typing.get_origin(inner)
+    choices = tuple(typing.get_args(inner)) if origin is Literal else None
+    convert: Callable[[str], Any]
+    if inner is bool:
+        convert = _bool
+    elif origin is tuple:
+        convert = _floats
+    elif choices is not None or inner is str or origin is list:
+        convert = str
+    elif inner is int:
+        convert = _int
+    elif inner is float:
+        convert = _float
+    elif inner is Path:
+        convert = Path
+    else:
+        raise TypeError(f"setting {f.name}: no conversion for {hint!r}")
+    flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+    return SettingSpec(
+        name=f.name,
+        flag=flag,
+        env=ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_"),
+        help=f.metadata["help"],
+        commands=f.metadata["commands"],
+        convert=convert,
+        choices=choices,
+        is_bool=inner is bool,
+        is_list=origin is list,
+        check=f.metadata["check"],
+    )
+
+
+_HINTS = typing.get_type_hints(ServerSettings)
+SPECS: tuple[SettingSpec, ...] = tuple(_spec(f, _HINTS[f.name]) for f in dataclasses.fields(ServerSettings))
+
+
+def _default(spec: SettingSpec) -> Any:
+    f = next(f for f in dataclasses.fields(ServerSettings) if f.name == spec.name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, list):
+        return ",".join(value) or "none"
+    return str(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of every setting ``command`` takes, with their variables and defaults in the help."""
+    for spec in SPECS:
+        if command not in spec.commands:
+            continue
+        allowed = f" (one of: {', '.join(spec.choices)})" if spec.choices else ""
+        help_text = f"{spec.help}{allowed} [env {spec.env}; default {_shown(_default(spec))}]"
+        if spec.is_bool:
+            parser.add_argument(spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif spec.is_list:
+            parser.add_argument(spec.flag, dest=spec.name, metavar="NAME", action="append", help=help_text)
+        else:
+            metavar = "{" + ",".join(spec.choices) + "}" if spec.choices else spec.name.upper()
+            parser.add_argument(spec.flag, dest=spec.name, metavar=metavar, help=help_text)
+        parser.set_defaults(**{spec.name: None})
+
+
+def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerSettings:
+    """Settings from parsed flags over SERVE_* variables over defaults, each value checked."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        given = getattr(args, spec.name, None)
+        if given is not None:
+            if isinstance(given, bool):
+                values[spec.name] = given
+            elif isinstance(given, list):
+                values[spec.name] = [item for raw in given for item in spec.parse(raw, spec.flag)]
+            else:
+                values[spec.name] = spec.parse(given, spec.flag)
+        elif spec.env in environ:
+            values[spec.name] = spec.parse(environ[spec.env], f"environment variable {spec.env}")
+    return ServerSettings(**values)

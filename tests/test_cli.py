@@ -175,9 +175,16 @@ def test_a_flag_wins_over_its_environment_variable(demo_repository: Path, tmp_pa
 
 
 def test_an_invalid_environment_value_is_refused_clearly() -> None:
-    result = serve("run", "--help", env={"SERVE_HTTP_PORT": "eighty"})
-    assert result.returncode != 0
-    assert "SERVE_HTTP_PORT" in result.stderr and "Traceback" not in result.stderr
+    result = serve("run", env={"SERVE_HTTP_PORT": "eighty"})
+    assert result.returncode == 2
+    assert "SERVE_HTTP_PORT='eighty' is not valid: expected an integer" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_enumeration_names_its_flag_and_the_allowed_values() -> None:
+    result = serve("run", "--model-control-mode", "sometimes")
+    assert result.returncode == 2
+    assert "--model-control-mode='sometimes': 'sometimes' is not one of none, explicit" in result.stderr
 
 
 def test_sigterm_stops_the_server_with_exit_code_zero(demo_repository: Path, tmp_path: Path) -> None:
