@@ -115,7 +115,7 @@ def grpc_request_bytes(model: str, name: str, array: np.ndarray, datatype: str) 
     request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
     request.raw_input_contents.append(array.tobytes())
-    return request.SerializeToString()
+    return bytes(request.SerializeToString())
 
 
 def percentiles_ms(samples_s: list[float]) -> tuple[float, float]:

@@ -14,6 +14,7 @@ import argparse
 import http.client
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from serve.demo import write_demo_repository
 MODEL, INPUT = "tabular", "features"
 
 
-def timed(fn, n: int, warmup: int = 100) -> list[float]:  # noqa: ANN001
+def timed(fn: Callable[[], object], n: int, warmup: int = 100) -> list[float]:
     for _ in range(warmup):
         fn()
     samples = []

@@ -163,7 +163,8 @@ class _HttpInferUser(_InferUser, FastHttpUser):
                 response.failure(ServerError(_http_error(response.status_code, response.content)))
             if response.status_code != 200:
                 return None  # failure recorded (connection errors by locust itself)
-            return orjson.loads(response.content)
+            body: dict[str, Any] = orjson.loads(response.content)
+            return body
 
     def _metadata(self) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
         path = f"/v2/models/{self.settings.model}"

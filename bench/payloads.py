@@ -127,7 +127,8 @@ def _read_csv(path: Path, datatype: str) -> np.ndarray:
         raise ValueError(f"{path}: rows have different numbers of columns")
     text = np.array(rows, dtype=str)
     if datatype == "BYTES":
-        return np.vectorize(str.encode, otypes=[object])(text)
+        encoded: np.ndarray = np.vectorize(str.encode, otypes=[object])(text)
+        return encoded
     if datatype == "BOOL":
         return np.isin(np.char.lower(text), ["1", "true", "yes"])
     return text.astype(numpy_dtype(datatype))

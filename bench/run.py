@@ -40,6 +40,7 @@ import orjson
 from bench import payloads
 from bench._harness import start_server
 from serve.demo import write_demo_repository
+from serve.runtime.strings import to_ort_strings
 
 DEMO_MODELS = "tabular"
 CEILING_BATCHES = (1, 8, 64)
@@ -407,7 +408,7 @@ def ort_ceiling(path: Path, spec: payloads.ModelSpec, seconds: float) -> dict[st
     rng = np.random.default_rng(0)
     results: dict[int, dict[str, float]] = {}
     for batch in batches:
-        feeds = {n: _ort_array(a) for n, a in payloads.random_inputs(spec, batch, rng).items()}
+        feeds = {n: to_ort_strings(n, a) for n, a in payloads.random_inputs(spec, batch, rng).items()}
         session.run(None, feeds)
         times: list[int] = []
         end = time.perf_counter() + seconds / len(batches)
@@ -428,12 +429,6 @@ def ort_ceiling(path: Path, spec: payloads.ModelSpec, seconds: float) -> dict[st
         "best_batch": best,
         "batch1_p50_us": results[batches[0]]["p50_us"],
     }
-
-
-def _ort_array(array: np.ndarray) -> np.ndarray:
-    if array.dtype == object:  # onnxruntime takes strings, not bytes, for string tensors
-        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(array)
-    return array
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -686,7 +681,7 @@ def _meta(args: argparse.Namespace, server: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> Path:
-    out = args.results_dir / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out: Path = args.results_dir / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     while out.exists():  # two runs in the same second
         out = out.with_name(out.name + "-1")
     out.mkdir(parents=True)

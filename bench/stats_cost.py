@@ -12,7 +12,9 @@ coalesced update the worker makes when batches queue up, and ``submit`` alone.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,7 +32,7 @@ def _recorder(inputs: list[TensorSpec], outputs: list[TensorSpec], baseline: Bas
     )
 
 
-def _per_call_us(fn, repeats: int) -> float:  # noqa: ANN001
+def _per_call_us(fn: Callable[[], object], repeats: int) -> float:
     for _ in range(max(10, repeats // 20)):
         fn()
     best = float("inf")
@@ -42,7 +44,9 @@ def _per_call_us(fn, repeats: int) -> float:  # noqa: ANN001
     return best * 1e6
 
 
-def _scenarios(rows: int, d: int, rng: np.random.Generator) -> list[tuple[str, list, list, dict, bool]]:
+def _scenarios(
+    rows: int, d: int, rng: np.random.Generator
+) -> list[tuple[str, list[TensorSpec], list[TensorSpec], dict[str, np.ndarray], bool]]:
     """(label, inputs, outputs, tensors, with a baseline for the inputs)."""
     x = rng.normal(size=(rows, d)).astype(np.float32)
     probs = rng.dirichlet(np.ones(10), size=rows).astype(np.float32)
@@ -84,14 +88,14 @@ def main() -> None:
             baseline = Baseline.from_dict(make_baseline_document({"name": "bench"}, features, entries))
         rec = _recorder(inputs, outputs, baseline)
         item = _Item(0.0, rows, tensors)
-        us = _per_call_us(lambda rec=rec, item=item: rec._apply([item]), args.repeats)
+        us = _per_call_us(functools.partial(rec._apply, [item]), args.repeats)
         values = sum(int(np.prod(t.shape)) for t in tensors.values())
         print(f"{label:48s} {us:10.1f} {us * 1000 / values:10.0f}")
         if label.startswith("bench 'small'") and with_baseline:
             # When the worker falls behind, queued batches of a window are applied as one update.
             few = {k: v[:4] for k, v in tensors.items()}
             items = [_Item(0.0, 4, few) for _ in range(16)]
-            us = _per_call_us(lambda rec=rec, items=items: rec._apply(items), args.repeats // 4)
+            us = _per_call_us(functools.partial(rec._apply, items), args.repeats // 4)
             print(f"{'  same, 16 queued batches of 4 rows, coalesced':48s} {us / 16:10.1f}")
 
     x = rng.normal(size=(rows, d)).astype(np.float32)

@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 import psutil
 
-from bench._harness import HOST, grpc_request_bytes, http_binary_body, start_server
+from bench._harness import HOST, ServerProcess, grpc_request_bytes, http_binary_body, start_server
 from serve.modelgen import mlp, save
 
 MODELS = {"small": [32, 256, 256, 8], "wide": [512, 2048, 2048, 512]}
@@ -141,7 +141,14 @@ def h2load(
 
 
 def run_point(
-    server, model: str, dims: list[int], protocol: str, concurrency: int, rows: int, duration: float, tmp: Path
+    server: ServerProcess,
+    model: str,
+    dims: list[int],
+    protocol: str,
+    concurrency: int,
+    rows: int,
+    duration: float,
+    tmp: Path,
 ) -> Point:
     x = np.random.default_rng(0).standard_normal((rows, dims[0])).astype(np.float32)
     body_path = tmp / f"body-{protocol}-{rows}.bin"

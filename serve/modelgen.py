@@ -125,7 +125,7 @@ def mlp(
 
 
 def to_bytes(model: onnx.ModelProto) -> bytes:
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -210,7 +210,7 @@ def _served_baseline(repo: Path, tmp_path: Path) -> tuple[object, str]:
     import json
     import urllib.request
 
-    from tests.conftest import serving
+    from tests.fixtures.servers import serving
 
     with (
         serving(repo, tmp_path) as server,

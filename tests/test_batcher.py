@@ -267,7 +267,10 @@ async def test_only_requests_with_equal_dtypes_share_a_batch(make_batcher: MakeB
     model.open()
     await within(asyncio.gather(first, *tasks))
 
-    assert [(len(b["x"]), b["x"].dtype) for b in model.batches[1:]] == [(2, np.float32), (1, np.float64)]
+    assert [(len(b["x"]), b["x"].dtype) for b in model.batches[1:]] == [
+        (2, np.dtype(np.float32)),
+        (1, np.dtype(np.float64)),
+    ]
 
 
 async def test_skipped_request_heads_the_next_batch(make_batcher: MakeBatcher) -> None:

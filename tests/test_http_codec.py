@@ -353,6 +353,7 @@ def test_binary_output_has_only_binary_data_size_parameter_and_no_data() -> None
     response = response_of(OutputTensor("y", "FP32", np.ones((2, 2), dtype=np.float32)))
 
     body, header_length = encode_infer_response(response, binary_request(True, "y"))
+    assert header_length is not None
 
     (output,) = orjson.loads(body[:header_length])["outputs"]
     assert output == {

@@ -4,6 +4,7 @@ uvicorn (a flag on its request cycle) and under any other ASGI server (a watcher
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +79,12 @@ async def test_a_request_whose_client_left_before_it_ran_is_dropped_and_answered
         body = orjson.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}]})
         messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         await messages.put({"type": "http.request", "body": body, "more_body": False})
-        sent: list[dict[str, Any]] = []
+        sent: list[MutableMapping[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
             return await messages.get()
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         scope = {"type": "http", "method": "POST", "path": "/v2/models/tabular/infer", "headers": []}

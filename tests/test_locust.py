@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +143,7 @@ def test_binary_body_carries_bytes_length_prefixed_after_the_json_header() -> No
     spec = payloads.model_spec(MULTI_IO, {"max_batch_size": 8})
     (request,) = payloads.build_requests(spec, "http", rows=2, count=1)
     header_length = int(request.headers["Inference-Header-Content-Length"])
-    header = payloads.orjson.loads(request.body[:header_length])
+    header = orjson.loads(request.body[:header_length])
     text_size = header["inputs"][0]["parameters"]["binary_data_size"]
     text = deserialize_bytes_tensor(request.body[header_length : header_length + text_size], 2)
     assert all(v.startswith(b"item-") for v in text)
@@ -155,6 +156,6 @@ def test_csv_input_file_is_replayed_in_chunks_of_rows(tmp_path: Path) -> None:
     metadata = {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]}
     spec = payloads.model_spec(metadata, None)
     requests = payloads.build_requests(spec, "http-json", rows=2, input_file=path)
-    first = payloads.orjson.loads(requests[0].body)["inputs"][0]
+    first = orjson.loads(requests[0].body)["inputs"][0]
     assert len(requests) == 2  # 5 rows in chunks of 2; the partial last chunk is dropped
     assert first["shape"] == [2, 2] and first["data"] == [0.0, 0.5, 1.0, 1.5]

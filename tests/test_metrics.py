@@ -40,8 +40,11 @@ def parse(text: str) -> dict[Key, float]:
     }
 
 
-def value(samples: dict[Key, float], name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+def value(samples: dict[Key, float], name: str, **labels: str) -> float:
+    """The sample's value; a sample that is not exported fails the test, naming it."""
+    key = (name, frozenset(labels.items()))
+    assert key in samples, f"{name}{labels} is not exported"
+    return samples[key]
 
 
 def series(samples: dict[Key, float], name: str) -> list[dict[str, str]]:

@@ -6,7 +6,8 @@ which is not a dependency of this project.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from typing import Any
 
 import grpc
 import numpy as np
@@ -64,12 +65,12 @@ class Client:
             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
             "root_path": "", "headers": [], "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
         }  # fmt: skip
-        sent: list[dict] = []
+        sent: list[MutableMapping[str, Any]] = []
 
         async def receive() -> dict:
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        async def send(message: dict) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         await self.app(scope, receive, send)

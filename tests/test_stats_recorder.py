@@ -183,7 +183,12 @@ def test_overflow_drops_and_counts_batches_and_submit_never_blocks(clock: Clock)
     try:
         rec.submit(*_batch(1, 0))
         assert rec.entered.wait(5)  # the worker holds batch 1 and is stuck
-        submitter = threading.Thread(target=lambda: [rec.submit(*_batch(2, s)) for s in range(10)])
+
+        def submit_ten() -> None:
+            for s in range(10):
+                rec.submit(*_batch(2, s))
+
+        submitter = threading.Thread(target=submit_ten)
         submitter.start()
         submitter.join(5)
         assert not submitter.is_alive(), "submit blocked behind a stuck worker"

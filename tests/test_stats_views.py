@@ -46,7 +46,7 @@ def test_the_baseline_names_columns_and_declares_categorical_ones() -> None:
     kinds = {f.name: f.kind for ex in extractors for f in ex.features}
     assert kinds == {"age": "numeric", "country": "categorical"}
     cat = next(ex for ex in extractors if isinstance(ex.spec, CategoricalSpec))
-    assert cat.spec.vocabularies == [[3, 7]]
+    assert isinstance(cat.spec, CategoricalSpec) and cat.spec.vocabularies == [[3, 7]]
     x = np.array([[30.0, 7.0], [40.0, 3.0]])
     assert _values(extractors, x)["country"].tolist() == [7.0, 3.0]
 
@@ -111,7 +111,7 @@ def test_a_probability_output_yields_classifier_views() -> None:
     assert values["probs::margin"] == pytest.approx([0.5, 0.7])
     assert values["probs::entropy"] == pytest.approx(-(p64 * np.log(p64)).sum(axis=1))
     cat = next(ex for ex in extractors if isinstance(ex.spec, CategoricalSpec))
-    assert cat.spec.vocabularies == [[0, 1, 2]]
+    assert isinstance(cat.spec, CategoricalSpec) and cat.spec.vocabularies == [[0, 1, 2]]
 
 
 def test_logits_pass_through_softmax_before_confidence() -> None:

@@ -11,11 +11,11 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from serve.batching.policy import BatchingPolicy
+from serve.batching.result import BatchResult
 
 
 @dataclass(slots=True, eq=False)
@@ -29,7 +29,7 @@ class PendingRequest:
     deadline_ns: int  # 0 = none
     # The caller awaits this future and nothing else, so one caller's cancellation touches
     # only its own request (STYLE habit 4). Resolve it only if not done.
-    future: asyncio.Future[Any]
+    future: asyncio.Future[BatchResult]
     queued: bool = True
     timer: asyncio.TimerHandle | None = None
     # Asked just before the request runs: True when its caller has gone (an HTTP client that

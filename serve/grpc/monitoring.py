@@ -33,5 +33,5 @@ class MonitoringServicer(pb_grpc.MonitoringServicer):
 
 def add_monitoring_servicer(server: grpc.aio.Server, lookup: StatsLookup) -> MonitoringServicer:
     servicer = MonitoringServicer(lookup)
-    pb_grpc.add_MonitoringServicer_to_server(servicer, server)
+    pb_grpc.add_MonitoringServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     return servicer

@@ -66,7 +66,7 @@ def feature_plot(feature: Mapping[str, Any], history: History) -> bytes:
         fig.autofmt_xdate(rotation=0, ha="center")
         import matplotlib.dates as mdates
 
-        right.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        right.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))  # type: ignore[no-untyped-call]
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

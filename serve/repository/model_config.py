@@ -6,6 +6,9 @@ A config field that this server would not honour is an error at load, never igno
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from serve.datatypes import CONFIG_TO_OIP, OIP_TO_CONFIG
 from serve.errors import ModelLoadError
 from serve.protocol import model_config_pb2 as mc
@@ -15,6 +18,8 @@ from serve.runtime.providers import Accelerator
 from serve.types import GraphTensor, TensorSpec
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
+# config.input or config.output: a repeated protobuf field of ModelInput or ModelOutput entries.
+TensorEntries = Any
 # Triton's optimization.graph.level: -1 basic only, 1 extended, anything else all (onnxruntime_backend).
 _GRAPH_LEVELS = {-1: "basic", 1: "extended"}
 
@@ -82,7 +87,9 @@ def _copy(config: mc.ModelConfig) -> mc.ModelConfig:
     return out
 
 
-def _complete_tensors(declared, graph: list[GraphTensor], batching: bool, what: str, *, require_all: bool) -> None:
+def _complete_tensors(
+    declared: TensorEntries, graph: list[GraphTensor], batching: bool, what: str, *, require_all: bool
+) -> None:
     by_name = {t.name: t for t in graph}
     if not declared:
         for tensor in graph:
@@ -120,7 +127,7 @@ def _complete_tensors(declared, graph: list[GraphTensor], batching: bool, what: 
         raise ModelLoadError(f"config lists no entry for graph {what}(s) {sorted(missing)}")
 
 
-def tensor_specs(entries) -> list[TensorSpec]:
+def tensor_specs(entries: Iterable[mc.ModelInput | mc.ModelOutput]) -> list[TensorSpec]:
     return [
         TensorSpec(e.name, CONFIG_TO_OIP[mc.DataType.Name(e.data_type)], tuple(int(d) for d in e.dims)) for e in entries
     ]

@@ -25,6 +25,7 @@ from serve.datatypes import ORT_TO_OIP
 from serve.errors import InvalidInput, ModelExecutionError, ModelLoadError
 from serve.runtime.options import RuntimeOptions
 from serve.runtime.providers import CUDA, choose_providers
+from serve.runtime.strings import from_ort_strings, to_ort_strings
 from serve.types import GraphTensor
 
 log = logging.getLogger(__name__)
@@ -53,34 +54,6 @@ def _graph_tensors(args: Sequence[ort.NodeArg], what: str) -> list[GraphTensor]:
         shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
         tensors.append(GraphTensor(arg.name, datatype, shape))
     return tensors
-
-
-def _to_ort(name: str, array: np.ndarray) -> np.ndarray:
-    """onnxruntime's Python binding takes strings as ``str``; ``bytes`` objects would be str()-ed.
-
-    A caller's invalid UTF-8 fails the batch here; the batcher then re-runs its callers one by
-    one, so only that caller gets the error (which is why the core does not decode twice)."""
-    if array.dtype != object:
-        return array
-    flat = array.reshape(-1)
-    try:
-        decoded = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in flat]
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(
-            f"input '{name}': a BYTES element is not valid UTF-8 ({exc.reason}); onnxruntime string tensors hold text"
-        ) from None
-    out = np.empty(len(decoded), dtype=object)
-    out[:] = decoded
-    return out.reshape(array.shape)
-
-
-def _from_ort(array: np.ndarray) -> np.ndarray:
-    if array.dtype == object or array.dtype.kind == "U":
-        flat = array.reshape(-1)
-        out = np.empty(flat.shape[0], dtype=object)
-        out[:] = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in flat]
-        return out.reshape(array.shape)
-    return array
 
 
 class OnnxRunner:
@@ -170,7 +143,7 @@ class OnnxRunner:
 
     def _run_on(self, index: int, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._sessions[index]
-        ort_feeds = {name: _to_ort(name, array) for name, array in feeds.items()}
+        ort_feeds = {name: to_ort_strings(name, array) for name, array in feeds.items()}
         started = time.perf_counter_ns()
         try:
             if self._use_iobinding[index]:
@@ -189,7 +162,7 @@ class OnnxRunner:
         # Moving average over about eight batches: a slow model leaves the loop after one or two
         # batches, while a lone hiccup (GC, preemption) does not send a fast one to the executor.
         self._recent_ns = (self._recent_ns * 7 + elapsed) // 8
-        return {name: _from_ort(r) for name, r in zip(self.output_names, results, strict=True)}
+        return {name: from_ort_strings(r) for name, r in zip(self.output_names, results, strict=True)}
 
     async def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # A batch expected to take less than a thread hand-off runs right here on the event

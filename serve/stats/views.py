@@ -82,6 +82,7 @@ class BaselineHints(Protocol):
 
     def feature(self, role: str, tensor: str, column: int | None, view: str | None) -> Any: ...
 
+
 VIEWS = ("scalar", "columns", "embedding", "sequence", "image", "generic", "flatten", "none")
 _CHANNELS = (1, 3, 4)
 _NUMERIC_TYPES = {
@@ -167,7 +168,8 @@ def _predicted_class(a: np.ndarray) -> np.ndarray:
     cls = np.argmax(a, axis=1).astype(np.float64)
     if a.dtype.kind == "f":
         cls[np.isnan(a).any(axis=1)] = np.nan
-    return cls[None, :]
+    out: np.ndarray = cls[None, :]
+    return out
 
 
 def _row_moments(flat: np.ndarray) -> list[np.ndarray]:
@@ -230,7 +232,8 @@ class _Builder:
 
 def _select_rows(extract: Callable[[np.ndarray], np.ndarray], idx: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     def select(a: np.ndarray) -> np.ndarray:
-        return extract(a)[idx]
+        rows: np.ndarray = extract(a)[idx]
+        return rows
 
     return select
 
