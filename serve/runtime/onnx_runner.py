@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serve.datatypes import ORT_TO_OIP
-from serve.errors import InvalidInput, ModelExecutionError, ModelLoadError
+from serve.errors import ModelExecutionError, ModelLoadError
 from serve.runtime.options import RuntimeOptions
 from serve.runtime.providers import CUDA, choose_providers
 from serve.runtime.strings import from_ort_strings, to_ort_strings
