@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = ServerSettings()
     run = sub.add_parser("run", help="start the server", description="Start the HTTP and gRPC server.")
     _add_repository_flags(run, required=False)
+    _add(
+        run,
+        "--model-name",
+        default=None,
+        help="serve only this model; --model-repository may then be a bare model directory (model.onnx, "
+        "optional config.pbtxt and baseline.json, as KServe's /mnt/models), served as version 1",
+    )
     _add(run, "--host", default=d.host, help="address to listen on (0.0.0.0 for all interfaces)")
     _add(run, "--http-port", type=int, default=d.http_port, help="HTTP/REST port")
     _add(run, "--grpc-port", type=int, default=d.grpc_port, help="gRPC port")
@@ -207,6 +214,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     s = ServerSettings()
     for name in (
         "model_repository",
+        "model_name",
         "host",
         "http_port",
         "grpc_port",

@@ -11,6 +11,9 @@ from pathlib import Path
 class ServerSettings:
     # Directory of the Triton-layout model repository; None serves the bundled demo repository.
     model_repository: Path | None = None
+    # Serve only this model; the repository may then also be one model's directory or a bare
+    # model directory (model.onnx at its top, as KServe leaves /mnt/models): serve/repository/layout.py.
+    model_name: str | None = None
     # Loopback by default so that a fresh `serve run` exposes nothing; containers set 0.0.0.0.
     host: str = "127.0.0.1"
     http_port: int = 8000

@@ -3,6 +3,8 @@
     <root>/<model>/config.pbtxt        optional
     <root>/<model>/<version>/model.onnx
 
+With ``settings.model_name`` (``--model-name``) only that model is served, and the root may
+also be a bare model directory or one model's directory (layout.py says which is which).
 A model that fails to load is listed with its reason and never stops the others.
 Model names are single path components, so no path built here leaves the root.
 """
@@ -29,6 +31,7 @@ from serve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotRe
 from serve.metrics.statistics import InferenceStatistics
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import model_config as cfg
+from serve.repository.layout import ModelLayout, single_model, triton_model
 from serve.runtime.onnx_runner import OnnxRunner
 from serve.runtime.providers import CUDA
 from serve.settings import ServerSettings
@@ -58,6 +61,7 @@ class ModelVersion:
     stats: InferenceStatistics = field(default_factory=InferenceStatistics)
     sink: BatchSink | None = None
     load_seconds: float = 0.0
+    path: Path | None = None  # the ONNX file this version was loaded from
 
     @property
     def version_str(self) -> str:
@@ -115,20 +119,36 @@ class ModelRepository:
         self._model_errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._overrides: dict[str, Path] = {}  # models loaded from files sent with a load request
+        self.only = settings.model_name or None  # --model-name: the one model served (layout.py)
 
     # ---- discovery -------------------------------------------------------------------------
     def model_names(self) -> list[str]:
         names = set(self._versions) | set(self._model_errors)
-        if self.root.is_dir():
+        if self.only is not None:
+            names.add(self.only)
+        elif self.root.is_dir():
             for entry in self.root.iterdir():
                 if entry.is_dir() and valid_model_name(entry.name):
                     names.add(entry.name)
         return sorted(names)
 
-    def _model_dir(self, name: str) -> Path:
+    def _layout(self, name: str) -> ModelLayout:
         if not valid_model_name(name):
             raise ModelNotFound(f"'{name}' is not a valid model name")
-        return self._overrides.get(name, self.root / name)
+        if name in self._overrides:
+            return triton_model(self._overrides[name])
+        if self.only is not None:
+            if name != self.only:
+                raise ModelNotFound(f"model '{name}' is not served here: this server serves only '{self.only}'")
+            return single_model(self.root, name)  # read again each time: a reload sees files as they are now
+        return triton_model(self.root / name)
+
+    def _model_dir(self, name: str) -> Path:
+        return self._layout(name).directory
+
+    def model_dir(self, name: str) -> Path:
+        """The directory of model ``name`` (its config.pbtxt and baseline.json); ModelNotFound if not served."""
+        return self._model_dir(name)
 
     # ---- loading ---------------------------------------------------------------------------
     async def load_all(self, names: list[str] | None = None) -> None:
@@ -145,15 +165,21 @@ class ModelRepository:
         async with lock:
             if files:
                 self._overrides[name] = self._write_override(name, files, config_override)
-            model_dir = self._model_dir(name)
+            layout = self._layout(name)
+            model_dir = layout.directory
             if not model_dir.is_dir():
                 raise ModelNotFound(f"model '{name}' is not in the model repository")
             self._model_errors.pop(name, None)
             try:
                 raw, from_file = (config_override, True) if config_override is not None else cfg.read_config(model_dir)
+                if config_override is None and not layout.named_by_directory and raw.name not in ("", name):
+                    log.info(
+                        "model %s: config.pbtxt names it '%s'; serving it as '%s' (--model-name)", name, raw.name, name
+                    )
+                    raw.name = name
                 cfg.check_supported(raw)
                 policy = cfg.version_policy(raw)
-                available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+                available = layout.versions()
                 chosen = policy.select(available)
                 if not chosen:
                     raise ModelLoadError(
@@ -170,7 +196,7 @@ class ModelRepository:
                 old = current.get(version)
                 entry = ModelVersion(name, version)
                 current[version] = entry if old is None or old.state != READY else old
-                new = await self._load_version(entry, model_dir, raw, from_file)
+                new = await self._load_version(entry, layout, raw, from_file)
                 if old is not None and old.state == READY and new.state == READY:
                     current[version] = new
                     await self._close_version(old)
@@ -179,11 +205,13 @@ class ModelRepository:
                 self._notify(current[version])
 
     async def _load_version(
-        self, entry: ModelVersion, model_dir: Path, raw: mc.ModelConfig, from_file: bool
+        self, entry: ModelVersion, layout: ModelLayout, raw: mc.ModelConfig, from_file: bool
     ) -> ModelVersion:
         started = time.perf_counter()
+        model_dir = layout.directory
         try:
-            runner, config = await asyncio.to_thread(self._build, entry.name, entry.version, model_dir, raw, from_file)
+            path = layout.model_file(entry.version, raw.default_model_filename)
+            runner, config = await asyncio.to_thread(self._build, entry.name, path, model_dir, raw, from_file)
         except ServeError as exc:
             entry.state, entry.reason = UNAVAILABLE, exc.message
             log.error("model %s version %d failed to load: %s", entry.name, entry.version, exc.message)
@@ -192,7 +220,7 @@ class ModelRepository:
             entry.state, entry.reason = UNAVAILABLE, f"{type(exc).__name__}: {exc}"
             log.exception("model %s version %d failed to load", entry.name, entry.version)
             return entry
-        entry.runner, entry.config = runner, config
+        entry.runner, entry.config, entry.path = runner, config, path
         entry.inputs = cfg.tensor_specs(config.input)
         entry.outputs = cfg.tensor_specs(config.output)
         observers: list[BatchObserver] = [entry.stats]
@@ -227,12 +255,10 @@ class ModelRepository:
         return entry
 
     def _build(
-        self, name: str, version: int, model_dir: Path, raw: mc.ModelConfig, from_file: bool
+        self, name: str, path: Path, model_dir: Path, raw: mc.ModelConfig, from_file: bool
     ) -> tuple[OnnxRunner, mc.ModelConfig]:
-        filename = raw.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
-        path = model_dir / str(version) / filename
         if not path.is_file():
-            raise ModelLoadError(f"{version}/{filename} not found")
+            raise ModelLoadError(f"{path.relative_to(model_dir).as_posix()} not found")
         options = cfg.runtime_options(
             raw,
             allow_spinning=self._settings.ort_allow_spinning,
@@ -272,7 +298,7 @@ class ModelRepository:
     # ---- unloading -------------------------------------------------------------------------
     async def unload_model(self, name: str) -> None:
         if name not in self._versions and name not in self._model_errors:
-            if not (self.root / name).is_dir() or not valid_model_name(name):
+            if not self._model_dir(name).is_dir():
                 raise ModelNotFound(f"model '{name}' is not in the model repository")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
