@@ -23,8 +23,8 @@ from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.prometheus import PrometheusMetrics
 from serve.repository.repository import ModelRepository
 from serve.settings import ServerSettings
-from serve.stats.http import input_stats_routes
-from serve.stats.wiring import StatsFactory, recorder_lookup
+from serve.stats.http import baseline_routes, input_stats_routes
+from serve.stats.wiring import StatsFactory, baseline_lookup, recorder_lookup
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ class Server:
             await self.repository.load_all()
         # Registered even with --no-stats, so that a client is told why there is nothing.
         stats_lookup = recorder_lookup(self.repository)
-        extra_routes = [metrics_route(self.metrics), *input_stats_routes(stats_lookup)]
+        baselines = baseline_lookup(self.repository, self.stats)
+        extra_routes = [metrics_route(self.metrics), *input_stats_routes(stats_lookup), *baseline_routes(baselines)]
         app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
         self._http_socket = bind_http_socket(s.host, s.http_port)
         self.http_port = self._http_socket.getsockname()[1]
@@ -112,6 +113,7 @@ class Server:
             address=_grpc_address(s.host, s.grpc_port),
             max_message_bytes=s.max_request_bytes,
             stats_lookup=stats_lookup,
+            baseline_lookup=baselines,
         )
         await self._grpc.start()
         config = uvicorn.Config(

@@ -1,7 +1,10 @@
-"""``GET /v2/models/{m}[/versions/{v}]/input-stats?since=<seq>``: a ``serve`` extension, not OIP.
+"""``serve`` extensions for the monitor, not OIP (``…/stats`` belongs to Triton's statistics extension):
 
-(``…/stats`` belongs to Triton's statistics extension.) The document is built in a worker
-thread: it can be megabytes, and the event loop must keep serving inference meanwhile.
+* ``GET /v2/models/{m}[/versions/{v}]/input-stats?since=<seq>``: the statistics document. It is
+  built in a worker thread: it can be megabytes, and the event loop must keep serving meanwhile.
+* ``GET /v2/models/{m}[/versions/{v}]/baseline``: the baseline.json the version bins against, its
+  exact bytes, with ``Serve-Baseline-Sha256`` (of those bytes), ``Serve-Model-Sha256`` (of the
+  loaded ONNX file) and ``Serve-Model-Version``; 404 saying why when there is none to use.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from starlette.routing import Route
 
 from serve.errors import InvalidInput, ServeError
 from serve.stats.recorder import StatsRecorder
+from serve.stats.served_baseline import BaselineLookup, ServedBaseline
 
 JSON = "application/json"
+BASELINE_SHA256_HEADER = "Serve-Baseline-Sha256"
+MODEL_SHA256_HEADER = "Serve-Model-Sha256"
+MODEL_VERSION_HEADER = "Serve-Model-Version"
 
 # lookup(model name, version or "" for the default version) → the version's recorder;
 # raises ModelNotFound / ModelNotReady like the repository does.
@@ -50,4 +57,24 @@ def input_stats_routes(lookup: Lookup) -> list[Route]:
     return [
         Route("/v2/models/{model}/input-stats", input_stats, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version:int}/input-stats", input_stats, methods=["GET"]),
+    ]
+
+
+def baseline_routes(lookup: BaselineLookup) -> list[Route]:
+    async def baseline(request: Request) -> Response:
+        try:
+            version = request.path_params.get("version")
+            served: ServedBaseline = lookup(request.path_params["model"], "" if version is None else str(version))
+        except ServeError as exc:
+            return Response(orjson.dumps({"error": exc.message}), status_code=exc.http_status, media_type=JSON)
+        headers = {
+            BASELINE_SHA256_HEADER: served.sha256,
+            MODEL_SHA256_HEADER: served.model_sha256,
+            MODEL_VERSION_HEADER: str(served.version),
+        }
+        return Response(served.data, media_type=JSON, headers=headers)
+
+    return [
+        Route("/v2/models/{model}/baseline", baseline, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version:int}/baseline", baseline, methods=["GET"]),
     ]
