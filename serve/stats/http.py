@@ -19,12 +19,15 @@ from starlette.routing import Route
 
 from serve.errors import InvalidInput, ServeError
 from serve.stats.recorder import StatsRecorder
-from serve.stats.served_baseline import BaselineLookup, ServedBaseline
+from serve.stats.served_baseline import (
+    BASELINE_SHA256_HEADER,
+    MODEL_SHA256_HEADER,
+    MODEL_VERSION_HEADER,
+    BaselineLookup,
+    ServedBaseline,
+)
 
 JSON = "application/json"
-BASELINE_SHA256_HEADER = "Serve-Baseline-Sha256"
-MODEL_SHA256_HEADER = "Serve-Model-Sha256"
-MODEL_VERSION_HEADER = "Serve-Model-Version"
 
 # lookup(model name, version or "" for the default version) → the version's recorder;
 # raises ModelNotFound / ModelNotReady like the repository does.

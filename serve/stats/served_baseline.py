@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from serve.errors import NotFound
 from serve.stats.baseline import BASELINE_FILENAME, Baseline
 
+# HTTP response headers of GET …/baseline (gRPC: the response's sha256, model_sha256, model_version).
+BASELINE_SHA256_HEADER = "Serve-Baseline-Sha256"
+MODEL_SHA256_HEADER = "Serve-Model-Sha256"
+MODEL_VERSION_HEADER = "Serve-Model-Version"
+
 OK = "ok"
 MISSING = "missing"
 UNREADABLE = "unreadable"
