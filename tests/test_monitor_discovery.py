@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from serve.monitor.app import create_monitor_app
 from serve.monitor.config import MonitorSettings
 from serve.monitor.discovery import Discovery, HostsFile, parse_target, system_resolver
+from serve.monitor.prom import DriftCollector
 from serve.monitor.service import Monitor
 from tests.fixtures.monitoring import AppServer, Clock
 
@@ -53,6 +55,12 @@ def test_an_address_is_one_replica_and_is_not_resolved() -> None:
         "http://[::1]:8000": "http://[::1]:8000",
     }
     assert discovery.resolve() == discovery.known()
+    assert names.asked == []
+
+
+def test_an_https_url_is_polled_as_given_since_its_certificate_names_the_host() -> None:
+    names = Names(replicas=["10.0.0.5", "10.0.0.6"])
+    assert Discovery(["https://replicas:8443"], names).resolve() == {"https://replicas:8443": "https://replicas:8443"}
     assert names.asked == []
 
 
@@ -152,6 +160,23 @@ async def test_a_vanished_replica_is_no_longer_polled_and_is_forgotten_after_the
         monitor.close()
     assert kept["http://127.0.0.2:9"].failures == failures == 1  # polled once, before it vanished
     assert monitor.servers == {}
+
+
+async def test_a_vanished_replica_is_not_exported_as_down(tmp_path: Path) -> None:
+    # A scaled-down pod must not fire ServeReplicaUnreachable (deploy/prometheus/alerts.yaml) for the horizon.
+    names, clock = Names(replicas=["127.0.0.2", "127.0.0.3"]), Clock()
+    monitor = _monitor(tmp_path, names, clock)
+    try:
+        await monitor.poll()
+        names.names["replicas"] = ["127.0.0.3"]
+        await monitor.poll()
+        registry = CollectorRegistry()
+        registry.register(DriftCollector(monitor))
+        exported = registry.get_sample_value("serve_monitor_server_up", {"server": "http://127.0.0.2:9"})
+        remaining = registry.get_sample_value("serve_monitor_server_up", {"server": "http://127.0.0.3:9"})
+    finally:
+        monitor.close()
+    assert (exported, remaining) == (None, 0.0)
 
 
 async def test_a_replica_that_comes_back_before_the_horizon_is_polled_again(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ headless Service, say) stands for every address the name resolves to, each polle
 replica at the URL's port and path: ``http://serve-replicas:8000`` resolving to 10.0.0.5 and
 10.0.0.6 means ``http://10.0.0.5:8000`` and ``http://10.0.0.6:8000``. Of a name's addresses only
 one family is used — IPv4 if it has any, else IPv6 — so a dual-stack pod (or ``localhost``) is
-not polled twice. A name that does not exist (NXDOMAIN: a headless Service with no ready pod)
+not polled twice. An ``https`` URL is polled as given, never expanded: its certificate names the
+host, not the addresses. A name that does not exist (NXDOMAIN: a headless Service with no ready pod)
 stands for no replica; any other failure (DNS unreachable, say) keeps the addresses the name
 had, and is reported.
 
@@ -69,12 +70,15 @@ class Target:
     path: str
 
     @property
-    def is_address(self) -> bool:
+    def expands(self) -> bool:
+        """Whether the host is a name to resolve into replicas (module docstring)."""
+        if self.scheme != "http":
+            return False
         try:
             ipaddress.ip_address(self.host)
         except ValueError:
-            return False
-        return True
+            return True
+        return False
 
     def replica_url(self, address: str) -> str:
         host = f"[{address}]" if ":" in address else address
@@ -110,7 +114,7 @@ class Discovery:
         self.resolver = resolver
         self.targets = [TargetState(parse_target(url)) for url in dict.fromkeys(u.rstrip("/") for u in urls)]
         for state in self.targets:
-            if state.target.is_address:
+            if not state.target.expands:
                 state.replicas, state.resolved = [state.target.url], True
 
     def known(self) -> dict[str, str]:
@@ -125,7 +129,7 @@ class Discovery:
         """Resolve every name again (blocking: run it in a worker thread); replica URL → the --server URL
         it came from, first target first."""
         for state in self.targets:
-            if not state.target.is_address:
+            if state.target.expands:
                 self._resolve(state)
         return self.known()
 
