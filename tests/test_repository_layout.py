@@ -85,7 +85,7 @@ async def test_a_triton_repository_with_a_model_name_serves_just_that_model(root
 async def test_a_model_name_missing_from_a_triton_repository_fails_the_load(root: Path, opened: Opened) -> None:
     write_triton_model(root, "mlp")
     repository = opened(root, "fraud")
-    with pytest.raises(ModelNotFound, match="'fraud' is not in the model repository"):
+    with pytest.raises(ModelNotFound, match="'fraud' is not in the model repository: .* it holds mlp$"):
         await repository.load_all()
 
 

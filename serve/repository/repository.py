@@ -150,6 +150,16 @@ class ModelRepository:
         """The directory of model ``name`` (its config.pbtxt and baseline.json); ModelNotFound if not served."""
         return self._model_dir(name)
 
+    def _what_is_there(self) -> str:
+        """With --model-name, what the root holds instead (a misnamed model is the usual mistake)."""
+        if self.only is None:
+            return ""
+        held = sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        return (
+            ": with --model-name the repository must hold a model file (model.onnx), numbered version "
+            f"directories, or a directory '{self.only}'; it holds " + (", ".join(held) or "no directory")
+        )
+
     # ---- loading ---------------------------------------------------------------------------
     async def load_all(self, names: list[str] | None = None) -> None:
         for name in names if names is not None else self.model_names():
@@ -168,7 +178,7 @@ class ModelRepository:
             layout = self._layout(name)
             model_dir = layout.directory
             if not model_dir.is_dir():
-                raise ModelNotFound(f"model '{name}' is not in the model repository")
+                raise ModelNotFound(f"model '{name}' is not in the model repository{self._what_is_there()}")
             self._model_errors.pop(name, None)
             try:
                 raw, from_file = (config_override, True) if config_override is not None else cfg.read_config(model_dir)
