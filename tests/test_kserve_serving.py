@@ -22,7 +22,7 @@ def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     mnt_models = tmp_path_factory.mktemp("mnt") / "models"
     write_bare_model(mnt_models)
     # serving() passes --http-port and --grpc-port explicitly, as the runtime's args do.
-    with serving(mnt_models, tmp_path_factory.mktemp("kserve"), "--model-name", NAME) as server:
+    with serving(mnt_models, tmp_path_factory.mktemp("kserve"), f"--model-name={NAME}") as server:
         yield server
 
 

@@ -3,6 +3,7 @@ directory, one model's Triton directory, or a Triton repository of which only NA
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 from serve.errors import ModelNotFound
 from serve.repository.repository import READY, ModelRepository
 from serve.settings import ServerSettings
+from serve.stats.wiring import StatsFactory, baseline_lookup
+from tests.fixtures.monitoring import MODEL
+from tests.fixtures.replicas import write_model_with_baseline
 from tests.fixtures.repositories import write_bare_model, write_triton_model
 
 Opened = Callable[[Path, str | None], ModelRepository]
@@ -107,3 +111,21 @@ async def test_without_a_model_name_the_root_is_a_triton_repository(root: Path, 
     repository = opened(root, None)
     await repository.load_all()
     assert [name for name, _, _ in _states(repository)] == ["mlp"]
+
+
+async def test_a_bare_directorys_baseline_is_the_models_baseline(root: Path) -> None:
+    triton = root / "triton"
+    model_dir = write_model_with_baseline(triton)  # churn, version 1, baseline.json beside config
+    bare = root / "mnt-models"
+    bare.mkdir()
+    shutil.copy(model_dir / "1" / "model.onnx", bare / "model.onnx")
+    shutil.copy(model_dir / "baseline.json", bare / "baseline.json")
+    settings = ServerSettings(model_name=MODEL)
+    stats = StatsFactory(settings)
+    repository = ModelRepository(bare, settings, sink_factory=stats)
+    try:
+        await repository.load_all()
+        served = baseline_lookup(repository, stats)(MODEL, "")
+    finally:
+        await repository.close()
+    assert served.data == (bare / "baseline.json").read_bytes()
