@@ -161,3 +161,18 @@ def test_the_monitor_imports_neither_onnxruntime_nor_the_server() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+async def test_a_failed_baseline_fetch_leaves_the_replica_up_and_is_tried_again(served: Served) -> None:
+    served.replica.baseline = (500, b'{"error": "disk on fire"}', {})
+    monitor = served.monitor()
+    try:
+        first = (await monitor.cycle(include_open=True))[(MODEL, "1")][0]
+        (status,) = monitor.servers.values()
+        up_after_failure = status.up
+        served.serve()
+        second = (await monitor.cycle(include_open=True))[(MODEL, "1")][0]
+    finally:
+        monitor.close()
+    assert up_after_failure and first["baseline"]["status"] == "missing"
+    assert second["baseline"]["status"] == "ok" and served.baseline_requests() == 2

@@ -174,9 +174,13 @@ class Monitor:
         try:
             data, headers = _http_response(address, self.settings.timeout_s)
         except urllib.error.HTTPError as exc:
-            if exc.code != 404:
-                raise
-            self.registry.note_server_reason(model, version, url, _error_message(exc))
+            if exc.code == 404:
+                self.registry.note_server_reason(model, version, url, _error_message(exc))
+            else:
+                log.warning("baseline from %s: %s; asking again next poll", address, _error_message(exc))
+            return
+        except OSError as exc:  # the statistics came through: the replica is up, only this fetch failed
+            log.warning("baseline from %s: %s; asking again next poll", address, getattr(exc, "reason", exc))
             return
         self.registry.add_from_server(
             model,
