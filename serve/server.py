@@ -17,15 +17,16 @@ from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
 from serve.core import InferenceService
-from serve.errors import ModelNotFound
+from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
 from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
-from serve.http.input_stats import input_stats_routes
+from serve.http.monitoring import monitoring_routes
 from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.prometheus import PrometheusMetrics
 from serve.settings import ServerSettings
 from serve.stats.recorder import StatsRecorder
+from serve.stats.served_baseline import ServedBaseline
 from serve.stats.wiring import InputStatistics
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,7 @@ class Server:
         else:
             await self.repository.load_all()
         # Registered even with --no-stats, so that a client is told why there is nothing.
-        stats_lookup = self.stats_recorder
-        extra_routes = [metrics_route(self.metrics), *input_stats_routes(stats_lookup)]
+        extra_routes = [metrics_route(self.metrics), *monitoring_routes(self.stats_recorder, self.served_baseline)]
         app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
         self._http_socket = bind_http_socket(s.host, s.http_port)
         self.http_port = self._http_socket.getsockname()[1]
@@ -109,7 +109,8 @@ class Server:
             self.service,
             address=_grpc_address(s.host, s.grpc_port),
             max_message_bytes=s.max_request_bytes,
-            stats_lookup=stats_lookup,
+            stats_lookup=self.stats_recorder,
+            baseline_lookup=self.served_baseline,
         )
         await self._grpc.start()
         config = uvicorn.Config(
@@ -178,6 +179,12 @@ class Server:
         if self.stats is None:
             raise ModelNotFound(f"input statistics are not recorded for model '{name}' (the server runs --no-stats)")
         return self.stats.recorder(model)
+
+    def served_baseline(self, name: str, version: str) -> ServedBaseline:
+        model = self.repository.get(name, version)
+        if self.stats is None:
+            raise NotFound(f"model '{name}' has no baseline loaded: the server runs --no-stats and reads none")
+        return self.stats.baseline(model)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -76,6 +76,11 @@ class ServerSettings:
         help="Triton-layout model repository; omitted = the bundled demo repository",
         commands=MODEL_LOADING,
     )
+    model_name: str | None = setting(
+        None,
+        help="serve only this model; --model-repository may then be a bare model directory (model.onnx, optional "
+        "config.pbtxt and baseline.json, as KServe leaves /mnt/models), served as version 1",
+    )
     # Loopback by default so that a fresh `serve run` exposes nothing; containers set 0.0.0.0.
     host: str = setting("127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     http_port: int = setting(8000, help="HTTP/REST port", check=_port)

@@ -1,4 +1,4 @@
-"""The input-stats HTTP routes (serve.stats.http) and the serve.monitoring gRPC service.
+"""The input-stats HTTP routes (serve.http.monitoring) and the serve.monitoring gRPC service.
 
 The routes are called in-process through ASGI: starlette's TestClient would need httpx,
 which is not a dependency of this project.
@@ -16,13 +16,14 @@ import pytest
 from starlette.routing import Router
 from starlette.types import ASGIApp
 
-from serve.errors import ModelNotFound, ModelNotReady
+from serve.errors import ModelNotFound, ModelNotReady, NotFound
 from serve.grpc.monitoring import SERVICE_NAME, add_monitoring_servicer
 from serve.http.errors import ErrorBoundary
-from serve.http.input_stats import input_stats_routes
+from serve.http.monitoring import monitoring_routes
 from serve.protocol import serve_monitoring_pb2 as pb
 from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
 from serve.stats.recorder import StatsRecorder
+from serve.stats.served_baseline import ServedBaseline
 from serve.stats.windows import ServerInstance
 from serve.types import TensorSpec
 
@@ -51,6 +52,10 @@ def _lookup(recorders: dict[tuple[str, str], StatsRecorder]):  # noqa: ANN202
         return recorders[key]
 
     return lookup
+
+
+def _no_baselines(name: str, version: str) -> ServedBaseline:
+    raise NotFound(f"model '{name}' has no baseline")
 
 
 class Client:
@@ -85,7 +90,7 @@ class Client:
 
 @pytest.fixture
 def client(recorders) -> Client:  # noqa: ANN001
-    return Client(ErrorBoundary(Router(routes=input_stats_routes(_lookup(recorders)))))
+    return Client(ErrorBoundary(Router(routes=monitoring_routes(_lookup(recorders), _no_baselines))))
 
 
 async def test_http_returns_the_default_versions_document(client: Client) -> None:
@@ -129,7 +134,7 @@ async def test_http_errors_are_json_with_the_errors_status(client: Client, path:
 @pytest.fixture
 async def grpc_target(recorders) -> AsyncIterator[str]:  # noqa: ANN001
     server = grpc.aio.server()
-    add_monitoring_servicer(server, _lookup(recorders))
+    add_monitoring_servicer(server, _lookup(recorders), _no_baselines)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -1,6 +1,6 @@
-"""``serve.monitoring.Monitoring`` on grpc.aio: the statistics document, as over HTTP.
+"""``serve.monitoring.Monitoring`` on grpc.aio: the statistics document and the baseline, as over HTTP.
 
-Wiring (server.py): ``add_monitoring_servicer(server, lookup)`` and add ``SERVICE_NAME``
+Wiring (server.py): ``add_monitoring_servicer(server, stats, baselines)`` and add ``SERVICE_NAME``
 to the names given to server reflection.
 """
 
@@ -14,14 +14,16 @@ import grpc
 from serve.grpc.errors import rpc
 from serve.protocol import serve_monitoring_pb2 as pb
 from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
+from serve.stats.served_baseline import BaselineLookup
 from serve.stats.wiring import StatsLookup
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitoring"].full_name
 
 
 class MonitoringServicer(pb_grpc.MonitoringServicer):
-    def __init__(self, lookup: StatsLookup) -> None:
+    def __init__(self, lookup: StatsLookup, baselines: BaselineLookup) -> None:
         self._lookup = lookup
+        self._baselines = baselines
 
     @rpc
     async def InputStats(self, request: pb.InputStatsRequest, context: Any) -> pb.InputStatsResponse:
@@ -30,8 +32,21 @@ class MonitoringServicer(pb_grpc.MonitoringServicer):
         body = await asyncio.to_thread(recorder.export_json, int(request.since))
         return pb.InputStatsResponse(json=body.decode("utf-8"))
 
+    @rpc
+    async def Baseline(self, request: pb.BaselineRequest, context: Any) -> pb.BaselineResponse:
+        served = self._baselines(request.model_name, request.model_version)
+        return pb.BaselineResponse(
+            model_name=served.model,
+            model_version=str(served.version),
+            baseline=served.data,
+            sha256=served.sha256,
+            model_sha256=served.model_sha256,
+        )
 
-def add_monitoring_servicer(server: grpc.aio.Server, lookup: StatsLookup) -> MonitoringServicer:
-    servicer = MonitoringServicer(lookup)
+
+def add_monitoring_servicer(
+    server: grpc.aio.Server, lookup: StatsLookup, baselines: BaselineLookup
+) -> MonitoringServicer:
+    servicer = MonitoringServicer(lookup, baselines)
     pb_grpc.add_MonitoringServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     return servicer

@@ -17,6 +17,7 @@ from serve.grpc.service import InferenceServicer
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.protocol._pool import POOL
+from serve.stats.served_baseline import BaselineLookup
 from serve.stats.wiring import StatsLookup
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -37,6 +38,7 @@ def create_grpc_server(
     address: str,
     max_message_bytes: int,
     stats_lookup: StatsLookup | None = None,
+    baseline_lookup: BaselineLookup | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """Build and bind the server; returns it, its health servicer and the bound port."""
     server = grpc.aio.server(
@@ -55,8 +57,8 @@ def create_grpc_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    if stats_lookup is not None:
-        add_monitoring_servicer(server, stats_lookup)
+    if stats_lookup is not None and baseline_lookup is not None:
+        add_monitoring_servicer(server, stats_lookup, baseline_lookup)
         services.append(MONITORING_SERVICE_NAME)
     _add_to_pool(health_pb2)
     reflection.enable_server_reflection(services, server, pool=POOL)

@@ -4,7 +4,9 @@
 * ``GET /api/models``: every model version with its baseline status, window, drift share and states.
 * ``GET /api/drift?model=M[&version=V][&history=SECONDS]``: per feature every measure with its threshold,
   sample counts, verdict and state; ``history`` adds each measure's values over that many past seconds.
-* ``GET /api/servers``, ``GET /api/alerts``: polled servers (up / stale) and the latest alerts.
+* ``GET /api/servers``: the replicas (up / stale / gone, and the ``--server`` URL each was found
+  through) and, per ``--server``, the addresses it resolved to or why it did not resolve.
+* ``GET /api/alerts``: the latest alerts.
 * ``GET /metrics``: Prometheus gauges (prom.py).
 """
 
@@ -107,7 +109,12 @@ def create_monitor_app(monitor: Monitor) -> Starlette:
         return _json(report)
 
     async def servers(request: Request) -> Response:
-        return _json({"servers": [s.to_json() for s in monitor.servers.values()]})
+        return _json(
+            {
+                "servers": [s.to_json() for s in monitor.servers.values()],
+                "discovery": [t.to_json() for t in monitor.discovery.targets],
+            }
+        )
 
     async def alerts(request: Request) -> Response:
         return _json({"alerts": monitor.store.alerts()})

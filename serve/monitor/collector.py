@@ -110,6 +110,16 @@ class StatsCollector:
         merged = _merge_compatible(docs, problems)
         return Collected(merged["windows"], merged["instances"], merged["restarts"], baseline_sha256, problems)
 
+    def baseline_shas(self, model: str, version: str) -> list[str]:
+        """Hashes of the baselines this version's instances bin against: the most common first, newest on ties."""
+        seen: dict[str, tuple[int, float]] = {}
+        for inst in self._instances.get((model, version), {}).values():
+            sha = (inst.header.get("baseline") or {}).get("sha256")
+            if sha:
+                count, newest = seen.get(sha, (0, 0.0))
+                seen[sha] = (count + 1, max(newest, float(inst.header["generated_at"])))
+        return sorted(seen, key=lambda s: seen[s], reverse=True)
+
     def instances(self, model: str, version: str) -> Iterable[dict[str, Any]]:
         for inst in self._instances.get((model, version), {}).values():
             yield {**inst.header["instance"], "source": inst.source, "seq": inst.header["seq"]}

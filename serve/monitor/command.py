@@ -21,13 +21,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="URL",
-        help="a replica's HTTP base URL, e.g. http://127.0.0.1:8000 (repeatable)",
+        help="a replica's HTTP base URL, e.g. http://127.0.0.1:8000, or one whose host is a DNS name standing "
+        "for every address it resolves to, re-resolved each poll (a headless Service: http://serve-replicas:8000) "
+        "(repeatable)",
+    )
+    parser.add_argument(
+        "--hosts-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="resolve --server names from this /etc/hosts-format file first (read again every poll)",
     )
     parser.add_argument(
         "--model-repository",
         type=Path,
         default=None,
-        help="find baselines as <model>/baseline.json (and check ONNX hashes for staleness)",
+        help="find baselines as <model>/baseline.json (and check ONNX hashes for staleness); without it "
+        "(or for a model it lacks) the baseline each server loaded is used",
     )
     parser.add_argument(
         "--baseline",
@@ -89,7 +99,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     from serve.monitor.config import MonitorSettings, load_config_file, parse_duration, parse_threshold_flags
+    from serve.monitor.discovery import parse_target
     from serve.monitor.policy import Policy, SloPolicy
+
+    for url in args.server:
+        parse_target(url)  # a bad URL is a usage error now, not a traceback later
 
     policy = Policy(
         thresholds=parse_threshold_flags(args.threshold), persistence=args.persistence,
@@ -98,6 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     )  # fmt: skip
     settings = MonitorSettings(
         servers=list(args.server), model_repository=args.model_repository, baselines=list(args.baseline),
+        hosts_file=args.hosts_file,
         interval_s=parse_duration(args.interval), horizon_s=parse_duration(args.horizon),
         timeout_s=parse_duration(args.timeout), db_path=args.db, retention_s=parse_duration(args.retention),
         host=args.host, port=args.port, webhook=args.webhook, alert_rate_per_minute=args.alert_rate, policy=policy,
@@ -111,8 +126,9 @@ def _print_text(document: dict[str, Any]) -> None:
     for s in document["servers"]:
         print(f"server {s['url']}: {'up' if s['up'] else 'STALE: ' + str(s['last_error'])}")
     for m in document["models"]:
+        origin = f" from {m['baseline']['path']}" if m["baseline"].get("path") else ""
         print(
-            f"{m['model']} v{m['version']}: baseline {m['baseline']['status']}, "
+            f"{m['model']} v{m['version']}: baseline {m['baseline']['status']}{origin}, "
             f"drifted share {m.get('drifted_share')}, prediction drift {m.get('prediction_drift')}"
         )
         for p in m.get("problems", []):

@@ -52,6 +52,7 @@ class MonitorSettings:
     servers: list[str]
     model_repository: Path | None = None
     baselines: list[Path] = field(default_factory=list)
+    hosts_file: Path | None = None  # names → addresses for --server, read every poll, before DNS
     interval_s: float = 30.0
     horizon_s: float = 900.0  # the rolling window each evaluation covers
     timeout_s: float = 10.0  # per HTTP request to a server

@@ -138,7 +138,8 @@ class DriftCollector(Collector):
                 if "out_of_range" in rates:
                     oor.add_metric(fl, rates["out_of_range"]["live"] or 0.0)
         for s in m.servers.values():
-            up.add_metric([s.url], 1.0 if s.up else 0.0)
+            if s.vanished_at is None:  # a replica gone from its DNS name was scaled away, not unreachable
+                up.add_metric([s.url], 1.0 if s.up else 0.0)
         c = m.alerter.counters
         for outcome, value in (
             ("emitted", c.emitted),

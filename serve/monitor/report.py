@@ -137,7 +137,7 @@ def _model_section(report: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         f'<p class="meta">evaluated {when} · {window.get("rows", 0)} rows in {window.get("windows", 0)} window(s) '
         f"over the last {_fmt((window.get('horizon_s') or 0) / 60)} min · drifted inputs "
         f"{'–' if share is None else f'{share:.0%}'} (model threshold {_fmt(report.get('drift_share_threshold'))}) · "
-        f"replicas {len(report.get('replicas') or [])} · baseline {html.escape(str(base.get('path')))}</p>"
+        f"replicas {len(report.get('replicas') or [])} · baseline from {html.escape(str(base.get('path') or '–'))}</p>"
     )
     slo = report.get("slo") or {}
     if slo.get("requests"):

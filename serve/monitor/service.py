@@ -1,10 +1,14 @@
-"""The monitor's cycle: poll every server, merge, evaluate against baselines, record, alert.
+"""The monitor's cycle: find the replicas, poll every one, merge, evaluate against baselines, record, alert.
 
-Servers are polled concurrently, each in a worker thread (plain blocking HTTP with a
-timeout); one that fails or times out is marked stale with its error, keeps what it
-sent before (that traffic happened), and is tried again on the next cycle. The
-evaluation itself is numpy work and also runs in a worker thread, so the monitor's
-own HTTP endpoints stay responsive.
+Each cycle first resolves the ``--server`` names again (discovery.py): a replica that appears
+is added; one that is no longer among the addresses is marked stale, no longer polled, and
+forgotten once it has been gone for the evaluation horizon (by then none of its windows
+count). Replicas are polled concurrently, each in a worker thread (plain blocking HTTP with
+a timeout); one that fails or times out is marked stale with its error, keeps what it sent
+before (that traffic happened), and is tried again on the next cycle. A version without a
+local baseline uses the one its replicas bin against, fetched from them once per hash
+(baselines.py checks it as it checks files). The evaluation itself is numpy work and also
+runs in a worker thread, so the monitor's own HTTP endpoints stay responsive.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from serve.monitor.alerts import Alerter
 from serve.monitor.baselines import BaselineRegistry
 from serve.monitor.collector import StatsCollector
 from serve.monitor.config import MonitorSettings
+from serve.monitor.discovery import Discovery, HostsFile, Resolver, system_resolver
 from serve.monitor.evaluate import FeatureResult, ModelEvaluation, evaluate_model
 from serve.monitor.policy import Policy, StateTracker
 from serve.monitor.slo import SloTracker, parse_metrics
 from serve.monitor.store import HistoryStore, Row
+from serve.stats.served_baseline import BASELINE_SHA256_HEADER, MODEL_SHA256_HEADER
 
 log = logging.getLogger("serve.monitor")
 
@@ -43,21 +49,41 @@ class ServerStatus:
     failures: int = 0
     models: list[tuple[str, str]] = field(default_factory=list)
     no_stats: list[str] = field(default_factory=list)  # models whose input-stats route answered 404
+    target: str = ""  # the --server URL it was found through (itself, for an address)
+    vanished_at: float | None = None  # when it was no longer among the target's addresses
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "url": self.url, "up": self.up, "stale": self.stale, "last_ok": self.last_ok,
-            "last_error": self.last_error, "consecutive_failures": self.failures,
+            "url": self.url, "target": self.target or self.url, "up": self.up, "stale": self.stale,
+            "last_ok": self.last_ok, "last_error": self.last_error, "consecutive_failures": self.failures,
+            "vanished_at": self.vanished_at,
             "models": [f"{m}:{v}" for m, v in self.models], "without_statistics": self.no_stats,
         }  # fmt: skip
 
 
-def _http(url: str, timeout_s: float, body: bytes | None = None) -> bytes:
+def _http_response(url: str, timeout_s: float, body: bytes | None = None) -> tuple[bytes, dict[str, str]]:
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     if body is not None:
         request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return bytes(response.read())
+        return bytes(response.read()), {k.lower(): v for k, v in response.headers.items()}
+
+
+def _http(url: str, timeout_s: float, body: bytes | None = None) -> bytes:
+    return _http_response(url, timeout_s, body)[0]
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    """The ``{"error": …}`` of a server's error answer, else its status line."""
+    try:
+        message = orjson.loads(exc.read()).get("error")
+    except (OSError, ValueError, AttributeError):
+        message = None
+    return str(message) if message else f"HTTP {exc.code} {exc.reason}"
+
+
+def default_resolver(settings: MonitorSettings) -> Resolver:
+    return HostsFile(settings.hosts_file) if settings.hosts_file is not None else system_resolver
 
 
 def _model_key(kind: str, model: str, version: str, *rest: str) -> str:
@@ -73,6 +99,7 @@ class Monitor:
         alerter: Alerter | None = None,
         registry: BaselineRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        resolver: Resolver | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -84,7 +111,12 @@ class Monitor:
         self.registry = registry or BaselineRegistry(settings.model_repository, settings.baselines)
         self.collector = StatsCollector()
         self.slo = SloTracker(settings.horizon_s)
-        self.servers = {url.rstrip("/"): ServerStatus(url.rstrip("/")) for url in settings.servers}
+        self.discovery = Discovery(settings.servers, resolver or default_resolver(settings))
+        # Addresses are known before the first poll; names join when first resolved.
+        self.servers: dict[str, ServerStatus] = {
+            url: ServerStatus(url, target=target) for url, target in self.discovery.known().items()
+        }
+        self._asked_why: set[tuple[str, str, str, str]] = set()  # (url, model, version, instance) asked for a reason
         self.trackers: dict[str, StateTracker] = {
             key: StateTracker(state, streak, since) for key, (state, streak, since) in self.store.load_states().items()
         }
@@ -116,14 +148,75 @@ class Monitor:
                     continue
                 raise
             if self.collector.ingest(status.url, document):
-                self.collector.ingest(status.url, orjson.loads(_http(f"{base}?since=0", timeout)))
+                document = orjson.loads(_http(f"{base}?since=0", timeout))
+                self.collector.ingest(status.url, document)
+            self._baseline_from(status.url, model, version, document)
         try:
             self.slo.add(status.url, self.clock(), parse_metrics(_http(status.url + "/metrics", timeout).decode()))
         except (OSError, ValueError) as exc:
             log.debug("no metrics from %s: %s", status.url, exc)
         status.models, status.no_stats = models, no_stats
 
+    def _baseline_from(self, url: str, model: str, version: str, document: dict[str, Any]) -> None:
+        """Fetch the baseline this replica bins against when no local one covers the version and it is new;
+        when it bins against none, ask once per instance why (the 404 message goes into the report)."""
+        sha256 = (document.get("baseline") or {}).get("sha256")
+        quoted = urllib.parse.quote(model, safe="")
+        address = f"{url}/v2/models/{quoted}/versions/{version}/baseline"
+        if sha256:
+            if not self.registry.wants_from_server(model, version, sha256):
+                return
+        else:
+            asked = (url, model, version, str(document["instance"]["id"]))
+            if asked in self._asked_why or not self.registry.wants_from_server(model, version, ""):
+                return
+            self._asked_why.add(asked)
+        try:
+            data, headers = _http_response(address, self.settings.timeout_s)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                self.registry.note_server_reason(model, version, url, _error_message(exc))
+            else:
+                log.warning("baseline from %s: %s; asking again next poll", address, _error_message(exc))
+            return
+        except OSError as exc:  # the statistics came through: the replica is up, only this fetch failed
+            log.warning("baseline from %s: %s; asking again next poll", address, getattr(exc, "reason", exc))
+            return
+        self.registry.add_from_server(
+            model,
+            version,
+            address,
+            data,
+            headers.get(BASELINE_SHA256_HEADER.lower(), ""),
+            headers.get(MODEL_SHA256_HEADER.lower(), ""),
+        )
+
+    def _track_replicas(self, found: dict[str, str], now: float) -> None:
+        """Add replicas that appeared, mark the vanished stale, forget those gone for the horizon."""
+        for url, target in found.items():
+            status = self.servers.get(url)
+            if status is None:
+                self.servers[url] = ServerStatus(url, target=target)
+                if url != target:
+                    log.info("replica %s found through %s", url, target)
+            elif status.vanished_at is not None:
+                status.vanished_at = None
+                log.info("replica %s is back among the addresses of %s", url, target)
+        for url, status in list(self.servers.items()):
+            if url in found:
+                continue
+            if status.vanished_at is None:
+                status.vanished_at, status.up, status.stale = now, False, True
+                status.last_error = f"no longer among the addresses of {status.target}"
+                log.info("replica %s is gone from %s; marked stale", url, status.target)
+            elif now - status.vanished_at > self.settings.horizon_s:
+                del self.servers[url]
+                log.info("replica %s forgotten: gone for longer than the horizon", url)
+
     async def poll(self) -> None:
+        found = await asyncio.to_thread(self.discovery.resolve)
+        self._track_replicas(found, self.clock())
+
         async def one(status: ServerStatus) -> None:
             try:
                 await asyncio.to_thread(self._poll_server, status)
@@ -143,7 +236,7 @@ class Monitor:
             status.up, status.stale, status.failures, status.last_error = True, False, 0, None
             status.last_ok = self.clock()
 
-        await asyncio.gather(*(one(s) for s in self.servers.values()))
+        await asyncio.gather(*(one(s) for s in self.servers.values() if s.vanished_at is None))
 
     # ---------------------------------------------------------------- evaluation
 
@@ -163,7 +256,7 @@ class Monitor:
         return out
 
     def _evaluate_model(self, model: str, version: str, now: float, include_open: bool) -> tuple[dict[str, Any], Any]:
-        entry = self.registry.get(model, version)
+        entry = self.registry.get(model, version, self.collector.baseline_shas(model, version))
         baseline = entry.baseline
         policy = self.settings.policy_for(model, (baseline.document.get("thresholds") if baseline else None) or {})
         report: dict[str, Any] = {
@@ -183,7 +276,10 @@ class Monitor:
             baseline_sha256=baseline.sha256,
         )
         report["problems"] += collected.problems
-        report["replicas"] = list(self.collector.instances(model, version))
+        report["replicas"] = [
+            {**i, "stale": self.servers[i["source"]].stale if i["source"] in self.servers else True}
+            for i in self.collector.instances(model, version)
+        ]
         report["restarts"] = collected.restarts
         ev = evaluate_model(model, version, baseline, collected.windows, policy)
         report["window"] = {
@@ -388,6 +484,7 @@ class Monitor:
         return {
             "generated_at": self.clock(),
             "servers": [s.to_json() for s in self.servers.values()],
+            "discovery": [t.to_json() for t in self.discovery.targets],
             "models": models,
         }
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\x16serve_monitoring.proto\x12\x10serve.monitoring\"M\n\x11InputStatsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05since\x18\x03 \x01(\x04\"\"\n\x12InputStatsResponse\x12\x0c\n\x04json\x18\x01 \x01(\t2g\n\nMonitoring\x12Y\n\nInputStats\x12#.serve.monitoring.InputStatsRequest\x1a$.serve.monitoring.InputStatsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\x16serve_monitoring.proto\x12\x10serve.monitoring\"M\n\x11InputStatsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05since\x18\x03 \x01(\x04\"\"\n\x12InputStatsResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\"<\n\x0f\x42\x61selineRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"u\n\x10\x42\x61selineResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x05 \x01(\t2\xbc\x01\n\nMonitoring\x12Y\n\nInputStats\x12#.serve.monitoring.InputStatsRequest\x1a$.serve.monitoring.InputStatsResponse\"\x00\x12S\n\x08\x42\x61seline\x12!.serve.monitoring.BaselineRequest\x1a\".serve.monitoring.BaselineResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INPUTSTATSREQUEST']._serialized_end=121
   _globals['_INPUTSTATSRESPONSE']._serialized_start=123
   _globals['_INPUTSTATSRESPONSE']._serialized_end=157
-  _globals['_MONITORING']._serialized_start=159
-  _globals['_MONITORING']._serialized_end=262
+  _globals['_BASELINEREQUEST']._serialized_start=159
+  _globals['_BASELINEREQUEST']._serialized_end=219
+  _globals['_BASELINERESPONSE']._serialized_start=221
+  _globals['_BASELINERESPONSE']._serialized_end=338
+  _globals['_MONITORING']._serialized_start=341
+  _globals['_MONITORING']._serialized_end=529
 # @@protoc_insertion_point(module_scope)

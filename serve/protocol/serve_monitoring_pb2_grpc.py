@@ -40,6 +40,11 @@ class MonitoringStub:
                 request_serializer=serve__monitoring__pb2.InputStatsRequest.SerializeToString,
                 response_deserializer=serve__monitoring__pb2.InputStatsResponse.FromString,
                 _registered_method=True)
+        self.Baseline = channel.unary_unary(
+                '/serve.monitoring.Monitoring/Baseline',
+                request_serializer=serve__monitoring__pb2.BaselineRequest.SerializeToString,
+                response_deserializer=serve__monitoring__pb2.BaselineResponse.FromString,
+                _registered_method=True)
 
 
 class MonitoringServicer:
@@ -53,6 +58,16 @@ class MonitoringServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Baseline(self, request, context):
+        """The baseline.json one model version bins against, as over HTTP at
+        GET /v2/models/{model}[/versions/{version}]/baseline. NOT_FOUND saying why when the
+        version has none to use (missing, unreadable, stale for the model, not fitting it) or is
+        unknown; UNAVAILABLE while it is not ready.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitoringServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +75,11 @@ def add_MonitoringServicer_to_server(servicer, server):
                     servicer.InputStats,
                     request_deserializer=serve__monitoring__pb2.InputStatsRequest.FromString,
                     response_serializer=serve__monitoring__pb2.InputStatsResponse.SerializeToString,
+            ),
+            'Baseline': grpc.unary_unary_rpc_method_handler(
+                    servicer.Baseline,
+                    request_deserializer=serve__monitoring__pb2.BaselineRequest.FromString,
+                    response_serializer=serve__monitoring__pb2.BaselineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +109,33 @@ class Monitoring:
             '/serve.monitoring.Monitoring/InputStats',
             serve__monitoring__pb2.InputStatsRequest.SerializeToString,
             serve__monitoring__pb2.InputStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Baseline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serve.monitoring.Monitoring/Baseline',
+            serve__monitoring__pb2.BaselineRequest.SerializeToString,
+            serve__monitoring__pb2.BaselineResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,8 @@
     <root>/<model>/config.pbtxt        optional
     <root>/<model>/<version>/model.onnx
 
+With ``settings.model_name`` (``--model-name``) only that model is served, and the root may
+also be a bare model directory or one model's directory (layout.py says which is which).
 A model that fails to load is listed with its reason and never stops the others.
 Model names are single path components, so no path built here leaves the root.
 
@@ -31,6 +33,7 @@ from serve.events import VersionKey
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import config_file
 from serve.repository import model_config as cfg
+from serve.repository.layout import ModelLayout, is_version_number, single_model, triton_model
 from serve.repository.warmup import warm_up
 from serve.runtime.onnx_runner import OnnxRunner
 from serve.runtime.providers import CUDA
@@ -60,6 +63,7 @@ class ModelVersion:
     outputs: list[TensorSpec] = field(default_factory=list)
     runner: OnnxRunner | None = None
     load_seconds: float = 0.0
+    model_path: Path | None = None  # the ONNX file this version was loaded from
 
     def __post_init__(self) -> None:
         self.key = VersionKey.new(self.name, str(self.version))
@@ -71,11 +75,6 @@ class ModelVersion:
     @property
     def max_batch_size(self) -> int:
         return self.config.max_batch_size if self.config is not None else 0
-
-    @property
-    def model_path(self) -> Path:
-        filename = self.config.default_model_filename if self.config is not None else ""
-        return self.model_dir / self.version_str / (filename or config_file.DEFAULT_MODEL_FILENAME)
 
 
 class VersionListener:
@@ -94,11 +93,6 @@ class VersionListener:
 
     def changed(self, version: ModelVersion) -> None:
         return None
-
-
-def is_version_number(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts '²', '١' and '１', which are no version."""
-    return text.isascii() and text.isdigit()
 
 
 def valid_model_name(name: str) -> bool:
@@ -120,20 +114,43 @@ class ModelRepository:
         self._model_errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._overrides: dict[str, Path] = {}  # models loaded from files sent with a load request
+        self.only = settings.model_name or None  # --model-name: the one model served (layout.py)
 
     # ---- discovery -------------------------------------------------------------------------
     def model_names(self) -> list[str]:
         names = set(self._versions) | set(self._model_errors)
-        if self.root.is_dir():
+        if self.only is not None:
+            names.add(self.only)
+        elif self.root.is_dir():
             for entry in self.root.iterdir():
                 if entry.is_dir() and valid_model_name(entry.name):
                     names.add(entry.name)
         return sorted(names)
 
-    def _model_dir(self, name: str) -> Path:
+    def _layout(self, name: str) -> ModelLayout:
         if not valid_model_name(name):
             raise ModelNotFound(f"'{name}' is not a valid model name")
-        return self._overrides.get(name, self.root / name)
+        if name in self._overrides:
+            return triton_model(self._overrides[name])
+        if self.only is not None:
+            if name != self.only:
+                raise ModelNotFound(f"model '{name}' is not served here: this server serves only '{self.only}'")
+            return single_model(self.root, name)  # read again each time: a reload sees files as they are now
+        return triton_model(self.root / name)
+
+    def model_dir(self, name: str) -> Path:
+        """The directory of model ``name`` (its config.pbtxt and baseline.json); ModelNotFound if not served."""
+        return self._layout(name).directory
+
+    def _what_is_there(self) -> str:
+        """With --model-name, what the root holds instead (a misnamed model is the usual mistake)."""
+        if self.only is None:
+            return ""
+        held = sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        return (
+            ": with --model-name the repository must hold a model file (model.onnx), numbered version "
+            f"directories, or a directory '{self.only}'; it holds " + (", ".join(held) or "no directory")
+        )
 
     # ---- loading ---------------------------------------------------------------------------
     async def load_all(self, names: list[str] | None = None) -> None:
@@ -150,17 +167,23 @@ class ModelRepository:
         async with lock:
             if files:
                 self._overrides[name] = self._write_override(name, files, config_override)
-            model_dir = self._model_dir(name)
+            layout = self._layout(name)
+            model_dir = layout.directory
             if not model_dir.is_dir():
-                raise ModelNotFound(f"model '{name}' is not in the model repository")
+                raise ModelNotFound(f"model '{name}' is not in the model repository{self._what_is_there()}")
             self._model_errors.pop(name, None)
             try:
                 raw, from_file = (
                     (config_override, True) if config_override is not None else config_file.read_config(model_dir)
                 )
+                if config_override is None and not layout.named_by_directory and raw.name not in ("", name):
+                    log.info(
+                        "model %s: config.pbtxt names it '%s'; serving it as '%s' (--model-name)", name, raw.name, name
+                    )
+                    raw.name = name
                 config_file.check_supported(raw)
                 policy = config_file.version_policy(raw)
-                available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_number(p.name))
+                available = layout.versions()
                 chosen = policy.select(available)
                 if not chosen:
                     raise ModelLoadError(
@@ -177,7 +200,7 @@ class ModelRepository:
                 old = current.get(version)
                 entry = ModelVersion(name, version, model_dir)
                 current[version] = entry if old is None or old.state != READY else old
-                new = await self._load_version(entry, raw, from_file)
+                new = await self._load_version(entry, layout, raw, from_file)
                 if old is not None and old.state == READY and new.state == READY:
                     current[version] = new
                     await self._close_version(old)
@@ -185,11 +208,14 @@ class ModelRepository:
                     current[version] = new
                 self._notify(current[version])
 
-    async def _load_version(self, entry: ModelVersion, raw: mc.ModelConfig, from_file: bool) -> ModelVersion:
+    async def _load_version(
+        self, entry: ModelVersion, layout: ModelLayout, raw: mc.ModelConfig, from_file: bool
+    ) -> ModelVersion:
         started = time.perf_counter()
         self._notify(entry)
         try:
-            runner, config = await asyncio.to_thread(self._build, entry, raw, from_file)
+            entry.model_path = layout.model_file(entry.version, raw.default_model_filename)
+            runner, config = await asyncio.to_thread(self._build, entry, entry.model_path, raw, from_file)
         except ServeError as exc:
             return self._failed(entry, exc.message)
         except Exception as exc:  # a broken file can raise anything; the server must go on
@@ -222,11 +248,11 @@ class ModelRepository:
         log.error("model %s version %d failed to load: %s", entry.name, entry.version, reason)
         return entry
 
-    def _build(self, entry: ModelVersion, raw: mc.ModelConfig, from_file: bool) -> tuple[OnnxRunner, mc.ModelConfig]:
-        filename = raw.default_model_filename or config_file.DEFAULT_MODEL_FILENAME
-        path = entry.model_dir / entry.version_str / filename
+    def _build(
+        self, entry: ModelVersion, path: Path, raw: mc.ModelConfig, from_file: bool
+    ) -> tuple[OnnxRunner, mc.ModelConfig]:
         if not path.is_file():
-            raise ModelLoadError(f"{entry.version}/{filename} not found")
+            raise ModelLoadError(f"{path.relative_to(entry.model_dir).as_posix()} not found")
         options = cfg.runtime_options(
             raw,
             allow_spinning=self._settings.ort_allow_spinning,
@@ -265,7 +291,7 @@ class ModelRepository:
     # ---- unloading -------------------------------------------------------------------------
     async def unload_model(self, name: str) -> None:
         if name not in self._versions and name not in self._model_errors:
-            if not (self.root / name).is_dir() or not valid_model_name(name):
+            if not self.model_dir(name).is_dir():
                 raise ModelNotFound(f"model '{name}' is not in the model repository")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:

@@ -171,11 +171,17 @@ class Baseline:
 
     @classmethod
     def load(cls, path: str | Path) -> Baseline:
-        data = Path(path).read_bytes()
+        return cls.from_bytes(Path(path).read_bytes(), str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, origin: str) -> Baseline:
+        """Parse a baseline file's exact bytes; ``sha256`` is theirs (``origin`` names them in errors)."""
         try:
             document = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise BaselineError(f"{path}: not valid JSON: {exc}") from None
+            raise BaselineError(f"{origin}: not valid JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise BaselineError(f"{origin}: not a baseline file (a JSON {type(document).__name__}, not an object)")
         return cls.from_dict(document, sha256=hashlib.sha256(data).hexdigest())
 
     def feature(self, role: str, tensor: str, column: int | None, view: str | None) -> BaselineFeature | None:

@@ -1,6 +1,7 @@
 """Input statistics as the server records them: one StatsRecorder per loaded version, with the
 version's baseline.json when it fits the model (a stale or mismatched one is logged, never used),
-fed every batch that ran."""
+fed every batch that ran. What was made of the file is kept per version and served
+(served_baseline.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from serve.errors import ModelNotFound
+from serve.errors import ModelNotFound, NotFound
 from serve.events import Execution, Observer, VersionKey
 from serve.repository.repository import ModelVersion, VersionListener
 from serve.settings import ServerSettings
+from serve.stats import served_baseline as served
 from serve.stats.baseline import BASELINE_FILENAME, Baseline, BaselineError
 from serve.stats.baseline_fit import ModelInfo, check_baseline, file_sha256
 from serve.stats.recorder import StatsOptions, StatsRecorder
+from serve.stats.served_baseline import ServedBaseline
 from serve.stats.windows import ServerInstance
 from serve.types import TensorSpec
 
@@ -37,15 +40,17 @@ def row_specs(model: ModelVersion) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return per_row(model.inputs), per_row(model.outputs)
 
 
-def read_baseline(model: ModelVersion) -> tuple[Baseline | None, list[str]]:
-    """The version's baseline.json (None if there is none) and why it must not be used (empty = it fits)."""
+def judge_baseline(model: ModelVersion) -> ServedBaseline:
+    """The version's baseline.json, its exact bytes and whether it may be used (and why not)."""
     path = model.model_dir / BASELINE_FILENAME
     if not path.is_file():
-        return None, []
+        return ServedBaseline(model.name, model.version, served.MISSING)
     try:
-        baseline = Baseline.load(path)
+        data = path.read_bytes()
+        baseline = Baseline.from_bytes(data, BASELINE_FILENAME)
     except (BaselineError, OSError) as exc:
-        return None, [str(exc)]
+        return ServedBaseline(model.name, model.version, served.UNREADABLE, problems=(str(exc),))
+    assert model.model_path is not None
     inputs, outputs = row_specs(model)
     info = ModelInfo(
         name=model.name,
@@ -58,18 +63,24 @@ def read_baseline(model: ModelVersion) -> tuple[Baseline | None, list[str]]:
         max_batch_size=model.max_batch_size,
     )
     # The same check as `serve baseline --check` and the monitor, so all three give the same reasons.
-    return baseline, check_baseline(baseline, info)
+    problems = tuple(check_baseline(baseline, info))
+    declared = baseline.model
+    ours = declared.get("name") in (None, model.name) and str(declared.get("version", model.version)) == str(
+        model.version
+    )
+    if not problems:
+        status = served.OK
+    elif ours and declared.get("onnx_sha256") not in (None, "", info.onnx_sha256):
+        status = served.STALE  # this model's baseline, computed for an earlier ONNX file
+    else:
+        status = served.MISMATCHED
+    return ServedBaseline(model.name, model.version, status, data, baseline, info.onnx_sha256, problems)
 
 
-def load_baseline(model: ModelVersion) -> Baseline | None:
-    """The version's baseline.json if it fits the model; otherwise None, with the reasons logged."""
-    baseline, problems = read_baseline(model)
-    if problems:
-        log.error(
-            "model %s version %d: %s is not used: %s", model.name, model.version, BASELINE_FILENAME, "; ".join(problems)
-        )
-        return None
-    return baseline
+def read_baseline(model: ModelVersion) -> tuple[Baseline | None, list[str]]:
+    """The version's baseline.json (None if there is none) and why it must not be used (empty = it fits)."""
+    judged = judge_baseline(model)
+    return judged.baseline, list(judged.problems)
 
 
 class InputStatistics(Observer, VersionListener):
@@ -84,9 +95,20 @@ class InputStatistics(Observer, VersionListener):
             queue_size=settings.stats_queue_size,
         )
         self._recorders: dict[VersionKey, StatsRecorder] = {}
+        self._baselines: dict[VersionKey, ServedBaseline] = {}
 
     def attached(self, version: ModelVersion) -> None:
         inputs, outputs = row_specs(version)
+        judged = judge_baseline(version)
+        if judged.problems:
+            log.error(
+                "model %s version %d: %s is not used: %s",
+                version.name,
+                version.version,
+                BASELINE_FILENAME,
+                "; ".join(judged.problems),
+            )
+        self._baselines[version.key] = judged
         try:
             recorder = StatsRecorder(
                 version.name,
@@ -94,7 +116,7 @@ class InputStatistics(Observer, VersionListener):
                 inputs,
                 outputs,
                 instance=self.instance,
-                baseline=load_baseline(version),
+                baseline=judged.baseline if judged.usable else None,
                 options=self._options,
             )
         except Exception:  # statistics are an add-on: the model serves without them
@@ -103,6 +125,7 @@ class InputStatistics(Observer, VersionListener):
         self._recorders[version.key] = recorder
 
     async def detached(self, version: ModelVersion) -> None:
+        self._baselines.pop(version.key, None)
         recorder = self._recorders.pop(version.key, None)
         if recorder is not None:
             await asyncio.to_thread(recorder.close)
@@ -118,3 +141,10 @@ class InputStatistics(Observer, VersionListener):
         if recorder is None:
             raise ModelNotFound(f"input statistics are not recorded for model '{version.name}'")
         return recorder
+
+    def baseline(self, version: ModelVersion) -> ServedBaseline:
+        """The baseline the version bins against; NotFound saying why when there is none to use."""
+        judged = self._baselines.get(version.key)
+        if judged is None:
+            raise NotFound(f"model '{version.name}' version {version.version} has no baseline loaded")
+        return judged.require()

@@ -1,0 +1,92 @@
+"""Where a model's files are under ``--model-repository DIR``.
+
+Without ``--model-name``, DIR is a Triton repository: ``DIR/<model>/config.pbtxt``,
+``DIR/<model>/baseline.json``, ``DIR/<model>/<version>/model.onnx``.
+
+With ``--model-name NAME`` the server serves exactly one model, NAME, and reads DIR as the
+first of these that fits (KServe's runtime passes ``--model-name={{.Name}}`` and the
+directory its storage initializer filled, ``/mnt/models``):
+
+1. **a bare model directory**: DIR holds the model file itself — the file DIR/config.pbtxt
+   names in ``default_model_filename``, else ``model.onnx``, else the only ``*.onnx`` in DIR.
+   It is version 1; DIR/config.pbtxt and DIR/baseline.json are optional.
+2. **one model's directory in Triton layout**: DIR has numbered version directories
+   (DIR/1/model.onnx, …) and optionally DIR/config.pbtxt and DIR/baseline.json.
+3. **a Triton repository**: the model is DIR/NAME; the other models in DIR are not served.
+
+In the first two, the directory does not name the model: a ``name`` in its config.pbtxt that
+differs from NAME is replaced by NAME (logged), as the InferenceService's name is the one
+clients call. In a Triton repository it must match, as without ``--model-name``.
+
+Every path is built from DIR, a validated model name, an integer version and a file name
+that may not be absolute or contain ``..``, so nothing read leaves DIR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from serve.errors import ModelLoadError, ServeError
+from serve.repository import config_file
+
+BARE_VERSION = 1
+
+
+def is_version_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', '١' and '１', which are no version."""
+    return text.isascii() and text.isdigit()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLayout:
+    directory: Path  # config.pbtxt and baseline.json are here
+    bare_file: str | None = None  # a bare model directory: version 1 is directory/bare_file
+    named_by_directory: bool = True  # False: --model-name names the model, not the directory
+
+    def versions(self) -> list[int]:
+        if self.bare_file is not None:
+            return [BARE_VERSION]
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.is_dir() and is_version_number(p.name))
+
+    def model_file(self, version: int, filename: str) -> Path:
+        """The ONNX file of ``version``; ``filename`` is config.pbtxt's ``default_model_filename`` (or empty)."""
+        name = filename or self.bare_file or config_file.DEFAULT_MODEL_FILENAME
+        if not _inside(name):
+            raise ModelLoadError(f"default_model_filename {name!r} leaves the model directory")
+        relative = PurePath(name)
+        if self.bare_file is not None:
+            return self.directory / relative
+        return self.directory / str(version) / relative
+
+
+def _inside(filename: str) -> bool:
+    relative = PurePath(filename)
+    return not relative.is_absolute() and ".." not in relative.parts
+
+
+def triton_model(model_dir: Path) -> ModelLayout:
+    return ModelLayout(model_dir)
+
+
+def _bare_file(directory: Path) -> str | None:
+    try:
+        configured = config_file.read_config(directory)[0].default_model_filename
+    except ServeError:
+        configured = ""  # a broken config.pbtxt is reported when the model loads
+    if configured:
+        return configured if _inside(configured) and (directory / configured).is_file() else None
+    if (directory / config_file.DEFAULT_MODEL_FILENAME).is_file():
+        return config_file.DEFAULT_MODEL_FILENAME
+    candidates = [p.name for p in directory.glob("*.onnx") if p.is_file()]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def single_model(root: Path, name: str) -> ModelLayout:
+    """Where ``--model-name name`` finds its model under ``--model-repository root`` (module docstring)."""
+    bare = _bare_file(root)
+    if bare is not None:
+        return ModelLayout(root, bare, named_by_directory=False)
+    if root.is_dir() and any(p.is_dir() and is_version_number(p.name) for p in root.iterdir()):
+        return ModelLayout(root, named_by_directory=False)
+    return ModelLayout(root / name)
