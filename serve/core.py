@@ -15,6 +15,7 @@ import numpy as np
 
 from serve import __version__
 from serve.batching.result import BatchResult
+from serve.classification import classify
 from serve.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -34,6 +35,7 @@ from serve.types import InferRequest, InferResponse, OutputTensor, TensorSpec
 
 EXTENSIONS = [
     "binary_tensor_data",
+    "classification",
     "model_configuration",
     "model_repository",
     "schedule_policy",
@@ -125,13 +127,16 @@ class InferenceService:
         def describe(specs: list[TensorSpec]) -> list[dict[str, Any]]:
             return [{"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)} for s in specs]
 
-        return {
+        metadata: dict[str, Any] = {
             "name": model.name,
             "versions": [v.version_str for v in self.repository.ready_versions(name)],
             "platform": "onnxruntime_onnx",
             "inputs": describe(model.inputs),
             "outputs": describe(model.outputs),
         }
+        if model.parameters:  # HTTP only: Triton's gRPC ModelMetadataResponse has no parameters field
+            metadata["parameters"] = dict(model.parameters)
+        return metadata
 
     def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
         model = self.repository.get(name, version)
@@ -179,6 +184,7 @@ class InferenceService:
             feeds, priority=request.priority, timeout_us=request.timeout_us, client_gone=request.client_gone
         )
         outputs = [OutputTensor(name, datatype, result.outputs[name]) for name, datatype in wanted]
+        outputs = classify(outputs, request.outputs, model.labels, batching=model.max_batch_size > 0)
         model.stats.record_success(
             self._clock() - started,
             result.queue_ns,

@@ -29,6 +29,9 @@ from serve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotRe
 from serve.metrics.statistics import InferenceStatistics
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import model_config as cfg
+from serve.repository.labels import read_labels
+from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
+from serve.runtime.model_file import prepare_model
 from serve.runtime.onnx_runner import OnnxRunner
 from serve.runtime.providers import CUDA
 from serve.settings import ServerSettings
@@ -58,6 +61,12 @@ class ModelVersion:
     stats: InferenceStatistics = field(default_factory=InferenceStatistics)
     sink: BatchSink | None = None
     load_seconds: float = 0.0
+    # Class labels by output name, for the classification extension (label_filename, ZipMap labels).
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    # How the model is served, shown in model metadata "parameters" (ZipMap rewrite, MLflow lineage).
+    parameters: dict[str, str] = field(default_factory=dict)
+    # The same for people: logged at load and shown by `serve validate`.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def version_str(self) -> str:
@@ -183,7 +192,7 @@ class ModelRepository:
     ) -> ModelVersion:
         started = time.perf_counter()
         try:
-            runner, config = await asyncio.to_thread(self._build, entry.name, entry.version, model_dir, raw, from_file)
+            built = await asyncio.to_thread(self._build, entry.name, entry.version, model_dir, raw, from_file)
         except ServeError as exc:
             entry.state, entry.reason = UNAVAILABLE, exc.message
             log.error("model %s version %d failed to load: %s", entry.name, entry.version, exc.message)
@@ -192,7 +201,11 @@ class ModelRepository:
             entry.state, entry.reason = UNAVAILABLE, f"{type(exc).__name__}: {exc}"
             log.exception("model %s version %d failed to load", entry.name, entry.version)
             return entry
+        runner, config = built.runner, built.config
         entry.runner, entry.config = runner, config
+        entry.labels, entry.parameters, entry.notes = built.labels, built.parameters, built.notes
+        for note in built.notes:
+            log.info("model %s version %d: %s", entry.name, entry.version, note)
         entry.inputs = cfg.tensor_specs(config.input)
         entry.outputs = cfg.tensor_specs(config.output)
         observers: list[BatchObserver] = [entry.stats]
@@ -226,11 +239,11 @@ class ModelRepository:
         )
         return entry
 
-    def _build(
-        self, name: str, version: int, model_dir: Path, raw: mc.ModelConfig, from_file: bool
-    ) -> tuple[OnnxRunner, mc.ModelConfig]:
-        filename = raw.default_model_filename or cfg.DEFAULT_MODEL_FILENAME
-        path = model_dir / str(version) / filename
+    def _build(self, name: str, version: int, model_dir: Path, raw: mc.ModelConfig, from_file: bool) -> _Built:
+        version_dir = model_dir / str(version)
+        mlmodel = read_mlmodel(version_dir)  # an MLflow model directory names its ONNX file
+        filename = mlmodel.model_file if mlmodel else (raw.default_model_filename or cfg.DEFAULT_MODEL_FILENAME)
+        path = version_dir / filename
         if not path.is_file():
             raise ModelLoadError(f"{version}/{filename} not found")
         options = cfg.runtime_options(
@@ -238,8 +251,11 @@ class ModelRepository:
             allow_spinning=self._settings.ort_allow_spinning,
             intra_op_threads=self._settings.ort_intra_op_threads,
         )
-        runner = OnnxRunner(path, options)
+        prepared = prepare_model(path, version_dir, rewrite_zipmap=cfg.rewrites_zipmap(raw))
+        runner = OnnxRunner(path, options, graph=prepared.graph, external_data_dir=prepared.external_data_dir)
         try:
+            if mlmodel is not None:
+                check_signature(mlmodel, runner.inputs, runner.outputs)
             config = cfg.complete_config(
                 raw,
                 name=name,
@@ -250,11 +266,28 @@ class ModelRepository:
                 cuda_available=CUDA in ort.get_available_providers(),
             )
             cfg.batching_policy(config, runner.instance_count)  # a bad policy fails the load, here
+            batching = config.max_batch_size > 0
+            runner.reshape_scalars(
+                cfg.scalars_as_one(config.input, runner.inputs, batching),
+                cfg.scalars_as_one(config.output, runner.outputs, batching),
+            )
+            built = _Built(runner, config)
+            if mlmodel is not None:
+                _apply_mlflow(mlmodel, raw, config, built)
+            for zipmap in prepared.zipmaps:
+                built.labels[zipmap.output] = list(zipmap.labels)
+                built.notes.append(
+                    f"ZipMap output '{zipmap.output}' is served as FP32 [-1, {zipmap.classes}] "
+                    f"(its input '{zipmap.source}'), with the ZipMap's class labels"
+                )
+            if prepared.zipmaps:
+                built.parameters["zipmap_outputs"] = ",".join(z.output for z in prepared.zipmaps)
+            built.labels.update(read_labels(config, model_dir))
             _warm_up(runner, config, model_dir)
         except BaseException:
             runner.close()
             raise
-        return runner, config
+        return built
 
     def _write_override(self, name: str, files: dict[str, bytes], config: mc.ModelConfig | None) -> Path:
         if config is None:
@@ -359,6 +392,30 @@ class ModelRepository:
         if ready_only:
             rows = [r for r in rows if r["state"] == READY]
         return rows
+
+
+def _apply_mlflow(mlmodel: MlflowModel, raw: mc.ModelConfig, config: mc.ModelConfig, built: _Built) -> None:
+    config.default_model_filename = mlmodel.model_file
+    served = signature_outputs(mlmodel)
+    if served is not None and not raw.output:  # config.pbtxt outputs, where given, win
+        by_name = {o.name: o for o in config.output}
+        kept = [mc.ModelOutput() for _ in served]
+        for copy, name in zip(kept, served, strict=True):
+            copy.CopyFrom(by_name[name])
+        del config.output[:]
+        config.output.extend(kept)
+    built.parameters.update(mlmodel.lineage)
+    run = mlmodel.lineage.get("mlflow_run_id", "unknown")
+    built.notes.append(f"MLflow model from run {run}, {mlmodel.model_file}")
+
+
+@dataclass(slots=True)
+class _Built:
+    runner: OnnxRunner
+    config: mc.ModelConfig
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _warm_up(runner: OnnxRunner, config: mc.ModelConfig, model_dir: Path) -> None:
