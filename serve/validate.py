@@ -44,7 +44,9 @@ def sample_request(model: ModelVersion, seed: int = 0) -> InferRequest:
     return InferRequest(model_name=model.name, model_version=model.version_str, inputs=inputs)
 
 
-async def validate_repository(settings: ServerSettings, root: Path, out: TextIO = sys.stdout) -> int:
+async def validate_repository(settings: ServerSettings, root: Path, out: TextIO | None = None) -> int:
+    # Looked up per call, not bound as a default at import: tests and callers may swap sys.stdout.
+    out = out if out is not None else sys.stdout
     service = InferenceService.create(root, settings)
     repository = service.repository
     rows: list[tuple[str, str, str, str]] = []
@@ -67,7 +69,8 @@ async def validate_repository(settings: ServerSettings, root: Path, out: TextIO 
                 rows.append((name, version, "FAILED", f"{BASELINE_FILENAME} is not usable: {'; '.join(problems)}"))
             else:
                 with_baseline = f"; {BASELINE_FILENAME} fits" if baseline is not None else ""
-                rows.append((name, version, "OK", f"inference returned {shapes}{with_baseline}"))
+                notes = "".join(f"; {note}" for note in model.notes)  # e.g. a ZipMap served as a tensor
+                rows.append((name, version, "OK", f"inference returned {shapes}{with_baseline}{notes}"))
     finally:
         await service.close()
     if not rows:

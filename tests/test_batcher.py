@@ -383,6 +383,129 @@ async def test_close_sends_held_requests_without_waiting_for_the_delay(make_batc
     assert (await within(held)).timings.batch_size == 1
 
 
+# -- when Triton sends at once (PROTOCOL.md section 5) -------------------------------------------
+# A frozen clock and a 10 s delay: whatever runs, ran without waiting for the delay.
+TRITON_HOLD = {"preferred_batch_sizes": (2, 6), "max_queue_delay_us": 10_000_000}
+
+
+@pytest.mark.parametrize(
+    ("policy", "count"),
+    [(TRITON_HOLD, 7), (TRITON_HOLD, 6), ({"max_queue_delay_us": 10_000_000}, 8)],
+    ids=["above-largest-preferred", "at-largest-preferred", "max-batch-size-without-preferred"],
+)
+async def test_rule_a_batch_reaching_the_largest_preferred_size_runs_at_once(
+    make_batcher: MakeBatcher, policy: dict[str, Any], count: int
+) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, clock=FakeClock(), **policy)
+
+    result = await within(batcher.submit({"x": rows(count)}))
+
+    assert result.timings.batch_size == count
+    assert model.batch_rows() == [count]
+
+
+async def test_rule_b_request_that_would_pass_the_largest_preferred_size_sends_the_held_batch(
+    make_batcher: MakeBatcher,
+) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, clock=FakeClock(), **TRITON_HOLD)
+    held = submit(batcher, 3)
+    await settle()
+    assert model.batches == []
+
+    second = submit(batcher, 4)  # 3 + 4 > 6: the 3 go now; the 4 alone reach no preferred size
+    await within(held)
+    await settle()
+
+    assert model.batch_rows() == [3]
+    assert not second.done()
+    assert batcher.queue_depth == 1
+
+
+async def test_rule_b_then_a_both_requests_run_at_once(make_batcher: MakeBatcher) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, clock=FakeClock(), **TRITON_HOLD)
+    held = submit(batcher, 3)
+    await settle()
+
+    big = submit(batcher, 7)
+    await within(asyncio.gather(held, big))
+
+    assert model.batch_rows() == [3, 7]
+
+
+async def test_rule_c_request_of_another_shape_sends_the_held_batch(make_batcher: MakeBatcher) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, clock=FakeClock(), **TRITON_HOLD)
+    held = asyncio.ensure_future(batcher.submit({"x": rows(1, features=2)}))
+    await settle()
+    assert model.batches == []
+
+    other = asyncio.ensure_future(batcher.submit({"x": rows(1, features=3)}))
+    await within(held)
+    await settle()
+
+    assert [batch["x"].shape for batch in model.batches] == [(1, 2)]
+    assert not other.done()
+
+
+async def test_batch_below_every_preferred_size_waits_for_the_delay(make_batcher: MakeBatcher) -> None:
+    model = FakeModel()
+    delay_us = 20_000
+    batcher = make_batcher(model, preferred_batch_sizes=(2, 6), max_queue_delay_us=delay_us)
+    started = time.monotonic_ns()
+
+    result = await within(batcher.submit({"x": rows(3)}))
+
+    # The scheduler decides on the same monotonic clock, so this lower bound cannot flake.
+    assert time.monotonic_ns() - started >= delay_us * 1000
+    assert result.timings.batch_size == 3
+
+
+async def test_delay_without_preferred_sizes_holds_for_max_batch_size(make_batcher: MakeBatcher) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, clock=FakeClock(), max_batch_size=8, max_queue_delay_us=10_000_000)
+    first = submit(batcher, 3)
+    await settle()
+    assert model.batches == []
+
+    second = submit(batcher, 5)
+    await within(asyncio.gather(first, second))
+
+    assert model.batch_rows() == [8]
+
+
+async def test_without_a_delay_a_batch_stops_at_the_largest_preferred_size(make_batcher: MakeBatcher) -> None:
+    model = FakeModel(gated=True)
+    batcher = make_batcher(model, preferred_batch_sizes=(4,))
+    first = submit(batcher, 4)
+    await eventually(lambda: len(model.batches) == 1)
+    waiting = [submit(batcher, 1, first=i) for i in range(6)]
+    await settle()
+
+    model.open()
+    await within(asyncio.gather(first, *waiting))
+
+    assert model.batch_rows() == [4, 4, 2]
+
+
+async def test_expired_delay_sends_up_to_max_batch_size_past_the_preferred_sizes(make_batcher: MakeBatcher) -> None:
+    model = FakeModel(gated=True)
+    clock = FakeClock()
+    batcher = make_batcher(model, clock=clock, preferred_batch_sizes=(4,), max_queue_delay_us=1_000_000)
+    first = submit(batcher, 4)
+    await eventually(lambda: len(model.batches) == 1)
+    waiting = [submit(batcher, 1, first=i) for i in range(6)]
+    await settle()
+    clock.now = 2_000_000_000  # the oldest waiting request has waited past the delay
+
+    model.open()
+    await within(asyncio.gather(first, *waiting))
+
+    assert model.batch_rows() == [4, 6]
+
+
 # -- queue policy ------------------------------------------------------------------------------
 
 

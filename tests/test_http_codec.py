@@ -663,12 +663,14 @@ def test_binary_input_in_an_all_json_body_is_invalid_input() -> None:
         decode(body, None)
 
 
-def test_classification_output_is_unsupported() -> None:
+def test_classification_count_is_carried_on_the_requested_output() -> None:
     outputs = [httpclient.InferRequestedOutput("y", class_count=3)]
     body, header_length = client_request([client_input("x", SAMPLES["FP32"], "FP32", binary=True)], outputs)
 
-    with pytest.raises(Unsupported, match="classification extension is not supported"):
-        decode(body, header_length)
+    request = decode(body, header_length)
+
+    assert request.outputs is not None
+    assert request.outputs[0].parameters["classification"] == 3
 
 
 def test_shared_memory_input_is_unsupported() -> None:

@@ -60,7 +60,7 @@ class Batcher:
         self._observer = observer
         self._clock = clock
         self._queue = RequestQueue(policy.level_count)
-        self._hold_ns = policy.max_queue_delay_us * 1000 if policy.holds_for_preferred_sizes else 0
+        self._hold_ns = policy.max_queue_delay_us * 1000 if policy.holds_requests else 0
         self._default_level = (policy.default_priority_level or policy.level_count) - 1
         self._queue_policies = [policy.queue_policy(level + 1) for level in range(policy.level_count)]
         self._in_flight = 0

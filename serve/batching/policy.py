@@ -41,9 +41,10 @@ class BatchingPolicy:
     max_batch_size: int
     # False = batching disabled: one request per execution (still max_in_flight at once).
     dynamic: bool = True
-    # Batch sizes worth holding requests for; only used together with max_queue_delay_us > 0.
+    # Batch sizes worth sending at once; the largest caps a batch until the delay expires
+    # (Triton's max preferred batch size; max_batch_size when there are none).
     preferred_batch_sizes: tuple[int, ...] = ()
-    # How long the oldest queued request may be held to reach a preferred size.
+    # How long the oldest queued request may be held to fill a batch (0 = never hold).
     max_queue_delay_us: int = 0
     # Executions running at once (the instance_group count).
     max_in_flight: int = 1
@@ -85,14 +86,10 @@ class BatchingPolicy:
         return max(1, self.priority_levels)
 
     @property
-    def holds_for_preferred_sizes(self) -> bool:
-        """Whether the scheduler may hold requests back to reach a preferred batch size."""
-        return (
-            self.max_batch_size > 0
-            and self.dynamic
-            and bool(self.preferred_batch_sizes)
-            and self.max_queue_delay_us > 0
-        )
+    def holds_requests(self) -> bool:
+        """Whether the scheduler may hold requests back to fill a batch (as Triton, also without
+        preferred sizes: then it holds for max_batch_size rows)."""
+        return self.max_batch_size > 0 and self.dynamic and self.max_queue_delay_us > 0
 
     def queue_policy(self, level: int) -> QueuePolicy:
         """The queue policy of ``level`` (1..priority_levels, or 1 when there is a single level)."""

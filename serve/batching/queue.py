@@ -103,8 +103,15 @@ def select_batch(
     """Choose the next batch without removing it from the queue.
 
     Returns ``(batch, 0)`` to run ``batch`` now, ``([], until_ns)`` to hold the queue until
-    ``until_ns`` for a preferred size, or ``([], 0)`` when nothing is waiting. ``hold_ns`` is the
-    delay the scheduler may hold for (0 = never hold).
+    ``until_ns``, or ``([], 0)`` when nothing is waiting. ``hold_ns`` is the delay the scheduler may
+    hold for (0 = never hold).
+
+    Triton's rules (``GetDynamicBatch``, PROTOCOL.md section 5). The largest preferred size (without
+    preferred sizes, max_batch_size) caps the batch until the delay has expired. The batch goes now
+    when (a) its rows reach that cap, (b) a waiting request would take it past the cap, or (c) a
+    waiting request's shape differs from the batch's; a batch that reached a preferred size goes
+    now as that size. Otherwise it is held until the delay, counted from the oldest waiting
+    request, expires, and then goes with whatever fits in max_batch_size.
     """
     if policy.max_batch_size == 0 or not policy.dynamic:
         for request in queue:
@@ -112,16 +119,24 @@ def select_batch(
         return [], 0
 
     limit = policy.max_batch_size
-    preferred = policy.preferred_batch_sizes
+    preferred = policy.preferred_batch_sizes  # sorted
+    cap = preferred[-1] if preferred else limit
+    oldest = queue.oldest_enqueue_ns()
+    hold_until = (oldest if oldest is not None else now_ns) + hold_ns
+    expired = hold_ns > 0 and now_ns >= hold_until
+    fill_to = limit if expired else cap
     batch: list[PendingRequest] = []
     key: Hashable = None
     rows = 0
     preferred_prefix = 0  # length of the longest prefix of batch whose rows are a preferred size
+    send_now = False
     # The head is the oldest request of the highest level; later compatible requests join it and
-    # incompatible ones stay for a later batch, which starts from the oldest of them.
+    # incompatible ones stay for a later batch, which starts from the oldest of them. A request
+    # passed over is a reason not to hold: it waits behind this batch.
     for request in queue:
         if batch:
-            if request.key != key or rows + request.cost > limit:
+            if request.key != key or rows + request.cost > fill_to:
+                send_now = True  # rules (b) and (c)
                 continue
         else:
             key = request.key
@@ -129,15 +144,13 @@ def select_batch(
         rows += request.cost
         if rows in preferred:
             preferred_prefix = len(batch)
-        if rows >= limit:
+        if rows >= fill_to:
             break
 
-    if not batch or hold_ns == 0 or rows >= limit or preferred_prefix == len(batch):
-        return batch, 0
-    oldest = queue.oldest_enqueue_ns()
-    hold_until = (oldest if oldest is not None else batch[0].enqueue_ns) + hold_ns
-    if now_ns >= hold_until:
-        return batch, 0  # held long enough: send what there is
-    if preferred_prefix:
+    if not batch:
+        return [], 0
+    if preferred_prefix and not expired:
         return batch[:preferred_prefix], 0
+    if hold_ns == 0 or expired or send_now or rows >= cap:  # rule (a): rows >= cap
+        return batch, 0
     return [], hold_until

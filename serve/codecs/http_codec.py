@@ -179,8 +179,6 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"outputs[{index}]: 'name' must be a non-empty string")
         parameters = _object(raw.get("parameters"), f"output '{name}': 'parameters'")
-        if parameters.get("classification"):
-            raise Unsupported("classification extension is not supported")
         if "shared_memory_region" in parameters:
             raise Unsupported(f"output '{name}': the shared memory extension is not supported")
         binary = parameters.get("binary_data")

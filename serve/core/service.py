@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from serve import __version__
+from serve.core.classification import classify
 from serve.core.serving import ServedVersions
 from serve.core.validation import validate
 from serve.errors import ModelLoadError, ModelNotFound, ModelNotReady, OperationNotAllowed
@@ -24,6 +25,7 @@ from serve.types import InferRequest, InferResponse, OutputTensor, TensorSpec
 
 EXTENSIONS = [
     "binary_tensor_data",
+    "classification",
     "model_configuration",
     "model_repository",
     "schedule_policy",
@@ -94,13 +96,16 @@ class InferenceService:
         def describe(specs: list[TensorSpec]) -> list[dict[str, Any]]:
             return [{"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)} for s in specs]
 
-        return {
+        metadata: dict[str, Any] = {
             "name": model.name,
             "versions": [v.version_str for v in self.repository.ready_versions(name)],
             "platform": "onnxruntime_onnx",
             "inputs": describe(model.inputs),
             "outputs": describe(model.outputs),
         }
+        if model.parameters:  # HTTP only: Triton's gRPC ModelMetadataResponse has no parameters field
+            metadata["parameters"] = dict(model.parameters)
+        return metadata
 
     def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
         model = self.repository.get(name, version)
@@ -149,6 +154,7 @@ class InferenceService:
             )
             timings = result.timings
             outputs = [OutputTensor(n, datatype, result.outputs[n]) for n, datatype in valid.outputs]
+            outputs = classify(outputs, request.outputs, model.labels, batching=model.max_batch_size > 0)
             return InferResponse(model.name, model.version_str, request.id, outputs)
         except BaseException as exc:
             error = exc

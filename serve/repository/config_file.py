@@ -31,6 +31,8 @@ _KNOWN_PARAMETERS = {
     # Declares which input features are categorical, for `serve baseline` and the statistics;
     # the runtime does not read it.
     "categorical_features",
+    # "false" serves a graph's ZipMap outputs as they are (and so refuses them) instead of as tensors.
+    "rewrite_zipmap",
 }
 
 

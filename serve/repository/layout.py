@@ -49,6 +49,10 @@ class ModelLayout:
             return [BARE_VERSION]
         return sorted(int(p.name) for p in self.directory.iterdir() if p.is_dir() and is_version_number(p.name))
 
+    def version_dir(self, version: int) -> Path:
+        """Where ``version``'s files are: the directory itself for a bare model."""
+        return self.directory if self.bare_file is not None else self.directory / str(version)
+
     def model_file(self, version: int, filename: str) -> Path:
         """The ONNX file of ``version``; ``filename`` is config.pbtxt's ``default_model_filename`` (or empty)."""
         name = filename or self.bare_file or config_file.DEFAULT_MODEL_FILENAME

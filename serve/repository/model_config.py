@@ -115,8 +115,8 @@ def _complete_tensors(
             )
         graph_dims = _config_dims(found, batching)
         dims = list(entry.dims)
-        if not dims and not graph_dims:
-            continue
+        if not graph_dims and dims in ([], [1]):
+            continue  # dims [1] for a graph scalar is how Triton configures scalars (see scalars_as_one)
         if len(dims) != len(graph_dims) or any(g != -1 and d != g for d, g in zip(dims, graph_dims, strict=True)):
             raise ModelLoadError(
                 f"config {what} '{entry.name}' has dims {dims} but the ONNX graph gives {graph_dims}"
@@ -125,6 +125,20 @@ def _complete_tensors(
     missing = set(by_name) - seen
     if require_all and missing:
         raise ModelLoadError(f"config lists no entry for graph {what}(s) {sorted(missing)}")
+
+
+def scalars_as_one(
+    entries: Iterable[mc.ModelInput | mc.ModelOutput], graph: list[GraphTensor], batching: bool
+) -> frozenset[str]:
+    """Names the config declares with dims [1] where the graph has no dimension (after the batch
+    dimension): requests send them with that 1, which the runner drops before running (inputs) or
+    adds to what the graph returns (outputs)."""
+    by_name = {t.name: t for t in graph}
+    return frozenset(
+        e.name
+        for e in entries
+        if list(e.dims) == [1] and e.name in by_name and not _config_dims(by_name[e.name], batching)
+    )
 
 
 def tensor_specs(entries: Iterable[mc.ModelInput | mc.ModelOutput]) -> list[TensorSpec]:
@@ -137,6 +151,11 @@ def _bool_parameter(config: mc.ModelConfig, key: str, default: bool) -> bool:
     if key not in config.parameters:
         return default
     return config.parameters[key].string_value.strip().lower() in _BOOL_TRUE
+
+
+def rewrites_zipmap(config: mc.ModelConfig) -> bool:
+    """Whether ZipMap outputs are served as tensors (config parameter rewrite_zipmap, default true)."""
+    return _bool_parameter(config, "rewrite_zipmap", True)
 
 
 def _int_parameter(config: mc.ModelConfig, key: str) -> int:

@@ -33,8 +33,11 @@ from serve.events import VersionKey
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import config_file
 from serve.repository import model_config as cfg
+from serve.repository.labels import read_labels
 from serve.repository.layout import ModelLayout, is_version_number, single_model, triton_model
+from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
 from serve.repository.warmup import warm_up
+from serve.runtime.model_file import prepare_model
 from serve.runtime.onnx_runner import OnnxRunner
 from serve.runtime.providers import CUDA
 from serve.settings import ServerSettings
@@ -64,6 +67,12 @@ class ModelVersion:
     runner: OnnxRunner | None = None
     load_seconds: float = 0.0
     model_path: Path | None = None  # the ONNX file this version was loaded from
+    # Class labels by output name, for the classification extension (label_filename, ZipMap labels).
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    # How the model is served, shown in model metadata "parameters" (ZipMap rewrite, MLflow lineage).
+    parameters: dict[str, str] = field(default_factory=dict)
+    # The same for people: logged at load and shown by `serve validate`.
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.key = VersionKey.new(self.name, str(self.version))
@@ -214,14 +223,17 @@ class ModelRepository:
         started = time.perf_counter()
         self._notify(entry)
         try:
-            entry.model_path = layout.model_file(entry.version, raw.default_model_filename)
-            runner, config = await asyncio.to_thread(self._build, entry, entry.model_path, raw, from_file)
+            built = await asyncio.to_thread(self._build, entry, layout, raw, from_file)
         except ServeError as exc:
             return self._failed(entry, exc.message)
         except Exception as exc:  # a broken file can raise anything; the server must go on
             log.exception("model %s version %d failed to load", entry.name, entry.version)
             return self._failed(entry, f"{type(exc).__name__}: {exc}")
-        entry.runner, entry.config = runner, config
+        runner, config = built.runner, built.config
+        entry.runner, entry.config, entry.model_path = runner, config, built.path
+        entry.labels, entry.parameters, entry.notes = built.labels, built.parameters, built.notes
+        for note in built.notes:
+            log.info("model %s version %d: %s", entry.name, entry.version, note)
         entry.inputs = cfg.tensor_specs(config.input)
         entry.outputs = cfg.tensor_specs(config.output)
         attached: list[VersionListener] = []
@@ -248,9 +260,14 @@ class ModelRepository:
         log.error("model %s version %d failed to load: %s", entry.name, entry.version, reason)
         return entry
 
-    def _build(
-        self, entry: ModelVersion, path: Path, raw: mc.ModelConfig, from_file: bool
-    ) -> tuple[OnnxRunner, mc.ModelConfig]:
+    def _build(self, entry: ModelVersion, layout: ModelLayout, raw: mc.ModelConfig, from_file: bool) -> _Built:
+        version_dir = layout.version_dir(entry.version)
+        mlmodel = read_mlmodel(version_dir)  # an MLflow model directory names its ONNX file
+        path = (
+            version_dir / mlmodel.model_file
+            if mlmodel
+            else layout.model_file(entry.version, raw.default_model_filename)
+        )
         if not path.is_file():
             raise ModelLoadError(f"{path.relative_to(entry.model_dir).as_posix()} not found")
         options = cfg.runtime_options(
@@ -258,8 +275,11 @@ class ModelRepository:
             allow_spinning=self._settings.ort_allow_spinning,
             intra_op_threads=self._settings.ort_intra_op_threads,
         )
-        runner = OnnxRunner(path, options)
+        prepared = prepare_model(path, version_dir, rewrite_zipmap=cfg.rewrites_zipmap(raw))
+        runner = OnnxRunner(path, options, graph=prepared.graph, external_data_dir=prepared.external_data_dir)
         try:
+            if mlmodel is not None:
+                check_signature(mlmodel, runner.inputs, runner.outputs)
             config = cfg.complete_config(
                 raw,
                 name=entry.name,
@@ -269,11 +289,28 @@ class ModelRepository:
                 default_max_batch_size=self._settings.default_max_batch_size,
                 cuda_available=CUDA in ort.get_available_providers(),
             )
+            batching = config.max_batch_size > 0
+            runner.reshape_scalars(
+                cfg.scalars_as_one(config.input, runner.inputs, batching),
+                cfg.scalars_as_one(config.output, runner.outputs, batching),
+            )
+            built = _Built(runner, config, path)
+            if mlmodel is not None:
+                _apply_mlflow(mlmodel, raw, config, built)
+            for zipmap in prepared.zipmaps:
+                built.labels[zipmap.output] = list(zipmap.labels)
+                built.notes.append(
+                    f"ZipMap output '{zipmap.output}' is served as FP32 [-1, {zipmap.classes}] "
+                    f"(its input '{zipmap.source}'), with the ZipMap's class labels"
+                )
+            if prepared.zipmaps:
+                built.parameters["zipmap_outputs"] = ",".join(z.output for z in prepared.zipmaps)
+            built.labels.update(read_labels(config, entry.model_dir))
             warm_up(runner, config, entry.model_dir)
         except BaseException:
             runner.close()
             raise
-        return runner, config
+        return built
 
     def _write_override(self, name: str, files: dict[str, bytes], config: mc.ModelConfig | None) -> Path:
         if config is None:
@@ -389,3 +426,28 @@ class ModelRepository:
         if ready_only:
             rows = [r for r in rows if r["state"] == READY]
         return rows
+
+
+def _apply_mlflow(mlmodel: MlflowModel, raw: mc.ModelConfig, config: mc.ModelConfig, built: _Built) -> None:
+    config.default_model_filename = mlmodel.model_file
+    served = signature_outputs(mlmodel)
+    if served is not None and not raw.output:  # config.pbtxt outputs, where given, win
+        by_name = {o.name: o for o in config.output}
+        kept = [mc.ModelOutput() for _ in served]
+        for copy, name in zip(kept, served, strict=True):
+            copy.CopyFrom(by_name[name])
+        del config.output[:]
+        config.output.extend(kept)
+    built.parameters.update(mlmodel.lineage)
+    run = mlmodel.lineage.get("mlflow_run_id", "unknown")
+    built.notes.append(f"MLflow model from run {run}, {mlmodel.model_file}")
+
+
+@dataclass(slots=True)
+class _Built:
+    runner: OnnxRunner
+    config: mc.ModelConfig
+    path: Path  # the ONNX file it was loaded from
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)

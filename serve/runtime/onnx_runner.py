@@ -59,16 +59,26 @@ def _graph_tensors(args: Sequence[ort.NodeArg], what: str) -> list[GraphTensor]:
 class OnnxRunner:
     """Sessions for one model version, and an executor thread per instance."""
 
-    def __init__(self, model_path: Path, options: RuntimeOptions) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        options: RuntimeOptions,
+        *,
+        graph: bytes | None = None,
+        external_data_dir: Path | None = None,
+    ) -> None:
+        """``graph``: the model to load, when prepared in memory (else the bytes of ``model_path``);
+        ``external_data_dir``: where its external data lives (checked by the caller)."""
         self.model_path = model_path
         self.options = options
+        self._external_data_dir = external_data_dir
         available = ort.get_available_providers()
         count = max(1, options.instance_count)
         devices = list(options.gpu_ids) or [0]
         self._sessions: list[ort.InferenceSession] = []
         self._use_iobinding: list[bool] = []
         self.providers: list[str] = []
-        model_bytes = model_path.read_bytes()
+        model_bytes = graph if graph is not None else model_path.read_bytes()
         try:
             for index in range(count * (len(devices) if options.device_kind == "gpu" else 1)):
                 device_id = devices[index % len(devices)]
@@ -101,9 +111,16 @@ class OnnxRunner:
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(len(self._sessions)):
             self._free.put(i)
+        self._squeeze: frozenset[str] = frozenset()
+        self._unsqueeze: frozenset[str] = frozenset()
         self._executor = ThreadPoolExecutor(max_workers=len(self._sessions), thread_name_prefix="ort")
         # Starts high so that the first batches run on the executor and measure the model.
         self._recent_ns = INLINE_BELOW_NS * 2
+
+    def reshape_scalars(self, inputs: frozenset[str], outputs: frozenset[str]) -> None:
+        """Tensors the graph has without a last dimension that are served with one of size 1
+        (Triton's dims [1] for a scalar): these inputs lose it before running, these outputs gain it."""
+        self._squeeze, self._unsqueeze = inputs, outputs
 
     @property
     def instance_count(self) -> int:
@@ -128,6 +145,11 @@ class OnnxRunner:
         so.enable_mem_pattern = o.enable_mem_pattern
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if o.allow_spinning else "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "1" if o.allow_spinning else "0")
+        if self._external_data_dir is not None:
+            # A model given as bytes has no directory of its own for relative external-data paths.
+            so.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(self._external_data_dir)
+            )
         for key, value in o.extra_session_config.items():
             so.add_session_config_entry(key, value)
         so.log_severity_level = 3
@@ -143,7 +165,10 @@ class OnnxRunner:
 
     def _run_on(self, index: int, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._sessions[index]
-        ort_feeds = {name: to_ort_strings(name, array) for name, array in feeds.items()}
+        ort_feeds = {
+            name: to_ort_strings(name, array[..., 0] if name in self._squeeze else array)
+            for name, array in feeds.items()
+        }
         started = time.perf_counter_ns()
         try:
             if self._use_iobinding[index]:
@@ -162,7 +187,10 @@ class OnnxRunner:
         # Moving average over about eight batches: a slow model leaves the loop after one or two
         # batches, while a lone hiccup (GC, preemption) does not send a fast one to the executor.
         self._recent_ns = (self._recent_ns * 7 + elapsed) // 8
-        return {name: from_ort_strings(r) for name, r in zip(self.output_names, results, strict=True)}
+        outputs = {name: from_ort_strings(r) for name, r in zip(self.output_names, results, strict=True)}
+        for name in self._unsqueeze:
+            outputs[name] = outputs[name][..., np.newaxis]
+        return outputs
 
     async def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # A batch expected to take less than a thread hand-off runs right here on the event
