@@ -10,22 +10,27 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # ---- build: a wheel of serve, then one virtual environment per image, pip and setuptools removed from each.
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+# binutils: strip, for deploy/image/slim-venv.sh (~46 MB of tests and debug sections); no image keeps this stage.
+RUN apt-get update && apt-get install -y --no-install-recommends binutils && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY serve ./serve
 COPY deploy/constraints.txt ./deploy/constraints.txt
+COPY deploy/image/slim-venv.sh /usr/local/bin/slim-venv
 RUN python -m pip wheel --no-deps --wheel-dir /wheels .
 
 FROM build AS venv-server
 RUN python -m venv /opt/serve \
     && /opt/serve/bin/pip install --constraint deploy/constraints.txt /wheels/serve-*.whl \
     && /opt/serve/bin/pip uninstall --yes pip setuptools \
+    && slim-venv /opt/serve \
     && /opt/serve/bin/serve demo-repo /models
 
 FROM build AS venv-monitor
 RUN python -m venv /opt/serve \
     && /opt/serve/bin/pip install --constraint deploy/constraints.txt "$(ls /wheels/serve-*.whl)[monitor]" \
-    && /opt/serve/bin/pip uninstall --yes pip setuptools
+    && /opt/serve/bin/pip uninstall --yes pip setuptools \
+    && slim-venv /opt/serve
 
 # ---- what both images share: a fixed unprivileged user, no source tree anywhere on the import path.
 FROM ${PYTHON_IMAGE} AS runtime
