@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         find_baseline,
         load_model_info,
     )
+    from serve.extras import MissingExtraError, require_extra
     from serve.stats.baseline import Baseline, BaselineError
 
     try:
@@ -125,8 +126,9 @@ def run(args: argparse.Namespace) -> int:
             return 1 if problems else 0
         if not args.data:
             raise BaselineInputError("--data is required (training data to compute the baseline from)")
+        require_extra("baseline")  # reading the data needs pyarrow and tqdm; --check needs neither
         return _build(args, info, baseline_path(info.model_dir, info.version))
-    except (BaselineInputError, BaselineError) as exc:
+    except (BaselineInputError, BaselineError, MissingExtraError) as exc:
         print(f"serve baseline: {exc}", file=sys.stderr)
         return 2
 

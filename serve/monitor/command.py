@@ -213,11 +213,14 @@ async def _serve(settings: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from serve.extras import MissingExtraError, require_extra
     from serve.stats.baseline import BaselineError
 
     try:
         settings = settings_from_args(args)
-    except (ValueError, OSError) as exc:
+        if not args.once:
+            require_extra("monitor")  # the report's plots; --once draws none, so it runs on a serving install
+    except (ValueError, OSError, MissingExtraError) as exc:
         print(f"serve monitor: {exc}", file=sys.stderr)
         return 2
     try:
