@@ -15,7 +15,7 @@ adapters each map it exactly once. The tree:
     ├── RequestCancelled            499 CANCELLED
     ├── ModelExecutionError         500 INTERNAL
     ├── Unsupported                 501 UNIMPLEMENTED
-    ├── OperationNotAllowed         403 FAILED_PRECONDITION
+    ├── ModelControlDisabled        503 UNAVAILABLE
     ├── ModelLoadError              400 INVALID_ARGUMENT
     └── ShuttingDown                503 UNAVAILABLE
 """
@@ -89,9 +89,11 @@ class Unsupported(ServeError):
     grpc_code = "UNIMPLEMENTED"
 
 
-class OperationNotAllowed(ServeError):
-    http_status = 403
-    grpc_code = "FAILED_PRECONDITION"
+class ModelControlDisabled(ServeError):
+    # Triton answers load/unload outside explicit mode with UNAVAILABLE (its HTTP 503), and its
+    # clients match the message "explicit model load / unload is not allowed".
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
 
 
 class ModelLoadError(ServeError):

@@ -253,8 +253,9 @@ def test_onnxruntime_failure_counts_as_a_failure_in_statistics(mixed_server: Run
 
 def test_http_load_and_unload_are_refused_without_explicit_model_control(mixed_server: RunningServer) -> None:
     port = mixed_server.http_port
-    assert_error(request(port, "POST", "/v2/repository/models/tabular/load"), 403, "explicit")
-    assert_error(request(port, "POST", "/v2/repository/models/tabular/unload"), 403, "explicit")
+    disabled = "explicit model load / unload is not allowed"
+    assert_error(request(port, "POST", "/v2/repository/models/tabular/load"), 503, disabled)
+    assert_error(request(port, "POST", "/v2/repository/models/tabular/unload"), 503, disabled)
     assert request(port, "GET", "/v2/models/tabular/ready").status == 200
 
 
@@ -267,7 +268,7 @@ def test_grpc_load_and_unload_are_refused_without_explicit_model_control(
     ):
         with pytest.raises(grpc.RpcError) as info:
             call()
-        assert_rpc_error(info.value, grpc.StatusCode.FAILED_PRECONDITION, "explicit")
+        assert_rpc_error(info.value, grpc.StatusCode.UNAVAILABLE, "explicit model load / unload is not allowed")
     assert mixed_stub.ModelReady(pb.ModelReadyRequest(name="tabular")).ready
 
 
@@ -368,8 +369,11 @@ def test_http_load_with_a_config_override_applies_it(
         assert explicit_http.get_model_config("tabular")["max_batch_size"] == 4
         assert post_json(port, "/v2/models/tabular/infer", tabular_body(4)).status == 200
         assert_error(post_json(port, "/v2/models/tabular/infer", tabular_body(5)), 400, "5", "4")
+        explicit_http.load_model("tabular")  # a plain load keeps the override, as Triton does
+        assert explicit_http.get_model_config("tabular")["max_batch_size"] == 4
     finally:
-        explicit_http.load_model("tabular")  # back to config.pbtxt
+        explicit_http.unload_model("tabular")  # an unload forgets it: back to config.pbtxt
+        explicit_http.load_model("tabular")
     assert explicit_http.get_model_config("tabular")["max_batch_size"] == 64
 
 
@@ -380,6 +384,7 @@ def test_grpc_load_with_a_config_override_applies_it(explicit_grpc: grpcclient.I
         explicit_grpc.load_model("tabular", config=json.dumps(override))
         assert explicit_grpc.get_model_config("tabular").config.max_batch_size == 2
     finally:
+        explicit_grpc.unload_model("tabular")
         explicit_grpc.load_model("tabular")
     assert explicit_grpc.get_model_config("tabular").config.max_batch_size == 64
 

@@ -15,7 +15,7 @@ from serve import __version__
 from serve.core.classification import classify
 from serve.core.serving import ServedVersions
 from serve.core.validation import validate
-from serve.errors import ModelLoadError, ModelNotFound, ModelNotReady, OperationNotAllowed
+from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, ModelNotReady
 from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
 from serve.metrics.statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
@@ -166,11 +166,17 @@ class InferenceService:
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.repository.index(ready_only)
 
+    def _check_model_control(self) -> None:
+        if not self.model_control_explicit:
+            raise ModelControlDisabled(
+                "explicit model load / unload is not allowed: model control is disabled on this server "
+                "(it runs --model-control-mode none; start it with --model-control-mode explicit)"
+            )
+
     async def load_model(
         self, name: str, config: mc.ModelConfig | None = None, files: dict[str, bytes] | None = None
     ) -> None:
-        if not self.model_control_explicit:
-            raise OperationNotAllowed("model load and unload need --model-control-mode explicit")
+        self._check_model_control()
         await self.repository.load_model(name, config_override=config, files=files)
         try:
             self.repository.get(name)
@@ -178,8 +184,7 @@ class InferenceService:
             raise ModelLoadError(f"failed to load '{name}': {exc.message}") from None
 
     async def unload_model(self, name: str) -> None:
-        if not self.model_control_explicit:
-            raise OperationNotAllowed("model load and unload need --model-control-mode explicit")
+        self._check_model_control()
         await self.repository.unload_model(name)
 
     async def close(self) -> None:

@@ -161,7 +161,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     async def _unsupported(self, context: Context, what: str) -> Any:
-        raise Unsupported(f"{what} is not supported")
+        raise Unsupported(f"the {what} extension is not supported by this server")
 
     @rpc
     async def SystemSharedMemoryStatus(self, request: Any, context: Context) -> Any:
@@ -189,8 +189,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def TraceSetting(self, request: Any, context: Context) -> Any:
-        return await self._unsupported(context, "trace settings")
+        return await self._unsupported(context, "trace")
 
     @rpc
     async def LogSettings(self, request: Any, context: Context) -> Any:
-        return await self._unsupported(context, "log settings")
+        return await self._unsupported(context, "logging")

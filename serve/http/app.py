@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 
 from serve.core import InferenceService
-from serve.errors import InvalidInput
+from serve.errors import InvalidInput, Unsupported
 from serve.http.body import read_body
 from serve.http.errors import ErrorBoundary
 from serve.http.infer import InferEndpoint
@@ -72,6 +72,38 @@ def _load_parameters(body: dict[str, Any]) -> tuple[mc.ModelConfig | None, dict[
             except binascii.Error:
                 raise InvalidInput(f"parameter '{key}' is not valid base64") from None
     return config, files
+
+
+def _unsupported_extensions() -> list[BaseRoute]:
+    """Triton's shared-memory, trace and log-settings endpoints: 501 naming the extension, not 404
+    (Triton's clients read a 404 as "model not found")."""
+
+    def refuse(extension: str) -> Handler:
+        async def unsupported(request: Request) -> Response:
+            raise Unsupported(f"the {extension} extension is not supported by this server")
+
+        return unsupported
+
+    routes: list[BaseRoute] = []
+    for prefix, extension in (
+        ("/v2/systemsharedmemory", "system shared memory"),
+        ("/v2/cudasharedmemory", "CUDA shared memory"),
+    ):
+        handler = refuse(extension)
+        routes += [
+            Route(prefix + "/status", handler, methods=["GET"]),
+            Route(prefix + "/unregister", handler, methods=["POST"]),
+            Route(prefix + "/region/{region}/status", handler, methods=["GET"]),
+            Route(prefix + "/region/{region}/register", handler, methods=["POST"]),
+            Route(prefix + "/region/{region}/unregister", handler, methods=["POST"]),
+        ]
+    trace = refuse("trace")
+    routes += [
+        Route("/v2/trace/setting", trace, methods=["GET", "POST"]),
+        Route("/v2/models/{model}/trace/setting", trace, methods=["GET", "POST"]),
+        Route("/v2/logging", refuse("logging"), methods=["GET", "POST"]),
+    ]
+    return routes
 
 
 def create_app(
@@ -150,5 +182,6 @@ def create_app(
             Route(repo + "/models/{model}/load", repository_load, methods=["POST"]),
             Route(repo + "/models/{model}/unload", repository_unload, methods=["POST"]),
         ]
+    routes += _unsupported_extensions()
     routes += extra_routes or []
     return ErrorBoundary(InferEndpoint(Router(routes=routes), service, max_request_bytes=max_request_bytes))

@@ -123,6 +123,9 @@ class ModelRepository:
         self._model_errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._overrides: dict[str, Path] = {}  # models loaded from files sent with a load request
+        # A config sent with a load request holds, as in Triton, until a load sends another or an
+        # unload; a plain load in between keeps it.
+        self._configs: dict[str, mc.ModelConfig] = {}
         self.only = settings.model_name or None  # --model-name: the one model served (layout.py)
 
     # ---- discovery -------------------------------------------------------------------------
@@ -163,7 +166,10 @@ class ModelRepository:
 
     # ---- loading ---------------------------------------------------------------------------
     async def load_all(self, names: list[str] | None = None) -> None:
-        for name in names if names is not None else self.model_names():
+        """Load ``names`` (None, or a name "*" as in Triton's --load-model=*, loads every model)."""
+        if names is None or "*" in names:
+            names = self.model_names()
+        for name in names:
             await self.load_model(name)
 
     async def load_model(
@@ -174,6 +180,9 @@ class ModelRepository:
             raise InvalidInput(f"'{name}' is not a valid model name")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
+            sent = config_override
+            if config_override is None:
+                config_override = self._configs.get(name)
             if files:
                 self._overrides[name] = self._write_override(name, files, config_override)
             layout = self._layout(name)
@@ -216,6 +225,8 @@ class ModelRepository:
                 elif new.state == READY or old is None or old.state != READY:
                     current[version] = new
                 self._notify(current[version])
+            if sent is not None and any(v.state == READY for v in current.values()):
+                self._configs[name] = sent  # only a config that loaded holds for the next plain loads
 
     async def _load_version(
         self, entry: ModelVersion, layout: ModelLayout, raw: mc.ModelConfig, from_file: bool
@@ -334,6 +345,7 @@ class ModelRepository:
         async with lock:
             await self._unload_versions(name, list(self._versions.get(name, {})))
             self._model_errors.pop(name, None)
+            self._configs.pop(name, None)
             override = self._overrides.pop(name, None)
             if override is not None:
                 shutil.rmtree(override, ignore_errors=True)
