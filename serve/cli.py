@@ -103,6 +103,21 @@ def _run_in_loop(coro: Any) -> Any:
         loop.close()
 
 
+def _run_workers(settings: ServerSettings) -> int:
+    # The run directory (and prometheus_client's multiprocess mode) before anything imports the client.
+    from serve.workers.rundir import prepare_run_dir
+
+    run_dir = prepare_run_dir()
+    root = _repository_root(settings)
+    from serve.workers.supervisor import run_supervisor
+
+    try:
+        return int(_run_in_loop(run_supervisor(settings, root, run_dir)))
+    except OSError as exc:
+        logging.getLogger("serve").error("%s", exc)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo-repo":
@@ -126,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_monitor(args)
     if args.command == "run":
+        from serve.cpus import resolve_workers
+
+        if resolve_workers(server_settings.workers) > 1:
+            return _run_workers(server_settings)
         from serve.errors import ServeError
         from serve.server import run_server
 

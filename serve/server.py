@@ -1,5 +1,9 @@
 """Runs HTTP (uvicorn) and gRPC (grpc.aio) in one process and one event loop, over one
-model repository, and shuts them down in a fixed order."""
+model repository, and shuts them down in a fixed order.
+
+With ``--workers N`` the supervisor (serve/workers) runs N of these; each is then given a
+WorkerRole: the HTTP listening socket it shares with the others, a gRPC port it binds with
+SO_REUSEPORT, and the Cluster through which it answers for the whole server."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import logging
 import signal
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -17,17 +22,19 @@ from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
 from serve.core import InferenceService
+from serve.core.cluster import Cluster
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
 from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
 from serve.http.monitoring import monitoring_routes
 from serve.metrics.endpoint import create_metrics_app, metrics_route
+from serve.metrics.multiprocess import multiprocess_dir
 from serve.metrics.prometheus import PrometheusMetrics
 from serve.settings import ServerSettings
 from serve.stats.recorder import StatsRecorder
 from serve.stats.served_baseline import ServedBaseline
-from serve.stats.wiring import InputStatistics
+from serve.stats.wiring import InputStatistics, StatsDocuments, local_documents
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +53,24 @@ class _Uvicorn(uvicorn.Server):
             raise OSError("the HTTP server failed to start") from None
 
 
-def bind_http_socket(host: str, port: int) -> socket.socket:
+# How often a worker copies its queue gauges into the shared metric files between scrapes.
+_GAUGE_REFRESH_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """What makes a Server one worker of several (serve/workers)."""
+
+    index: int
+    cluster: Cluster
+    http_socket: socket.socket | None  # listening, shared by every worker; None = bind with SO_REUSEPORT
+
+
+def bind_http_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """Bind the HTTP listening socket ourselves, so that a taken port is an OSError naming it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=4096)
+        return socket.create_server((host, port), family=family, backlog=4096, reuse_port=reuse_port)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot listen for HTTP on {host}:{port}: {bind_error_reason(exc)}") from None
 
@@ -61,14 +81,17 @@ def _grpc_address(host: str, port: int) -> str:
 
 
 class Server:
-    def __init__(self, settings: ServerSettings, repository_root: Path) -> None:
+    def __init__(self, settings: ServerSettings, repository_root: Path, *, role: WorkerRole | None = None) -> None:
         self.settings = settings
+        self.role = role
         # One registry per server, never prometheus_client's global one: tests and embedders get their own.
         self.registry = CollectorRegistry()
+        self._shared_metrics = multiprocess_dir() if role is not None else None
         self.metrics = PrometheusMetrics(
             self.registry,
             latency_buckets_s=settings.latency_buckets_s,
             triton_compat=settings.metrics_triton_compat,
+            multiprocess_dir=self._shared_metrics,
         )
         self.stats = InputStatistics(settings) if settings.stats_enabled else None
         observers: list[Observer] = [self.metrics] if self.stats is None else [self.stats, self.metrics]
@@ -78,8 +101,13 @@ class Server:
             observers,
             server_name=settings.server_name,
             model_control_explicit=settings.model_control_mode == "explicit",
+            cluster=role.cluster if role is not None else None,
         )
         self.repository = self.service.repository
+        self.stats_documents: StatsDocuments = (
+            role.cluster.input_stats if role is not None else local_documents(self.stats_recorder)
+        )
+        self._gauge_task: asyncio.Task[None] | None = None
         self.metrics.queue_probe = self.service.queue_depths
         self._stop = asyncio.Event()
         self._http: _Uvicorn | None = None
@@ -94,23 +122,30 @@ class Server:
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
 
-    async def start(self) -> None:
+    async def start(self, load_models: list[str] | None = None) -> None:
+        """Load the models (``load_models``, else what the settings say) and start listening."""
         s = self.settings
-        if s.model_control_mode == "explicit":
+        if load_models is not None:
+            await self.repository.load_all(load_models)
+        elif s.model_control_mode == "explicit":
             await self.repository.load_all(s.load_models)
         else:
             await self.repository.load_all()
         # Registered even with --no-stats, so that a client is told why there is nothing.
-        extra_routes = [metrics_route(self.metrics), *monitoring_routes(self.stats_recorder, self.served_baseline)]
+        extra_routes = [metrics_route(self.metrics), *monitoring_routes(self.stats_documents, self.served_baseline)]
         app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
-        self._http_socket = bind_http_socket(s.host, s.http_port)
+        if self.role is not None and self.role.http_socket is not None:
+            self._http_socket = self.role.http_socket
+        else:
+            self._http_socket = bind_http_socket(s.host, s.http_port, reuse_port=self.role is not None)
         self.http_port = self._http_socket.getsockname()[1]
         self._grpc, self._health, self.grpc_port = create_grpc_server(
             self.service,
             address=_grpc_address(s.host, s.grpc_port),
             max_message_bytes=s.max_request_bytes,
-            stats_lookup=self.stats_recorder,
+            stats_lookup=self.stats_documents,
             baseline_lookup=self.served_baseline,
+            reuse_port=self.role is not None,
         )
         await self._grpc.start()
         config = uvicorn.Config(
@@ -138,8 +173,10 @@ class Server:
                     self._http_task.result()
                 raise OSError(f"HTTP server could not start on {s.host}:{s.http_port}")
             await asyncio.sleep(0.01)
-        if s.metrics_port is not None:
+        if s.metrics_port is not None and self.role is None:  # with workers, the supervisor serves it
             await self._start_metrics_http(s.metrics_port)
+        if self._shared_metrics is not None:
+            self._gauge_task = asyncio.ensure_future(self._refresh_gauges())
         await set_serving(self._health, True)
         log.info(
             "serving %d model version(s): HTTP on %s:%d, gRPC on %s:%d",
@@ -174,6 +211,12 @@ class Server:
             await asyncio.sleep(0.01)
         log.info("metrics on %s:%d/metrics", s.host, self.metrics_port)
 
+    async def _refresh_gauges(self) -> None:
+        # Other workers' scrapes read this worker's queue gauges from its file: keep it current.
+        while True:
+            self.metrics.refresh()
+            await asyncio.sleep(_GAUGE_REFRESH_S)
+
     def stats_recorder(self, name: str, version: str) -> StatsRecorder:
         model = self.repository.get(name, version)
         if self.stats is None:
@@ -189,9 +232,9 @@ class Server:
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def wait(self) -> None:
+    async def wait(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         await self._stop.wait()
@@ -200,6 +243,8 @@ class Server:
         """Not ready, stop accepting, drain both protocols, close batchers, release sessions."""
         grace = self.settings.shutdown_grace_s
         self.service.shutting_down = True
+        if self._gauge_task is not None:
+            self._gauge_task.cancel()
         if self._health is not None:
             await set_serving(self._health, False)
         if self._http is not None:

@@ -26,6 +26,7 @@ MODEL_LOADING = ("run", "validate")
 
 ModelControlMode = Literal["none", "explicit"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+WorkerHttpSocket = Literal["shared", "reuseport"]
 
 
 class SettingsError(ValueError):
@@ -46,6 +47,11 @@ def _port(value: int) -> str | None:
 
 def _share(value: float) -> str | None:
     return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
+def _workers(value: str) -> str | None:
+    ok = value == "auto" or (value.isascii() and value.isdigit() and int(value) >= 1)
+    return None if ok else "must be a positive integer or 'auto'"
 
 
 def _ascending(values: tuple[float, ...]) -> str | None:
@@ -98,6 +104,18 @@ class ServerSettings:
         flag="--load-model",
         default_factory=list,
     )
+    workers: str = setting(
+        "1",
+        help="worker processes serving the same HTTP and gRPC ports; 'auto' = the CPUs this process may use "
+        "(its CPU affinity and cgroup CPU quota, whichever is smaller)",
+        check=_workers,
+    )
+    worker_http_socket: WorkerHttpSocket = setting(
+        "shared",
+        help="with several workers: 'shared' = one listening socket inherited by every worker (one accept queue; "
+        "a free worker takes the next connection), 'reuseport' = a socket per worker with SO_REUSEPORT (the "
+        "kernel hashes connections to them)",
+    )
     max_request_bytes: int = setting(
         64 * 1024 * 1024,
         help="largest accepted request body (after decompression) and gRPC message, bytes",
@@ -119,7 +137,8 @@ class ServerSettings:
     )
     ort_intra_op_threads: int = setting(
         0,
-        help="onnxruntime intra-op threads per instance when the config has none (0 = cores / instances)",
+        help="onnxruntime intra-op threads per instance when the config has none "
+        "(0 = available CPUs / (workers x instances))",
         commands=MODEL_LOADING,
         check=_not_negative,
     )
@@ -307,3 +326,19 @@ def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] | None =
         elif spec.env in environ:
             values[spec.name] = spec.parse(environ[spec.env], f"environment variable {spec.env}")
     return ServerSettings(**values)
+
+
+def _as_environment_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def to_environment(settings: ServerSettings) -> dict[str, str]:
+    """The SERVE_* variables that give ``settings`` back through ``from_arguments`` (how the
+    supervisor hands its settings to worker processes). Unset optional settings are left out."""
+    return {
+        spec.env: _as_environment_value(value) for spec in SPECS if (value := getattr(settings, spec.name)) is not None
+    }

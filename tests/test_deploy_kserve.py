@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from serve import settings
 from serve.cli import build_parser
 from tests.fixtures.kserve_models import check
 from tests.fixtures.manifests import DEPLOY, documents
@@ -117,8 +118,7 @@ def _run_flags() -> set[str]:
     return {flag for action in commands.choices["run"]._actions for flag in action.option_strings}
 
 
-@pytest.mark.skipif("--model-name" not in _run_flags(), reason="serve run has no --model-name yet (issue 13)")
 def test_runtime_args_are_valid_serve_run_flags() -> None:
     args = [a.replace("{{.Name}}", "tabular") for a in _container(RUNTIMES["servingruntime.yaml"])["args"]]
-    parsed = build_parser().parse_args(args)
-    assert (parsed.http_port, parsed.grpc_port, str(parsed.model_repository)) == (8080, 9000, "/mnt/models")
+    s = settings.from_arguments(build_parser().parse_args(args), {})
+    assert (s.http_port, s.grpc_port, str(s.model_repository), s.model_name) == (8080, 9000, "/mnt/models", "tabular")

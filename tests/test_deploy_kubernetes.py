@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from serve import settings
 from serve.cli import build_parser
 from tests.fixtures.manifests import DEPLOY, documents, manifests, prometheus_operator_problems
 
@@ -141,11 +142,11 @@ def _run_flags() -> set[str]:
     return {flag for action in commands.choices["run"]._actions for flag in action.option_strings}
 
 
-@pytest.mark.skipif("--workers" not in _run_flags(), reason="serve run has no --workers yet (issue 13, server half)")
 def test_server_container_args_are_valid_serve_run_flags() -> None:
     (container,) = _pod("serve")["spec"]["containers"]
-    args = build_parser().parse_args(container["args"])
-    assert (args.command, args.http_port, args.grpc_port, args.metrics_port) == ("run", 8000, 8001, 8002)
+    parsed = build_parser().parse_args(container["args"])
+    s = settings.from_arguments(parsed, {})
+    assert (parsed.command, s.http_port, s.grpc_port, s.metrics_port, s.workers) == ("run", 8000, 8001, 8002, "auto")
 
 
 def test_documents_are_plain_yaml_without_duplicate_keys() -> None:

@@ -93,7 +93,7 @@ async def test_a_request_whose_client_left_before_it_ran_is_dropped_and_answered
         await messages.put({"type": "http.disconnect"})
         await asyncio.wait_for(call, 5)
 
-        stats = server.service.model_statistics("tabular")[0]
+        stats = (await server.service.model_statistics("tabular"))[0]
         assert sent == []
         assert stats["execution_count"] == 0
         assert stats["inference_stats"]["fail"]["count"] == 1

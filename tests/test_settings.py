@@ -81,3 +81,12 @@ def test_validate_takes_only_the_model_loading_settings() -> None:
     text = parser.format_help()
     assert "--model-repository" in text and "--ort-intra-op-threads" in text
     assert "--http-port" not in text
+
+
+def test_settings_survive_the_trip_through_the_environment() -> None:
+    original = ServerSettings(
+        model_repository=Path("/models"), http_port=9000, load_models=["a", "b"], stats_enabled=False,
+        latency_buckets_s=(0.1, 1.0), workers="3", model_control_mode="explicit",
+    )  # fmt: skip
+    environment = settings.to_environment(original)
+    assert settings.from_arguments(argparse.Namespace(), environment) == original

@@ -25,6 +25,7 @@ from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
 from serve.stats.recorder import StatsRecorder
 from serve.stats.served_baseline import ServedBaseline
 from serve.stats.windows import ServerInstance
+from serve.stats.wiring import local_documents
 from serve.types import TensorSpec
 
 
@@ -90,7 +91,7 @@ class Client:
 
 @pytest.fixture
 def client(recorders) -> Client:  # noqa: ANN001
-    return Client(ErrorBoundary(Router(routes=monitoring_routes(_lookup(recorders), _no_baselines))))
+    return Client(ErrorBoundary(Router(routes=monitoring_routes(local_documents(_lookup(recorders)), _no_baselines))))
 
 
 async def test_http_returns_the_default_versions_document(client: Client) -> None:
@@ -134,7 +135,7 @@ async def test_http_errors_are_json_with_the_errors_status(client: Client, path:
 @pytest.fixture
 async def grpc_target(recorders) -> AsyncIterator[str]:  # noqa: ANN001
     server = grpc.aio.server()
-    add_monitoring_servicer(server, _lookup(recorders), _no_baselines)
+    add_monitoring_servicer(server, local_documents(_lookup(recorders)), _no_baselines)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -13,6 +13,7 @@ from typing import Any
 
 from serve import __version__
 from serve.core.classification import classify
+from serve.core.cluster import Cluster
 from serve.core.serving import ServedVersions
 from serve.core.validation import validate
 from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, ModelNotReady
@@ -48,6 +49,7 @@ class InferenceService:
         *,
         server_name: str = "serve",
         model_control_explicit: bool = False,
+        cluster: Cluster | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         self.repository = repository
@@ -57,6 +59,8 @@ class InferenceService:
         self._statistics = statistics
         self._observer = observer
         self._clock = clock
+        # The other workers, when this process is one of several behind one port (serve/workers).
+        self.cluster = cluster
         self.shutting_down = False
 
     @classmethod
@@ -112,7 +116,14 @@ class InferenceService:
         assert model.config is not None
         return model.config
 
-    def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+    async def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's statistics extension, for the whole server."""
+        if self.cluster is not None:
+            return await self.cluster.model_statistics(name, version)
+        return self.local_model_statistics(name, version)
+
+    def local_model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """The same, for this process only."""
         if name:
             if version:
                 models = [self.repository.get(name, version)]
@@ -177,6 +188,15 @@ class InferenceService:
         self, name: str, config: mc.ModelConfig | None = None, files: dict[str, bytes] | None = None
     ) -> None:
         self._check_model_control()
+        if self.cluster is not None:
+            await self.cluster.load_model(name, config, files)
+            return
+        await self.apply_load_model(name, config, files)
+
+    async def apply_load_model(
+        self, name: str, config: mc.ModelConfig | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
+        """Load in this process (the supervisor calls this on every worker)."""
         await self.repository.load_model(name, config_override=config, files=files)
         try:
             self.repository.get(name)
@@ -185,6 +205,13 @@ class InferenceService:
 
     async def unload_model(self, name: str) -> None:
         self._check_model_control()
+        if self.cluster is not None:
+            await self.cluster.unload_model(name)
+            return
+        await self.apply_unload_model(name)
+
+    async def apply_unload_model(self, name: str) -> None:
+        """Unload in this process (the supervisor calls this on every worker)."""
         await self.repository.unload_model(name)
 
     async def close(self) -> None:

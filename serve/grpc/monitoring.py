@@ -6,7 +6,6 @@ to the names given to server reflection.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -15,21 +14,19 @@ from serve.grpc.errors import rpc
 from serve.protocol import serve_monitoring_pb2 as pb
 from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
 from serve.stats.served_baseline import BaselineLookup
-from serve.stats.wiring import StatsLookup
+from serve.stats.wiring import StatsDocuments
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitoring"].full_name
 
 
 class MonitoringServicer(pb_grpc.MonitoringServicer):
-    def __init__(self, lookup: StatsLookup, baselines: BaselineLookup) -> None:
+    def __init__(self, lookup: StatsDocuments, baselines: BaselineLookup) -> None:
         self._lookup = lookup
         self._baselines = baselines
 
     @rpc
     async def InputStats(self, request: pb.InputStatsRequest, context: Any) -> pb.InputStatsResponse:
-        recorder = self._lookup(request.model_name, request.model_version)
-        # Built in a worker thread: a large document must not stall the event loop.
-        body = await asyncio.to_thread(recorder.export_json, int(request.since))
+        body = await self._lookup(request.model_name, request.model_version, int(request.since))
         return pb.InputStatsResponse(json=body.decode("utf-8"))
 
     @rpc
@@ -45,7 +42,7 @@ class MonitoringServicer(pb_grpc.MonitoringServicer):
 
 
 def add_monitoring_servicer(
-    server: grpc.aio.Server, lookup: StatsLookup, baselines: BaselineLookup
+    server: grpc.aio.Server, lookup: StatsDocuments, baselines: BaselineLookup
 ) -> MonitoringServicer:
     servicer = MonitoringServicer(lookup, baselines)
     pb_grpc.add_MonitoringServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

@@ -18,7 +18,7 @@ from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.protocol._pool import POOL
 from serve.stats.served_baseline import BaselineLookup
-from serve.stats.wiring import StatsLookup
+from serve.stats.wiring import StatsDocuments
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -37,16 +37,18 @@ def create_grpc_server(
     *,
     address: str,
     max_message_bytes: int,
-    stats_lookup: StatsLookup | None = None,
+    stats_lookup: StatsDocuments | None = None,
     baseline_lookup: BaselineLookup | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """Build and bind the server; returns it, its health servicer and the bound port."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            # A second server on a taken port must fail, not silently share it.
-            ("grpc.so_reuseport", 0),
+            # A second server on a taken port must fail, not silently share it; worker processes
+            # share theirs on purpose (serve/workers).
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             # tritonclient pings rarely; accept its keepalives without GOAWAY storms.
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1),

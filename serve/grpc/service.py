@@ -79,7 +79,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> pb.ModelStatisticsResponse:
         response = pb.ModelStatisticsResponse()
-        json_format.ParseDict({"model_stats": self._service.model_statistics(request.name, request.version)}, response)
+        stats = await self._service.model_statistics(request.name, request.version)
+        json_format.ParseDict({"model_stats": stats}, response)
         return response
 
     @rpc

@@ -135,7 +135,7 @@ def create_app(
         return json_response(message_to_json(config))
 
     async def model_stats(request: Request) -> Response:
-        stats = service.model_statistics(request.path_params.get("model", ""), _version(request))
+        stats = await service.model_statistics(request.path_params.get("model", ""), _version(request))
         return json_response({"model_stats": stats})
 
     async def repository_index(request: Request) -> Response:

@@ -10,8 +10,6 @@ extension):
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -23,7 +21,7 @@ from serve.stats.served_baseline import (
     MODEL_VERSION_HEADER,
     BaselineLookup,
 )
-from serve.stats.wiring import StatsLookup
+from serve.stats.wiring import StatsDocuments
 
 JSON = "application/json"
 
@@ -41,12 +39,10 @@ def _target(request: Request) -> tuple[str, str]:
     return request.path_params["model"], "" if version is None else str(version)
 
 
-def monitoring_routes(stats: StatsLookup, baselines: BaselineLookup) -> list[BaseRoute]:
+def monitoring_routes(stats: StatsDocuments, baselines: BaselineLookup) -> list[BaseRoute]:
     async def input_stats(request: Request) -> Response:
         since = parse_since(request.query_params.get("since"))
-        recorder = stats(*_target(request))
-        body = await asyncio.to_thread(recorder.export_json, since)
-        return Response(body, media_type=JSON)
+        return Response(await stats(*_target(request), since), media_type=JSON)
 
     async def baseline(request: Request) -> Response:
         served = baselines(*_target(request))

@@ -20,6 +20,7 @@ the name is client input, and labelling by it would let any client create series
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -28,7 +29,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from serve.events import Execution, Observer, RequestEvent, VersionKey
-from serve.metrics.triton_compat import TritonCompatMetrics, TritonModelMetrics, failure_reason
+from serve.metrics.multiprocess import WorkerMetrics
+from serve.metrics.triton_compat import HostCpuCollector, TritonCompatMetrics, TritonModelMetrics, failure_reason
 from serve.repository.repository import READY, ModelVersion, VersionListener
 from serve.settings import ServerSettings
 
@@ -82,8 +84,17 @@ class PrometheusMetrics(Observer, VersionListener):
         max_batch_size_bucket: int = 1024,
         triton_compat: bool = False,
         process_metrics: bool = True,
+        multiprocess_dir: Path | None = None,
     ) -> None:
         self.registry = registry
+        # With several workers, scrapes read every worker's files (multiprocess.py), not this registry.
+        self._scraped = registry
+        if multiprocess_dir is not None:
+            self._scraped = CollectorRegistry()
+            self._scraped.register(WorkerMetrics(multiprocess_dir))
+            if triton_compat:
+                self._scraped.register(HostCpuCollector())
+            process_metrics = False
         if latency_buckets_s is None:
             latency_buckets_s = ServerSettings().latency_buckets_s
         self.latency_buckets_s = latency = tuple(latency_buckets_s)
@@ -255,4 +266,4 @@ class PrometheusMetrics(Observer, VersionListener):
         """The scrape body and its content type, in the format the ``Accept`` header asks for."""
         self.refresh()
         encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        return encoder(self._scraped), content_type

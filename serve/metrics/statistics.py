@@ -11,6 +11,7 @@ Counts start afresh whenever a version is (re)loaded, as Triton's do.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,3 +133,44 @@ class TritonStatistics(Observer, VersionListener):
     def as_dict(self, version: ModelVersion) -> dict[str, Any]:
         stats = self._by_key.get(version.key) or InferenceStatistics()
         return stats.as_dict(version.name, version.version_str)
+
+
+def sum_statistics(per_worker: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Several workers' statistics documents as one: every count and duration summed per model
+    version and per batch size, ``last_inference`` the latest."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for entries in per_worker:
+        for entry in entries:
+            key = (entry["name"], entry["version"])
+            held = merged.get(key)
+            merged[key] = entry if held is None else _add_entries(held, entry)
+    return [merged[key] for key in sorted(merged)]
+
+
+def _add_durations(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {k: {"count": a[k]["count"] + b[k]["count"], "ns": a[k]["ns"] + b[k]["ns"]} for k in a}
+
+
+def _add_entries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    batches = {s["batch_size"]: s for s in a["batch_stats"]}
+    for s in b["batch_stats"]:
+        held = batches.get(s["batch_size"])
+        batches[s["batch_size"]] = (
+            s
+            if held is None
+            else {
+                "batch_size": s["batch_size"],
+                **_add_durations(
+                    {k: v for k, v in held.items() if k != "batch_size"},
+                    {k: v for k, v in s.items() if k != "batch_size"},
+                ),
+            }
+        )
+    return {
+        **a,
+        "last_inference": max(a["last_inference"], b["last_inference"]),
+        "inference_count": a["inference_count"] + b["inference_count"],
+        "execution_count": a["execution_count"] + b["execution_count"],
+        "inference_stats": _add_durations(a["inference_stats"], b["inference_stats"]),
+        "batch_stats": [batches[size] for size in sorted(batches)],
+    }

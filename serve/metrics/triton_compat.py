@@ -117,15 +117,17 @@ class BareNames(Collector):
 
     def collect(self) -> Iterable[Metric]:
         for family in self._source.collect():
-            if family.type != "counter":
-                yield family
-                continue
-            bare = Metric(family.name, family.documentation, "unknown")
-            total = family.name + "_total"
-            for sample in family.samples:
-                if sample.name == total:
-                    bare.add_sample(family.name, sample.labels, sample.value)
-            yield bare
+            yield bare_counter(family) if family.type == "counter" else family
+
+
+def bare_counter(family: Metric) -> Metric:
+    """A counter family as Triton names it: untyped, without ``_total`` and ``_created``."""
+    bare = Metric(family.name, family.documentation, "unknown")
+    total = family.name + "_total"
+    for sample in family.samples:
+        if sample.name == total:
+            bare.add_sample(family.name, sample.labels, sample.value)
+    return bare
 
 
 class HostCpuCollector(Collector):

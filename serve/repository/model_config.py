@@ -168,7 +168,9 @@ def _int_parameter(config: mc.ModelConfig, key: str) -> int:
         raise ModelLoadError(f"config parameter '{key}' must be an integer, got '{raw}'") from None
 
 
-def runtime_options(config: mc.ModelConfig, *, allow_spinning: bool, intra_op_threads: int) -> RuntimeOptions:
+def runtime_options(
+    config: mc.ModelConfig, *, allow_spinning: bool, intra_op_threads: int, workers: int = 1
+) -> RuntimeOptions:
     """Runtime options from the raw config (instance groups, accelerators, onnxruntime parameters)."""
     groups = list(config.instance_group) or [mc.ModelInstanceGroup(count=1)]
     count = sum(max(1, g.count) for g in groups)
@@ -196,6 +198,7 @@ def runtime_options(config: mc.ModelConfig, *, allow_spinning: bool, intra_op_th
         gpu_ids=gpu_ids,
         accelerators=accelerators,
         intra_op_threads=_int_parameter(config, "intra_op_thread_count") or intra_op_threads,
+        workers=workers,
         inter_op_threads=_int_parameter(config, "inter_op_thread_count"),
         parallel_execution=execution_mode.strip() == "1",
         optimization_level=level_name,

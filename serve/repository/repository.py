@@ -28,6 +28,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from serve.cpus import resolve_workers
 from serve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServeError
 from serve.events import VersionKey
 from serve.protocol import model_config_pb2 as mc
@@ -260,9 +261,10 @@ class ModelRepository:
         entry.load_seconds = time.perf_counter() - started
         entry.state, entry.reason = READY, ""
         log.info(
-            "model %s version %d ready in %.2fs on %s (max_batch_size %d, %d instance(s))",
+            "model %s version %d ready in %.2fs on %s (max_batch_size %d, %d instance(s) with %d "
+            "onnxruntime intra-op thread(s) each)",
             entry.name, entry.version, entry.load_seconds, runner.providers[0],
-            config.max_batch_size, runner.instance_count,
+            config.max_batch_size, runner.instance_count, runner.intra_op_threads,
         )  # fmt: skip
         return entry
 
@@ -285,6 +287,7 @@ class ModelRepository:
             raw,
             allow_spinning=self._settings.ort_allow_spinning,
             intra_op_threads=self._settings.ort_intra_op_threads,
+            workers=resolve_workers(self._settings.workers),
         )
         prepared = prepare_model(path, version_dir, rewrite_zipmap=cfg.rewrites_zipmap(raw))
         runner = OnnxRunner(path, options, graph=prepared.graph, external_data_dir=prepared.external_data_dir)

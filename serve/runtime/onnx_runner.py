@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from serve.cpus import intra_op_threads
 from serve.datatypes import ORT_TO_OIP
 from serve.errors import ModelExecutionError, ModelLoadError
 from serve.runtime.options import RuntimeOptions
@@ -129,7 +129,8 @@ class OnnxRunner:
     def _session_options(self, instances: int) -> ort.SessionOptions:
         o = self.options
         so = ort.SessionOptions()
-        intra = o.intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
+        intra = o.intra_op_threads or intra_op_threads(instances, o.workers)
+        self.intra_op_threads = intra
         so.intra_op_num_threads = intra
         if o.inter_op_threads:
             so.inter_op_num_threads = o.inter_op_threads

@@ -17,7 +17,8 @@ class RuntimeOptions:
     device_kind: str = "cpu"  # "cpu", "gpu" or "auto"
     gpu_ids: tuple[int, ...] = ()
     accelerators: tuple[Accelerator, ...] = ()
-    intra_op_threads: int = 0  # 0 = the machine's cores divided among instances
+    intra_op_threads: int = 0  # 0 = the available CPUs divided among every instance of every worker
+    workers: int = 1  # worker processes, each running its own instances
     inter_op_threads: int = 0
     parallel_execution: bool = False
     optimization_level: str = "all"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Execution, Observer, VersionKey
@@ -24,8 +24,21 @@ from serve.types import TensorSpec
 log = logging.getLogger(__name__)
 
 # lookup(model name, version or "" for the default version) -> that version's recorder; raises
-# ModelNotFound / ModelNotReady like the repository does. Both adapters serve statistics through it.
+# ModelNotFound / ModelNotReady like the repository does.
 StatsLookup = Callable[[str, str], StatsRecorder]
+# documents(model name, version, since) -> the statistics document as JSON, for the whole server.
+# Both adapters serve statistics through it.
+StatsDocuments = Callable[[str, str, int], Awaitable[bytes]]
+
+
+def local_documents(lookup: StatsLookup) -> StatsDocuments:
+    """Documents of this process's recorders, built in a worker thread: a large one must not stall the loop."""
+
+    async def documents(name: str, version: str, since: int) -> bytes:
+        recorder = lookup(name, version)
+        return await asyncio.to_thread(recorder.export_json, since)
+
+    return documents
 
 
 def row_specs(model: ModelVersion) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -1,0 +1,390 @@
+"""``serve run --workers N``: N worker processes behind one HTTP and one gRPC port, and the parent
+that runs them.
+
+Sockets. HTTP: the supervisor binds and listens once and every worker inherits that socket, so
+connections wait in one accept queue and whichever worker is free takes the next; a worker that
+dies loses only the connections it had accepted, and none queued behind it (with SO_REUSEPORT
+each socket has its own queue, and the kernel hashes connections to them whatever their load;
+``--worker-http-socket reuseport`` selects that for comparison). gRPC: grpcio binds its own
+listener and cannot adopt one, so each worker binds the port with SO_REUSEPORT; the supervisor
+holds a bound, not listening, socket on it so that the port is decided once (port 0 included).
+
+The supervisor restarts a worker that dies (exit, signal, the OOM killer) with growing back-off,
+logging the cause and counting it in ``serve_worker_restarts_total``; one worker's crash never
+takes down the others. SIGTERM or SIGINT is forwarded to every worker, each drains as a single
+server does, and the supervisor exits 0 once all have stopped. It also answers the workers'
+questions about the whole server (serve/workers/worker.py): statistics summed, input statistics
+merged, and model control applied on every worker, one operation at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from serve import settings as settings_module
+from serve.cpus import resolve_workers
+from serve.errors import ModelLoadError, ServeError
+from serve.metrics.endpoint import create_metrics_app
+from serve.metrics.multiprocess import forget_process
+from serve.metrics.prometheus import PrometheusMetrics
+from serve.metrics.statistics import sum_statistics
+from serve.server import bind_http_socket
+from serve.settings import ServerSettings
+from serve.stats.windows import ServerInstance
+from serve.workers import ipc
+from serve.workers.input_stats import WorkerDocuments
+from serve.workers.rundir import METRICS_DIR_ENVIRONMENT, metrics_dir
+from serve.workers.worker import ENV_HTTP_FD, ENV_INDEX, ENV_RUN_DIR, supervisor_socket, worker_socket
+
+log = logging.getLogger("serve.workers")
+
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+# A worker that ran this long before dying starts its restarts from the first back-off again.
+HEALTHY_AFTER_S = 60.0
+# How long the supervisor waits for a worker to start (load its models) before giving up at start.
+START_TIMEOUT_S = 600.0
+
+
+def describe_exit(returncode: int) -> tuple[str, str]:
+    """(metric reason, words for the log) for a worker's exit status."""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        if -returncode == signal.SIGKILL:
+            return "signal", f"killed by {name} (the kernel's OOM killer sends SIGKILL too)"
+        return "signal", f"killed by {name}"
+    return "exit", f"exited with code {returncode}"
+
+
+@dataclass
+class WorkerProcess:
+    index: int
+    process: asyncio.subprocess.Process
+    started_at: float
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class Supervisor:
+    def __init__(self, settings: ServerSettings, repository_root: Path, run_dir: Path) -> None:
+        self.settings = settings
+        self.root = repository_root
+        self.count = resolve_workers(settings.workers)
+        self.instance = ServerInstance.create()
+        self.documents = WorkerDocuments(self.instance)
+        self.run_dir = run_dir
+        self.metrics_dir = metrics_dir(run_dir)
+        self._workers: dict[int, WorkerProcess] = {}
+        self._restarts: dict[int, int] = {}
+        self._stopping = False
+        self._starting = True
+        self._start_failure: str | None = None
+        self._stop = asyncio.Event()
+        self._control_lock = asyncio.Lock()  # one model-control operation at a time, on every worker
+        self._desired: dict[str, dict[str, Any]] = {}  # explicit mode: what every worker must have loaded
+        self._generation = 0
+        self._http_socket: socket.socket | None = None
+        self._grpc_socket: socket.socket | None = None
+        self._control: ipc.ControlServer | None = None
+        self._metrics_server: uvicorn.Server | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
+        registry = CollectorRegistry()  # written to the shared files; scraped through the workers
+        self._restart_counter = Counter(
+            "serve_worker_restarts", "Worker processes restarted after they died, by cause", ["reason"],
+            registry=registry,
+        )  # fmt: skip
+        self._workers_gauge = Gauge(
+            "serve_workers", "Worker processes serving", registry=registry, multiprocess_mode="livemax"
+        )
+        self.http_port = settings.http_port
+        self.grpc_port = settings.grpc_port
+        if settings.model_control_mode == "explicit":
+            self._desired = {name: {"name": name, "config": None, "files": {}} for name in settings.load_models}
+
+    # ---- start and stop ------------------------------------------------------------------------
+    async def run(self) -> int:
+        try:
+            await self._start()
+            await self._stop.wait()
+        finally:
+            await self._shut_down()
+        return 0
+
+    async def _start(self) -> None:
+        s = self.settings
+        shared = s.worker_http_socket == "shared"
+        self._http_socket = bind_http_socket(s.host, s.http_port, reuse_port=not shared)
+        self.http_port = self._http_socket.getsockname()[1]
+        if not shared:
+            self._http_socket.close()  # it only chose the port: each worker binds its own
+            self._http_socket = None
+        self._grpc_socket = _reserve_port(s.host, s.grpc_port)
+        self.grpc_port = self._grpc_socket.getsockname()[1]
+        self._control = ipc.ControlServer(supervisor_socket(self.run_dir), self._handle)
+        await self._control.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        for index in range(self.count):
+            await self._spawn(index)
+        await self._wait_started()
+        if s.metrics_port is not None:
+            await self._start_metrics(s.metrics_port)
+        log.info(
+            "serving with %d worker processes: HTTP on %s:%d (%s socket), gRPC on %s:%d (SO_REUSEPORT); "
+            "run directory %s",
+            self.count, s.host, self.http_port, s.worker_http_socket, s.host, self.grpc_port, self.run_dir,
+        )  # fmt: skip
+
+    async def _wait_started(self) -> None:
+        """Every worker serving, or the first one's reason for not starting (then nothing is restarted)."""
+        everyone: asyncio.Future[list[bool]] = asyncio.ensure_future(
+            asyncio.gather(*(w.ready.wait() for w in self._workers.values()))
+        )
+        stop: asyncio.Future[bool] = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((everyone, stop), timeout=START_TIMEOUT_S, return_when="FIRST_COMPLETED")
+        finally:
+            stop.cancel()
+            everyone.cancel()
+        self._starting = False
+        if self._start_failure is not None:
+            raise OSError(self._start_failure)
+        if not self._stop.is_set() and len(self._ready()) < self.count:
+            raise OSError(f"the workers did not start within {START_TIMEOUT_S:.0f} s")
+
+    async def _spawn(self, index: int) -> None:
+        s = self.settings
+        settings = settings_module.to_environment(s)
+        settings["SERVE_MODEL_REPOSITORY"] = str(self.root)
+        settings["SERVE_HTTP_PORT"] = str(self.http_port)
+        settings["SERVE_GRPC_PORT"] = str(self.grpc_port)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(settings_module.ENV_PREFIX)}
+        env.update(settings)
+        env[ENV_INDEX] = str(index)
+        env[ENV_RUN_DIR] = str(self.run_dir)
+        env[METRICS_DIR_ENVIRONMENT] = str(self.metrics_dir)
+        pass_fds: tuple[int, ...] = ()
+        if self._http_socket is not None:
+            env[ENV_HTTP_FD] = str(self._http_socket.fileno())
+            pass_fds = (self._http_socket.fileno(),)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "serve.workers.worker", env=env, pass_fds=pass_fds
+        )
+        worker = WorkerProcess(index, process, time.monotonic())
+        self._workers[index] = worker
+        watcher = asyncio.ensure_future(self._watch(worker))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        log.info("worker %d started (pid %d)", index, process.pid)
+
+    async def _watch(self, worker: WorkerProcess) -> None:
+        returncode = await worker.process.wait()
+        forget_process(worker.pid, self.metrics_dir)
+        worker_socket(self.run_dir, worker.index).unlink(missing_ok=True)
+        self._workers_gauge.set(sum(1 for w in self._workers.values() if w.ready.is_set() and w is not worker))
+        if self._stopping:
+            return
+        reason, words = describe_exit(returncode)
+        if self._starting and not worker.ready.is_set():
+            # A worker that cannot start (a taken port, a broken install) would fail again: stop.
+            self._start_failure = f"worker {worker.index} could not start: it {words}; see its log above"
+            self._stop.set()
+            return
+        self._restart_counter.labels(reason).inc()
+        ran_s = time.monotonic() - worker.started_at
+        restarts = 0 if ran_s >= HEALTHY_AFTER_S else self._restarts.get(worker.index, 0)
+        delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2**restarts)
+        self._restarts[worker.index] = restarts + 1
+        log.error(
+            "worker %d (pid %d) %s after %.1f s; restarting it in %.1f s", worker.index, worker.pid, words, ran_s, delay
+        )
+        await asyncio.sleep(delay)
+        if not self._stopping:
+            await self._spawn(worker.index)
+
+    async def _shut_down(self) -> None:
+        self._stopping = True
+        workers = [w for w in self._workers.values() if w.process.returncode is None]
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signal.SIGTERM)
+        if workers:
+            # Each worker drains within its grace period; allow for loading and closing around it.
+            _, stuck = await asyncio.wait(
+                [asyncio.ensure_future(w.process.wait()) for w in workers],
+                timeout=self.settings.shutdown_grace_s + 15,
+            )
+            for worker in workers:
+                if worker.process.returncode is None:
+                    log.error("worker %d (pid %d) did not stop in time; killing it", worker.index, worker.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.process.kill()
+                    await worker.process.wait()
+        for watcher in list(self._watchers):
+            watcher.cancel()
+        if self._metrics_server is not None and self._metrics_task is not None:
+            self._metrics_server.should_exit = True
+            await asyncio.gather(self._metrics_task, return_exceptions=True)
+        if self._control is not None:
+            await self._control.close()
+        for sock in (self._http_socket, self._grpc_socket):
+            if sock is not None:
+                sock.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        log.info("stopped")
+
+    async def _start_metrics(self, port: int) -> None:
+        s = self.settings
+        sock = bind_http_socket(s.host, port)
+        metrics = PrometheusMetrics(
+            CollectorRegistry(), triton_compat=s.metrics_triton_compat, process_metrics=False,
+            multiprocess_dir=self.metrics_dir,
+        )  # fmt: skip
+        config = uvicorn.Config(
+            create_metrics_app(metrics), loop="none", lifespan="off", access_log=False, server_header=False,
+            log_config=None,
+        )  # fmt: skip
+        self._metrics_server = uvicorn.Server(config)
+        self._metrics_server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
+        self._metrics_task = asyncio.ensure_future(self._metrics_server.serve(sockets=[sock]))
+        log.info("metrics on %s:%d/metrics", s.host, sock.getsockname()[1])
+
+    # ---- what the workers ask ------------------------------------------------------------------
+    def _ready(self) -> list[WorkerProcess]:
+        return [w for w in self._workers.values() if w.ready.is_set() and w.process.returncode is None]
+
+    async def _ask_all(self, message: dict[str, Any], *, timeout_s: float = 60.0) -> list[tuple[dict[str, Any], bytes]]:
+        workers = self._ready()
+        if not workers:
+            raise ipc.PeerUnavailable("no worker is serving")
+        answers = await asyncio.gather(
+            *(ipc.call(worker_socket(self.run_dir, w.index), message, timeout_s=timeout_s) for w in workers)
+        )
+        return list(answers)
+
+    async def _handle(self, message: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        op = message.get("op")
+        if op == "startup_models":
+            return {"generation": self._generation, "models": list(self._desired.values())}, b""
+        if op == "ready":
+            return await self._worker_ready(message)
+        if op == "statistics":
+            answers = await self._ask_all(message)
+            return {"models": sum_statistics(reply["models"] for reply, _ in answers)}, b""
+        if op == "input_stats":
+            answers = await self._ask_all({"op": "export", "name": message["name"], "version": message["version"]})
+
+            documents = [orjson.loads(document) for _, document in answers]
+            return {}, self.documents.combine(documents, int(message["since"]))
+        if op == "load":
+            async with self._control_lock:
+                return await self._load(message)
+        if op == "unload":
+            async with self._control_lock:
+                return await self._unload(str(message["name"]))
+        raise ServeError(f"unknown control request {op!r}")
+
+    async def _worker_ready(self, message: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        worker = self._workers.get(int(message["index"]))
+        if worker is None or worker.pid != int(message["pid"]):
+            return {}, b""
+        async with self._control_lock:
+            if int(message["generation"]) != self._generation:
+                await self._sync(worker)
+            worker.ready.set()
+        self._workers_gauge.set(len(self._ready()))
+        log.info("worker %d (pid %d) is serving", worker.index, worker.pid)
+        return {}, b""
+
+    async def _sync(self, worker: WorkerProcess) -> None:
+        """Model control changed while this worker was starting: bring it to what the others have."""
+        path = worker_socket(self.run_dir, worker.index)
+        reply, _ = await ipc.call(path, {"op": "loaded"})
+        for name in set(reply["models"]) - set(self._desired):
+            await ipc.call(path, {"op": "apply_unload", "name": name}, timeout_s=600)
+        for spec in self._desired.values():
+            await ipc.call(path, {"op": "apply_load", **spec}, timeout_s=600)
+
+    async def _apply_everywhere(self, message: dict[str, Any]) -> list[tuple[int, ServeError]]:
+        workers = self._ready()
+        if not workers:
+            raise ipc.PeerUnavailable("no worker is serving")
+
+        async def apply(worker: WorkerProcess) -> ServeError | None:
+            try:
+                await ipc.call(worker_socket(self.run_dir, worker.index), message, timeout_s=600)
+            except ServeError as exc:
+                return exc
+            return None
+
+        outcomes = await asyncio.gather(*(apply(w) for w in workers))
+        return [(w.index, e) for w, e in zip(workers, outcomes, strict=True) if e is not None]
+
+    async def _load(self, message: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        name = str(message["name"])
+        spec = {"name": name, "config": message.get("config"), "files": message.get("files") or {}}
+        failed = await self._apply_everywhere({"op": "apply_load", **spec})
+        if failed:
+            await self._restore(name)
+            reasons = "; ".join(f"worker {index}: {error.message}" for index, error in failed)
+            raise ModelLoadError(
+                f"failed to load '{name}' on {len(failed)} of {self.count} workers ({reasons}); "
+                "every worker keeps what it served before"
+            )
+        self._desired[name] = spec
+        self._generation += 1
+        return {}, b""
+
+    async def _unload(self, name: str) -> tuple[dict[str, Any], bytes]:
+        failed = await self._apply_everywhere({"op": "apply_unload", "name": name})
+        if failed:
+            index, error = failed[0]
+            raise type(error)(f"worker {index}: {error.message}")
+        self._desired.pop(name, None)
+        self._generation += 1
+        return {}, b""
+
+    async def _restore(self, name: str) -> None:
+        """After a load that failed somewhere, put every worker back to the previous state of ``name``."""
+        previous = self._desired.get(name)
+        message = {"op": "apply_load", **previous} if previous is not None else {"op": "apply_unload", "name": name}
+        for index, error in await self._apply_everywhere(message):
+            log.error("worker %d: could not restore model %s: %s", index, name, error.message)
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, not listening, SO_REUSEPORT socket: it fixes the gRPC port every worker will bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen for gRPC on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+async def run_supervisor(settings: ServerSettings, repository_root: Path, run_dir: Path) -> int:
+    return await Supervisor(settings, repository_root, run_dir).run()
