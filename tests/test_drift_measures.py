@@ -127,15 +127,73 @@ def test_chi2_quantile_is_within_one_and_a_half_percent_of_scipy() -> None:
             assert chi2_quantile(p, k) == pytest.approx(stats.chi2.ppf(p, k), rel=0.015)
 
 
-def test_no_verdict_below_the_minimum_window() -> None:
+def test_a_large_shift_is_drifted_below_the_window_a_stable_verdict_needs() -> None:
     rng = np.random.default_rng(5)
     baseline = _baseline(rng.standard_normal(M))
     f = baseline.features[0]
     n_min = evaluate_feature(f, _live_block(baseline, rng.standard_normal(1000)), Policy()).min_samples
-    small = evaluate_feature(f, _live_block(baseline, rng.standard_normal(n_min - 1) + 3.0), Policy())
-    assert small.verdict is None and all(m.drifted is None for m in small.measures.values())
-    enough = evaluate_feature(f, _live_block(baseline, rng.standard_normal(n_min) + 3.0), Policy())
-    assert enough.verdict is True
+    small = evaluate_feature(f, _live_block(baseline, rng.standard_normal(n_min // 4) + 1.5), Policy())
+    assert small.state == "drifted" and small.measures["wasserstein"].drifted is True
+
+
+def test_without_drift_a_smaller_window_is_undecided_with_the_rows_still_needed() -> None:
+    rng = np.random.default_rng(6)
+    baseline = _baseline(rng.standard_normal(M))
+    f = baseline.features[0]
+    result = evaluate_feature(f, _live_block(baseline, rng.standard_normal(150)), Policy())
+    assert result.state == "undecided" and result.verdict is None
+    assert result.rows_needed is not None and result.rows_needed > 0
+    undecided = [m for m in result.measures.values() if m.state == "undecided"]
+    assert undecided and all(m.rows_needed is not None for m in undecided)
+    assert result.to_json()["verdict"] == "undecided" and result.to_json()["rows_needed"] == result.rows_needed
+
+
+def test_the_rows_needed_are_enough_for_a_stable_verdict_without_drift() -> None:
+    rng = np.random.default_rng(7)
+    baseline = _baseline(rng.standard_normal(M))
+    f = baseline.features[0]
+    needed = [
+        evaluate_feature(f, _live_block(baseline, rng.standard_normal(200)), Policy()).rows_needed for _ in range(5)
+    ]
+    n = 200 + int(np.median([r for r in needed if r is not None]))
+    states = [evaluate_feature(f, _live_block(baseline, rng.standard_normal(2 * n)), Policy()).state for _ in range(20)]
+    assert states.count("stable") >= 18
+
+
+def test_a_moderate_shift_in_a_small_window_leans_to_drift_and_is_drifted_at_the_rows_needed() -> None:
+    rng = np.random.default_rng(8)
+    baseline = _baseline(rng.standard_normal(M))
+    f = baseline.features[0]
+    windows = [evaluate_feature(f, _live_block(baseline, rng.standard_normal(120) + 0.4), Policy()) for _ in range(40)]
+    leaning = [r for r in windows if r.state == "undecided" and r.measures["wasserstein"].value >= 0.2]
+    assert leaning and all(r.rows_needed is not None for r in leaning)
+    n = 120 + int(np.median([r.rows_needed for r in leaning]))
+    states = [
+        evaluate_feature(f, _live_block(baseline, rng.standard_normal(2 * n) + 0.4), Policy()).state for _ in range(10)
+    ]
+    assert states.count("drifted") >= 9
+
+
+def test_a_tiny_baseline_never_judges_stable_but_still_flags_a_large_shift() -> None:
+    rng = np.random.default_rng(9)
+    baseline = _baseline(rng.standard_normal(120))
+    f = baseline.features[0]
+    clean = evaluate_feature(f, _live_block(baseline, rng.standard_normal(5000)), Policy())
+    assert clean.state == "undecided" and clean.rows_needed is None and clean.min_samples is None
+    shifted = evaluate_feature(f, _live_block(baseline, rng.standard_normal(500) + 1.5), Policy())
+    assert shifted.state == "drifted"
+
+
+def test_the_detectable_shift_shrinks_with_the_window() -> None:
+    rng = np.random.default_rng(10)
+    baseline = _baseline(rng.standard_normal(M))
+    f = baseline.features[0]
+    shifts = [
+        evaluate_feature(f, _live_block(baseline, rng.standard_normal(n)), Policy()).detectable["shift"]  # type: ignore[index]
+        for n in (200, 1000, 10_000)
+    ]
+    assert shifts[0] > shifts[1] > shifts[2] >= 0.2  # never below the threshold: smaller shifts do not matter
+    assert 0.3 < shifts[0] < 0.8
 
 
 def _false_alarm_rate(make: callable, categorical: bool, windows: int, scale: float, seed: int) -> tuple[float, int]:
