@@ -53,7 +53,7 @@ def test_metrics_export_drift_gauges_with_bounded_labels(served: tuple[Any, str]
         "serve_baseline_info",
     ):
         assert name in families, name
-    allowed = {"model", "version", "input", "role", "method", "baseline_id", "status", "server", "outcome"}
+    allowed = {"model", "version", "input", "role", "method", "verdict", "baseline_id", "status", "server", "outcome"}
     for family in families.values():
         for sample in family.samples:
             assert set(sample.labels) <= allowed, (family.name, sample.labels)
