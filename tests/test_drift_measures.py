@@ -14,7 +14,7 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from serve.monitor import measures as ms
-from serve.monitor.evaluate import evaluate_feature
+from serve.monitor.evaluate import evaluate_feature, evaluate_model
 from serve.monitor.policy import Policy, StateTracker, chi2_quantile
 from serve.stats.baseline import Baseline, build_baseline_features, make_baseline_document
 from serve.stats.blocks import CategoricalSpec, NumericSpec
@@ -252,3 +252,18 @@ def test_state_changes_only_after_persistent_verdicts() -> None:
     assert tracker.state == "drifted"
     assert [tracker.observe(False, 3, 9.0) for _ in range(3)] == [False, False, True]
     assert tracker.state == "ok"
+
+
+def test_a_model_splits_its_false_alarm_budget_across_its_features() -> None:
+    rng = np.random.default_rng(14)
+    features, tensors = build_baseline_features(
+        {"x": rng.standard_normal((5000, 10))}, [TensorSpec("x", "FP64", (10,))]
+    )
+    baseline = Baseline.from_dict(make_baseline_document({"name": "m", "version": "1"}, features, tensors))
+    group = NumericSpec([f.name for f in baseline.features], [f.edges for f in baseline.features], kll_k=0).new_group()
+    group.update(rng.standard_normal((10, 800)))
+    blocks = dict(zip([f.name for f in baseline.features], group.to_json(), strict=True))
+    ev = evaluate_model("m", "1", baseline, [{"features": blocks, "rows": 800, "start": 0.0, "end": 60.0}], Policy())
+    levels = {m.noise.level for r in ev.features for m in r.measures.values() if m.noise is not None}
+    assert len(levels) == 1 and levels.pop() == pytest.approx(1 - 0.01 / 10 / 6)  # 1 % over 10 features × 6 measures
+    assert Policy().feature_alpha(1) == 0.01 and Policy(false_alarm=0.002).feature_alpha(2) == 0.002

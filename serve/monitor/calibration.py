@@ -50,7 +50,8 @@ from serve.monitor import measures as ms
 
 log = logging.getLogger("serve.monitor.calibration")
 
-WINDOWS: tuple[int, ...] = (100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
+# Dense where the shape of the distributions changes (small windows: discreteness), sparse beyond.
+WINDOWS: tuple[int, ...] = (100, 200, 500, 1000, 2000, 5000, 20_000, 100_000)
 LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95)
 TAIL_LEVEL = 0.95
 DEFAULT_REPLICATES = 2000

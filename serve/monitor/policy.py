@@ -172,11 +172,6 @@ def _closed_form(measure: str, n: np.ndarray, inv: np.ndarray, ctx: NullContext,
     return np.zeros_like(n)
 
 
-def null_quantile(measure: str, n: int, ctx: NullContext, alpha: float) -> float:
-    """The 1 − ``alpha`` quantile of ``measure`` under no drift, with ``n`` live values (closed form)."""
-    return float(closed_form_quantile(measure, n, ctx, 1.0 - alpha))
-
-
 def numeric_context(counts: np.ndarray, edges: np.ndarray, std: float, block: Mapping[str, Any]) -> NullContext:
     total = counts.sum()
     j = 1.6
