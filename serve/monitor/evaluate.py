@@ -193,7 +193,8 @@ def evaluate_feature(
             states[name] = m.state
             result.score = max(result.score, abs(value) / threshold if threshold > 0 else 0.0)
         result.measures[name] = m
-    result.min_samples = None if any(s is None for s in stable_at) else max([policy.min_samples, *stable_at])  # type: ignore[type-var]
+    reachable = [s for s in stable_at if s is not None]
+    result.min_samples = max([policy.min_samples, *reachable]) if len(reachable) == len(stable_at) else None
     result.state = vd.combine(states)
     if result.state == vd.UNDECIDED:
         window = vd.rows_for_feature(leanings)

@@ -151,7 +151,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 6px}
 table{border-collapse:collapse;background:#fff;font-size:12px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#eee}
 td.name,th.name{text-align:left}td.hit{color:#c0392b;font-weight:600}td.undecided{color:#7f8c8d}
-.small{font-size:10px;color:#555}
+.small{font-size:10px;color:#555}td.nowrap{white-space:nowrap}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:11px;color:#fff}
 .bad{background:#c0392b}.warn{background:#e67e22}.good{background:#27ae60}.muted{background:#95a5a6}
 figure{display:inline-block;margin:6px;background:#fff;border:1px solid #ddd;padding:4px}
@@ -212,7 +212,7 @@ def _model_section(report: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         parts.append(
             f'<tr><td class="name"><a href="#plot-{html.escape(model)}-{html.escape(f["name"])}">'
             f"{html.escape(f['name'])}</a>{problem}</td><td>{f['role']}</td><td>{f['kind']}</td>"
-            f"<td>{f['samples']}</td><td>{_span(f)}</td><td>{verdict}</td>"
+            f'<td>{f["samples"]}</td><td class="nowrap">{_span(f)}</td><td>{verdict}</td>'
             f"<td>{_state_badge(f.get('state'))}</td><td>{_detectable(f)}</td>"
             f"<td>{_fmt(f['score'])}</td>{''.join(cells)}</tr>"
         )

@@ -174,4 +174,4 @@ def detectable_shift(
     if kind == "numeric":
         return {"shift": float(f"{boundary + _Z95 * spread:.3g}"), "unit": "σ", "of": "mean"}
     # a category's share p moves by δ: its sampling spread is at most √(¼ (1/N + 1/M))
-    return {"shift": float(f"{boundary + _Z95 * spread / 2:.3g}"), "unit": "share", "of": "a category"}
+    return {"shift": float(f"{boundary + _Z95 * spread / 2:.3g}"), "unit": "share", "of": "a category's share"}
