@@ -267,3 +267,14 @@ def test_a_model_splits_its_false_alarm_budget_across_its_features() -> None:
     levels = {m.noise.level for r in ev.features for m in r.measures.values() if m.noise is not None}
     assert len(levels) == 1 and levels.pop() == pytest.approx(1 - 0.01 / 10 / 6)  # 1 % over 10 features × 6 measures
     assert Policy().feature_alpha(1) == 0.01 and Policy(false_alarm=0.002).feature_alpha(2) == 0.002
+
+
+def test_a_feature_constant_in_training_is_judged_by_the_share_of_other_values_not_by_w1() -> None:
+    baseline = _baseline(np.zeros(2000))
+    f = baseline.features[0]
+    stray = np.zeros(500)
+    stray[:2] = 1.0  # two values training never had: W1 "in units" would be 0.004 / 0.001 σ
+    result = evaluate_feature(f, _live_block(baseline, stray), Policy())
+    assert result.state != "drifted" and result.measures["wasserstein"].threshold is None
+    changed = np.where(np.random.default_rng(15).random(500) < 0.3, 1.0, 0.0)
+    assert evaluate_feature(f, _live_block(baseline, changed), Policy()).state == "drifted"

@@ -9,8 +9,10 @@ categories, zero-inflated data — and where the baseline's own sampling noise m
 **How.** A parametric bootstrap of the two-sample statistic on the baseline's bins: each
 replicate draws a baseline of M values and a live window of N values, both multinomial
 from the baseline's bin shares (M = the baseline's own size, so its sampling noise is in
-the result), and computes the measure exactly as the monitor does (measures.py: same
-groups, pseudo-counts, bin-mean positions and σ). The baseline draw is shared by every
+the result), and computes the measure as the monitor does (measures.py: same groups,
+pseudo-counts and bin-mean positions; W1 divided by the replicate baseline's σ). Beyond
+the training range each side gets a point with the 1/(M+1) share a continuous feature
+puts there. The baseline draw is shared by every
 rung of the ladder (common random numbers keep the curve smooth in N). Seeded per
 feature, so a file is reproducible.
 
@@ -37,7 +39,6 @@ Table, per feature in baseline.json::
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -95,10 +96,20 @@ def batch_ks(p_counts: np.ndarray, q_counts: np.ndarray) -> np.ndarray:
     return np.asarray(np.abs(gap).max(axis=1))
 
 
-def batch_wasserstein(p_counts: np.ndarray, q_counts: np.ndarray, x: np.ndarray, scale: float) -> np.ndarray:
+def batch_wasserstein(
+    p_counts: np.ndarray, q_counts: np.ndarray, x: np.ndarray, scale: float | np.ndarray
+) -> np.ndarray:
     """W1 / scale between point masses at the same sorted positions ``x`` (the baseline's bin means)."""
     gap = np.cumsum(_shares(p_counts) - _shares(q_counts), axis=1)[:, :-1]
     return np.asarray(np.abs(gap) @ np.diff(x) / scale)
+
+
+def batch_scale(p_counts: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Each replicate baseline's own σ (floored as measures.scale_of does), from its counts at positions ``x``."""
+    n = p_counts.sum(axis=1)
+    mean = p_counts @ x / n
+    var = np.maximum(p_counts @ (x * x) / n - mean * mean, 0.0) * n / np.maximum(n - 1, 1)
+    return np.asarray(np.maximum(np.sqrt(var), ms.STD_FLOOR))
 
 
 def batch_linf(p_counts: np.ndarray, q_counts: np.ndarray) -> np.ndarray:
@@ -156,9 +167,8 @@ def _numeric_sampler(stats: Mapping[str, Any]) -> _Sampler | None:
     order = np.argsort(x, kind="stable")
     x, share = x[order], share[order]
     v10, v20 = _group_sums(g10[order]), _group_sums(g20[order])
-    n = int(stats["n"])
-    std = math.sqrt(float(stats["m2"]) / (n - 1)) if n > 1 else 0.0
-    scale = max(std, ms.STD_FLOOR)
+    # W1 is divided by the baseline's σ: each replicate divides by its own baseline's, so that a σ resting
+    # on a handful of values (near-constant features) shows its uncertainty in the noise.
     return _Sampler(
         share / share.sum(),
         int(total),
@@ -166,7 +176,7 @@ def _numeric_sampler(stats: Mapping[str, Any]) -> _Sampler | None:
             "psi": lambda p, q: batch_psi(v10(p), v10(q)),
             "js": lambda p, q: batch_js(v20(p), v20(q)),
             "ks": batch_ks,
-            "wasserstein": lambda p, q: batch_wasserstein(p, q, x, scale),
+            "wasserstein": lambda p, q: batch_wasserstein(p, q, x, batch_scale(p, x)),
         },
     )
 

@@ -157,6 +157,10 @@ def evaluate_feature(
             return result
         p, q = ms.Binned.from_block(stats), ms.Binned.from_block(live)
         raw = ms.numeric_measures(p, q, feature.edges if feature.edges is not None else np.empty(0))
+        if p.std == 0:
+            # Constant in training: W1 has no σ to be measured in (a single other value would score in the
+            # hundreds), so it is shown, not deciding; KS and out_of_range judge the share of changed values.
+            thresholds.pop("wasserstein", None)
         sub_n = {"missing_rate": q.count, "out_of_range": q.n + q.infinite}
         default_n = q.n
     else:

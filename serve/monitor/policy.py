@@ -9,7 +9,7 @@ measure        default    decides for
 psi            0.25       numeric (10-bin view); computed for categoricals
 js             0.1        numeric (20-bin view, base 2); computed for categoricals
 ks             0.1        numeric
-wasserstein    0.2        numeric (W1 / baseline σ)
+wasserstein    0.2        numeric (W1 / baseline σ; not for a feature constant in training)
 missing_rate   0.1        numeric and categorical (absolute change)
 out_of_range   0.1        numeric (absolute change)
 linf           0.1        categorical
