@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,3 +23,13 @@ def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with serving(demo_repository, tmp_path_factory.mktemp("demo-server")) as server:
         yield server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak and load tests marked ``slow`` run only with SERVE_SLOW_TESTS=1; CI runs their short versions."""
+    if os.environ.get("SERVE_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set SERVE_SLOW_TESTS=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

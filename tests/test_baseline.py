@@ -44,7 +44,9 @@ def _write_csv(path: Path, x: np.ndarray, header: list[str]) -> Path:
 
 def _build(repo: Path, data: str, **options: object) -> dict:
     info = load_model_info(repo, MODEL)
-    opts = BaselineOptions(progress=False, **{"categorical": ["x[2]"], **options})  # type: ignore[arg-type]
+    # No calibration table unless a test asks: it is tested in test_drift_calibration.py and costs seconds here.
+    defaults = {"categorical": ["x[2]"], "calibration_replicates": 0}
+    opts = BaselineOptions(progress=False, **{**defaults, **options})  # type: ignore[arg-type]
     return build_baseline(info, [open_source(data, info.inputs)], opts)
 
 
@@ -183,6 +185,7 @@ def test_cli_writes_baseline_next_to_the_config_with_the_onnx_hash(
     assert baseline.model["onnx_sha256"] == info.onnx_sha256
     assert [f.name for f in baseline.features if f.role == "input"] == ["age", "income", "score", "country"]
     assert check_baseline(baseline, info) == []
+    assert "calibrating" in captured.err and all(f.null_calibration for f in baseline.features)
 
 
 def test_check_reports_a_stale_baseline_after_the_model_changes(
@@ -192,6 +195,7 @@ def test_check_reports_a_stale_baseline_after_the_model_changes(
     write_model(repo)
     np.save(tmp_path / "x.npy", train)
     args = ["baseline", "--model-repository", str(repo), "--model", MODEL, "--no-progress"]
+    args += ["--calibration-replicates", "0"]  # staleness is the point here, not the table
     assert main([*args, "--data", str(tmp_path / "x.npy")]) == 0
     assert (repo / MODEL / "baseline.json").is_file()
     assert main([*args, "--check"]) == 0
@@ -245,6 +249,7 @@ def test_validate_fails_a_model_whose_baseline_is_stale(
     write_model(repo)
     np.save(tmp_path / "x.npy", train)
     args = ["baseline", "--model-repository", str(repo), "--model", MODEL, "--no-progress"]
+    args += ["--calibration-replicates", "0"]  # staleness is the point here, not the table
     assert main([*args, "--data", str(tmp_path / "x.npy")]) == 0
     capsys.readouterr()
     assert main(["validate", "--model-repository", str(repo)]) == 0

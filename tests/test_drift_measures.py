@@ -1,23 +1,25 @@
 """Drift measures from binned statistics against the same measures on raw samples (scipy where it has them),
 and the sample-size-aware minimum window against a measured false-alarm rate.
 
-Documented tolerances (serve/monitor/measures.py): PSI and JS are exact on their views (1e-9); KS from the
+Documented tolerances (serve/drift/measures.py): PSI and JS are exact on their views (1e-9); KS from the
 bins is never above the exact D and at most ``ks_bound`` below it; W1/σ from bin-mean point masses is within
 ``wasserstein_bound`` of the exact value, and in practice within 0.02.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from serve.monitor import measures as ms
-from serve.monitor.evaluate import evaluate_feature
+from serve.drift import measures as ms
+from serve.monitor.evaluate import evaluate_feature, evaluate_model
 from serve.monitor.policy import Policy, StateTracker, chi2_quantile
 from serve.stats.baseline import Baseline, build_baseline_features, make_baseline_document
-from serve.stats.blocks import CategoricalSpec, NumericSpec
+from serve.stats.blocks import CategoricalGroup, CategoricalSpec, NumericGroup, NumericSpec
 from serve.types import TensorSpec
 
 M = 50_000
@@ -43,6 +45,7 @@ def _baseline(train: np.ndarray, categorical: tuple[str, ...] = ()) -> Baseline:
 
 def _live_block(baseline: Baseline, live: np.ndarray) -> dict:
     f = baseline.features[0]
+    group: CategoricalGroup | NumericGroup
     if f.kind == "categorical":
         group = CategoricalSpec([f.name], [list(f.vocabulary or ())]).new_group()
     else:
@@ -127,18 +130,78 @@ def test_chi2_quantile_is_within_one_and_a_half_percent_of_scipy() -> None:
             assert chi2_quantile(p, k) == pytest.approx(stats.chi2.ppf(p, k), rel=0.015)
 
 
-def test_no_verdict_below_the_minimum_window() -> None:
+def test_a_large_shift_is_drifted_below_the_window_a_stable_verdict_needs() -> None:
     rng = np.random.default_rng(5)
     baseline = _baseline(rng.standard_normal(M))
     f = baseline.features[0]
     n_min = evaluate_feature(f, _live_block(baseline, rng.standard_normal(1000)), Policy()).min_samples
-    small = evaluate_feature(f, _live_block(baseline, rng.standard_normal(n_min - 1) + 3.0), Policy())
-    assert small.verdict is None and all(m.drifted is None for m in small.measures.values())
-    enough = evaluate_feature(f, _live_block(baseline, rng.standard_normal(n_min) + 3.0), Policy())
-    assert enough.verdict is True
+    small = evaluate_feature(f, _live_block(baseline, rng.standard_normal(n_min // 4) + 1.5), Policy())
+    assert small.state == "drifted" and small.measures["wasserstein"].drifted is True
 
 
-def _false_alarm_rate(make: callable, categorical: bool, windows: int, scale: float, seed: int) -> tuple[float, int]:
+def test_without_drift_a_smaller_window_is_undecided_with_the_rows_still_needed() -> None:
+    rng = np.random.default_rng(6)
+    baseline = _baseline(rng.standard_normal(M))
+    f = baseline.features[0]
+    result = evaluate_feature(f, _live_block(baseline, rng.standard_normal(150)), Policy())
+    assert result.state == "undecided" and result.verdict is None
+    assert result.rows_needed is not None and result.rows_needed > 0
+    undecided = [m for m in result.measures.values() if m.state == "undecided"]
+    assert undecided and all(m.rows_needed is not None for m in undecided)
+    assert result.to_json()["verdict"] == "undecided" and result.to_json()["rows_needed"] == result.rows_needed
+
+
+def test_the_rows_needed_are_enough_for_a_stable_verdict_without_drift() -> None:
+    rng = np.random.default_rng(7)
+    baseline = _baseline(rng.standard_normal(M))
+    f = baseline.features[0]
+    needed = [
+        evaluate_feature(f, _live_block(baseline, rng.standard_normal(200)), Policy()).rows_needed for _ in range(5)
+    ]
+    n = 200 + int(np.median([r for r in needed if r is not None]))
+    states = [evaluate_feature(f, _live_block(baseline, rng.standard_normal(2 * n)), Policy()).state for _ in range(20)]
+    assert states.count("stable") >= 18
+
+
+def test_a_moderate_shift_in_a_small_window_leans_to_drift_and_is_drifted_at_the_rows_needed() -> None:
+    rng = np.random.default_rng(8)
+    baseline = _baseline(rng.standard_normal(M))
+    f = baseline.features[0]
+    windows = [evaluate_feature(f, _live_block(baseline, rng.standard_normal(120) + 0.4), Policy()) for _ in range(40)]
+    leaning = [r for r in windows if r.state == "undecided" and r.measures["wasserstein"].value >= 0.2]
+    assert leaning and all(r.rows_needed is not None for r in leaning)
+    n = 120 + int(np.median([r.rows_needed for r in leaning]))
+    states = [
+        evaluate_feature(f, _live_block(baseline, rng.standard_normal(2 * n) + 0.4), Policy()).state for _ in range(10)
+    ]
+    assert states.count("drifted") >= 9
+
+
+def test_a_tiny_baseline_never_judges_stable_but_still_flags_a_large_shift() -> None:
+    rng = np.random.default_rng(9)
+    baseline = _baseline(rng.standard_normal(120))
+    f = baseline.features[0]
+    clean = evaluate_feature(f, _live_block(baseline, rng.standard_normal(5000)), Policy())
+    assert clean.state == "undecided" and clean.rows_needed is None and clean.min_samples is None
+    shifted = evaluate_feature(f, _live_block(baseline, rng.standard_normal(500) + 1.5), Policy())
+    assert shifted.state == "drifted"
+
+
+def test_the_detectable_shift_shrinks_with_the_window() -> None:
+    rng = np.random.default_rng(10)
+    baseline = _baseline(rng.standard_normal(M))
+    f = baseline.features[0]
+    shifts = [
+        evaluate_feature(f, _live_block(baseline, rng.standard_normal(n)), Policy()).detectable["shift"]
+        for n in (200, 1000, 10_000)
+    ]
+    assert shifts[0] > shifts[1] > shifts[2] >= 0.2  # never below the threshold: smaller shifts do not matter
+    assert 0.3 < shifts[0] < 0.8
+
+
+def _false_alarm_rate(
+    make: Callable[[np.random.Generator, int], np.ndarray], categorical: bool, windows: int, scale: float, seed: int
+) -> tuple[float, int]:
     rng = np.random.default_rng(seed)
     baseline = _baseline(make(rng, M), categorical=("x",) if categorical else ())
     f = baseline.features[0]
@@ -194,3 +257,29 @@ def test_state_changes_only_after_persistent_verdicts() -> None:
     assert tracker.state == "drifted"
     assert [tracker.observe(False, 3, 9.0) for _ in range(3)] == [False, False, True]
     assert tracker.state == "ok"
+
+
+def test_a_model_splits_its_false_alarm_budget_across_its_features() -> None:
+    rng = np.random.default_rng(14)
+    features, tensors = build_baseline_features(
+        {"x": rng.standard_normal((5000, 10))}, [TensorSpec("x", "FP64", (10,))]
+    )
+    baseline = Baseline.from_dict(make_baseline_document({"name": "m", "version": "1"}, features, tensors))
+    group = NumericSpec([f.name for f in baseline.features], [f.edges for f in baseline.features], kll_k=0).new_group()
+    group.update(rng.standard_normal((10, 800)))
+    blocks = dict(zip([f.name for f in baseline.features], group.to_json(), strict=True))
+    ev = evaluate_model("m", "1", baseline, [{"features": blocks, "rows": 800, "start": 0.0, "end": 60.0}], Policy())
+    levels = {m.noise.level for r in ev.features for m in r.measures.values() if m.noise is not None}
+    assert len(levels) == 1 and levels.pop() == pytest.approx(1 - 0.01 / 10 / 6)  # 1 % over 10 features × 6 measures
+    assert Policy().feature_alpha(1) == 0.01 and Policy(false_alarm=0.002).feature_alpha(2) == 0.002
+
+
+def test_a_feature_constant_in_training_is_judged_by_the_share_of_other_values_not_by_w1() -> None:
+    baseline = _baseline(np.zeros(2000))
+    f = baseline.features[0]
+    stray = np.zeros(500)
+    stray[:2] = 1.0  # two values training never had: W1 "in units" would be 0.004 / 0.001 σ
+    result = evaluate_feature(f, _live_block(baseline, stray), Policy())
+    assert result.state != "drifted" and result.measures["wasserstein"].threshold is None
+    changed = np.where(np.random.default_rng(15).random(500) < 0.3, 1.0, 0.0)
+    assert evaluate_feature(f, _live_block(baseline, changed), Policy()).state == "drifted"

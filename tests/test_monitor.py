@@ -159,7 +159,8 @@ async def test_two_replicas_are_merged_like_one_server_that_saw_all_rows(
     (tmp_path / "both").mkdir()
     both = _monitor(repo, [a.url, b.url], clock, tmp_path / "both")
     await both.cycle()
-    a.close(), b.close()
+    a.close()
+    b.close()
     single = FakeReplica(union)
     (tmp_path / "single").mkdir()
     one = _monitor(repo, [single.url], clock, tmp_path / "single")
@@ -169,7 +170,8 @@ async def test_two_replicas_are_merged_like_one_server_that_saw_all_rows(
     assert merged["age"]["samples"] == reference["age"]["samples"] == 700 + 350 + 500 + 250 + 900 + 450
     for name in merged:
         assert merged[name]["measures"] == reference[name]["measures"]
-    both.close(), one.close()
+    both.close()
+    one.close()
 
 
 async def test_polling_again_adds_nothing(
@@ -316,7 +318,8 @@ async def test_a_failing_replica_is_marked_stale_and_retried(
     b.fail = False
     await monitor.cycle()
     assert not monitor.servers[b.url].stale
-    a.close(), b.close()
+    a.close()
+    b.close()
     monitor.close()
 
 
@@ -426,3 +429,62 @@ def test_once_prints_measures_thresholds_counts_and_verdicts_including_the_open_
     assert features["country"]["measures"]["unseen"]["threshold"] == 0.1
     assert features["age"]["drifted"] is False
     assert {"value", "threshold", "drifted"} <= set(features["age"]["measures"]["psi"])
+
+
+async def test_low_traffic_is_pooled_past_the_horizon_until_a_verdict_and_the_span_is_reported(
+    repo: Path, replica: FakeReplica, predict: Predictor, clock: Clock, tmp_path: Path
+) -> None:
+    monitor = _monitor(repo, [replica.url], clock, tmp_path, horizon_s=120.0)
+    rng = np.random.default_rng(31)
+    for _ in range(12):
+        _window(replica, predict, clock, rng, 120)
+        await monitor.cycle()
+    age = _features(monitor)["age"]
+    assert age["verdict"] == "stable" and age["window"]["pooled"] is True
+    assert age["samples"] > 2 * 120  # more than the horizon's two windows
+    assert age["window"]["end"] - age["window"]["start"] > 120.0
+    (report,) = monitor.latest.values()
+    assert report["window"]["rows"] == 240  # the horizon itself
+    monitor.close()
+
+
+async def test_without_pooling_a_small_clean_window_is_undecided_with_the_rows_still_needed(
+    repo: Path, replica: FakeReplica, predict: Predictor, clock: Clock, tmp_path: Path
+) -> None:
+    monitor = _monitor(repo, [replica.url], clock, tmp_path, policy=Policy(thresholds={}, pool_s=0.0))
+    _window(replica, predict, clock, np.random.default_rng(32), 150)
+    await monitor.cycle()
+    age = _features(monitor)["age"]
+    assert (age["verdict"], age["drifted"]) == ("undecided", None)
+    assert age["rows_needed"] > 0 and age["window"]["pooled"] is False
+    assert age["detectable"]["unit"] == "σ" and age["detectable"]["shift"] > 0.2
+    monitor.close()
+
+
+async def test_a_large_shift_alerts_from_small_windows_and_undecided_windows_do_not_resolve_it(
+    repo: Path, replica: FakeReplica, predict: Predictor, clock: Clock, tmp_path: Path
+) -> None:
+    policy = Policy(thresholds={}, persistence=2, pool_s=0.0)
+    monitor = _monitor(repo, [replica.url], clock, tmp_path, policy=policy, horizon_s=60.0)
+    rng = np.random.default_rng(33)
+    for _ in range(2):
+        _window(replica, predict, clock, rng, 200, "mean")  # +1σ in age: 200 rows are enough to say so
+        await monitor.cycle()
+    assert _features(monitor)["age"]["verdict"] == "drifted" and _features(monitor)["age"]["state"] == "drifted"
+    for _ in range(3):
+        _window(replica, predict, clock, rng, 120)  # clean but too few rows for "stable"
+        await monitor.cycle()
+        assert _features(monitor)["age"]["verdict"] == "undecided"
+    assert _features(monitor)["age"]["state"] == "drifted"  # persistence counts decided verdicts only
+    age_alerts = [a["state"] for a in monitor.store.alerts() if a["alert"].get("feature") == "age"]
+    assert age_alerts == ["firing"]
+    monitor.close()
+
+
+def test_the_config_file_sets_the_model_budget_and_the_pooling_reach(tmp_path: Path) -> None:
+    from serve.monitor.config import load_config_file
+
+    path = tmp_path / "monitor.toml"
+    path.write_text('model_false_alarm = 0.05\npool = "30m"\n')
+    policy = load_config_file(path, MonitorSettings(servers=[])).policy_for(MODEL)
+    assert (policy.model_false_alarm, policy.pool_s, policy.false_alarm) == (0.05, 1800.0, 0.01)

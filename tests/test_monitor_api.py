@@ -53,7 +53,7 @@ def test_metrics_export_drift_gauges_with_bounded_labels(served: tuple[Any, str]
         "serve_baseline_info",
     ):
         assert name in families, name
-    allowed = {"model", "version", "input", "role", "method", "baseline_id", "status", "server", "outcome"}
+    allowed = {"model", "version", "input", "role", "method", "verdict", "baseline_id", "status", "server", "outcome"}
     for family in families.values():
         for sample in family.samples:
             assert set(sample.labels) <= allowed, (family.name, sample.labels)
@@ -97,3 +97,32 @@ def test_report_page_embeds_one_plot_per_feature(served: tuple[Any, str]) -> Non
     features = monitor.latest[(MODEL, "1")]["features"]
     assert page.count('<img src="data:image/png;base64,') == len(features)
     assert page.index(">age</a>") < page.index(">score</a>")  # sorted by drift: the shifted feature first
+
+
+def test_metrics_give_each_feature_one_verdict_of_three_and_the_rows_it_needs(served: tuple[Any, str]) -> None:
+    _, url = served
+    families = {f.name: f for f in text_string_to_metric_families(_get(url + "/metrics")[1].decode())}
+    verdicts: dict[str, dict[str, float]] = {}
+    for s in families["serve_drift_verdict"].samples:
+        verdicts.setdefault(s.labels["input"], {})[s.labels["verdict"]] = s.value
+    assert verdicts and all(set(v) == {"drifted", "stable", "undecided"} for v in verdicts.values())
+    assert all(sum(v.values()) == 1.0 for v in verdicts.values())
+    assert verdicts["age"]["drifted"] == 1.0
+    needed = {s.labels["input"]: s.value for s in families["serve_drift_rows_needed"].samples}
+    assert set(needed) == set(verdicts) and needed["age"] == 0.0
+    ceilings = [s for s in families["serve_drift_noise_ceiling"].samples if s.labels["input"] == "age"]
+    assert {s.labels["method"] for s in ceilings} >= {"psi", "js", "ks", "wasserstein"}
+    assert families["serve_drift_detectable_shift"].samples
+
+
+def test_api_drift_and_the_report_show_verdicts_noise_and_detectable_shifts(served: tuple[Any, str]) -> None:
+    _, url = served
+    features = {f["name"]: f for f in json.loads(_get(url + f"/api/drift?model={MODEL}")[1])["features"]}
+    age = features["age"]
+    assert age["verdict"] == "drifted" and age["rows_needed"] is None
+    assert {"typical", "ceiling", "level", "source"} <= set(age["measures"]["ks"]["noise"])
+    assert age["measures"]["ks"]["noise"]["source"] == "calibrated"
+    assert features["score"]["verdict"] in ("stable", "undecided")
+    page = _get(url + "/")[1].decode()
+    assert "detectable at this window" in page and "σ in mean" in page
+    assert ">drifted<" in page and (">stable<" in page or ">undecided<" in page)

@@ -58,7 +58,7 @@ def _replica(root: Path, with_baseline: bool) -> Served:
     model_dir = write_model_with_baseline(root)
     data = (model_dir / "baseline.json").read_bytes()
     clock = Clock()
-    rec = recorder(Baseline.load(model_dir / "baseline.json") if with_baseline else None, clock)  # type: ignore[arg-type]
+    rec = recorder(Baseline.load(model_dir / "baseline.json") if with_baseline else None, clock)
     feed(rec, sample(np.random.default_rng(1), ROWS), Predictor(model_dir))
     return Served(FakeReplica(rec), data, file_sha256(model_dir / "1" / "model.onnx"), clock, root)
 

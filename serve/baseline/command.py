@@ -90,7 +90,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1024,
         help="above this much data, stream twice with quantile sketches instead [default 1024]",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out sample")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out sample and of the calibration")
+    parser.add_argument(
+        "--calibration-replicates",
+        type=int,
+        default=2000,
+        help="bootstrap replicates per feature and window size for the no-drift calibration table the monitor "
+        "uses for its verdicts [default 2000; 0 = no table, the monitor then uses closed forms]",
+    )
+    parser.add_argument(
+        "--calibration-time",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="time budget of the calibration; features not reached keep the closed form [default 300]",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument(
         "--check",
@@ -157,6 +171,7 @@ def _build(args: argparse.Namespace, info: object, default_out: Path) -> int:
         categorical=categorical, feature_names=feature_names, missing_values=missing, holdout=args.holdout,
         max_holdout_rows=args.max_holdout_rows, chunk_rows=args.chunk_rows,
         memory_limit_bytes=args.memory_limit_mb << 20, seed=args.seed, progress=not args.no_progress,
+        calibration_replicates=args.calibration_replicates, calibration_time_s=args.calibration_time,
     )  # fmt: skip
     document = build_baseline(info, sources, options)
     out = args.out or default_out

@@ -135,12 +135,13 @@ def _print_text(document: dict[str, Any]) -> None:
             print(f"  ! {p}")
         for f in m["features"]:
             hits = [k for k, v in f["measures"].items() if v.get("drifted")]
+            needed = f.get("rows_needed")
             verdict = (
-                "n/a (too few values)"
+                "undecided (" + ("not with this baseline" if needed is None else f"{needed} more values") + ")"
                 if f["drifted"] is None
                 else ("DRIFT " + ",".join(hits))
                 if f["drifted"]
-                else "ok"
+                else "stable"
             )
             print(f"  {f['role']:6} {f['name']:24} N={f['samples']:<8} {verdict}")
 

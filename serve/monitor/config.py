@@ -5,6 +5,8 @@ Example ``monitor.toml``::
     persistence = 3            # evaluations a state change needs
     min_samples = 100          # floor under the sample-size-aware minimum
     false_alarm = 0.01         # per feature and evaluation, without drift
+    model_false_alarm = 0.01   # per model version and evaluation, split across its features
+    pool = "1h"                # an undecided feature may pool windows this far beyond the horizon ("0": never)
 
     [thresholds]               # every model; a measure set to -1 is switched off
     psi = 0.2
@@ -124,6 +126,8 @@ def load_config_file(path: Path, settings: MonitorSettings) -> MonitorSettings:
         persistence=int(data.get("persistence", policy.persistence)),
         min_samples=int(data.get("min_samples", policy.min_samples)),
         false_alarm=float(data.get("false_alarm", policy.false_alarm)),
+        model_false_alarm=float(data.get("model_false_alarm", policy.model_false_alarm)),
+        pool_s=parse_duration(data.get("pool", policy.pool_s)),
         drift_share=float(data.get("drift_share", policy.drift_share)),
         slo=SloPolicy(**{**_slo_dict(policy.slo), **data.get("slo", {})}),
     )

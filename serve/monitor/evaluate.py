@@ -1,4 +1,13 @@
-"""One evaluation: a model version's merged live blocks against its baseline, feature by feature."""
+"""One evaluation: a model version's merged live blocks against its baseline, feature by feature.
+
+Verdicts (verdicts.py) are drifted, stable or undecided. **Pooling**: a feature still
+undecided over the horizon is judged again on the horizon plus older consecutive windows
+(the collector holds up to ``Policy.pool_s`` beyond the horizon), looking back 2×, 4×, 8× …
+the horizon's span and stopping at the first decided look. Each look is another chance of
+a false alarm, so when older windows exist the feature's budget α is split: α/2 for the
+horizon and α/(2K) for each of the K pooled looks. The result records the rows and the
+time span it used (``window``).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from serve.monitor import measures as ms
-from serve.monitor.policy import NullContext, Policy, categorical_context, min_window, numeric_context
+from serve.drift import measures as ms
+from serve.drift.calibration import NullTable
+from serve.monitor import verdicts as vd
+from serve.monitor.policy import NullContext, Policy, categorical_context, numeric_context
 from serve.stats.baseline import Baseline, BaselineFeature
 from serve.stats.blocks import Block, merge_blocks
 
@@ -20,9 +31,15 @@ from serve.stats.blocks import Block, merge_blocks
 class MeasureResult:
     value: float
     threshold: float | None  # None: computed, not deciding
-    drifted: bool | None  # None: not deciding, or too few values for this measure
-    min_samples: int | None = None
+    state: str | None = None  # drifted | stable | undecided; None: not deciding
+    noise: vd.Noise | None = None
+    rows_needed: int | None = None  # undecided: more values until this measure decides (None: not with this baseline)
+    min_samples: int | None = None  # values at which a window without drift is judged stable
     bound: float | None = None
+
+    @property
+    def drifted(self) -> bool | None:
+        return None if self.state in (None, vd.UNDECIDED) else self.state == vd.DRIFTED
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -30,6 +47,12 @@ class MeasureResult:
             "threshold": self.threshold,
             "drifted": self.drifted,
         }
+        if self.state is not None:
+            out["state"] = self.state
+        if self.noise is not None:
+            out["noise"] = self.noise.to_json()
+        if self.state == vd.UNDECIDED:
+            out["rows_needed"] = self.rows_needed
         if self.min_samples is not None:
             out["min_samples"] = self.min_samples
         if self.bound is not None:
@@ -44,18 +67,28 @@ class FeatureResult:
     tensor: str
     kind: str
     samples: int
-    min_samples: int
+    min_samples: int | None  # values at which a window without drift is judged stable (None: never, baseline)
     measures: dict[str, MeasureResult] = field(default_factory=dict)
-    verdict: bool | None = None
+    state: str | None = None  # drifted | stable | undecided; None: nothing to judge (a problem, or no data)
+    rows_needed: int | None = None  # undecided: values still needed (None: no window size would do)
+    detectable: dict[str, Any] | None = None
+    window: dict[str, Any] | None = None  # the rows and time span judged (pooling may reach past the horizon)
     score: float = 0.0  # max over deciding measures of value / threshold: the sort key
     rates: dict[str, tuple[float, float]] = field(default_factory=dict)
     view: dict[str, Any] | None = None  # baseline vs live shares for the plot
     problem: str | None = None
 
+    @property
+    def verdict(self) -> bool | None:
+        """True drifted, False stable, None undecided: what the persistent state tracker is fed."""
+        return None if self.state in (None, vd.UNDECIDED) else self.state == vd.DRIFTED
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "role": self.role, "tensor": self.tensor, "kind": self.kind,
             "samples": self.samples, "min_samples": self.min_samples, "drifted": self.verdict,
+            "verdict": self.state, "rows_needed": self.rows_needed,
+            "detectable": self.detectable, "window": self.window,
             "score": _round(self.score), "measures": {k: m.to_json() for k, m in self.measures.items()},
             "rates": {k: {"baseline": _round(b), "live": _round(v)} for k, (b, v) in self.rates.items()},
             "problem": self.problem,
@@ -79,11 +112,6 @@ def merge_windows(windows: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Block
     return merged, rows
 
 
-@lru_cache(maxsize=4096)
-def _min_windows(kind: str, ctx: NullContext, items: tuple[tuple[str, float], ...], alpha: float) -> tuple[int, ...]:
-    return tuple(min_window(m, t, ctx, alpha) for m, t in items)
-
-
 def _context(feature: BaselineFeature) -> NullContext | None:
     stats = feature.stats or {}
     if feature.kind == "numeric" and "bins" in stats and feature.edges is not None:
@@ -96,12 +124,24 @@ def _context(feature: BaselineFeature) -> NullContext | None:
     return None
 
 
-def evaluate_feature(feature: BaselineFeature, live: Block | None, policy: Policy) -> FeatureResult:
+@lru_cache(maxsize=4096)
+def noise_model(feature: BaselineFeature) -> vd.NoiseModel | None:
+    """The feature's no-drift noise (cached: a baseline feature is immutable and hashed by identity)."""
+    ctx = _context(feature)
+    if ctx is None:
+        return None
+    return vd.NoiseModel(ctx, NullTable.parse(feature.null_calibration))
+
+
+def evaluate_feature(
+    feature: BaselineFeature, live: Block | None, policy: Policy, *, alpha: float | None = None
+) -> FeatureResult:
+    """One feature against its baseline; ``alpha`` is its false-alarm budget (default ``policy.false_alarm``)."""
     stats = feature.stats or {}
     thresholds = policy.for_feature(feature.name, feature.kind)
     result = FeatureResult(feature.name, feature.role, feature.tensor, feature.kind, 0, policy.min_samples)
-    ctx = _context(feature)
-    if ctx is None:
+    model = noise_model(feature)
+    if model is None:
         result.problem = "the baseline has no counts for this feature" if feature.kind != "bytes" else None
         return result
     if live is None:
@@ -117,6 +157,10 @@ def evaluate_feature(feature: BaselineFeature, live: Block | None, policy: Polic
             return result
         p, q = ms.Binned.from_block(stats), ms.Binned.from_block(live)
         raw = ms.numeric_measures(p, q, feature.edges if feature.edges is not None else np.empty(0))
+        if p.std == 0:
+            # Constant in training: W1 has no σ to be measured in (a single other value would score in the
+            # hundreds), so it is shown, not deciding; KS and out_of_range judge the share of changed values.
+            thresholds.pop("wasserstein", None)
         sub_n = {"missing_rate": q.count, "out_of_range": q.n + q.infinite}
         default_n = q.n
     else:
@@ -128,23 +172,38 @@ def evaluate_feature(feature: BaselineFeature, live: Block | None, policy: Polic
     view = raw.pop("view", None)
     bounds = {"ks": raw.pop("ks_bound", None), "wasserstein": raw.pop("wasserstein_bound", None)}
     raw.pop("mean_shift", None)
-    deciding = [(m, t) for m, t in thresholds.items() if m in raw]
-    alpha = policy.false_alarm / max(1, len(deciding))
-    mins = dict(zip([m for m, _ in deciding], _min_windows(feature.kind, ctx, tuple(deciding), alpha), strict=True))
-    result.min_samples = max([policy.min_samples, *mins.values()])
-    enough = result.samples >= result.min_samples
-    any_drift = False
+    deciding = {m: t for m, t in thresholds.items() if m in raw}
+    budget = policy.false_alarm if alpha is None else alpha
+    level = 1.0 - budget / max(1, len(deciding))
+    enough = result.samples >= policy.min_samples
+    states: dict[str, str] = {}
+    leanings: dict[str, tuple[bool, int | None]] = {}
+    stable_at: list[int | None] = []
     for name, value in raw.items():
         threshold = thresholds.get(name)
-        m = MeasureResult(float(value), threshold, None, mins.get(name), bounds.get(name))
+        m = MeasureResult(float(value), threshold, bound=bounds.get(name))
         if threshold is not None:
-            eligible = enough and sub_n.get(name, default_n) >= mins[name]
-            if eligible:
-                m.drifted = abs(value) >= threshold  # a change either way (e.g. fewer missing values) counts
-                any_drift = any_drift or m.drifted
+            n = int(sub_n.get(name, default_n))
+            m.noise = model.at(name, n, level)
+            m.min_samples = vd.stable_from(threshold, model, name, level)
+            stable_at.append(m.min_samples)
+            m.state = vd.decide(float(value), threshold, m.noise) if enough else vd.UNDECIDED
+            if m.state == vd.UNDECIDED:
+                lean, window = vd.window_for_verdict(float(value), threshold, m.noise, model, name, n)
+                if not enough:
+                    window = max(window or 0, policy.min_samples) if window is not None else None
+                leanings[name] = (lean, window)
+                m.rows_needed = None if window is None else max(1, window - n)
+            states[name] = m.state
             result.score = max(result.score, abs(value) / threshold if threshold > 0 else 0.0)
         result.measures[name] = m
-    result.verdict = any_drift if enough else None
+    reachable = [s for s in stable_at if s is not None]
+    result.min_samples = max([policy.min_samples, *reachable]) if len(reachable) == len(stable_at) else None
+    result.state = vd.combine(states)
+    if result.state == vd.UNDECIDED:
+        window = vd.rows_for_feature(leanings)
+        result.rows_needed = None if window is None else max(1, window - default_n)
+    result.detectable = vd.detectable_shift(feature.kind, deciding, model, default_n, level)
     if view is not None:
         result.view = _plot_view(feature, view)
     return result
@@ -154,14 +213,21 @@ def _plot_view(feature: BaselineFeature, view: Mapping[str, Any]) -> dict[str, A
     if feature.kind == "categorical":
         labels = [str(v) for v in (feature.vocabulary or ())] + ["(other)"]
         return {"labels": labels, "baseline": view["baseline"].tolist(), "live": view["live"].tolist()}
-    groups: np.ndarray = view["groups"]
+    return {"labels": _group_labels(feature), "baseline": view["baseline"].tolist(), "live": view["live"].tolist()}
+
+
+@lru_cache(maxsize=4096)
+def _group_labels(feature: BaselineFeature) -> list[str]:
+    """Lower edge of each 20-bin view group (they depend on the baseline only)."""
+    counts = np.asarray((feature.stats or {})["bins"]["counts"], dtype=np.float64)
+    groups = ms.quantile_groups(counts, ms.JS_BINS)
     edges = feature.edges if feature.edges is not None else np.empty(0)
     labels = []
     for g in range(int(groups.max()) + 1):
         members = np.flatnonzero(groups == g)
         lo = members[0] - 1  # fine bin b spans [edges[b-1], edges[b])
         labels.append(f"{edges[lo]:.3g}" if 0 <= lo < edges.size else "-inf")
-    return {"labels": labels, "baseline": view["baseline"].tolist(), "live": view["live"].tolist()}
+    return labels
 
 
 @dataclass(slots=True)
@@ -184,19 +250,94 @@ def evaluate_model(
     baseline: Baseline,
     windows: Sequence[Mapping[str, Any]],
     policy: Policy,
+    *,
+    older: Sequence[Mapping[str, Any]] = (),
 ) -> ModelEvaluation:
-    """Every baseline feature against the sum of ``windows``; features sorted by drift score."""
+    """Every baseline feature against the sum of ``windows`` (the horizon); features sorted by drift score.
+
+    ``older``: windows before the horizon an undecided feature may pool (module docstring).
+    """
     live, rows = merge_windows(windows)
     starts = [w["start"] for w in windows]
     ends = [w["end"] for w in windows]
-    results = [evaluate_feature(f, live.get(f.name), policy) for f in baseline.features if f.kind != "bytes"]
+    start, end = (min(starts), max(ends)) if starts else (None, None)
+    features = [f for f in baseline.features if f.kind != "bytes"]
+    alpha = policy.feature_alpha(len(features))
+    looks = _pooled_looks(windows, older) if policy.pool_s > 0 and start is not None else []
+    horizon_alpha = alpha / 2 if looks else alpha
+    results = []
+    for f in features:
+        r = evaluate_feature(f, live.get(f.name), policy, alpha=horizon_alpha)
+        r.window = {"start": start, "end": end, "windows": len(windows), "rows": rows, "pooled": False}
+        if r.state == vd.UNDECIDED and looks:
+            r = _pool(f, live.get(f.name), r, looks, policy, alpha / (2 * len(looks)), end, len(windows), rows)
+        results.append(r)
     results.sort(key=lambda r: (-r.score, r.role, r.name))
-    ev = ModelEvaluation(model, version, results, rows, min(starts) if starts else None, max(ends) if ends else None)
-    inputs = [r for r in results if r.role == "input" and r.verdict is not None]
+    ev = ModelEvaluation(model, version, results, rows, start, end)
+    inputs = [r for r in results if r.role == "input" and r.state is not None]
     if inputs:
-        ev.drifted_share = sum(1 for r in inputs if r.verdict) / len(inputs)
-        ev.dataset_verdict = ev.drifted_share >= policy.drift_share
-    outputs = [r for r in results if r.role == "output" and r.verdict is not None]
+        drifted = sum(1 for r in inputs if r.state == vd.DRIFTED)
+        undecided = sum(1 for r in inputs if r.state == vd.UNDECIDED)
+        ev.drifted_share = drifted / len(inputs)
+        if ev.drifted_share >= policy.drift_share:
+            ev.dataset_verdict = True
+        elif (drifted + undecided) / len(inputs) < policy.drift_share:
+            ev.dataset_verdict = False  # even if every undecided input drifted, the share would stay below
+    outputs = [r for r in results if r.role == "output" and r.state is not None]
     if outputs:
-        ev.prediction_verdict = any(r.verdict for r in outputs)
+        states = {r.name: r.state for r in outputs if r.state is not None}
+        combined = vd.combine(states)
+        ev.prediction_verdict = None if combined == vd.UNDECIDED else combined == vd.DRIFTED
     return ev
+
+
+def _pooled_looks(
+    windows: Sequence[Mapping[str, Any]], older: Sequence[Mapping[str, Any]]
+) -> list[list[Mapping[str, Any]]]:
+    """Older windows (newest first) added by each pooled look: spans of 2×, 4×, 8× … the horizon's, then all."""
+    if not windows or not older:
+        return []
+    start = min(w["start"] for w in windows)
+    span = max(max(w["end"] for w in windows) - start, 1e-9)
+    pending = sorted((w for w in older if w["start"] < start), key=lambda w: w["start"], reverse=True)
+    looks: list[list[Mapping[str, Any]]] = []
+    factor = 2.0
+    while pending:
+        reach = start - (factor - 1.0) * span
+        step = [w for w in pending if w["start"] >= reach]
+        if step:
+            looks.append(step)
+            pending = pending[len(step) :]
+        factor *= 2.0
+    return looks
+
+
+def _pool(
+    feature: BaselineFeature,
+    block: Block | None,
+    horizon: FeatureResult,
+    looks: Sequence[Sequence[Mapping[str, Any]]],
+    policy: Policy,
+    alpha: float,
+    end: float | None,
+    windows: int,
+    rows: int,
+) -> FeatureResult:
+    """Judge ``feature`` again with each look's older windows added, until one look decides."""
+    result = horizon
+    earliest = horizon.window["start"] if horizon.window else None
+    for step in looks:
+        for w in step:
+            older = w["features"].get(feature.name)
+            if older is not None:
+                block = merge_blocks(block, older) if block is not None else older
+            windows += 1
+            rows += int(w.get("rows", 0))
+            earliest = w["start"] if earliest is None else min(earliest, w["start"])
+        if block is None:
+            continue
+        result = evaluate_feature(feature, block, policy, alpha=alpha)
+        result.window = {"start": earliest, "end": end, "windows": windows, "rows": rows, "pooled": True}
+        if result.problem is not None or result.state != vd.UNDECIDED:
+            break
+    return result

@@ -1,8 +1,7 @@
-"""When a measure counts as drift: thresholds, the minimum window size, persistence, model-level rules.
+"""When a measure counts as drift: thresholds, the false-alarm budget, no-drift noise, persistence, model rules.
 
 **Effect sizes decide, not p-values**: at serving volume every p-value is "significant"
-(MONITOR.md §2.4). A feature is *drifted in one evaluation* when one of its decision
-measures reaches its threshold. Defaults (MONITOR.md §4.4):
+(MONITOR.md §2.4). Defaults (MONITOR.md §4.4):
 
 =============  =========  ===================================================
 measure        default    decides for
@@ -10,32 +9,43 @@ measure        default    decides for
 psi            0.25       numeric (10-bin view); computed for categoricals
 js             0.1        numeric (20-bin view, base 2); computed for categoricals
 ks             0.1        numeric
-wasserstein    0.2        numeric (W1 / baseline σ)
+wasserstein    0.2        numeric (W1 / baseline σ; not for a feature constant in training)
 missing_rate   0.1        numeric and categorical (absolute change)
 out_of_range   0.1        numeric (absolute change)
 linf           0.1        categorical
 unseen         0.1        categorical
 =============  =========  ===================================================
 
-**No verdict below a minimum window size.** Under no drift each measure has a null
-distribution that shrinks with N (e.g. PSI·(1/N + 1/M)⁻¹ → χ²(B−1)). For every decision
-measure we find the smallest N at which its null quantile at level 1 − α/m is below its
-threshold (m = number of decision measures, α = ``false_alarm`` = 1 %: a Bonferroni split,
-so a feature without drift is flagged in < 1 % of evaluations). The feature's minimum is
-the largest of those and ``min_samples``; below it the verdict is ``null``. Null quantiles:
+**Three verdicts** per feature and evaluation (verdicts.py): *drifted*, *stable* or
+*undecided*, from each deciding measure's value against its threshold and its no-drift
+noise at the live window size N and the baseline size M.
 
-* psi: χ²₁₋ₐ(B−1)·(1/N + 1/M) (Wilson–Hilferty for χ²); js: √(that / (8 ln 2)) since
-  PSI ≈ 8·JSD for small shifts; ks: c(α)·√(1/N + 1/M) with c(α) = √(−ln(α/2)/2);
-* wasserstein: (√(2/π)·J/σ + √(2 ln(1/α)))·√(1/N + 1/M), J = ∫√(F(1−F))dx from the
+**False-alarm budget**: ``false_alarm`` (1 %) per feature and evaluation, split evenly
+across the feature's deciding measures (Bonferroni: measure level 1 − α/m). A model with
+many features would still raise a false alarm somewhere in most evaluations, so
+``model_false_alarm`` (1 %) caps the sum over a model version's features as well: a
+feature gets min(``false_alarm``, ``model_false_alarm`` / features).
+
+**No-drift noise**: the level-p quantile of a measure when live traffic comes from the
+training distribution. From the baseline's calibration table where it has one
+(calibration.py), otherwise from closed forms:
+
+* psi: χ²ₚ(B−1)·(1/N + 1/M) (Wilson–Hilferty for χ²); js: √(that / (8 ln 2)) since
+  PSI ≈ 8·JSD for small shifts; ks: c·√(1/N + 1/M) with c = √(−ln((1−p)/2)/2);
+* wasserstein: (√(2/π)·J/σ + √(2 ln(1/(1−p))))·√(1/N + 1/M), J = ∫√(F(1−F))dx from the
   baseline bins (the mean of √N·W1 plus a Borell–TIS tail, conservative);
-* rates: z₁₋ₐ/₂·√(p(1−p)(1/N + 1/M)) around the baseline rate p (linf: Bonferroni over
-  categories).
+* rates: z·√(r(1−r)(1/N + 1/M)) around the baseline rate r, z the two-sided normal
+  quantile (linf: Bonferroni over categories).
 
-**Persistence**: a feature changes state only after ``persistence`` consecutive
-evaluations agree (drifted to enter, not drifted to leave); no verdict changes nothing.
+**Persistence**: a feature changes state only after ``persistence`` consecutive decided
+evaluations agree (drifted to enter, stable to leave); *undecided* changes nothing.
 
-**Model level**: dataset drift when the share of input features in the drifted state
-is at least ``drift_share`` (0.5); prediction drift when an output feature is drifted.
+**Pooling** (``pool_s``): an undecided feature may be judged again on the horizon plus
+older consecutive windows (evaluate.py), with half of its budget kept for those looks.
+
+**Model level**: dataset drift when the share of input features drifted is at least
+``drift_share`` (0.5), no dataset drift when even counting every undecided input as
+drifted stays below it; prediction drift when an output feature drifted.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.monitor.measures import JS_BINS, PSI_BINS, quantile_groups
+from serve.drift.measures import JS_BINS, PSI_BINS, quantile_groups
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "psi": 0.25, "js": 0.1, "ks": 0.1, "wasserstein": 0.2, "missing_rate": 0.1, "out_of_range": 0.1,
@@ -75,11 +85,17 @@ class Policy:
 
     thresholds: Mapping[str, float | None] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     feature_thresholds: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
-    false_alarm: float = 0.01
-    min_samples: int = 100
+    false_alarm: float = 0.01  # per feature and evaluation, split across its deciding measures
+    model_false_alarm: float = 0.01  # per model version and evaluation, split across its features
+    min_samples: int = 100  # no verdict below this many values, whatever the noise says
     persistence: int = 3
     drift_share: float = 0.5
+    pool_s: float = 3600.0  # how far beyond the horizon an undecided feature may pool older windows (0: never)
     slo: SloPolicy = field(default_factory=SloPolicy)
+
+    def feature_alpha(self, features: int) -> float:
+        """The false-alarm budget of one feature of a model version with ``features`` features."""
+        return min(self.false_alarm, self.model_false_alarm / max(1, features))
 
     def for_feature(self, name: str, kind: str) -> dict[str, float]:
         """The decision measures of a feature and their thresholds (``None`` disables a measure)."""
@@ -89,7 +105,7 @@ class Policy:
         return {m: float(value) for m in (*deciding, *extra) if (value := merged.get(m)) is not None}
 
 
-# ---------------------------------------------------------------- null quantiles
+# ---------------------------------------------------------------- null quantiles (closed forms)
 
 
 def chi2_quantile(p: float, k: int) -> float:
@@ -117,49 +133,43 @@ class NullContext:
     unseen_rate: float = 0.0
 
 
-def null_quantile(measure: str, n: int, ctx: NullContext, alpha: float) -> float:
-    """The 1 − ``alpha`` quantile of ``measure`` under no drift, with ``n`` live values."""
-    if n <= 0 or ctx.m <= 0:
-        return math.inf
-    inv = 1.0 / n + 1.0 / ctx.m
+def closed_form_quantile(measure: str, n: np.ndarray | float, ctx: NullContext, level: float) -> np.ndarray:
+    """The ``level`` quantile of ``measure`` under no drift with ``n`` live values (vectorised over ``n``)."""
+    n_arr = np.asarray(n, dtype=np.float64)
+    if ctx.m <= 0:
+        return np.full(n_arr.shape, math.inf)
+    with np.errstate(divide="ignore"):
+        inv = 1.0 / n_arr + 1.0 / ctx.m
+        out = _closed_form(measure, n_arr, inv, ctx, level)
+    return np.where(n_arr > 0, out, math.inf)
+
+
+def _closed_form(measure: str, n: np.ndarray, inv: np.ndarray, ctx: NullContext, level: float) -> np.ndarray:
+    alpha = 1.0 - level
     if measure == "psi":
-        return chi2_quantile(1 - alpha, ctx.psi_bins - 1) * inv
+        return chi2_quantile(level, ctx.psi_bins - 1) * inv
     if measure == "js":
-        return math.sqrt(chi2_quantile(1 - alpha, ctx.js_bins - 1) * inv / (8 * math.log(2)))
+        return np.asarray(np.sqrt(chi2_quantile(level, ctx.js_bins - 1) * inv / (8 * math.log(2))))
     if measure == "ks":
-        return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt(inv)
+        return np.asarray(math.sqrt(-math.log(alpha / 2) / 2) * np.sqrt(inv))
     if measure == "wasserstein":
-        return (math.sqrt(2 / math.pi) * ctx.j_over_sigma + math.sqrt(2 * math.log(1 / alpha))) * math.sqrt(inv)
+        tail = math.sqrt(2 * math.log(1 / alpha)) if level > 0.5 else 0.0
+        return np.asarray((math.sqrt(2 / math.pi) * ctx.j_over_sigma + tail) * np.sqrt(inv))
     z = _NORMAL.inv_cdf(1 - alpha / 2)
-    m_count = max(ctx.m_count, 1)
     if measure == "missing_rate":
-        p = ctx.missing_rate
-        return z * math.sqrt(p * (1 - p) * (1.0 / n + 1.0 / m_count))
+        r = ctx.missing_rate
+        return z * np.sqrt(r * (1 - r) * (1.0 / n + 1.0 / max(ctx.m_count, 1)))
     if measure == "out_of_range":
         # A value outside the training range has probability ≈ 2/(M+1) even without drift.
-        p = max(ctx.out_of_range, 2.0 / (ctx.m + 1))
-        return p + z * math.sqrt(p * (1 - p) / n)
+        r = max(ctx.out_of_range, 2.0 / (ctx.m + 1))
+        return r + z * np.sqrt(r * (1 - r) / n)
     if measure == "linf":
         z = _NORMAL.inv_cdf(1 - alpha / (2 * max(1, ctx.categories)))
-        return z * math.sqrt(ctx.max_share_var * inv)
+        return z * np.sqrt(ctx.max_share_var * inv)
     if measure == "unseen":
-        p = ctx.unseen_rate
-        return z * math.sqrt(p * (1 - p) * inv)
-    return 0.0
-
-
-def min_window(measure: str, threshold: float, ctx: NullContext, alpha: float, cap: int = 10**9) -> int:
-    """Smallest N whose null quantile is below ``threshold`` (``cap`` when none is: baseline too small)."""
-    if null_quantile(measure, cap, ctx, alpha) > threshold:
-        return cap
-    lo, hi = 1, cap
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if null_quantile(measure, mid, ctx, alpha) <= threshold:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+        r = ctx.unseen_rate
+        return z * np.sqrt(r * (1 - r) * inv)
+    return np.zeros_like(n)
 
 
 def numeric_context(counts: np.ndarray, edges: np.ndarray, std: float, block: Mapping[str, Any]) -> NullContext:
@@ -202,7 +212,8 @@ def categorical_context(block: Mapping[str, Any]) -> NullContext:
 
 @dataclass(slots=True)
 class StateTracker:
-    """A drifted/ok state that flips only after ``persistence`` consecutive agreeing verdicts."""
+    """A drifted/ok state that flips only after ``persistence`` consecutive agreeing decided verdicts
+    (True: drifted, False: stable; None, undecided, changes nothing)."""
 
     state: str = "ok"  # "ok" | "drifted"
     streak: int = 0  # consecutive verdicts that disagree with the state

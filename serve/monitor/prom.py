@@ -6,10 +6,17 @@ built at scrape time from the latest evaluation, so a feature or model that disa
 loses its series instead of freezing at its last value. Per model at most
 ``max_series_features`` features are exported (those with the highest drift score);
 ``serve_drift_inputs_truncated`` says how many were left out.
+
+Verdicts are a state set: ``serve_drift_verdict{…,verdict="drifted|stable|undecided"}`` is 1
+for the feature's verdict in the last evaluation and 0 for the two others, so a rule can
+ask for ``verdict="drifted"`` and a dashboard can count undecided features.
+``serve_drift_rows_needed`` is 0 for a decided feature, +Inf when no window size would do
+with this baseline.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -22,6 +29,7 @@ if TYPE_CHECKING:
 MV = ["model", "version"]
 FEATURE = [*MV, "input"]
 MEASURE = [*FEATURE, "role", "method"]
+VERDICTS = ("drifted", "stable", "undecided")
 
 
 class DriftCollector(Collector):
@@ -38,8 +46,34 @@ class DriftCollector(Collector):
         threshold = GaugeMetricFamily("serve_drift_threshold", "Threshold of the drift statistic", labels=MEASURE)
         detected = GaugeMetricFamily(
             "serve_drift_detected",
-            "1 if the statistic crossed its threshold in the last evaluation (no series below the minimum window)",
+            "1 if the measure judged drift in the last evaluation, 0 if it judged stable (no series: undecided)",
             labels=MEASURE,
+        )
+        ceiling = GaugeMetricFamily(
+            "serve_drift_noise_ceiling",
+            "Largest value the measure takes without drift at this window and baseline size (1 - alpha/m quantile)",
+            labels=MEASURE,
+        )
+        verdict = GaugeMetricFamily(
+            "serve_drift_verdict",
+            "1 for the feature's verdict in the last evaluation (drifted, stable or undecided), 0 for the others",
+            labels=[*FEATURE, "role", "verdict"],
+        )
+        rows_needed = GaugeMetricFamily(
+            "serve_drift_rows_needed",
+            "More values an undecided feature needs for a verdict (0 when decided, +Inf: not with this baseline)",
+            labels=FEATURE,
+        )
+        detectable = GaugeMetricFamily(
+            "serve_drift_detectable_shift",
+            "Smallest mean shift (baseline standard deviations; categorical: share) the window detects in ~95 % of "
+            "windows",
+            labels=FEATURE,
+        )
+        span = GaugeMetricFamily(
+            "serve_drift_window_seconds",
+            "Time span of the values judged (longer than the horizon when an undecided feature pooled older windows)",
+            labels=FEATURE,
         )
         state = GaugeMetricFamily(
             "serve_drift_state",
@@ -119,8 +153,20 @@ class DriftCollector(Collector):
             for f in features[:limit]:  # already sorted by score
                 fl = [*mv, f["name"]]
                 samples.add_metric(fl, f["samples"])
-                min_samples.add_metric(fl, f["min_samples"])
+                if f.get("min_samples") is not None:
+                    min_samples.add_metric(fl, f["min_samples"])
                 state.add_metric([*fl, f["role"]], 1.0 if f.get("state") == "drifted" else 0.0)
+                current = f.get("verdict")  # None: nothing judged (the feature has a problem)
+                if current is not None:
+                    for v in VERDICTS:
+                        verdict.add_metric([*fl, f["role"], v], 1.0 if v == current else 0.0)
+                    needed = f.get("rows_needed") if current == "undecided" else 0
+                    rows_needed.add_metric(fl, math.inf if needed is None else float(needed))
+                if f.get("detectable"):
+                    detectable.add_metric(fl, f["detectable"]["shift"])
+                window = f.get("window") or {}
+                if window.get("start") is not None and window.get("end") is not None:
+                    span.add_metric(fl, window["end"] - window["start"])
                 for method, r in f["measures"].items():
                     if r["value"] is None:
                         continue
@@ -130,6 +176,8 @@ class DriftCollector(Collector):
                         threshold.add_metric(labels, r["threshold"])
                     if r["drifted"] is not None:
                         detected.add_metric(labels, float(r["drifted"]))
+                    if (r.get("noise") or {}).get("ceiling") is not None:
+                        ceiling.add_metric(labels, r["noise"]["ceiling"])
                 rates = f.get("rates", {})
                 if "missing" in rates:
                     missing.add_metric(fl, rates["missing"]["live"] or 0.0)
@@ -152,7 +200,12 @@ class DriftCollector(Collector):
             score,
             threshold,
             detected,
+            ceiling,
             state,
+            verdict,
+            rows_needed,
+            detectable,
+            span,
             samples,
             min_samples,
             ratio,

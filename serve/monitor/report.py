@@ -93,14 +93,55 @@ def _badge(text: str, level: str) -> str:
     return f'<span class="badge {level}">{html.escape(text)}</span>'
 
 
-def _verdict_badge(verdict: bool | None, state: str | None) -> str:
-    if state == "drifted":
+def _verdict_badge(verdict: str | None, rows_needed: int | None) -> str:
+    """This evaluation's verdict: drifted, stable, or undecided with the values still needed."""
+    if verdict == "drifted":
         return _badge("drifted", "bad")
-    if verdict is True:
-        return _badge("crossing", "warn")
-    if verdict is None:
-        return _badge("too few values", "muted")
-    return _badge("ok", "good")
+    if verdict == "stable":
+        return _badge("stable", "good")
+    needed = "not with this baseline" if rows_needed is None else f"+{_count(rows_needed)} values"
+    return _badge("undecided", "muted") + f'<br><span class="small">{needed}</span>'
+
+
+def _state_badge(state: str | None) -> str:
+    """The persistent state (after ``persistence`` agreeing decided verdicts): what alerts follow."""
+    return _badge("drifted", "bad") if state == "drifted" else _badge("ok", "good")
+
+
+def _count(n: float) -> str:
+    if n >= 10_000:
+        return f"{n / 1000:.0f}k" if n < 1e6 else f"{n / 1e6:.3g}M"
+    return str(int(n))
+
+
+def _detectable(f: Mapping[str, Any]) -> str:
+    d = f.get("detectable")
+    if not d:
+        return "–"
+    if d.get("unit") == "σ":
+        return f"≥ {d['shift']:.2g}σ in mean"
+    return f"≥ {d['shift']:.2g} in {html.escape(str(d.get('of', 'a share')))}"
+
+
+def _span(f: Mapping[str, Any]) -> str:
+    w = f.get("window") or {}
+    if w.get("start") is None or w.get("end") is None:
+        return "–"
+    minutes = (w["end"] - w["start"]) / 60
+    text = f"{minutes:.0f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
+    return f"{text}, pooled {w.get('windows')} windows" if w.get("pooled") else text
+
+
+def _measure_cell(r: Mapping[str, Any]) -> str:
+    noise = r.get("noise") or {}
+    title = ""
+    if noise.get("ceiling") is not None:
+        title = (
+            f' title="no drift: typically {_fmt(noise.get("typical"))}, at most {_fmt(noise.get("ceiling"))} '
+            f'({noise.get("source")}); threshold {_fmt(r.get("threshold"))}"'
+        )
+    cls = {"drifted": ' class="hit"', "undecided": ' class="undecided"'}.get(str(r.get("state")), "")
+    return f"<td{cls}{title}>{_fmt(r['value'])}</td>"
 
 
 CSS = """
@@ -109,7 +150,8 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 6px}
 .meta{color:#555;font-size:12px}.problems{color:#a94442;font-size:13px}
 table{border-collapse:collapse;background:#fff;font-size:12px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#eee}
-td.name,th.name{text-align:left}td.hit{color:#c0392b;font-weight:600}
+td.name,th.name{text-align:left}td.hit{color:#c0392b;font-weight:600}td.undecided{color:#7f8c8d}
+.small{font-size:10px;color:#555}td.nowrap{white-space:nowrap}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:11px;color:#fff}
 .bad{background:#c0392b}.warn{background:#e67e22}.good{background:#27ae60}.muted{background:#95a5a6}
 figure{display:inline-block;margin:6px;background:#fff;border:1px solid #ddd;padding:4px}
@@ -151,23 +193,27 @@ def _model_section(report: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         parts.append('<p class="problems">' + "<br>".join(html.escape(p) for p in problems) + "</p>")
     header = "".join(f"<th>{c}</th>" for c in COLUMNS)
     parts.append(
-        '<table><tr><th class="name">feature</th><th>role</th><th>kind</th><th>values</th><th>min</th>'
-        f"<th>verdict</th><th>score</th>{header}</tr>"
+        '<p class="meta">verdict: <b>drifted</b> when a measure reaches its threshold and exceeds what no drift '
+        "produces at this window and baseline size; <b>stable</b> when every measure stays below its threshold "
+        "with that noise added; otherwise <b>undecided</b>, with the values still needed. State: the verdict "
+        "after persistence (alerts follow it). Hover a value for its no-drift range.</p>"
+    )
+    parts.append(
+        '<table><tr><th class="name">feature</th><th>role</th><th>kind</th><th>values</th><th>span</th>'
+        f"<th>verdict</th><th>state</th><th>detectable at this window</th><th>score</th>{header}</tr>"
     )
     for f in report.get("features", []):
         cells = []
         for c in COLUMNS:
             r = f["measures"].get(c)
-            if r is None:
-                cells.append("<td></td>")
-            else:
-                cls = ' class="hit"' if r.get("drifted") else ""
-                cells.append(f"<td{cls}>{_fmt(r['value'])}</td>")
+            cells.append("<td></td>" if r is None else _measure_cell(r))
         problem = f'<br><span class="problems">{html.escape(f["problem"])}</span>' if f.get("problem") else ""
+        verdict = "–" if f.get("problem") else _verdict_badge(f.get("verdict"), f.get("rows_needed"))
         parts.append(
             f'<tr><td class="name"><a href="#plot-{html.escape(model)}-{html.escape(f["name"])}">'
             f"{html.escape(f['name'])}</a>{problem}</td><td>{f['role']}</td><td>{f['kind']}</td>"
-            f"<td>{f['samples']}</td><td>{f['min_samples']}</td><td>{_verdict_badge(f['drifted'], f.get('state'))}</td>"
+            f'<td>{f["samples"]}</td><td class="nowrap">{_span(f)}</td><td>{verdict}</td>'
+            f"<td>{_state_badge(f.get('state'))}</td><td>{_detectable(f)}</td>"
             f"<td>{_fmt(f['score'])}</td>{''.join(cells)}</tr>"
         )
     parts.append("</table>")

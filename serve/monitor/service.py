@@ -249,7 +249,8 @@ class Monitor:
     def evaluate(self, *, include_open: bool = False) -> dict[tuple[str, str], tuple[dict[str, Any], Any]]:
         """Evaluate every model version; (report JSON, ModelEvaluation or None) per model version."""
         now = self.clock()
-        self.collector.forget_before(now - self.settings.horizon_s - 3600)
+        # windows older than the horizon stay for pooling (Policy.pool_s), and at least an hour
+        self.collector.forget_before(now - self.settings.horizon_s - max(3600.0, self.settings.policy.pool_s))
         out = {}
         for model, version in self.model_keys():
             out[(model, version)] = self._evaluate_model(model, version, now, include_open)
@@ -268,10 +269,11 @@ class Monitor:
         if not entry.usable or baseline is None:
             report["window"] = None
             return report, None
+        horizon_start = now - self.settings.horizon_s
         collected = self.collector.collected(
             model,
             version,
-            now - self.settings.horizon_s,
+            horizon_start - policy.pool_s,
             include_open=include_open,
             baseline_sha256=baseline.sha256,
         )
@@ -281,10 +283,13 @@ class Monitor:
             for i in self.collector.instances(model, version)
         ]
         report["restarts"] = collected.restarts
-        ev = evaluate_model(model, version, baseline, collected.windows, policy)
+        recent = [w for w in collected.windows if w["end"] > horizon_start]
+        older = [w for w in collected.windows if w["end"] <= horizon_start]
+        ev = evaluate_model(model, version, baseline, recent, policy, older=older)
         report["window"] = {
             "start": ev.window_start, "end": ev.window_end, "rows": ev.rows, "horizon_s": self.settings.horizon_s,
-            "include_open": include_open, "windows": len(collected.windows),
+            "include_open": include_open, "windows": len(recent), "pool_s": policy.pool_s,
+            "pool_windows": len(older),
         }  # fmt: skip
         report["drifted_share"] = ev.drifted_share
         report["dataset_drift"] = ev.dataset_verdict
@@ -416,7 +421,7 @@ class Monitor:
                 {"kind": f"{f.role}_drift", "model": model, "version": version, "feature": f.name, "role": f.role,
                  "samples": f.samples, "measures": {k: m.to_json() for k, m in f.measures.items()},
                  "firing": f"{model} v{version} {f.role} '{f.name}' drifted: {_crossed(f)} (N={f.samples})",
-                 "resolved": f"{model} v{version} {f.role} '{f.name}' no longer drifted (N={f.samples})"},
+                 "resolved": f"{model} v{version} {f.role} '{f.name}' stable again (N={f.samples})"},
             )  # fmt: skip
             by_name[f.name]["state"] = state
         inputs = [f for f in report["features"] if f["role"] == "input"]
@@ -493,5 +498,11 @@ class Monitor:
 
 
 def _crossed(f: FeatureResult) -> str:
-    hits = [f"{k} {m.value:.3g} ≥ {m.threshold:.3g}" for k, m in f.measures.items() if m.drifted and m.threshold]
+    hits = []
+    for k, m in f.measures.items():
+        if m.drifted and m.threshold is not None:
+            noise = (
+                f" and its no-drift ceiling {m.noise.ceiling:.3g}" if m.noise and m.noise.ceiling > m.threshold else ""
+            )
+            hits.append(f"{k} {m.value:.3g} ≥ threshold {m.threshold:.3g}{noise}")
     return ", ".join(hits) or "threshold crossed"

@@ -17,7 +17,8 @@ Schema, ``format_version`` 1 (MONITOR.md §4.2)::
       "features": [
         {"name": "age", "role": "input", "tensor": "x", "column": 0, "view": null, "kind": "numeric",
          "missing_values": [-1], "edges": [18.0, 19.0, …], "quantiles": {"0.5": 41.0, …},
-         "std": 12.1, "stats": {<numeric block, exactly as the server writes it>}},
+         "std": 12.1, "stats": {<numeric block, exactly as the server writes it>},
+         "null_calibration": {<optional: no-drift quantiles per measure and window size>}},
         {"name": "country", "role": "input", "tensor": "x", "column": 2, "view": null, "kind": "categorical",
          "vocabulary": [3, 7, 9], "stats": {<categorical block>}}
       ],
@@ -30,6 +31,11 @@ A feature is identified by ``(role, tensor, column, view)``; ``name`` is for peo
 vocabulary counts in the same block format as the server's windows (blocks.py), so
 the monitor compares like with like. ``kind`` is declared (numeric, categorical or
 bytes), never guessed. Unknown top-level keys are kept and written back unchanged.
+
+``null_calibration`` (optional, written by ``serve baseline``, read only by the monitor:
+serve/drift/calibration.py) is kept as the raw mapping it is in the file: the server
+never looks at it, so loading a baseline costs no more with it, and files without it
+(older ones) are as valid as before.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class BaselineFeature:
     vocabulary: tuple[Any, ...] | None = None
     missing_values: tuple[Any, ...] = ()
     stats: dict[str, Any] | None = None
+    null_calibration: Mapping[str, Any] | None = None  # the monitor's; passed through untouched
 
 
 def _feature_from_dict(raw: Mapping[str, Any]) -> BaselineFeature:
@@ -119,6 +126,7 @@ def _feature_from_dict(raw: Mapping[str, Any]) -> BaselineFeature:
         vocabulary=vocabulary,
         missing_values=tuple(raw.get("missing_values") or ()),
         stats=stats,
+        null_calibration=raw.get("null_calibration"),
     )
 
 
