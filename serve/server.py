@@ -19,11 +19,15 @@ from prometheus_client import CollectorRegistry
 from serve.core import InferenceService
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
+from serve.grpc.auth import BearerAuthInterceptor
 from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
+from serve.http.auth import BearerAuth
 from serve.http.monitoring import monitoring_routes
 from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.prometheus import PrometheusMetrics
+from serve.security.tls import load_tls
+from serve.security.tokens import TokenStore
 from serve.settings import ServerSettings
 from serve.stats.recorder import StatsRecorder
 from serve.stats.served_baseline import ServedBaseline
@@ -96,6 +100,9 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
+        # Before any model loads: a bad certificate or tokens file stops the start at once.
+        tls = load_tls(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+        tokens = TokenStore(s.auth_tokens_file) if s.auth_tokens_file is not None else None
         if s.model_control_mode == "explicit":
             await self.repository.load_all(s.load_models)
         else:
@@ -103,6 +110,12 @@ class Server:
         # Registered even with --no-stats, so that a client is told why there is nothing.
         extra_routes = [metrics_route(self.metrics), *monitoring_routes(self.stats_recorder, self.served_baseline)]
         app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
+        interceptors = []
+        if tokens is not None:
+            app = BearerAuth(app, tokens, protect_inference=s.auth_inference, audit=self.service.audit)
+            interceptors.append(
+                BearerAuthInterceptor(tokens, protect_inference=s.auth_inference, audit=self.service.audit)
+            )
         self._http_socket = bind_http_socket(s.host, s.http_port)
         self.http_port = self._http_socket.getsockname()[1]
         self._grpc, self._health, self.grpc_port = create_grpc_server(
@@ -111,6 +124,8 @@ class Server:
             max_message_bytes=s.max_request_bytes,
             stats_lookup=self.stats_recorder,
             baseline_lookup=self.served_baseline,
+            tls=tls,
+            interceptors=interceptors,
         )
         await self._grpc.start()
         config = uvicorn.Config(
@@ -128,6 +143,7 @@ class Server:
             log_config=None,
             timeout_graceful_shutdown=max(1, int(s.shutdown_grace_s)),
             backlog=4096,
+            **(tls.uvicorn_options() if tls is not None else {}),
         )
         self._http = _Uvicorn(config)
         self._http_task = asyncio.ensure_future(self._http.serve(sockets=[self._http_socket]))
@@ -141,6 +157,15 @@ class Server:
         if s.metrics_port is not None:
             await self._start_metrics_http(s.metrics_port)
         await set_serving(self._health, True)
+        if tls is not None:
+            log.info("TLS on HTTP and gRPC%s", "; client certificates required" if tls.mutual else "")
+        if tokens is not None:
+            log.info(
+                "token auth: %d token(s) from %s; %s",
+                len(tokens),
+                tokens.path,
+                "every call but health needs one" if s.auth_inference else "model control needs an admin token",
+            )
         log.info(
             "serving %d model version(s): HTTP on %s:%d, gRPC on %s:%d",
             len(self.repository.loaded()),
