@@ -228,6 +228,18 @@ def test_a_client_that_does_not_trust_the_server_certificate_is_refused(tls_serv
         connection.close()
 
 
+def test_a_client_offering_only_cbc_sha1_suites_is_refused(
+    tls_server: RunningServer, certificates: Certificates
+) -> None:
+    context = client_context(certificates)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 suites are not chosen with set_ciphers
+    context.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA")
+
+    with pytest.raises(ssl.SSLError):
+        https_live(tls_server, context)
+    assert https_live(tls_server, client_context(certificates)) == 200
+
+
 def test_the_server_log_never_shows_a_token(tls_server: RunningServer, certificates: Certificates) -> None:
     with pytest.raises(InferenceServerException):
         http_infer(https_client(tls_server, certificates), headers=bearer("a-wrong-token-0123456789abcdef"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.security.tokens import ADMIN, INFERENCE, Identity, TokenFileError, TokenStore, bearer_token
+from serve.security.tokens import ADMIN, INFERENCE, Identity, TokenFileError, TokenStore, bearer_token, parse_tokens
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 INFERENCE_TOKEN = "inference-token-0123456789"
@@ -166,3 +166,12 @@ def test_every_configured_token_is_compared_in_constant_time_whichever_matches(
 )
 def test_the_bearer_scheme_is_read_from_the_authorization_value(value: str, token: str | None) -> None:
     assert bearer_token(value) == token
+
+
+def test_the_readme_example_file_parses() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("**Tokens.**", 1)[1].split("```\n", 2)[1]
+
+    tokens = parse_tokens(block, "README")
+
+    assert [(t.identity.name, t.identity.scope) for t in tokens] == [("ci-deployer", ADMIN), ("frontend", INFERENCE)]

@@ -42,6 +42,9 @@ class TlsFiles:
             "ssl_keyfile": str(self.key_file),
             "ssl_ca_certs": str(self.client_ca_file) if self.client_ca_file is not None else None,
             "ssl_cert_reqs": ssl.CERT_REQUIRED if self.mutual else ssl.CERT_NONE,
+            # uvicorn would set OpenSSL's "TLSv1" cipher list (CBC and SHA-1 suites included); an empty
+            # value keeps Python's default (forward-secret AEAD suites only, security level 2).
+            "ssl_ciphers": "",
         }
 
 

@@ -3,7 +3,7 @@
 The file (``--auth-tokens-file``) holds one token a line, three fields separated by whitespace::
 
     # identity    scope      token, as is or as sha256:<hex of its SHA-256>
-    ci-deployer   admin      sha256:5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8
+    ci-deployer   admin      sha256:1079b5509d3b93cb79af5a7aa7f998f07d6af179ce12ac26220906212fb609ec
     frontend      inference  kJ8q2vR7mZ4xW1tY9bN3cF6hL0pS5dGa
 
 Blank lines and lines starting with ``#`` are skipped. The scope ``admin`` allows model control
