@@ -25,12 +25,16 @@ from serve.core import InferenceService
 from serve.core.cluster import Cluster
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
+from serve.grpc.auth import BearerAuthInterceptor
 from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
+from serve.http.auth import BearerAuth
 from serve.http.monitoring import monitoring_routes
 from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.multiprocess import multiprocess_dir
 from serve.metrics.prometheus import PrometheusMetrics
+from serve.security.tls import load_tls
+from serve.security.tokens import TokenStore
 from serve.settings import ServerSettings
 from serve.stats.recorder import StatsRecorder
 from serve.stats.served_baseline import ServedBaseline
@@ -125,6 +129,9 @@ class Server:
     async def start(self, load_models: list[str] | None = None) -> None:
         """Load the models (``load_models``, else what the settings say) and start listening."""
         s = self.settings
+        # Before any model loads: a bad certificate or tokens file stops the start at once.
+        tls = load_tls(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+        tokens = TokenStore(s.auth_tokens_file) if s.auth_tokens_file is not None else None
         if load_models is not None:
             await self.repository.load_all(load_models)
         elif s.model_control_mode == "explicit":
@@ -134,6 +141,12 @@ class Server:
         # Registered even with --no-stats, so that a client is told why there is nothing.
         extra_routes = [metrics_route(self.metrics), *monitoring_routes(self.stats_documents, self.served_baseline)]
         app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
+        interceptors = []
+        if tokens is not None:
+            app = BearerAuth(app, tokens, protect_inference=s.auth_inference, audit=self.service.audit)
+            interceptors.append(
+                BearerAuthInterceptor(tokens, protect_inference=s.auth_inference, audit=self.service.audit)
+            )
         if self.role is not None and self.role.http_socket is not None:
             self._http_socket = self.role.http_socket
         else:
@@ -146,6 +159,8 @@ class Server:
             stats_lookup=self.stats_documents,
             baseline_lookup=self.served_baseline,
             reuse_port=self.role is not None,
+            tls=tls,
+            interceptors=interceptors,
         )
         await self._grpc.start()
         config = uvicorn.Config(
@@ -163,6 +178,7 @@ class Server:
             log_config=None,
             timeout_graceful_shutdown=max(1, int(s.shutdown_grace_s)),
             backlog=4096,
+            **(tls.uvicorn_options() if tls is not None else {}),
         )
         self._http = _Uvicorn(config)
         self._http_task = asyncio.ensure_future(self._http.serve(sockets=[self._http_socket]))
@@ -178,6 +194,15 @@ class Server:
         if self._shared_metrics is not None:
             self._gauge_task = asyncio.ensure_future(self._refresh_gauges())
         await set_serving(self._health, True)
+        if tls is not None:
+            log.info("TLS on HTTP and gRPC%s", "; client certificates required" if tls.mutual else "")
+        if tokens is not None:
+            log.info(
+                "token auth: %d token(s) from %s; %s",
+                len(tokens),
+                tokens.path,
+                "every call but health needs one" if s.auth_inference else "model control needs an admin token",
+            )
         log.info(
             "serving %d model version(s): HTTP on %s:%d, gRPC on %s:%d",
             len(self.repository.loaded()),

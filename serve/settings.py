@@ -54,6 +54,14 @@ def _workers(value: str) -> str | None:
     return None if ok else "must be a positive integer or 'auto'"
 
 
+def _existing_file(value: Path) -> str | None:
+    return None if value.is_file() else f"{value} is not a file"
+
+
+def _directory_exists(value: Path) -> str | None:
+    return None if value.parent.is_dir() else f"the directory of {value} does not exist"
+
+
 def _ascending(values: tuple[float, ...]) -> str | None:
     ok = bool(values) and all(v > 0 for v in values) and list(values) == sorted(set(values))
     return None if ok else "must be positive and strictly increasing"
@@ -162,12 +170,46 @@ class ServerSettings:
         help="batches waiting for the statistics worker; beyond it they are dropped and counted, never waited for",
         check=_positive,
     )
+    # Security (SECURITY.md): all off by default, as the loopback bind makes the server reachable only locally.
+    auth_tokens_file: Path | None = setting(
+        None,
+        help="bearer tokens, one '<identity> <scope> <token>' a line (scope admin or inference; the token as is or "
+        "sha256:<hex>), re-read when it changes; given, model control and the repository API need an admin token",
+        check=_existing_file,
+    )
+    auth_inference: bool = setting(
+        True,
+        help="with --auth-tokens-file: inference, metadata, statistics and /metrics need a token too (scope "
+        "inference or admin); health endpoints never do",
+    )
+    tls_cert_file: Path | None = setting(
+        None, help="PEM certificate chain: HTTPS and gRPC over TLS (with --tls-key-file)", check=_existing_file
+    )
+    tls_key_file: Path | None = setting(
+        None, help="PEM private key (unencrypted) of --tls-cert-file", check=_existing_file
+    )
+    tls_client_ca_file: Path | None = setting(
+        None,
+        help="PEM CA certificates: clients must present a certificate signed by one (mutual TLS)",
+        check=_existing_file,
+    )
+    audit_log_file: Path | None = setting(
+        None,
+        help="append-only JSON-lines log of model loads, unloads, version switches, failed loads, config changes "
+        "and repository API calls, with actor and hashes; rotate by moving it away",
+        commands=RUN,
+        check=_directory_exists,
+    )
 
     def __post_init__(self) -> None:
         for spec in SPECS:
             problem = spec.problem(getattr(self, spec.name))
             if problem:
                 raise SettingsError(f"{spec.flag}: {problem}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise SettingsError("--tls-cert-file and --tls-key-file: give both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise SettingsError("--tls-client-ca-file: mutual TLS needs --tls-cert-file and --tls-key-file")
 
 
 # ---- deriving flags and environment variables from the fields ----------------------------------

@@ -109,7 +109,7 @@ def test_metadata_shows_the_zipmap_output_as_a_probability_tensor(
     outputs = {o["name"]: o for o in metadata["outputs"]}
     assert outputs["output_probability"]["datatype"] == "FP32"
     assert outputs["output_probability"]["shape"] == [-1, len(trained[name].classes)]
-    assert metadata["parameters"] == {"zipmap_outputs": "output_probability"}
+    assert metadata["parameters"]["zipmap_outputs"] == "output_probability"
 
 
 def test_validate_reports_the_zipmap_rewrite(repository: Path) -> None:

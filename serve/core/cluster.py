@@ -17,11 +17,13 @@ class Cluster(Protocol):
         """Triton's statistics of the model (or every model), summed over the workers."""
         ...
 
-    async def load_model(self, name: str, config: mc.ModelConfig | None, files: dict[str, bytes] | None) -> None:
+    async def load_model(
+        self, name: str, config: mc.ModelConfig | None, files: dict[str, bytes] | None, actor: str
+    ) -> None:
         """Load on every worker; answered once all have, or fails naming which worker failed and why."""
         ...
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, actor: str) -> None:
         """Unload on every worker."""
         ...
 

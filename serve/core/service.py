@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,12 @@ from serve.core.classification import classify
 from serve.core.cluster import Cluster
 from serve.core.serving import ServedVersions
 from serve.core.validation import validate
-from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, ModelNotReady
+from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, ModelNotReady, ServeError
 from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
 from serve.metrics.statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
-from serve.repository.repository import ModelRepository, ModelVersion, VersionListener
+from serve.repository.repository import ANONYMOUS, ModelRepository, ModelVersion, VersionListener
+from serve.security.audit import ERROR, OK, AuditLog
 from serve.settings import ServerSettings
 from serve.types import InferRequest, InferResponse, OutputTensor, TensorSpec
 
@@ -50,9 +52,11 @@ class InferenceService:
         server_name: str = "serve",
         model_control_explicit: bool = False,
         cluster: Cluster | None = None,
+        audit: AuditLog | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         self.repository = repository
+        self.audit = audit
         self.server_name = server_name
         self.model_control_explicit = model_control_explicit
         self._served = served
@@ -68,13 +72,16 @@ class InferenceService:
         cls, root: Path, settings: ServerSettings, observers: Sequence[Observer] = (), **kwargs: Any
     ) -> InferenceService:
         """The repository, the core and ``observers`` wired together. Observers that are also
-        VersionListeners attach to each version before the core's batcher, and detach after it."""
+        VersionListeners attach to each version before the core's batcher, and detach after it.
+        The audit log (--audit-log-file) attaches last, so that it records only loads that took."""
         statistics = TritonStatistics()
         everyone = Observers([*observers, statistics])
         served = ServedVersions(everyone, grace_s=settings.shutdown_grace_s)
-        listeners = [o for o in observers if isinstance(o, VersionListener)]
-        repository = ModelRepository(root, settings, listeners=[*listeners, statistics, served])
-        return cls(repository, served, statistics, everyone, **kwargs)
+        listeners: list[VersionListener] = [o for o in observers if isinstance(o, VersionListener)]
+        audit = AuditLog(settings.audit_log_file) if settings.audit_log_file is not None else None
+        listeners += [statistics, served, *([audit] if audit is not None else [])]
+        repository = ModelRepository(root, settings, listeners=listeners)
+        return cls(repository, served, statistics, everyone, audit=audit, **kwargs)
 
     # ---- health and metadata ---------------------------------------------------------------
     def server_live(self) -> bool:
@@ -107,8 +114,13 @@ class InferenceService:
             "inputs": describe(model.inputs),
             "outputs": describe(model.outputs),
         }
-        if model.parameters:  # HTTP only: Triton's gRPC ModelMetadataResponse has no parameters field
-            metadata["parameters"] = dict(model.parameters)
+        # HTTP only: Triton's gRPC ModelMetadataResponse has no parameters field. The hashes say
+        # exactly which files serve (the audit log records the same at each load).
+        metadata["parameters"] = {
+            **model.parameters,
+            "onnx_sha256": model.onnx_sha256,
+            "config_sha256": model.config_sha256,
+        }
         return metadata
 
     def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
@@ -174,6 +186,23 @@ class InferenceService:
             self._observer.on_request(RequestEvent(key, protocol, outcome_of(error), self._clock() - started, timings))
 
     # ---- repository ------------------------------------------------------------------------
+    @contextmanager
+    def audited(self, action: str, actor: str, name: str) -> Iterator[None]:
+        """Records a repository API call and how it ended in the audit log. The adapters wrap the
+        whole call, decoding its parameters included, so that a refused request is recorded too."""
+        if self.audit is None:
+            yield
+            return
+        try:
+            yield
+        except ServeError as exc:
+            self.audit.api_call(action, actor, name, ERROR, exc.message)
+            raise
+        except Exception:
+            self.audit.api_call(action, actor, name, ERROR, "internal error")
+            raise
+        self.audit.api_call(action, actor, name, OK)
+
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.repository.index(ready_only)
 
@@ -185,34 +214,48 @@ class InferenceService:
             )
 
     async def load_model(
-        self, name: str, config: mc.ModelConfig | None = None, files: dict[str, bytes] | None = None
+        self,
+        name: str,
+        config: mc.ModelConfig | None = None,
+        files: dict[str, bytes] | None = None,
+        *,
+        actor: str = ANONYMOUS,
     ) -> None:
         self._check_model_control()
         if self.cluster is not None:
-            await self.cluster.load_model(name, config, files)
+            await self.cluster.load_model(name, config, files, actor)
             return
-        await self.apply_load_model(name, config, files)
+        await self.apply_load_model(name, config, files, actor=actor)
 
     async def apply_load_model(
-        self, name: str, config: mc.ModelConfig | None = None, files: dict[str, bytes] | None = None
+        self,
+        name: str,
+        config: mc.ModelConfig | None = None,
+        files: dict[str, bytes] | None = None,
+        *,
+        actor: str = ANONYMOUS,
     ) -> None:
         """Load in this process (the supervisor calls this on every worker)."""
-        await self.repository.load_model(name, config_override=config, files=files)
+        await self.repository.load_model(name, config_override=config, files=files, actor=actor)
         try:
             self.repository.get(name)
         except ModelNotReady as exc:
             raise ModelLoadError(f"failed to load '{name}': {exc.message}") from None
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, *, actor: str = ANONYMOUS) -> None:
         self._check_model_control()
         if self.cluster is not None:
-            await self.cluster.unload_model(name)
+            await self.cluster.unload_model(name, actor)
             return
-        await self.apply_unload_model(name)
+        await self.apply_unload_model(name, actor=actor)
 
-    async def apply_unload_model(self, name: str) -> None:
+    async def apply_unload_model(self, name: str, *, actor: str = ANONYMOUS) -> None:
         """Unload in this process (the supervisor calls this on every worker)."""
-        await self.repository.unload_model(name)
+        await self.repository.unload_model(name, actor=actor)
 
     async def close(self) -> None:
-        await self.repository.close()
+        try:
+            await self.repository.close()
+        finally:
+            if self.audit is not None:
+                self.audit.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,7 @@ from serve.grpc.service import InferenceServicer
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.protocol._pool import POOL
+from serve.security.tls import TlsFiles
 from serve.stats.served_baseline import BaselineLookup
 from serve.stats.wiring import StatsDocuments
 
@@ -40,9 +42,12 @@ def create_grpc_server(
     stats_lookup: StatsDocuments | None = None,
     baseline_lookup: BaselineLookup | None = None,
     reuse_port: bool = False,
+    tls: TlsFiles | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """Build and bind the server; returns it, its health servicer and the bound port."""
+    """Build and bind the server (over TLS with ``tls``); returns it, its health servicer and the bound port."""
     server = grpc.aio.server(
+        interceptors=list(interceptors) or None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -52,7 +57,7 @@ def create_grpc_server(
             # tritonclient pings rarely; accept its keepalives without GOAWAY storms.
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1),
-        ]
+        ],
     )
     # The generated grpc module has no type stubs.
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)  # type: ignore[no-untyped-call]
@@ -65,12 +70,19 @@ def create_grpc_server(
     _add_to_pool(health_pb2)
     reflection.enable_server_reflection(services, server, pool=POOL)
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, _credentials(tls)) if tls else server.add_insecure_port(address)
     except RuntimeError:  # grpcio raises this, with no reason, when the bind fails
         port = 0
     if port == 0:
         raise OSError(errno.EADDRNOTAVAIL, f"cannot listen for gRPC on {address}: {_why_not(address)}")
     return server, health_servicer, port
+
+
+def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    # With a client CA, a client must present a certificate it signed (mutual TLS).
+    return grpc.ssl_server_credentials(
+        [(tls.key, tls.cert)], root_certificates=tls.client_ca, require_client_auth=tls.mutual
+    )
 
 
 def bind_error_reason(exc: OSError) -> str:

@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from serve.codecs import grpc_codec
 from serve.core import InferenceService
 from serve.errors import InvalidInput, Unsupported
+from serve.grpc.auth import current_actor
 from serve.grpc.errors import message_of, rpc
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -143,23 +144,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
-        rows = self._service.repository_index(request.ready)
-        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**r) for r in rows])
+        with self._service.audited("index", current_actor(), ""):
+            rows = self._service.repository_index(request.ready)
+            return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**r) for r in rows])
 
     @rpc
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        config, files = _repository_parameters(request.parameters)
-        await self._service.load_model(request.model_name, config, files or None)
-        return pb.RepositoryModelLoadResponse()
+        actor = current_actor()
+        with self._service.audited("load", actor, request.model_name):
+            config, files = _repository_parameters(request.parameters)
+            await self._service.load_model(request.model_name, config, files or None, actor=actor)
+            return pb.RepositoryModelLoadResponse()
 
     @rpc
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._service.unload_model(request.model_name)
-        return pb.RepositoryModelUnloadResponse()
+        actor = current_actor()
+        with self._service.audited("unload", actor, request.model_name):
+            await self._service.unload_model(request.model_name, actor=actor)
+            return pb.RepositoryModelUnloadResponse()
 
     async def _unsupported(self, context: Context, what: str) -> Any:
         raise Unsupported(f"the {what} extension is not supported by this server")

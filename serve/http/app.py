@@ -19,6 +19,7 @@ from starlette.types import ASGIApp
 
 from serve.core import InferenceService
 from serve.errors import InvalidInput, Unsupported
+from serve.http.auth import actor_of
 from serve.http.body import read_body
 from serve.http.errors import ErrorBoundary
 from serve.http.infer import InferEndpoint
@@ -139,21 +140,26 @@ def create_app(
         return json_response({"model_stats": stats})
 
     async def repository_index(request: Request) -> Response:
-        body = _json_object(await body_of(request))
-        ready_only = body.get("ready", False)
-        if not isinstance(ready_only, bool):
-            raise InvalidInput("'ready' must be a boolean")
-        return json_response(service.repository_index(ready_only))
+        with service.audited("index", actor_of(request.scope), ""):
+            body = _json_object(await body_of(request))
+            ready_only = body.get("ready", False)
+            if not isinstance(ready_only, bool):
+                raise InvalidInput("'ready' must be a boolean")
+            return json_response(service.repository_index(ready_only))
 
     async def repository_load(request: Request) -> Response:
-        config, files = _load_parameters(_json_object(await body_of(request)))
-        await service.load_model(request.path_params["model"], config, files or None)
-        return Response(status_code=200)
+        name, actor = request.path_params["model"], actor_of(request.scope)
+        with service.audited("load", actor, name):
+            config, files = _load_parameters(_json_object(await body_of(request)))
+            await service.load_model(name, config, files or None, actor=actor)
+            return Response(status_code=200)
 
     async def repository_unload(request: Request) -> Response:
-        await body_of(request)
-        await service.unload_model(request.path_params["model"])
-        return Response(status_code=200)
+        name, actor = request.path_params["model"], actor_of(request.scope)
+        with service.audited("unload", actor, name):
+            await body_of(request)
+            await service.unload_model(name, actor=actor)
+            return Response(status_code=200)
 
     async def not_an_inference(request: Request) -> Response:
         # InferEndpoint answers every POST to an inference path; the route exists so that other

@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resolve --server names from this /etc/hosts-format file first (read again every poll)",
     )
     parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a file holding the bearer token (scope inference) to send to servers run with --auth-tokens-file",
+    )
+    parser.add_argument(
         "--model-repository",
         type=Path,
         default=None,
@@ -97,6 +104,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
 
 
+def _read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    token = path.read_text().strip()
+    if not token or any(c.isspace() for c in token):
+        raise ValueError(f"{path}: expected one bearer token and nothing else")
+    return token
+
+
 def settings_from_args(args: argparse.Namespace) -> Any:
     from serve.monitor.config import MonitorSettings, load_config_file, parse_duration, parse_threshold_flags
     from serve.monitor.discovery import parse_target
@@ -112,7 +128,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     )  # fmt: skip
     settings = MonitorSettings(
         servers=list(args.server), model_repository=args.model_repository, baselines=list(args.baseline),
-        hosts_file=args.hosts_file,
+        hosts_file=args.hosts_file, token=_read_token(args.token_file),
         interval_s=parse_duration(args.interval), horizon_s=parse_duration(args.horizon),
         timeout_s=parse_duration(args.timeout), db_path=args.db, retention_s=parse_duration(args.retention),
         host=args.host, port=args.port, webhook=args.webhook, alert_rate_per_minute=args.alert_rate, policy=policy,

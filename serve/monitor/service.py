@@ -61,16 +61,20 @@ class ServerStatus:
         }  # fmt: skip
 
 
-def _http_response(url: str, timeout_s: float, body: bytes | None = None) -> tuple[bytes, dict[str, str]]:
+def _http_response(
+    url: str, timeout_s: float, body: bytes | None = None, token: str | None = None
+) -> tuple[bytes, dict[str, str]]:
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     if body is not None:
         request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return bytes(response.read()), {k.lower(): v for k, v in response.headers.items()}
 
 
-def _http(url: str, timeout_s: float, body: bytes | None = None) -> bytes:
-    return _http_response(url, timeout_s, body)[0]
+def _http(url: str, timeout_s: float, body: bytes | None = None, token: str | None = None) -> bytes:
+    return _http_response(url, timeout_s, body, token)[0]
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:
@@ -131,7 +135,8 @@ class Monitor:
 
     def _poll_server(self, status: ServerStatus) -> None:
         timeout = self.settings.timeout_s
-        index = orjson.loads(_http(status.url + "/v2/repository/index", timeout, b"{}"))
+        token = self.settings.token
+        index = orjson.loads(_http(status.url + "/v2/repository/index", timeout, b"{}", token))
         models = sorted(
             {(r["name"], str(r["version"])) for r in index if r.get("state") == "READY" and r.get("version")}
         )
@@ -141,18 +146,19 @@ class Monitor:
             base = f"{status.url}/v2/models/{quoted}/versions/{version}/input-stats"
             since = self.collector.since(status.url, model, version)
             try:
-                document = orjson.loads(_http(f"{base}?since={since}", timeout))
+                document = orjson.loads(_http(f"{base}?since={since}", timeout, token=token))
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
                     no_stats.append(f"{model}:{version}")
                     continue
                 raise
             if self.collector.ingest(status.url, document):
-                document = orjson.loads(_http(f"{base}?since=0", timeout))
+                document = orjson.loads(_http(f"{base}?since=0", timeout, token=token))
                 self.collector.ingest(status.url, document)
             self._baseline_from(status.url, model, version, document)
         try:
-            self.slo.add(status.url, self.clock(), parse_metrics(_http(status.url + "/metrics", timeout).decode()))
+            metrics = _http(status.url + "/metrics", timeout, token=token).decode()
+            self.slo.add(status.url, self.clock(), parse_metrics(metrics))
         except (OSError, ValueError) as exc:
             log.debug("no metrics from %s: %s", status.url, exc)
         status.models, status.no_stats = models, no_stats
@@ -172,7 +178,7 @@ class Monitor:
                 return
             self._asked_why.add(asked)
         try:
-            data, headers = _http_response(address, self.settings.timeout_s)
+            data, headers = _http_response(address, self.settings.timeout_s, token=self.settings.token)
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 self.registry.note_server_reason(model, version, url, _error_message(exc))

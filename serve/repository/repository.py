@@ -34,6 +34,7 @@ from serve.events import VersionKey
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import config_file
 from serve.repository import model_config as cfg
+from serve.repository.digests import config_sha256, file_sha256
 from serve.repository.labels import read_labels
 from serve.repository.layout import ModelLayout, is_version_number, single_model, triton_model
 from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
@@ -52,6 +53,12 @@ READY = "READY"
 LOADING = "LOADING"
 UNLOADING = "UNLOADING"
 UNAVAILABLE = "UNAVAILABLE"
+
+# Who asks for a load or unload (the audit log's "actor"): a token identity, or one of these.
+STARTUP = "startup"  # the models loaded when the server starts
+ANONYMOUS = "anonymous"  # a repository API call on a server without token auth
+POLL = "poll"  # the repository poller (--model-control-mode poll)
+SHUTDOWN = "shutdown"  # the unloads of a server stopping
 
 
 @dataclass(slots=True, eq=False)
@@ -74,6 +81,9 @@ class ModelVersion:
     parameters: dict[str, str] = field(default_factory=dict)
     # The same for people: logged at load and shown by `serve validate`.
     notes: list[str] = field(default_factory=list)
+    actor: str = ANONYMOUS  # who loaded it, or, once it unloads, who unloaded it
+    onnx_sha256: str = ""  # of the ONNX file (model_path), hex; set before the session is built
+    config_sha256: str = ""  # of the completed config (digests.py)
 
     def __post_init__(self) -> None:
         self.key = VersionKey.new(self.name, str(self.version))
@@ -87,12 +97,26 @@ class ModelVersion:
         return self.config.max_batch_size if self.config is not None else 0
 
 
+@dataclass(frozen=True, slots=True)
+class LoadOutcome:
+    """What one load of a model did, told to listeners once it ends (the audit log reads it)."""
+
+    name: str
+    actor: str
+    before: tuple[ModelVersion, ...]  # the versions serving when the load began
+    after: tuple[ModelVersion, ...]  # the versions serving when it ended
+    failed: tuple[ModelVersion, ...] = ()  # versions that failed to load: UNAVAILABLE, with their reason
+    error: str = ""  # why the model as a whole did not load (its config, no version); "" if it did
+
+
 class VersionListener:
     """Told about every version's life; the defaults do nothing.
 
     ``attached``: loaded and warmed, about to take traffic (raise a ServeError to fail the load).
     ``detached``: takes no new traffic; once every listener has returned, its sessions close.
     ``changed``: any change of state (LOADING, READY, UNLOADING, UNAVAILABLE).
+    ``load_finished``: a load of a model has ended, whatever it did (after its attaches and detaches).
+    ``ModelVersion.actor`` says who asked for the load or unload.
     """
 
     def attached(self, version: ModelVersion) -> None:
@@ -102,6 +126,9 @@ class VersionListener:
         return None
 
     def changed(self, version: ModelVersion) -> None:
+        return None
+
+    def load_finished(self, outcome: LoadOutcome) -> None:
         return None
 
 
@@ -166,21 +193,27 @@ class ModelRepository:
         )
 
     # ---- loading ---------------------------------------------------------------------------
-    async def load_all(self, names: list[str] | None = None) -> None:
+    async def load_all(self, names: list[str] | None = None, *, actor: str = STARTUP) -> None:
         """Load ``names`` (None, or a name "*" as in Triton's --load-model=*, loads every model)."""
         if names is None or "*" in names:
             names = self.model_names()
         for name in names:
-            await self.load_model(name)
+            await self.load_model(name, actor=actor)
 
     async def load_model(
-        self, name: str, *, config_override: mc.ModelConfig | None = None, files: dict[str, bytes] | None = None
+        self,
+        name: str,
+        *,
+        config_override: mc.ModelConfig | None = None,
+        files: dict[str, bytes] | None = None,
+        actor: str = ANONYMOUS,
     ) -> None:
         """(Re)load a model: versions chosen by its version policy are loaded, others unloaded."""
         if not valid_model_name(name):
             raise InvalidInput(f"'{name}' is not a valid model name")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
+            before = tuple(self.ready_versions(name))
             sent = config_override
             if config_override is None:
                 config_override = self._configs.get(name)
@@ -211,23 +244,29 @@ class ModelRepository:
             except ServeError as exc:
                 self._model_errors[name] = exc.message
                 log.error("model %s failed to load: %s", name, exc.message)
-                await self._unload_versions(name, list(self._versions.get(name, {})))
+                await self._unload_versions(name, list(self._versions.get(name, {})), actor)
+                self._finished(LoadOutcome(name, actor, before, (), error=exc.message))
                 return
             current = self._versions.setdefault(name, {})
-            await self._unload_versions(name, [v for v in current if v not in chosen])
+            await self._unload_versions(name, [v for v in current if v not in chosen], actor)
+            failed: list[ModelVersion] = []
             for version in chosen:
                 old = current.get(version)
-                entry = ModelVersion(name, version, model_dir)
+                entry = ModelVersion(name, version, model_dir, actor=actor)
                 current[version] = entry if old is None or old.state != READY else old
                 new = await self._load_version(entry, layout, raw, from_file)
+                if new.state != READY:
+                    failed.append(new)
                 if old is not None and old.state == READY and new.state == READY:
                     current[version] = new
+                    old.actor = actor
                     await self._close_version(old)
                 elif new.state == READY or old is None or old.state != READY:
                     current[version] = new
                 self._notify(current[version])
             if sent is not None and any(v.state == READY for v in current.values()):
                 self._configs[name] = sent  # only a config that loaded holds for the next plain loads
+            self._finished(LoadOutcome(name, actor, before, tuple(self.ready_versions(name)), tuple(failed)))
 
     async def _load_version(
         self, entry: ModelVersion, layout: ModelLayout, raw: mc.ModelConfig, from_file: bool
@@ -243,6 +282,7 @@ class ModelRepository:
             return self._failed(entry, f"{type(exc).__name__}: {exc}")
         runner, config = built.runner, built.config
         entry.runner, entry.config, entry.model_path = runner, config, built.path
+        entry.config_sha256 = config_sha256(config)
         entry.labels, entry.parameters, entry.notes = built.labels, built.parameters, built.notes
         for note in built.notes:
             log.info("model %s version %d: %s", entry.name, entry.version, note)
@@ -283,6 +323,7 @@ class ModelRepository:
         )
         if not path.is_file():
             raise ModelLoadError(f"{path.relative_to(entry.model_dir).as_posix()} not found")
+        entry.onnx_sha256 = file_sha256(path)  # before the session: a file that fails to load is traced too
         options = cfg.runtime_options(
             raw,
             allow_spinning=self._settings.ort_allow_spinning,
@@ -340,25 +381,26 @@ class ModelRepository:
         return base
 
     # ---- unloading -------------------------------------------------------------------------
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, *, actor: str = ANONYMOUS) -> None:
         if name not in self._versions and name not in self._model_errors:
             if not self.model_dir(name).is_dir():
                 raise ModelNotFound(f"model '{name}' is not in the model repository")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            await self._unload_versions(name, list(self._versions.get(name, {})))
+            await self._unload_versions(name, list(self._versions.get(name, {})), actor)
             self._model_errors.pop(name, None)
             self._configs.pop(name, None)
             override = self._overrides.pop(name, None)
             if override is not None:
                 shutil.rmtree(override, ignore_errors=True)
 
-    async def _unload_versions(self, name: str, versions: list[int]) -> None:
+    async def _unload_versions(self, name: str, versions: list[int], actor: str) -> None:
         current = self._versions.get(name, {})
         for version in versions:
             entry = current.get(version)
             if entry is None:
                 continue
+            entry.actor = actor
             entry.state, entry.reason = UNLOADING, ""
             self._notify(entry)
             await self._close_version(entry)
@@ -382,9 +424,16 @@ class ModelRepository:
 
     async def close(self) -> None:
         for name in list(self._versions):
-            await self._unload_versions(name, list(self._versions[name]))
+            await self._unload_versions(name, list(self._versions[name]), SHUTDOWN)
         for path in self._overrides.values():
             shutil.rmtree(path, ignore_errors=True)
+
+    def _finished(self, outcome: LoadOutcome) -> None:
+        for listener in self._listeners:
+            try:
+                listener.load_finished(outcome)
+            except Exception:
+                log.exception("model %s: %s failed on the end of a load", outcome.name, listener)
 
     def _notify(self, entry: ModelVersion) -> None:
         for listener in self._listeners:

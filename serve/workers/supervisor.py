@@ -302,7 +302,7 @@ class Supervisor:
                 return await self._load(message)
         if op == "unload":
             async with self._control_lock:
-                return await self._unload(str(message["name"]))
+                return await self._unload(str(message["name"]), str(message.get("actor")))
         raise ServeError(f"unknown control request {op!r}")
 
     async def _worker_ready(self, message: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
@@ -344,7 +344,7 @@ class Supervisor:
     async def _load(self, message: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         name = str(message["name"])
         spec = {"name": name, "config": message.get("config"), "files": message.get("files") or {}}
-        failed = await self._apply_everywhere({"op": "apply_load", **spec})
+        failed = await self._apply_everywhere({"op": "apply_load", "actor": message.get("actor"), **spec})
         if failed:
             await self._restore(name)
             reasons = "; ".join(f"worker {index}: {error.message}" for index, error in failed)
@@ -356,8 +356,8 @@ class Supervisor:
         self._generation += 1
         return {}, b""
 
-    async def _unload(self, name: str) -> tuple[dict[str, Any], bytes]:
-        failed = await self._apply_everywhere({"op": "apply_unload", "name": name})
+    async def _unload(self, name: str, actor: str) -> tuple[dict[str, Any], bytes]:
+        failed = await self._apply_everywhere({"op": "apply_unload", "name": name, "actor": actor})
         if failed:
             index, error = failed[0]
             raise type(error)(f"worker {index}: {error.message}")

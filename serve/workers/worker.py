@@ -23,6 +23,7 @@ from typing import Any
 from serve import settings as settings_module
 from serve.errors import ServeError
 from serve.protocol import model_config_pb2 as mc
+from serve.repository.repository import STARTUP
 from serve.server import Server, WorkerRole
 from serve.settings import ServerSettings
 from serve.workers import ipc
@@ -70,12 +71,14 @@ class SupervisorLink:
         models: list[dict[str, Any]] = reply["models"]
         return models
 
-    async def load_model(self, name: str, config: mc.ModelConfig | None, files: dict[str, bytes] | None) -> None:
+    async def load_model(
+        self, name: str, config: mc.ModelConfig | None, files: dict[str, bytes] | None, actor: str
+    ) -> None:
         # A load on every worker takes as long as the slowest one; give it the time a load can take.
-        await ipc.call(self._path, {"op": "load", **encode_load(name, config, files)}, timeout_s=600)
+        await ipc.call(self._path, {"op": "load", "actor": actor, **encode_load(name, config, files)}, timeout_s=600)
 
-    async def unload_model(self, name: str) -> None:
-        await ipc.call(self._path, {"op": "unload", "name": name}, timeout_s=600)
+    async def unload_model(self, name: str, actor: str) -> None:
+        await ipc.call(self._path, {"op": "unload", "name": name, "actor": actor}, timeout_s=600)
 
     async def input_stats(self, name: str, version: str, since: int) -> bytes:
         _, body = await ipc.call(self._path, {"op": "input_stats", "name": name, "version": version, "since": since})
@@ -104,10 +107,10 @@ class WorkerControl:
             recorder = self._server.stats_recorder(message["name"], message["version"])
             return {}, await asyncio.to_thread(recorder.export_json, 0)
         if op == "apply_load":
-            await service.apply_load_model(*decode_load(message))
+            await service.apply_load_model(*decode_load(message), actor=str(message.get("actor", STARTUP)))
             return {}, b""
         if op == "apply_unload":
-            await service.apply_unload_model(message["name"])
+            await service.apply_unload_model(message["name"], actor=str(message.get("actor", STARTUP)))
             return {}, b""
         if op == "loaded":
             return {"models": sorted({m.name for m in service.repository.loaded()})}, b""
@@ -126,7 +129,7 @@ async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: 
         await server.start(load_models=[] if explicit else None)
         for spec in models if explicit else []:
             try:
-                await server.service.apply_load_model(*decode_load(spec))
+                await server.service.apply_load_model(*decode_load(spec), actor=STARTUP)
             except ServeError as exc:
                 log.error("worker %d: model %s did not load: %s", index, spec["name"], exc.message)
         await link.ready(index, generation)

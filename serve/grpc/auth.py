@@ -1,0 +1,143 @@
+"""Bearer-token auth for every gRPC call (with --auth-tokens-file), as for HTTP (serve/http/auth.py).
+
+The token comes in the ``authorization`` metadata (``Bearer <token>``; tritonclient sends it with
+``headers={"Authorization": "Bearer ..."}``). What each method needs:
+- the standard health service, server reflection, ServerLive and ServerReady: nothing;
+- RepositoryModelLoad, RepositoryModelUnload: scope ``admin``, always; RepositoryIndex (read-only) ``inference``;
+- everything else (inference, metadata, config, statistics, the monitoring service): scope
+  ``inference`` (or admin), unless --no-auth-inference.
+
+A missing or unknown token is UNAUTHENTICATED, a known one without the scope PERMISSION_DENIED;
+neither message echoes the token. An admin call's identity reaches the servicer through
+``current_actor()`` (a context variable set around that call only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+
+from serve.repository.repository import ANONYMOUS
+from serve.security.audit import DENIED, UNAUTHENTICATED, AuditLog
+from serve.security.tokens import ADMIN, INFERENCE, Scope, TokenStore, bearer_token
+
+_INFERENCE_SERVICE = "/inference.GRPCInferenceService/"
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+OPEN_METHODS = frozenset({_INFERENCE_SERVICE + "ServerLive", _INFERENCE_SERVICE + "ServerReady"})
+ADMIN_METHODS = {
+    _INFERENCE_SERVICE + "RepositoryIndex": "index",
+    _INFERENCE_SERVICE + "RepositoryModelLoad": "load",
+    _INFERENCE_SERVICE + "RepositoryModelUnload": "unload",
+}
+
+_actor: ContextVar[str] = ContextVar("serve_grpc_actor", default=ANONYMOUS)
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def current_actor() -> str:
+    """Who made the admin call being served: its token's identity, or ``anonymous``."""
+    return _actor.get()
+
+
+def required_scope(method: str) -> Scope | None:
+    if method in OPEN_METHODS or method.startswith(OPEN_PREFIXES):
+        return None
+    if method in ADMIN_METHODS and ADMIN_METHODS[method] != "index":  # the index is read-only: inference
+        return ADMIN
+    return INFERENCE
+
+
+def _token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            return bearer_token(value)
+    return None
+
+
+def _refusal(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str, audit: Callable[[Any], None] | None
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that answers ``code`` without running it."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if audit is not None:
+            audit(request)
+        await context.abort(code, message)
+
+    if handler.unary_unary is not None:
+        # Admin calls are decoded to audit the model they name; others stay undecoded bytes.
+        deserializer = handler.request_deserializer if audit is not None else None
+        return grpc.unary_unary_rpc_method_handler(refuse, deserializer, handler.response_serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse, None, handler.response_serializer)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, None, handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(refuse, None, handler.response_serializer)
+
+
+def _as(handler: grpc.RpcMethodHandler, actor: str) -> grpc.RpcMethodHandler:
+    behavior: Behavior = handler.unary_unary  # admin methods are all unary
+
+    async def run_as(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        token = _actor.set(actor)
+        try:
+            return await behavior(request, context)
+        finally:
+            _actor.reset(token)
+
+    return grpc.unary_unary_rpc_method_handler(run_as, handler.request_deserializer, handler.response_serializer)
+
+
+class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio ships no stubs
+    def __init__(self, tokens: TokenStore, *, protect_inference: bool, audit: AuditLog | None = None) -> None:
+        self._tokens = tokens
+        self._protect_inference = protect_inference
+        self._audit = audit
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        needed = required_scope(method)
+        if handler is None or needed is None or (needed == INFERENCE and not self._protect_inference):
+            return handler
+        presented = _token(details.invocation_metadata)
+        identity = self._tokens.identify(presented)
+        if identity is None:
+            why = "no bearer token was sent" if presented is None else "the bearer token is not valid"
+            return _refusal(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{why}: this method needs 'authorization: Bearer <token>' metadata with a token of scope {needed}",
+                self._auditor(method, UNAUTHENTICATED, why),
+            )
+        if not identity.allows(needed):
+            return _refusal(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the token of '{identity.name}' has scope {identity.scope}; this method needs scope {needed}",
+                self._auditor(method, identity.name, f"the token's scope is {identity.scope}"),
+            )
+        return _as(handler, identity.name) if method in ADMIN_METHODS else handler
+
+    def _auditor(self, method: str, actor: str, reason: str) -> Callable[[Any], None] | None:
+        action = ADMIN_METHODS.get(method)
+        audit = self._audit
+        if audit is None or action is None:
+            return None
+
+        def record(request: Any) -> None:
+            audit.api_call(action, actor, getattr(request, "model_name", ""), DENIED, reason)
+
+        return record
