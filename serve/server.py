@@ -33,6 +33,7 @@ from serve.http.monitoring import monitoring_routes
 from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.multiprocess import multiprocess_dir
 from serve.metrics.prometheus import PrometheusMetrics
+from serve.repository.poller import RepositoryPoller
 from serve.security.tls import load_tls
 from serve.security.tokens import TokenStore
 from serve.settings import ServerSettings
@@ -104,7 +105,7 @@ class Server:
             settings,
             observers,
             server_name=settings.server_name,
-            model_control_explicit=settings.model_control_mode == "explicit",
+            model_control=settings.model_control_mode,
             cluster=role.cluster if role is not None else None,
         )
         self.repository = self.service.repository
@@ -112,6 +113,7 @@ class Server:
             role.cluster.input_stats if role is not None else local_documents(self.stats_recorder)
         )
         self._gauge_task: asyncio.Task[None] | None = None
+        self._poller: RepositoryPoller | None = None
         self.metrics.queue_probe = self.service.queue_depths
         self._stop = asyncio.Event()
         self._http: _Uvicorn | None = None
@@ -138,6 +140,10 @@ class Server:
             await self.repository.load_all(s.load_models)
         else:
             await self.repository.load_all()
+        if s.model_control_mode == "poll":
+            self._poller = RepositoryPoller(self.repository, s.repository_poll_secs)
+            self._poller.mark_loaded()
+            self._poller.start()
         # Registered even with --no-stats, so that a client is told why there is nothing.
         extra_routes = [metrics_route(self.metrics), *monitoring_routes(self.stats_documents, self.served_baseline)]
         app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
@@ -270,6 +276,8 @@ class Server:
         self.service.shutting_down = True
         if self._gauge_task is not None:
             self._gauge_task.cancel()
+        if self._poller is not None:
+            await self._poller.close()
         if self._health is not None:
             await set_serving(self._health, False)
         if self._http is not None:

@@ -24,7 +24,8 @@ ENV_PREFIX = "SERVE_"
 RUN = ("run",)
 MODEL_LOADING = ("run", "validate")
 
-ModelControlMode = Literal["none", "explicit"]
+ModelControlMode = Literal["none", "poll", "explicit"]
+ModelLoadCheck = Literal["auto", "child", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 WorkerHttpSocket = Literal["shared", "reuseport"]
 
@@ -104,7 +105,19 @@ class ServerSettings:
     model_control_mode: ModelControlMode = setting(
         "none",
         help="'none': every model found at start is loaded and load/unload requests are refused; "
-        "'explicit': load/unload requests are answered and only --load-model models load at start",
+        "'poll': the repository is read again every --repository-poll-secs and changes are loaded (new versions "
+        "warmed before traffic moves to them); 'explicit': load/unload requests are answered and only "
+        "--load-model models load at start",
+    )
+    repository_poll_secs: float = setting(
+        15.0, help="with --model-control-mode poll: seconds between looks at the repository", check=_positive
+    )
+    model_load_check: ModelLoadCheck = setting(
+        "auto",
+        help="'child': load every model file once in a child process first, so that one crashing onnxruntime "
+        "natively fails its load instead of the server; 'auto' = child with --model-control-mode poll or "
+        "explicit (files that arrive while serving), off with none",
+        commands=MODEL_LOADING,
     )
     load_models: list[str] = setting(
         help="with --model-control-mode explicit: a model to load at start (repeatable; comma-separated in the "

@@ -184,7 +184,7 @@ def test_an_invalid_environment_value_is_refused_clearly() -> None:
 def test_an_enumeration_names_its_flag_and_the_allowed_values() -> None:
     result = serve("run", "--model-control-mode", "sometimes")
     assert result.returncode == 2
-    assert "--model-control-mode='sometimes': 'sometimes' is not one of none, explicit" in result.stderr
+    assert "--model-control-mode='sometimes': 'sometimes' is not one of none, poll, explicit" in result.stderr
 
 
 def test_sigterm_stops_the_server_with_exit_code_zero(demo_repository: Path, tmp_path: Path) -> None:

@@ -44,7 +44,11 @@ def test_a_list_setting_repeats_as_a_flag_and_is_comma_separated_in_the_environm
 @pytest.mark.parametrize(
     ("argv", "environ", "message"),
     [
-        (["--model-control-mode", "poll"], {}, "--model-control-mode='poll': 'poll' is not one of none, explicit"),
+        (
+            ["--model-control-mode", "manual"],
+            {},
+            "--model-control-mode='manual': 'manual' is not one of none, poll, explicit",
+        ),
         ([], {"SERVE_LOG_LEVEL": "loud"}, "environment variable SERVE_LOG_LEVEL='loud'"),
         (["--http-port", "70000"], {}, "must be a port number"),
         (["--stats-sample-rate", "0"], {}, "must be in (0, 1]"),

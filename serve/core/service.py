@@ -23,7 +23,7 @@ from serve.metrics.statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.repository import ANONYMOUS, ModelRepository, ModelVersion, VersionListener
 from serve.security.audit import ERROR, OK, AuditLog
-from serve.settings import ServerSettings
+from serve.settings import ModelControlMode, ServerSettings
 from serve.types import InferRequest, InferResponse, OutputTensor, TensorSpec
 
 EXTENSIONS = [
@@ -50,7 +50,7 @@ class InferenceService:
         observer: Observer,
         *,
         server_name: str = "serve",
-        model_control_explicit: bool = False,
+        model_control: ModelControlMode = "none",
         cluster: Cluster | None = None,
         audit: AuditLog | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
@@ -58,7 +58,7 @@ class InferenceService:
         self.repository = repository
         self.audit = audit
         self.server_name = server_name
-        self.model_control_explicit = model_control_explicit
+        self.model_control = model_control
         self._served = served
         self._statistics = statistics
         self._observer = observer
@@ -207,7 +207,12 @@ class InferenceService:
         return self.repository.index(ready_only)
 
     def _check_model_control(self) -> None:
-        if not self.model_control_explicit:
+        if self.model_control == "poll":  # Triton's words for the same refusal
+            raise ModelControlDisabled(
+                "explicit model load / unload is not allowed if polling is enabled (this server runs "
+                "--model-control-mode poll: change the repository on disk instead)"
+            )
+        if self.model_control != "explicit":
             raise ModelControlDisabled(
                 "explicit model load / unload is not allowed: model control is disabled on this server "
                 "(it runs --model-control-mode none; start it with --model-control-mode explicit)"
@@ -236,11 +241,12 @@ class InferenceService:
         actor: str = ANONYMOUS,
     ) -> None:
         """Load in this process (the supervisor calls this on every worker)."""
-        await self.repository.load_model(name, config_override=config, files=files, actor=actor)
-        try:
-            self.repository.get(name)
-        except ModelNotReady as exc:
-            raise ModelLoadError(f"failed to load '{name}': {exc.message}") from None
+        outcome = await self.repository.load_model(name, config_override=config, files=files, actor=actor)
+        if outcome.error or outcome.failed:
+            reasons = [outcome.error] if outcome.error else [f"version {v.version}: {v.reason}" for v in outcome.failed]
+            serving = ", ".join(v.version_str for v in outcome.after)
+            kept = f"; version(s) {serving} keep serving" if serving else ""
+            raise ModelLoadError(f"failed to load '{name}': {'; '.join(reasons)}{kept}")
 
     async def unload_model(self, name: str, *, actor: str = ANONYMOUS) -> None:
         self._check_model_control()

@@ -41,6 +41,7 @@ from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, 
 from serve.repository.warmup import warm_up
 from serve.runtime.model_file import prepare_model
 from serve.runtime.onnx_runner import OnnxRunner
+from serve.runtime.probe import check_in_child
 from serve.runtime.providers import CUDA
 from serve.settings import ServerSettings
 from serve.types import TensorSpec
@@ -147,6 +148,8 @@ class ModelRepository:
         self.root = root.resolve()
         self._settings = settings
         self._listeners = list(listeners)
+        check = settings.model_load_check
+        self._check_in_child = check == "child" or (check == "auto" and settings.model_control_mode != "none")
         self._versions: dict[str, dict[int, ModelVersion]] = {}
         self._model_errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -207,8 +210,14 @@ class ModelRepository:
         config_override: mc.ModelConfig | None = None,
         files: dict[str, bytes] | None = None,
         actor: str = ANONYMOUS,
-    ) -> None:
-        """(Re)load a model: versions chosen by its version policy are loaded, others unloaded."""
+    ) -> LoadOutcome:
+        """(Re)load a model: versions chosen by its version policy are loaded, others unloaded.
+
+        What serves keeps serving until its replacement is loaded and warmed: new versions load
+        first and only then are the ones the policy no longer chooses retired (their queues drain);
+        a version that fails to load, or a config that cannot be read, leaves what served before
+        serving, with the failure in the index, the log and the listeners' outcome.
+        """
         if not valid_model_name(name):
             raise InvalidInput(f"'{name}' is not a valid model name")
         lock = self._locks.setdefault(name, asyncio.Lock())
@@ -242,13 +251,17 @@ class ModelRepository:
                         f"no version directory matches the version policy (found {available or 'none'})"
                     )
             except ServeError as exc:
-                self._model_errors[name] = exc.message
-                log.error("model %s failed to load: %s", name, exc.message)
-                await self._unload_versions(name, list(self._versions.get(name, {})), actor)
-                self._finished(LoadOutcome(name, actor, before, (), error=exc.message))
-                return
+                if before:
+                    serving = ", ".join(v.version_str for v in before)
+                    log.error("model %s failed to reload, version(s) %s keep serving: %s", name, serving, exc.message)
+                    self._model_errors[name] = f"the last load failed: {exc.message}"
+                else:
+                    log.error("model %s failed to load: %s", name, exc.message)
+                    self._model_errors[name] = exc.message
+                outcome = LoadOutcome(name, actor, before, before, error=exc.message)
+                self._finished(outcome)
+                return outcome
             current = self._versions.setdefault(name, {})
-            await self._unload_versions(name, [v for v in current if v not in chosen], actor)
             failed: list[ModelVersion] = []
             for version in chosen:
                 old = current.get(version)
@@ -263,10 +276,20 @@ class ModelRepository:
                     await self._close_version(old)
                 elif new.state == READY or old is None or old.state != READY:
                     current[version] = new
+                else:  # the reload failed: the previous load serves on, and says so
+                    old.reason = f"serving the previous load; the last reload failed: {new.reason}"
                 self._notify(current[version])
+            if any(current[v].state == READY for v in chosen):
+                # Traffic has moved to what the policy chooses: now the rest retire, draining their queues.
+                await self._unload_versions(name, [v for v in current if v not in chosen], actor)
+            elif before:
+                serving = ", ".join(v.version_str for v in before)
+                log.error("model %s: no chosen version loaded; version(s) %s keep serving", name, serving)
             if sent is not None and any(v.state == READY for v in current.values()):
                 self._configs[name] = sent  # only a config that loaded holds for the next plain loads
-            self._finished(LoadOutcome(name, actor, before, tuple(self.ready_versions(name)), tuple(failed)))
+            outcome = LoadOutcome(name, actor, before, tuple(self.ready_versions(name)), tuple(failed))
+            self._finished(outcome)
+            return outcome
 
     async def _load_version(
         self, entry: ModelVersion, layout: ModelLayout, raw: mc.ModelConfig, from_file: bool
@@ -331,6 +354,8 @@ class ModelRepository:
             workers=resolve_workers(self._settings.workers),
         )
         prepared = prepare_model(path, version_dir, rewrite_zipmap=cfg.rewrites_zipmap(raw))
+        if self._check_in_child:
+            check_in_child(path.name, prepared.graph, prepared.external_data_dir)
         runner = OnnxRunner(path, options, graph=prepared.graph, external_data_dir=prepared.external_data_dir)
         try:
             if mlmodel is not None:
@@ -472,9 +497,9 @@ class ModelRepository:
         return [v for versions in self._versions.values() for v in versions.values() if v.state == READY]
 
     def all_ready(self) -> bool:
-        if self._model_errors:
-            return False
-        return all(v.state == READY for versions in self._versions.values() for v in versions.values())
+        """Every model serves some version (one whose newest load failed still serves the one before)."""
+        names = set(self._versions) | set(self._model_errors)
+        return all(any(v.state == READY for v in self._versions.get(name, {}).values()) for name in names)
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = []
