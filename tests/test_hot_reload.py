@@ -147,6 +147,8 @@ async def test_a_broken_new_version_leaves_the_old_one_serving_and_says_why(
     state, reason = index(server)["2"]
     assert state == "UNAVAILABLE" and "not a valid ONNX model" in reason
     assert server.service.server_ready()
+    exposed = server.metrics.exposition()[0].decode()
+    assert 'serve_model_load_failures_total{model="scaled",version="2"} 1.0' in exposed
     failed = [line for line in audit(tmp_path) if line["event"] == "load_failed"]
     assert failed and failed[-1]["version"] == "2" and failed[-1]["actor"] == "poll"
 

@@ -31,7 +31,7 @@ from prometheus_client.process_collector import ProcessCollector
 from serve.events import Execution, Observer, RequestEvent, VersionKey
 from serve.metrics.multiprocess import WorkerMetrics
 from serve.metrics.triton_compat import HostCpuCollector, TritonCompatMetrics, TritonModelMetrics, failure_reason
-from serve.repository.repository import READY, ModelVersion, VersionListener
+from serve.repository.repository import READY, LoadOutcome, ModelVersion, VersionListener
 from serve.settings import ServerSettings
 
 # (version, requests waiting, batches running) for every version that is serving.
@@ -170,6 +170,12 @@ class PrometheusMetrics(Observer, VersionListener):
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.load_failures = Counter(
+            "serve_model_load_failures",
+            "Loads of a model version that failed (version empty: the model's config); what served before serves on",
+            MODEL_LABELS,
+            registry=r,
+        )
         self.triton = TritonCompatMetrics(r) if triton_compat else None
         if process_metrics:
             ProcessCollector(registry=r)
@@ -195,6 +201,12 @@ class PrometheusMetrics(Observer, VersionListener):
                 series.triton.load_secs.set(version.load_seconds)
             return
         series.ready.set(0)
+
+    def load_finished(self, outcome: LoadOutcome) -> None:
+        if outcome.error:
+            self.load_failures.labels(outcome.name, "").inc()
+        for version in outcome.failed:
+            self.load_failures.labels(version.name, version.version_str).inc()
 
     # ---- observer ----------------------------------------------------------------------------
     def on_execution(self, execution: Execution) -> None:
