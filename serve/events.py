@@ -25,6 +25,7 @@ from serve.errors import (
     ModelNotReady,
     QueueFull,
     RequestCancelled,
+    ShuttingDown,
 )
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def outcome_of(error: BaseException | None) -> str:
         return "timeout"
     if isinstance(error, InvalidInput):
         return "invalid_input"
-    if isinstance(error, ModelNotFound | ModelNotReady):
+    if isinstance(error, ModelNotFound | ModelNotReady | ShuttingDown):
         return "unavailable"
     if isinstance(error, ModelExecutionError):
         return "model_error"

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,10 @@ class _Uvicorn(uvicorn.Server):
 
 # How often a worker copies its queue gauges into the shared metric files between scrapes.
 _GAUGE_REFRESH_S = 1.0
+# After the batchers have answered every accepted request: how long gRPC may take to send them.
+_GRPC_FLUSH_S = 2.0
+# How long a stopping server keeps answering new gRPC calls UNAVAILABLE before grpc stops.
+_GRPC_LINGER_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -271,7 +276,13 @@ class Server:
         await self._stop.wait()
 
     async def stop(self) -> None:
-        """Not ready, stop accepting, drain both protocols, close batchers, release sessions."""
+        """Shut down in a fixed order, losing nothing that was accepted.
+
+        Readiness goes false and new inference requests are answered 503 / UNAVAILABLE at once; HTTP
+        stops accepting connections; every batcher runs what it has queued within
+        --shutdown-grace-s and answers what is still waiting at the deadline UNAVAILABLE; only then do
+        the servers stop, so no call that was accepted is cancelled or reset; sessions are released.
+        """
         grace = self.settings.shutdown_grace_s
         self.service.shutting_down = True
         if self._gauge_task is not None:
@@ -284,9 +295,15 @@ class Server:
             self._http.should_exit = True
         if self._metrics_http is not None:
             self._metrics_http.should_exit = True
+        started = time.monotonic()
+        # Drain the batchers first: every accepted request gets its answer (or UNAVAILABLE) ...
+        await self.service.close()
+        # ... then refuse for a moment longer what was already on its way (gRPC calls that reach grpc
+        # but not yet us would be CANCELLED by its stop), and send every answer before the transports close.
+        await asyncio.sleep(max(0.0, min(_GRPC_LINGER_S, grace - (time.monotonic() - started))))
         stops = []
         if self._grpc is not None:
-            stops.append(self._grpc.stop(grace))
+            stops.append(self._grpc.stop(min(grace, _GRPC_FLUSH_S)))
         if self._http_task is not None:
             stops.append(self._http_task)
         if self._metrics_task is not None:
@@ -297,7 +314,6 @@ class Server:
             self._http_socket.close()  # uvicorn closes its servers, not a socket it was handed
         if self._metrics_socket is not None:
             self._metrics_socket.close()
-        await self.service.close()
         log.info("stopped")
 
 

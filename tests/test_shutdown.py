@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import json
 import signal
+import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from serve.modelgen import mlp, save
-from tests.fixtures.servers import start_server
+from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc
+from tests.fixtures.servers import RunningServer, start_server
 
 # Requests are held up to 1.5 s waiting for a batch of 8 that never fills: they are queued when
 # the signal arrives.
@@ -53,3 +63,80 @@ def test_sigterm_answers_queued_requests_over_both_protocols_then_exits_cleanly(
     assert [a.shape for a in answers] == [(1, 2), (1, 2)]
     np.testing.assert_allclose(answers[0], answers[1])
     assert exit_code == 0
+
+
+def _hammer_http(server: RunningServer, stop: threading.Event, outcomes: list[tuple[float, str]]) -> None:
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1.0] * 4}]})
+    while not stop.is_set():
+        started = time.monotonic()
+        request = urllib.request.Request(f"{server.base}/v2/models/held/infer", body.encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                outcome = str(response.status)
+        except urllib.error.HTTPError as exc:
+            outcome = str(exc.code)
+        except (urllib.error.URLError, ConnectionError, OSError) as exc:
+            outcome = f"connection: {exc}"
+        outcomes.append((started, outcome))
+
+
+def _hammer_grpc(server: RunningServer, stop: threading.Event, outcomes: list[tuple[float, str]]) -> None:
+    """64 calls in flight at once on one channel, as an async client keeps them."""
+    request = pb.ModelInferRequest(model_name="held")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+
+    async def load() -> None:
+        async with grpc.aio.insecure_channel(server.grpc_url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def caller() -> None:
+                while not stop.is_set():
+                    started = time.monotonic()
+                    try:
+                        await stub.ModelInfer(request, timeout=30)
+                        outcomes.append((started, "OK"))
+                    except grpc.aio.AioRpcError as exc:
+                        outcomes.append((started, exc.code().name))
+
+            await asyncio.gather(*(caller() for _ in range(64)))
+
+    asyncio.run(load())
+
+
+@pytest.mark.parametrize(
+    ("delay_us", "grace_s"),
+    [(200_000, 5.0), (3_000_000, 0.5)],
+    ids=["batches-fill-within-the-grace-period", "queued-past-the-grace-period"],
+)
+def test_sigterm_under_load_answers_every_accepted_request_and_cancels_none(
+    tmp_path: Path, delay_us: int, grace_s: float
+) -> None:
+    repo = tmp_path / "models"
+    save(mlp([4, 8, 2], seed=2), repo / "held" / "1" / "model.onnx")
+    # Batches of up to 8 wait to fill: at the signal, requests are queued and others run.
+    (repo / "held" / "config.pbtxt").write_text(CONFIG.replace("1500000", str(delay_us)))
+    server = start_server(repo, tmp_path, "--shutdown-grace-s", str(grace_s))
+    stop = threading.Event()
+    http_outcomes: list[tuple[float, str]] = []
+    grpc_outcomes: list[tuple[float, str]] = []
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            pool.submit(_hammer_grpc, server, stop, grpc_outcomes)
+            for _ in range(3):
+                pool.submit(_hammer_http, server, stop, http_outcomes)
+            time.sleep(max(1.5, 2 * delay_us / 1e6))
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            exit_code = server.process.wait(20)
+            stopped_in = time.monotonic() - signalled
+            stop.set()
+    finally:
+        server.stop()
+    # HTTP opens a connection per request: one sent well before the signal was certainly accepted.
+    accepted_http = [o for t, o in http_outcomes if t < signalled - 0.05]
+    sent_grpc = [o for t, o in grpc_outcomes if t < signalled]  # every call sent before it, however late
+    assert len(accepted_http) >= 3 and len(sent_grpc) >= 100
+    assert set(accepted_http) <= {"200", "503"}, sorted(set(accepted_http))
+    assert set(sent_grpc) <= {"OK", "UNAVAILABLE"}, collections.Counter(sent_grpc)
+    assert exit_code == 0 and stopped_in < grace_s + 5

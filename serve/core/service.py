@@ -17,7 +17,7 @@ from serve.core.classification import classify
 from serve.core.cluster import Cluster
 from serve.core.serving import ServedVersions
 from serve.core.validation import validate
-from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, ModelNotReady, ServeError
+from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, ModelNotReady, ServeError, ShuttingDown
 from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
 from serve.metrics.statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
@@ -164,6 +164,8 @@ class InferenceService:
         timings = None
         error: BaseException | None = None
         try:
+            if self.shutting_down:
+                raise ShuttingDown("the server is shutting down and takes no new requests; retry on another replica")
             model = self.repository.get(name, version)
             key = model.key
             served = self._served.get(model)
