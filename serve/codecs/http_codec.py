@@ -43,7 +43,7 @@ def decode_infer_request(
         header_length = total
     elif header_length < 0 or header_length > total:
         raise InvalidInput(f"Inference-Header-Content-Length {header_length} is outside the body's [0, {total}] bytes")
-    header = _load_header(view[:header_length])
+    header = load_json_object(view[:header_length])
 
     request_id = header.get("id")
     if request_id is None:
@@ -75,7 +75,8 @@ def decode_infer_request(
     )
 
 
-def _load_header(raw: memoryview) -> dict[str, Any]:
+def load_json_object(raw: bytes | memoryview) -> dict[str, Any]:
+    """A request's JSON, which must be an object."""
     try:
         header = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

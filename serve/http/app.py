@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 
+from serve.codecs.http_codec import load_json_object
 from serve.core import InferenceService
 from serve.errors import InvalidInput, Unsupported
 from serve.http.auth import actor_of
@@ -43,15 +44,7 @@ def _version(request: Request) -> str:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     """An optional JSON object body (repository requests); empty means {}."""
-    if not body.strip():
-        return {}
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request JSON is malformed: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise InvalidInput(f"request JSON must be an object, got {type(parsed).__name__}")
-    return parsed
+    return load_json_object(body) if body.strip() else {}
 
 
 def _load_parameters(body: dict[str, Any]) -> tuple[mc.ModelConfig | None, dict[str, bytes]]:
