@@ -16,9 +16,8 @@ from serve.drift import measures as ms
 from serve.monitor.evaluate import evaluate_feature, noise_model
 from serve.monitor.policy import Policy
 from serve.stats.baseline import Baseline, build_baseline_features, make_baseline_document
-from serve.stats.blocks import CategoricalGroup, CategoricalSpec, NumericGroup, NumericSpec
 from serve.types import TensorSpec
-from tests.fixtures.monitoring import FEATURES, MODEL, Clock, recorder, sample, write_model
+from tests.fixtures.monitoring import FEATURES, MODEL, Clock, live_block, recorder, sample, write_model
 
 LEVEL = 1 - 0.01 / 6  # a numeric feature's measure level at the default budget
 
@@ -32,17 +31,6 @@ def _features(train: np.ndarray, categorical: tuple[str, ...] = ()) -> list[dict
 
 def _baseline(features: list[dict]) -> Baseline:
     return Baseline.from_dict(make_baseline_document({"name": "m", "version": "1"}, features, []))
-
-
-def _block(baseline: Baseline, live: np.ndarray) -> dict:
-    f = baseline.features[0]
-    group: CategoricalGroup | NumericGroup
-    if f.kind == "categorical":
-        group = CategoricalSpec([f.name], [list(f.vocabulary or ())]).new_group()
-    else:
-        group = NumericSpec([f.name], [f.edges], kll_k=0).new_group()
-    group.update(live[None, :])
-    return group.to_json()[0]
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +120,7 @@ def test_table_quantiles_agree_with_a_two_sample_simulation_from_the_population(
     f = baseline.features[0]
     model = noise_model(f)
     assert model is not None and model.source("ks") == "calibrated"
-    ks = [evaluate_feature(f, _block(baseline, rng.poisson(3, 1000).astype(float)), Policy()).measures["ks"].value
+    ks = [evaluate_feature(f, live_block(baseline, rng.poisson(3, 1000).astype(float)), Policy()).measures["ks"].value
           for _ in range(400)]  # fmt: skip
     for level in (0.5, 0.9):
         assert float(model.quantile("ks", 1000, level)) == pytest.approx(np.quantile(ks, level), rel=0.12)

@@ -19,8 +19,9 @@ from serve.drift import measures as ms
 from serve.monitor.evaluate import evaluate_feature, evaluate_model
 from serve.monitor.policy import Policy, StateTracker, chi2_quantile
 from serve.stats.baseline import Baseline, build_baseline_features, make_baseline_document
-from serve.stats.blocks import CategoricalGroup, CategoricalSpec, NumericGroup, NumericSpec
+from serve.stats.blocks import NumericSpec
 from serve.types import TensorSpec
+from tests.fixtures.monitoring import live_block
 
 M = 50_000
 N = 5_000
@@ -43,23 +44,12 @@ def _baseline(train: np.ndarray, categorical: tuple[str, ...] = ()) -> Baseline:
     return Baseline.from_dict(make_baseline_document({"name": "m", "version": "1"}, features, tensors))
 
 
-def _live_block(baseline: Baseline, live: np.ndarray) -> dict:
-    f = baseline.features[0]
-    group: CategoricalGroup | NumericGroup
-    if f.kind == "categorical":
-        group = CategoricalSpec([f.name], [list(f.vocabulary or ())]).new_group()
-    else:
-        group = NumericSpec([f.name], [f.edges], kll_k=0).new_group()
-    group.update(live[None, :])
-    return group.to_json()[0]
-
-
 def _case(name: str, seed: int = 7) -> tuple[np.ndarray, np.ndarray, Baseline, dict]:
     rng = np.random.default_rng(seed)
     make_train, make_live = SCENARIOS[name]
     train, live = make_train(rng, M), make_live(rng, N)
     baseline = _baseline(train)
-    return train, live, baseline, _live_block(baseline, live)
+    return train, live, baseline, live_block(baseline, live)
 
 
 def _raw_group_counts(values: np.ndarray, edges: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -116,7 +106,7 @@ def test_categorical_linf_and_unseen_share_equal_direct_counts() -> None:
     train = rng.choice([1.0, 2.0, 3.0], M, p=[0.5, 0.3, 0.2])
     live = rng.choice([1.0, 2.0, 3.0, 9.0], N, p=[0.3, 0.3, 0.2, 0.2])
     baseline = _baseline(train, categorical=("x",))
-    result = evaluate_feature(baseline.features[0], _live_block(baseline, live), Policy())
+    result = evaluate_feature(baseline.features[0], live_block(baseline, live), Policy())
     p = np.array([np.mean(train == v) for v in (1.0, 2.0, 3.0)] + [0.0])
     q = np.array([np.mean(live == v) for v in (1.0, 2.0, 3.0)] + [np.mean(live == 9.0)])
     assert result.measures["linf"].value == pytest.approx(np.max(np.abs(q - p)), abs=1e-12)
@@ -134,8 +124,8 @@ def test_a_large_shift_is_drifted_below_the_window_a_stable_verdict_needs() -> N
     rng = np.random.default_rng(5)
     baseline = _baseline(rng.standard_normal(M))
     f = baseline.features[0]
-    n_min = evaluate_feature(f, _live_block(baseline, rng.standard_normal(1000)), Policy()).min_samples
-    small = evaluate_feature(f, _live_block(baseline, rng.standard_normal(n_min // 4) + 1.5), Policy())
+    n_min = evaluate_feature(f, live_block(baseline, rng.standard_normal(1000)), Policy()).min_samples
+    small = evaluate_feature(f, live_block(baseline, rng.standard_normal(n_min // 4) + 1.5), Policy())
     assert small.state == "drifted" and small.measures["wasserstein"].drifted is True
 
 
@@ -143,7 +133,7 @@ def test_without_drift_a_smaller_window_is_undecided_with_the_rows_still_needed(
     rng = np.random.default_rng(6)
     baseline = _baseline(rng.standard_normal(M))
     f = baseline.features[0]
-    result = evaluate_feature(f, _live_block(baseline, rng.standard_normal(150)), Policy())
+    result = evaluate_feature(f, live_block(baseline, rng.standard_normal(150)), Policy())
     assert result.state == "undecided" and result.verdict is None
     assert result.rows_needed is not None and result.rows_needed > 0
     undecided = [m for m in result.measures.values() if m.state == "undecided"]
@@ -156,10 +146,10 @@ def test_the_rows_needed_are_enough_for_a_stable_verdict_without_drift() -> None
     baseline = _baseline(rng.standard_normal(M))
     f = baseline.features[0]
     needed = [
-        evaluate_feature(f, _live_block(baseline, rng.standard_normal(200)), Policy()).rows_needed for _ in range(5)
+        evaluate_feature(f, live_block(baseline, rng.standard_normal(200)), Policy()).rows_needed for _ in range(5)
     ]
     n = 200 + int(np.median([r for r in needed if r is not None]))
-    states = [evaluate_feature(f, _live_block(baseline, rng.standard_normal(2 * n)), Policy()).state for _ in range(20)]
+    states = [evaluate_feature(f, live_block(baseline, rng.standard_normal(2 * n)), Policy()).state for _ in range(20)]
     assert states.count("stable") >= 18
 
 
@@ -167,12 +157,12 @@ def test_a_moderate_shift_in_a_small_window_leans_to_drift_and_is_drifted_at_the
     rng = np.random.default_rng(8)
     baseline = _baseline(rng.standard_normal(M))
     f = baseline.features[0]
-    windows = [evaluate_feature(f, _live_block(baseline, rng.standard_normal(120) + 0.4), Policy()) for _ in range(40)]
+    windows = [evaluate_feature(f, live_block(baseline, rng.standard_normal(120) + 0.4), Policy()) for _ in range(40)]
     leaning = [r for r in windows if r.state == "undecided" and r.measures["wasserstein"].value >= 0.2]
     assert leaning and all(r.rows_needed is not None for r in leaning)
     n = 120 + int(np.median([r.rows_needed for r in leaning]))
     states = [
-        evaluate_feature(f, _live_block(baseline, rng.standard_normal(2 * n) + 0.4), Policy()).state for _ in range(10)
+        evaluate_feature(f, live_block(baseline, rng.standard_normal(2 * n) + 0.4), Policy()).state for _ in range(10)
     ]
     assert states.count("drifted") >= 9
 
@@ -181,9 +171,9 @@ def test_a_tiny_baseline_never_judges_stable_but_still_flags_a_large_shift() -> 
     rng = np.random.default_rng(9)
     baseline = _baseline(rng.standard_normal(120))
     f = baseline.features[0]
-    clean = evaluate_feature(f, _live_block(baseline, rng.standard_normal(5000)), Policy())
+    clean = evaluate_feature(f, live_block(baseline, rng.standard_normal(5000)), Policy())
     assert clean.state == "undecided" and clean.rows_needed is None and clean.min_samples is None
-    shifted = evaluate_feature(f, _live_block(baseline, rng.standard_normal(500) + 1.5), Policy())
+    shifted = evaluate_feature(f, live_block(baseline, rng.standard_normal(500) + 1.5), Policy())
     assert shifted.state == "drifted"
 
 
@@ -192,7 +182,7 @@ def test_the_detectable_shift_shrinks_with_the_window() -> None:
     baseline = _baseline(rng.standard_normal(M))
     f = baseline.features[0]
     shifts = [
-        evaluate_feature(f, _live_block(baseline, rng.standard_normal(n)), Policy()).detectable["shift"]
+        evaluate_feature(f, live_block(baseline, rng.standard_normal(n)), Policy()).detectable["shift"]
         for n in (200, 1000, 10_000)
     ]
     assert shifts[0] > shifts[1] > shifts[2] >= 0.2  # never below the threshold: smaller shifts do not matter
@@ -205,10 +195,10 @@ def _false_alarm_rate(
     rng = np.random.default_rng(seed)
     baseline = _baseline(make(rng, M), categorical=("x",) if categorical else ())
     f = baseline.features[0]
-    n_min = evaluate_feature(f, _live_block(baseline, make(rng, 2000)), Policy()).min_samples
+    n_min = evaluate_feature(f, live_block(baseline, make(rng, 2000)), Policy()).min_samples
     n = int(n_min * scale)
     flagged = sum(
-        bool(evaluate_feature(f, _live_block(baseline, make(rng, n)), Policy()).verdict) for _ in range(windows)
+        bool(evaluate_feature(f, live_block(baseline, make(rng, n)), Policy()).verdict) for _ in range(windows)
     )
     return flagged / windows, n_min
 
@@ -242,10 +232,9 @@ def test_a_one_sigma_mean_shift_is_caught_at_the_minimum_window() -> None:
     rng = np.random.default_rng(13)
     baseline = _baseline(rng.standard_normal(M))
     f = baseline.features[0]
-    n_min = evaluate_feature(f, _live_block(baseline, rng.standard_normal(2000)), Policy()).min_samples
+    n_min = evaluate_feature(f, live_block(baseline, rng.standard_normal(2000)), Policy()).min_samples
     caught = [
-        evaluate_feature(f, _live_block(baseline, rng.standard_normal(n_min) + 1.0), Policy()).verdict
-        for _ in range(20)
+        evaluate_feature(f, live_block(baseline, rng.standard_normal(n_min) + 1.0), Policy()).verdict for _ in range(20)
     ]
     assert all(caught)
 
@@ -279,7 +268,7 @@ def test_a_feature_constant_in_training_is_judged_by_the_share_of_other_values_n
     f = baseline.features[0]
     stray = np.zeros(500)
     stray[:2] = 1.0  # two values training never had: W1 "in units" would be 0.004 / 0.001 σ
-    result = evaluate_feature(f, _live_block(baseline, stray), Policy())
+    result = evaluate_feature(f, live_block(baseline, stray), Policy())
     assert result.state != "drifted" and result.measures["wasserstein"].threshold is None
     changed = np.where(np.random.default_rng(15).random(500) < 0.3, 1.0, 0.0)
-    assert evaluate_feature(f, _live_block(baseline, changed), Policy()).state == "drifted"
+    assert evaluate_feature(f, live_block(baseline, changed), Policy()).state == "drifted"

@@ -8,8 +8,6 @@ import json
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,10 +20,12 @@ import tritonclient.http as httpclient
 from serve.modelgen import mlp, save
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
+from tests.fixtures.load import Outcome, hammer_http
 from tests.fixtures.servers import RunningServer, start_server
 
 # Requests are held up to 1.5 s waiting for a batch of 8 that never fills: they are queued when
 # the signal arrives.
+BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1.0] * 4}]}).encode()
 CONFIG = """
 name: "held"
 max_batch_size: 8
@@ -63,21 +63,6 @@ def test_sigterm_answers_queued_requests_over_both_protocols_then_exits_cleanly(
     assert [a.shape for a in answers] == [(1, 2), (1, 2)]
     np.testing.assert_allclose(answers[0], answers[1])
     assert exit_code == 0
-
-
-def _hammer_http(server: RunningServer, stop: threading.Event, outcomes: list[tuple[float, str]]) -> None:
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1.0] * 4}]})
-    while not stop.is_set():
-        started = time.monotonic()
-        request = urllib.request.Request(f"{server.base}/v2/models/held/infer", body.encode(), method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                outcome = str(response.status)
-        except urllib.error.HTTPError as exc:
-            outcome = str(exc.code)
-        except (urllib.error.URLError, ConnectionError, OSError) as exc:
-            outcome = f"connection: {exc}"
-        outcomes.append((started, outcome))
 
 
 def _hammer_grpc(server: RunningServer, stop: threading.Event, outcomes: list[tuple[float, str]]) -> None:
@@ -118,13 +103,13 @@ def test_sigterm_under_load_answers_every_accepted_request_and_cancels_none(
     (repo / "held" / "config.pbtxt").write_text(CONFIG.replace("1500000", str(delay_us)))
     server = start_server(repo, tmp_path, "--shutdown-grace-s", str(grace_s))
     stop = threading.Event()
-    http_outcomes: list[tuple[float, str]] = []
+    http_outcomes: list[Outcome] = []
     grpc_outcomes: list[tuple[float, str]] = []
     try:
         with ThreadPoolExecutor(4) as pool:
             pool.submit(_hammer_grpc, server, stop, grpc_outcomes)
             for _ in range(3):
-                pool.submit(_hammer_http, server, stop, http_outcomes)
+                pool.submit(hammer_http, f"{server.base}/v2/models/held/infer", BODY, stop, http_outcomes)
             time.sleep(max(1.5, 2 * delay_us / 1e6))
             signalled = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
@@ -134,7 +119,7 @@ def test_sigterm_under_load_answers_every_accepted_request_and_cancels_none(
     finally:
         server.stop()
     # HTTP opens a connection per request: one sent well before the signal was certainly accepted.
-    accepted_http = [o for t, o in http_outcomes if t < signalled - 0.05]
+    accepted_http = [o.status for o in http_outcomes if o.started < signalled - 0.05]
     sent_grpc = [o for t, o in grpc_outcomes if t < signalled]  # every call sent before it, however late
     assert len(accepted_http) >= 3 and len(sent_grpc) >= 100
     assert set(accepted_http) <= {"200", "503"}, sorted(set(accepted_http))

@@ -30,9 +30,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve.demo import write_demo_repository
 from serve.workers import ipc
 from serve.workers.worker import worker_socket
+from tests.fixtures.load import Outcome, hammer_http
 from tests.fixtures.servers import RunningServer, serving
 
 WORKERS = 2
+BODY = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "data": [0.1] * 8}]}).encode()
 
 
 def _features(rows: int) -> np.ndarray:
@@ -219,26 +221,13 @@ def _workers_of(server: RunningServer) -> list[psutil.Process]:
     return psutil.Process(server.process.pid).children()
 
 
-def _hammer(server: RunningServer, stop: threading.Event, outcomes: list[tuple[bool, float]]) -> None:
-    body = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "data": [0.1] * 8}]})
-    while not stop.is_set():
-        started = time.monotonic()
-        request = urllib.request.Request(f"{server.base}/v2/models/tabular/infer", body.encode(), method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                ok = response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            ok = False
-        outcomes.append((ok, time.monotonic() - started))
-
-
 def test_a_killed_worker_loses_only_its_in_flight_requests_and_is_replaced(demo: Path, tmp_path: Path) -> None:
     with serving(demo, tmp_path, "--workers", str(WORKERS)) as server:
         wait_for_workers(server)
-        stop, outcomes = threading.Event(), []  # type: ignore[var-annotated]
+        stop, outcomes = threading.Event(), list[Outcome]()
         with ThreadPoolExecutor(4) as pool:
             for _ in range(4):
-                pool.submit(_hammer, server, stop, outcomes)
+                pool.submit(hammer_http, f"{server.base}/v2/models/tabular/infer", BODY, stop, outcomes, 10)
             time.sleep(1.0)
             victim = _workers_of(server)[0]
             victim.send_signal(signal.SIGKILL)
@@ -255,7 +244,7 @@ def test_a_killed_worker_loses_only_its_in_flight_requests_and_is_replaced(demo:
                 time.sleep(0.2)
             time.sleep(0.5)
             stop.set()
-        failures = [duration for ok, duration in outcomes if not ok]
+        failures = [o.took_s for o in outcomes if not o.ok]
         assert len(outcomes) > 50
         assert len(failures) <= 4 + 1, failures  # at most what was in flight on the killed worker
         assert all(duration < 5 for duration in failures)  # they fail fast, none hangs
@@ -265,10 +254,10 @@ def test_a_killed_worker_loses_only_its_in_flight_requests_and_is_replaced(demo:
 def test_sigterm_under_load_drains_every_worker_and_exits_zero(demo: Path, tmp_path: Path) -> None:
     with serving(demo, tmp_path, "--workers", str(WORKERS)) as server:
         wait_for_workers(server)
-        stop, outcomes = threading.Event(), []  # type: ignore[var-annotated]
+        stop, outcomes = threading.Event(), list[Outcome]()
         with ThreadPoolExecutor(4) as pool:
             for _ in range(4):
-                pool.submit(_hammer, server, stop, outcomes)
+                pool.submit(hammer_http, f"{server.base}/v2/models/tabular/infer", BODY, stop, outcomes, 10)
             time.sleep(1.0)
             server.process.send_signal(signal.SIGTERM)
             code = server.process.wait(30)
