@@ -9,10 +9,12 @@ point (req/s, p50/p99 from h2load's per-request log, server CPU per request) and
 the ratio servicer : echo of the mean req/s.
 
 h2load does not read gRPC trailers, so the servicer's answers are checked separately: one real
-call decodes before the run, and the model's failure count in /stats must not move during it.
+call decodes before the run, and its serve_requests_total must count no outcome other than
+success during a point (h2load resets the streams still open when it stops: those count as
+cancelled, not failed).
 
     python -m bench.grpc_servicer [--duration 5] [--rounds 3] [--concurrency 1,8,64]
-    python -m bench.grpc_servicer --profile out/   # also py-spy the servicer at the highest concurrency
+    python -m bench.grpc_servicer --profile out/   # then py-spy both servers at the highest concurrency
 """
 
 from __future__ import annotations
@@ -34,16 +36,18 @@ from pathlib import Path
 import grpc
 import numpy as np
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench._harness import HOST, free_port, grpc_request_bytes
+from bench._pyspy import summarize
 from serve.modelgen import mlp, save
 
 MODEL = "small"
 DIMS = [32, 256, 256, 8]
-CONFIG = f"""name: "{MODEL}"
+CONFIG = """name: "{model}"
 platform: "onnxruntime_onnx"
 max_batch_size: 64
-dynamic_batching {{ }}
+dynamic_batching {{ {batching} }}
 instance_group [{{ count: 1 kind: KIND_CPU }}]
 """
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -164,9 +168,18 @@ def model_stats(target: Target) -> tuple[int, int, int]:
     """(failed requests, rows run, executions) so far; zeros for the echo server."""
     if target.http_port is None:
         return 0, 0, 0
-    with urllib.request.urlopen(f"http://{HOST}:{target.http_port}/v2/models/{MODEL}/stats") as r:
+    base = f"http://{HOST}:{target.http_port}"
+    with urllib.request.urlopen(f"{base}/v2/models/{MODEL}/stats") as r:
         stats = json.load(r)["model_stats"][0]
-    failed = int(stats["inference_stats"].get("fail", {}).get("count", 0))
+    with urllib.request.urlopen(f"{base}/metrics") as r:
+        families = text_string_to_metric_families(r.read().decode())
+        failed = sum(
+            int(sample.value)
+            for family in families
+            if family.name == "serve_requests"
+            for sample in family.samples
+            if sample.name == "serve_requests_total" and sample.labels.get("outcome") not in ("success", "cancelled")
+        )
     return failed, int(stats["inference_count"]), int(stats["execution_count"])
 
 
@@ -219,22 +232,21 @@ def h2load(target: Target, body: Path, concurrency: int, duration: float, cpus: 
 
 
 def profile(target: Target, body: Path, concurrency: int, duration: float, args: argparse.Namespace) -> None:
-    """py-spy the servicer (every thread, native frames) while h2load loads it; raw stacks for reading."""
+    """py-spy a server (every thread) while h2load loads it; keeps the raw stacks, prints a summary."""
     py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None:
         raise SystemExit("py-spy not found: pip install py-spy")
     args.profile.mkdir(parents=True, exist_ok=True)
-    out = args.profile / f"servicer-c{concurrency}.txt"
+    out = args.profile / f"{target.name}-c{concurrency}.txt"
     record = [py_spy, "record", "--pid", str(target.process.pid), "--rate", "500", "--format", "raw", "--threads"]
     record += ["--duration", f"{int(duration) + 1}", "--output", str(out), "--nonblocking"]
-    if args.native:
-        record.append("--native")
     spy = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         point = h2load(target, body, concurrency, duration, parse_cpus(args.client_cpus), args.profile / "h2.log")
     finally:
         spy.wait(60)
     print(f"profiled {format_point(point)} -> {out}", flush=True)
+    print(summarize(out), flush=True)
 
 
 HEADER = (
@@ -278,8 +290,13 @@ def main() -> None:
     parser.add_argument("--server-cpus", default=default_server, help="CPUs of both servers ('' = unpinned)")
     parser.add_argument("--client-cpus", default=default_client, help="CPUs of h2load ('' = unpinned)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `serve run` argument")
-    parser.add_argument("--profile", type=Path, help="py-spy the servicer at the highest concurrency into this folder")
-    parser.add_argument("--native", action="store_true", help="with --profile: native frames too")
+    parser.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=0,
+        help="max_queue_delay_microseconds of the bench model (0 = none, as Triton's default)",
+    )
+    parser.add_argument("--profile", type=Path, help="then py-spy both servers at the highest concurrency, into here")
     parser.add_argument("--json", type=Path, help="also write the points as JSON here")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
@@ -301,7 +318,8 @@ def main() -> None:
         tmp = Path(tmpdir)
         repo = tmp / "models"
         save(mlp(DIMS, seed=1), repo / MODEL / "1" / "model.onnx")
-        (repo / MODEL / "config.pbtxt").write_text(CONFIG)
+        delay = f"max_queue_delay_microseconds: {args.queue_delay_us}" if args.queue_delay_us else ""
+        (repo / MODEL / "config.pbtxt").write_text(CONFIG.format(model=MODEL, batching=delay))
         x = np.random.default_rng(0).standard_normal((1, DIMS[0])).astype(np.float32)
         message = grpc_request_bytes(MODEL, "input", x, "FP32")
         body = tmp / "body.bin"
@@ -318,7 +336,8 @@ def main() -> None:
                             points.append(point)
                             print(format_point(point), flush=True)
                 if args.profile:
-                    profile(servicer, body, max(levels), args.duration, args)
+                    for target in (echo, servicer):
+                        profile(target, body, max(levels), args.duration, args)
             finally:
                 servicer.stop()
         finally:
