@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,22 +165,20 @@ def check_answer(port: int) -> None:
         raise RuntimeError(f"unexpected answer from the servicer: {reply}")
 
 
-def model_stats(target: Target) -> tuple[int, int, int]:
-    """(failed requests, rows run, executions) so far; zeros for the echo server."""
+def model_stats(target: Target) -> tuple[Counter[str], int, int]:
+    """(failed requests by outcome, rows run, executions) so far; nothing for the echo server."""
+    failed: Counter[str] = Counter()
     if target.http_port is None:
-        return 0, 0, 0
+        return failed, 0, 0
     base = f"http://{HOST}:{target.http_port}"
     with urllib.request.urlopen(f"{base}/v2/models/{MODEL}/stats") as r:
         stats = json.load(r)["model_stats"][0]
     with urllib.request.urlopen(f"{base}/metrics") as r:
-        families = text_string_to_metric_families(r.read().decode())
-        failed = sum(
-            int(sample.value)
-            for family in families
-            if family.name == "serve_requests"
-            for sample in family.samples
-            if sample.name == "serve_requests_total" and sample.labels.get("outcome") not in ("success", "cancelled")
-        )
+        for family in text_string_to_metric_families(r.read().decode()):
+            for sample in family.samples:
+                outcome = sample.labels.get("outcome", "")
+                if sample.name == "serve_requests_total" and outcome not in ("success", "cancelled"):
+                    failed[outcome] += int(sample.value)
     return failed, int(stats["inference_count"]), int(stats["execution_count"])
 
 
@@ -209,7 +208,10 @@ def h2load(target: Target, body: Path, concurrency: int, duration: float, cpus: 
             succeeded = int(words[words.index("succeeded") - 1])
             failed = int(words[words.index("failed") - 1]) + int(words[words.index("errored") - 1])
     stats_after = model_stats(target)
-    failed += stats_after[0] - stats_before[0]
+    outcomes = stats_after[0] - stats_before[0]
+    if failed or outcomes:
+        print(f"  {target.name} c={concurrency}: h2load failed {failed}, server outcomes {dict(outcomes)}", flush=True)
+    failed += sum(outcomes.values())
     executions = stats_after[2] - stats_before[2]
     latencies_ms = [
         int(cols[2]) / 1000.0

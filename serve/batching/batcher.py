@@ -59,6 +59,7 @@ class Batcher:
         execute_now: ExecuteNow | None = None,
     ) -> None:
         self._execute = execute
+        # Tried first for every batch, in the dispatch pass itself; a batch it declines goes to execute.
         self._execute_now = execute_now
         self._policy = policy
         self._key = key
