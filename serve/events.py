@@ -107,20 +107,25 @@ class Observer:
 class Observers(Observer):
     """Fans each record out to several observers; one that fails is logged and the rest still hear."""
 
-    __slots__ = ("_observers",)
+    __slots__ = ("_observers", "_request_observers", "_execution_observers")
 
     def __init__(self, observers: Iterable[Observer] = ()) -> None:
         self._observers = tuple(observers)
+        # Called for every request and batch: skip the observers that keep the default no-op.
+        self._request_observers = tuple(o for o in self._observers if type(o).on_request is not Observer.on_request)
+        self._execution_observers = tuple(
+            o for o in self._observers if type(o).on_execution is not Observer.on_execution
+        )
 
     def on_request(self, event: RequestEvent) -> None:
-        for observer in self._observers:
+        for observer in self._request_observers:
             try:
                 observer.on_request(event)
             except Exception:
                 log.exception("observer %s failed on a request", type(observer).__name__)
 
     def on_execution(self, execution: Execution) -> None:
-        for observer in self._observers:
+        for observer in self._execution_observers:
             try:
                 observer.on_execution(execution)
             except Exception:

@@ -20,6 +20,7 @@ from serve.errors import (
     InvalidInput,
     ModelExecutionError,
     QueueFull,
+    RequestCancelled,
     ShuttingDown,
 )
 from serve.events import Execution, Observer, VersionKey
@@ -128,10 +129,18 @@ async def make_batcher() -> AsyncIterator[MakeBatcher]:
         *,
         clock: Callable[[], int] = time.monotonic_ns,
         observer: Observer | None = None,
+        execute_now: Any = None,
         **policy: Any,
     ) -> Batcher:
         policy.setdefault("max_batch_size", 8)
-        batcher = Batcher(execute, BatchingPolicy(**policy), key=VersionKey("m", "1"), observer=observer, clock=clock)
+        batcher = Batcher(
+            execute,
+            BatchingPolicy(**policy),
+            key=VersionKey("m", "1"),
+            observer=observer,
+            clock=clock,
+            execute_now=execute_now,
+        )
         batcher.start()
         made.append(batcher)
         return batcher
@@ -999,6 +1008,172 @@ async def test_dynamic_batching_off_still_runs_max_in_flight_at_once(make_batche
     assert batcher.in_flight == 3
     model.open()
     await within(asyncio.gather(*tasks))
+
+
+# -- batches run in the dispatch pass (execute_now) --------------------------------------------
+
+
+class FakeInlineModel:
+    """An execute_now() that doubles its inputs, records each batch, and may decline or raise."""
+
+    def __init__(
+        self, *, decline: bool = False, fail: Callable[[np.ndarray], bool] | None = None, on_call: Any = None
+    ) -> None:
+        self.decline = decline
+        self.fail = fail
+        self.on_call = on_call
+        self.batches: list[dict[str, np.ndarray]] = []
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        self.batches.append(inputs)
+        if self.on_call is not None:
+            self.on_call()
+        if self.fail is not None and self.fail(inputs["x"]):
+            raise RuntimeError("index out of range")
+        return None if self.decline else {"y": inputs["x"] * 2}
+
+    def batch_rows(self) -> list[int]:
+        return [len(batch["x"]) for batch in self.batches]
+
+
+async def test_batch_taken_by_execute_now_never_reaches_execute(make_batcher: MakeBatcher) -> None:
+    model, inline = FakeModel(), FakeInlineModel()
+    batcher = make_batcher(model, execute_now=inline)
+
+    result = await within(batcher.submit({"x": rows(3)}))
+
+    assert (inline.batch_rows(), model.batch_rows()) == ([3], [])
+    assert result.timings.batch_size == 3
+    np.testing.assert_array_equal(result.outputs["y"], rows(3) * 2)
+    assert batcher.in_flight == 0
+
+
+async def test_requests_submitted_in_one_loop_turn_share_one_execute_now_batch(make_batcher: MakeBatcher) -> None:
+    inline = FakeInlineModel()
+    batcher = make_batcher(FakeModel(), execute_now=inline)
+
+    tasks = [submit(batcher, size, first=10 * i) for i, size in enumerate((2, 1, 3))]
+    await within(asyncio.gather(*tasks))
+
+    assert inline.batch_rows() == [6]
+    for i, (size, task) in enumerate(zip((2, 1, 3), tasks, strict=True)):
+        np.testing.assert_array_equal(task.result().outputs["y"], rows(size, first=10 * i) * 2)
+
+
+async def test_batch_declined_by_execute_now_runs_in_execute_gathered_once(make_batcher: MakeBatcher) -> None:
+    model, inline = FakeModel(), FakeInlineModel(decline=True)
+    batcher = make_batcher(model, execute_now=inline)
+
+    tasks = [submit(batcher, 2, first=0), submit(batcher, 1, first=10)]
+    await within(asyncio.gather(*tasks))
+
+    assert (inline.batch_rows(), model.batch_rows()) == ([3], [3])
+    assert model.batches[0]["x"] is inline.batches[0]["x"]  # concatenated once, in the pass
+    np.testing.assert_array_equal(tasks[1].result().outputs["y"], rows(1, first=10) * 2)
+
+
+async def test_execute_now_failing_on_several_callers_runs_each_alone(make_batcher: MakeBatcher) -> None:
+    model = FakeModel()
+
+    async def reject_negative(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if (inputs["x"] < 0).any():
+            raise RuntimeError("index out of range")
+        return await model(inputs)
+
+    inline = FakeInlineModel(fail=lambda x: bool((x < 0).any()))
+    batcher = make_batcher(reject_negative, execute_now=inline)
+    poisoned = asyncio.ensure_future(batcher.submit({"x": -np.ones((1, 2), np.float32)}))
+    good = submit(batcher, 2, first=5)
+
+    with pytest.raises(ModelExecutionError, match="index out of range"):
+        await within(poisoned)
+    result = await within(good)
+
+    assert inline.batch_rows() == [3]
+    assert result.outputs["y"][:, 0].tolist() == [10, 12]  # its own rows, doubled, run alone
+    assert batcher.in_flight == 0
+
+
+async def test_execute_now_failing_a_lone_caller_fails_it_and_the_batcher_goes_on(make_batcher: MakeBatcher) -> None:
+    inline = FakeInlineModel(fail=lambda x: bool((x < 0).any()))
+    batcher = make_batcher(FakeModel(), execute_now=inline)
+
+    with pytest.raises(ModelExecutionError, match="RuntimeError: index out of range"):
+        await within(batcher.submit({"x": -np.ones((1, 2), np.float32)}))
+    assert (await within(batcher.submit({"x": rows(2)}))).timings.batch_size == 2
+
+
+async def test_serve_error_from_execute_now_reaches_callers_unchanged(make_batcher: MakeBatcher) -> None:
+    raised = InvalidInput("value out of range")
+
+    def reject(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        raise raised
+
+    batcher = make_batcher(FakeModel(), execute_now=reject)
+
+    with pytest.raises(InvalidInput) as caught:
+        await within(batcher.submit({"x": rows(1)}))
+    assert caught.value is raised
+
+
+async def test_execute_now_output_with_wrong_first_dimension_fails_the_batch(make_batcher: MakeBatcher) -> None:
+    def one_row_too_many(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        return {"y": np.zeros((len(inputs["x"]) + 1, 2), np.float32)}
+
+    batcher = make_batcher(FakeModel(), execute_now=one_row_too_many)
+
+    with pytest.raises(ModelExecutionError, match="first dimension"):
+        await within(batcher.submit({"x": rows(2)}))
+
+
+async def test_caller_gone_before_the_pass_never_reaches_execute_now(make_batcher: MakeBatcher) -> None:
+    inline = FakeInlineModel()
+    batcher = make_batcher(FakeModel(), execute_now=inline)
+    gone = asyncio.ensure_future(batcher.submit({"x": rows(1)}, client_gone=lambda: True))
+    stays = submit(batcher, 2)
+
+    with pytest.raises(RequestCancelled):
+        await within(gone)
+    await within(stays)
+
+    assert inline.batch_rows() == [2]
+
+
+async def test_observer_sees_an_execute_now_batch_once_with_its_tensors(make_batcher: MakeBatcher) -> None:
+    observer = RecordingObserver()
+    batcher = make_batcher(FakeModel(), execute_now=FakeInlineModel(), observer=observer)
+
+    await within(asyncio.gather(submit(batcher, 2), submit(batcher, 1, first=5)))
+
+    assert observer.calls == [(3, 2, None)]
+    execution = observer.executions[0]
+    np.testing.assert_array_equal(execution.outputs["y"], execution.inputs["x"] * 2)
+
+
+async def test_execute_now_result_carries_the_timings_of_its_batch(make_batcher: MakeBatcher) -> None:
+    clock = FakeClock()
+
+    def take_7_us() -> None:
+        clock.now += 7_000
+
+    batcher = make_batcher(FakeModel(), execute_now=FakeInlineModel(on_call=take_7_us), clock=clock)
+
+    result = await within(batcher.submit({"x": rows(2)}))
+
+    timings = result.timings
+    assert (timings.queue_ns, timings.compute_infer_ns, timings.batch_size) == (0, 7_000, 2)
+
+
+async def test_close_runs_requests_queued_for_execute_now(make_batcher: MakeBatcher) -> None:
+    inline = FakeInlineModel()
+    batcher = make_batcher(FakeModel(), execute_now=inline)
+    waiting = [submit(batcher, 1, first=i) for i in range(2)]
+    await asyncio.sleep(0)  # both submitted, their pass not yet run
+
+    await within(batcher.close(grace_s=5.0))
+
+    assert [r.timings.batch_size for r in await within(asyncio.gather(*waiting))] == [2, 2]
+    assert (batcher.queue_depth, batcher.in_flight) == (0, 0)
 
 
 # -- policy validation -------------------------------------------------------------------------

@@ -1,13 +1,18 @@
 """The dynamic batcher: one per loaded model version, transport- and runtime-neutral.
 
-A scheduler task forms a batch whenever an instance is free and requests wait (Triton's
-``GetDynamicBatch``, PROTOCOL.md section 5) and runs it as a task of its own, so up to
-``max_in_flight`` executions overlap. It sleeps on one event, set by a new request, a finished
-execution, a withdrawn or expired request, a hold timer or close(); it never polls.
+A dispatch pass forms a batch whenever an instance is free and requests wait (Triton's
+``GetDynamicBatch``, PROTOCOL.md section 5). A pass is scheduled on the event loop, at most one
+at a time, by a new request, a finished execution, a withdrawn or expired request, a hold timer
+or close(); nothing polls. It runs after the callbacks already ready, so requests that arrive
+together (one read of several HTTP/2 streams, say) share a batch.
 
-Every caller awaits its own future and nothing else. Each execution task fails exactly its own
-callers when anything in it goes wrong, and its done-callback fails whoever is still unanswered,
-so no path leaves a caller waiting (STYLE habits 4, 5 and 7).
+A batch runs right in the pass when ``execute_now`` takes it (a model faster than a hand-off to
+a thread, on a free instance): no task, no wake-up, its callers answered before the pass ends.
+Otherwise it runs as a task of its own, so up to ``max_in_flight`` executions overlap.
+
+Every caller awaits its own future and nothing else. Each execution fails exactly its own
+callers when anything in it goes wrong, and a task's done-callback fails whoever is still
+unanswered, so no path leaves a caller waiting (STYLE habits 4, 5 and 7).
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from serve.batching.policy import BatchingPolicy
 from serve.batching.queue import PendingRequest, RequestQueue, select_batch
-from serve.batching.result import BatchResult, Execute
+from serve.batching.result import BatchResult, Execute, ExecuteNow
 from serve.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -33,7 +39,7 @@ from serve.errors import (
 )
 from serve.events import BatchTimings, Execution, Observer, VersionKey
 
-__all__ = ["Batcher", "BatchResult", "Execute"]
+__all__ = ["Batcher", "BatchResult", "Execute", "ExecuteNow"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +56,11 @@ class Batcher:
         key: VersionKey,
         observer: Observer | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
+        execute_now: ExecuteNow | None = None,
     ) -> None:
         self._execute = execute
+        # Tried first for every batch, in the dispatch pass itself; a batch it declines goes to execute.
+        self._execute_now = execute_now
         self._policy = policy
         self._key = key
         self._name = f"{key.name}:{key.version}"
@@ -63,14 +72,13 @@ class Batcher:
         self._hold_ns = policy.max_queue_delay_us * 1000 if policy.holds_requests else 0
         self._default_level = (policy.default_priority_level or policy.level_count) - 1
         self._queue_policies = [policy.queue_policy(level + 1) for level in range(policy.level_count)]
-        self._in_flight = 0
+        self._in_flight = 0  # executions running as tasks
         self._executions: dict[asyncio.Task[None], list[PendingRequest]] = {}
-        self._wakeup = asyncio.Event()
+        self._pass: asyncio.Handle | None = None  # the dispatch pass scheduled, if any
         self._hold_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._scheduler: asyncio.Task[None] | None = None
         self._closing = False  # no new requests; queued ones still run, without holding
-        self._stopped = False  # the scheduler should end
+        self._stopped = False  # no more dispatch passes
         self._drained: asyncio.Future[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
@@ -83,11 +91,9 @@ class Batcher:
         return self._in_flight
 
     def start(self) -> None:
-        if self._scheduler is not None:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._scheduler = self._loop.create_task(self._schedule_forever(), name=f"batcher {self._name}")
-        self._scheduler.add_done_callback(self._scheduler_done)
+        """Bind to the running loop (the first submit does it otherwise)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
 
     async def submit(
         self,
@@ -99,9 +105,11 @@ class Batcher:
     ) -> BatchResult:
         if self._closing:
             raise ShuttingDown(f"model {self._name!r} is shutting down")
-        if self._scheduler is None:
+        loop = self._loop
+        if loop is None:
             self.start()
-        assert self._loop is not None
+            loop = self._loop
+            assert loop is not None
         # The core has checked the request (core/validation.py): when the model batches, every input
         # has the same first dimension, between 1 and max_batch_size.
         rows, key = self._rows_and_key(inputs)
@@ -122,13 +130,14 @@ class Batcher:
             level=level,
             enqueue_ns=now,
             deadline_ns=now + timeout * 1000 if timeout else 0,
-            future=self._loop.create_future(),
+            future=loop.create_future(),
             client_gone=client_gone,
         )
         if timeout:
-            request.timer = self._loop.call_later(timeout / 1e6, self._on_deadline, request)
+            request.timer = loop.call_later(timeout / 1e6, self._on_deadline, request)
         self._queue.push(request)
-        self._wakeup.set()
+        if self._pass is None:
+            self._pass = loop.call_soon(self._dispatch_pass)
         try:
             return await request.future
         finally:
@@ -150,6 +159,9 @@ class Batcher:
     def _rows_and_key(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, Hashable]:
         if self._policy.max_batch_size == 0:
             return 1, None  # the model does not batch: tensors go through as sent
+        if len(inputs) == 1:  # the common case, without sorting
+            ((name, array),) = inputs.items()
+            return array.shape[0], ((name, array.dtype, array.shape[1:]),)
         rows = next(iter(inputs.values())).shape[0]
         return rows, tuple(sorted((n, array.dtype, array.shape[1:]) for n, array in inputs.items()))
 
@@ -168,7 +180,7 @@ class Batcher:
     def _withdraw(self, request: PendingRequest) -> None:
         if self._queue.discard(request):
             self._cancel_timer(request)
-            self._wakeup.set()  # the oldest request, and so the hold deadline, may have changed
+            self._wake()  # the oldest request, and so the hold deadline, may have changed
             self._check_drained()
 
     def _on_deadline(self, request: PendingRequest) -> None:
@@ -202,16 +214,21 @@ class Batcher:
 
     # -- scheduling ------------------------------------------------------------------------------
 
-    async def _schedule_forever(self) -> None:
-        while not self._stopped:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            try:
-                self._dispatch()
-            except Exception:
-                # A bug in forming batches: fail the waiting callers instead of stranding them.
-                logger.exception("batcher for model %r failed to form a batch", self._name)
-                self._fail_queued(ModelExecutionError(f"model {self._name!r}: internal batching error"))
+    def _wake(self) -> None:
+        """Schedule a dispatch pass, unless one already is."""
+        if self._pass is None and not self._stopped and self._loop is not None:
+            self._pass = self._loop.call_soon(self._dispatch_pass)
+
+    def _dispatch_pass(self) -> None:
+        self._pass = None
+        if self._stopped:
+            return
+        try:
+            self._dispatch()
+        except Exception:
+            # A bug in forming batches: fail the waiting callers instead of stranding them.
+            logger.exception("batcher for model %r failed to form a batch", self._name)
+            self._fail_queued(ModelExecutionError(f"model {self._name!r}: internal batching error"))
 
     def _dispatch(self) -> None:
         if self._hold_timer is not None:
@@ -224,7 +241,7 @@ class Batcher:
             if not batch:
                 if hold_until_ns:
                     assert self._loop is not None
-                    self._hold_timer = self._loop.call_later((hold_until_ns - now) / 1e9, self._wakeup.set)
+                    self._hold_timer = self._loop.call_later((hold_until_ns - now) / 1e9, self._wake)
                 # Otherwise only cancelled requests wait; their callers withdraw them shortly.
                 return
             self._launch(batch)
@@ -234,8 +251,28 @@ class Batcher:
         for request in batch:
             self._queue.discard(request)
             self._cancel_timer(request)  # once started, a request is waited for normally
+        gathered = None
+        if self._execute_now is not None:
+            start = self._clock()
+            live = self._live(batch)
+            if not live:
+                self._check_drained()
+                return
+            try:
+                gathered = self._run_now(live, start)
+            except BaseException:
+                # The safety net of the pass: a caller still unanswered here would otherwise wait forever.
+                error = ModelExecutionError(f"model {self._name!r}: the batch ended without an answer")
+                for request in live:
+                    if not request.future.done():
+                        request.future.set_exception(error)
+                self._check_drained()
+                raise
+            if gathered is None:
+                self._check_drained()
+                return
         self._in_flight += 1
-        task = self._loop.create_task(self._run_batch(batch), name=f"batch {self._name}")
+        task = self._loop.create_task(self._run_batch(batch, gathered), name=f"batch {self._name}")
         self._executions[task] = batch
         task.add_done_callback(self._execution_done)
 
@@ -253,14 +290,13 @@ class Batcher:
         for request in batch:
             if not request.future.done():
                 request.future.set_exception(error)
-        self._wakeup.set()
+        self._wake()
         self._check_drained()
 
     # -- execution -------------------------------------------------------------------------------
 
-    async def _run_batch(self, batch: list[PendingRequest]) -> None:
-        start = self._clock()
-        # Callers that left between forming the batch and this task starting are dropped too.
+    def _live(self, batch: list[PendingRequest]) -> list[PendingRequest]:
+        """The callers still waiting; one whose client went away is answered so and dropped."""
         live = []
         for request in batch:
             if request.future.done():
@@ -269,6 +305,55 @@ class Batcher:
                 request.future.set_exception(RequestCancelled("the client went away before the request ran"))
                 continue
             live.append(request)
+        return live
+
+    def _run_now(self, live: list[PendingRequest], start: int) -> _Gathered | None:
+        """Run the batch in this pass if ``execute_now`` takes it; else return what the task needs.
+
+        Returns None when the batch is done (answered, failed, or handed to a task of its own
+        that runs each caller alone after the model failed on them together)."""
+        assert self._execute_now is not None
+        batching = self._policy.max_batch_size > 0
+        rows = sum(request.rows for request in live) if batching else 1
+        input_ns = infer_ns = 0
+        executing = False
+        try:
+            inputs = self._concatenate(live)
+            mark = self._clock()
+            input_ns = mark - start
+            executing = True
+            outputs = self._execute_now(inputs)
+            executing = False
+            if outputs is None:  # not here and now: the batch goes to a task, already gathered
+                return _Gathered(len(live), inputs, start, input_ns)
+            now = self._clock()
+            infer_ns = now - mark
+            parts = self._split(outputs, live, rows) if batching else [outputs]
+            output_ns = self._clock() - now
+        except Exception as exc:
+            self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, 0, exc))
+            if executing and batching and len(live) > 1:
+                self._in_flight += 1
+                task = self._loop_or_fail().create_task(self._run_each_alone(live, start), name=f"batch {self._name}")
+                self._executions[task] = live
+                task.add_done_callback(self._execution_done)
+                return None
+            self._fail(live, exc, rows)
+            return None
+        self._answer(live, parts, start, input_ns, infer_ns, output_ns, rows)
+        self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, output_ns, None, inputs, outputs))
+        return None
+
+    async def _run_batch(self, batch: list[PendingRequest], gathered: _Gathered | None = None) -> None:
+        if gathered is None:
+            start = self._clock()
+            # Callers that left between forming the batch and this task starting are dropped too.
+            live = self._live(batch)
+        else:
+            start = gathered.start
+            live = self._live(batch)
+            if len(live) != gathered.requests:
+                gathered = None  # a caller left since: gather the batch again without it
         if not live:
             return
         batching = self._policy.max_batch_size > 0
@@ -277,9 +362,13 @@ class Batcher:
         mark = start
         executing = False
         try:
-            inputs = self._concatenate(live)
-            now = self._clock()
-            input_ns, mark = now - mark, now
+            if gathered is None:
+                inputs = self._concatenate(live)
+                now = self._clock()
+                input_ns, mark = now - mark, now
+            else:
+                inputs, input_ns = gathered.inputs, gathered.input_ns
+                mark = self._clock()
             executing = True
             outputs = await self._execute(inputs)
             executing = False
@@ -290,20 +379,38 @@ class Batcher:
         except Exception as exc:
             self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, output_ns, exc))
             if executing and batching and len(live) > 1:
-                # The model itself failed on a batch of several callers: run each alone, so that
-                # one caller's bad values (an index out of range, say) fail only that caller.
-                for request in live:
-                    await self._run_alone(request, start)
+                await self._run_each_alone(live, start)
                 return
-            for request in live:
-                if not request.future.done():
-                    request.future.set_exception(self._as_serve_error(exc, rows))
+            self._fail(live, exc, rows)
             return
+        self._answer(live, parts, start, input_ns, infer_ns, output_ns, rows)
+        self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, output_ns, None, inputs, outputs))
+
+    def _answer(
+        self,
+        live: list[PendingRequest],
+        parts: list[dict[str, np.ndarray]],
+        start: int,
+        input_ns: int,
+        infer_ns: int,
+        output_ns: int,
+        rows: int,
+    ) -> None:
         for request, part in zip(live, parts, strict=True):
             if not request.future.done():
                 timings = BatchTimings(start - request.enqueue_ns, input_ns, infer_ns, output_ns, rows)
                 request.future.set_result(BatchResult(part, timings))
-        self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, output_ns, None, inputs, outputs))
+
+    def _fail(self, live: list[PendingRequest], exc: Exception, rows: int) -> None:
+        for request in live:
+            if not request.future.done():
+                request.future.set_exception(self._as_serve_error(exc, rows))
+
+    async def _run_each_alone(self, live: list[PendingRequest], start: int) -> None:
+        # The model itself failed on a batch of several callers: run each alone, so that one
+        # caller's bad values (an index out of range, say) fail only that caller.
+        for request in live:
+            await self._run_alone(request, start)
 
     async def _run_alone(self, request: PendingRequest, start: int) -> None:
         if request.future.done():
@@ -332,7 +439,7 @@ class Batcher:
     def _split(
         self, outputs: Mapping[str, np.ndarray], live: list[PendingRequest], rows: int
     ) -> list[dict[str, np.ndarray]]:
-        if not isinstance(outputs, Mapping):
+        if not isinstance(outputs, dict | Mapping):  # dict first: an ABC check costs on every batch
             raise ModelExecutionError(
                 f"model {self._name!r} returned {type(outputs).__name__}, not a mapping of outputs"
             )
@@ -353,6 +460,10 @@ class Batcher:
             parts.append({output_name: array[offset:end] for output_name, array in outputs.items()})
             offset = end
         return parts
+
+    def _loop_or_fail(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
 
     def _as_serve_error(self, exc: Exception, rows: int) -> ServeError:
         if isinstance(exc, ServeError):
@@ -382,7 +493,7 @@ class Batcher:
 
     async def _shut_down(self, grace_s: float) -> None:
         loop = asyncio.get_running_loop()
-        self._wakeup.set()  # queued requests go now, without holding for preferred sizes
+        self._wake()  # queued requests go now, without holding for preferred sizes
         if self._queue.size or self._in_flight:
             self._drained = loop.create_future()
             self._check_drained()
@@ -400,21 +511,19 @@ class Batcher:
             if stuck:
                 logger.warning("model %r: %d executions ignored cancellation", self._name, len(stuck))
         self._stopped = True
-        self._wakeup.set()
+        if self._pass is not None:
+            self._pass.cancel()
+            self._pass = None
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
-        if self._scheduler is not None:
-            _, pending = await asyncio.wait([self._scheduler], timeout=_CANCEL_WAIT_S)
-            for task in pending:
-                task.cancel()
 
-    def _scheduler_done(self, task: asyncio.Task[None]) -> None:
-        if self._stopped:
-            return
-        # The scheduler ended without close(): the loop is shutting down or something escaped
-        # the loop's own exception handling. Nobody would serve the queue any more.
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("batcher of model %r stopped", self._name, exc_info=task.exception())
-        self._closing = True
-        self._fail_queued(ShuttingDown(f"model {self._name!r} is no longer scheduling requests"))
+
+@dataclass(frozen=True, slots=True)
+class _Gathered:
+    """A batch gathered in a dispatch pass that ``execute_now`` declined: its task reuses it."""
+
+    requests: int  # live callers it was gathered for
+    inputs: dict[str, np.ndarray]
+    start: int
+    input_ns: int

@@ -17,3 +17,9 @@ Execute = Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 class BatchResult:
     outputs: dict[str, np.ndarray]  # only this caller's rows, as views into the batch output
     timings: BatchTimings
+
+
+# Runs one batch at once, on the caller's thread (the event loop), when that is cheaper than
+# handing it to a thread: outputs as Execute returns them, or None to decline (a slower model,
+# or no instance free), and the batcher then awaits Execute in a task of its own.
+ExecuteNow = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray] | None]

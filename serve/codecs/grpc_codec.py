@@ -43,6 +43,8 @@ _INT64_MAX: Final[int] = 2**63 - 1
 def decode_parameters(params: Mapping[str, Any]) -> Parameters:
     """InferParameter map -> plain Python values; entries with no value set are dropped."""
     out: Parameters = {}
+    if not params:  # the common case, and cheaper than iterating an empty protobuf map
+        return out
     for key, param in params.items():
         choice = param.WhichOneof("parameter_choice")
         if choice is not None:
@@ -73,29 +75,25 @@ def encode_parameters(params: Mapping[str, Any], target_map: Any) -> None:
 
 def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
     """Validate and decode a request; raw tensors become read-only views of the message bytes."""
+    # Every message read here is a protobuf attribute access; the hot path reads each once.
     raw = msg.raw_input_contents
+    tensors = msg.inputs
     if raw:
         _check_raw_layout(msg)
     inputs: list[InputTensor] = []
-    for index, tensor in enumerate(msg.inputs):
+    for index, tensor in enumerate(tensors):
         name = tensor.name
-        shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
+        datatype = tensor.datatype
+        shape = tuple(tensor.shape[:])  # slicing first: iterating the repeated field is slower
+        if shape and min(shape) < 0:
             raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
         if raw:
-            data = _decode_raw(name, tensor.datatype, shape, raw[index])
+            data = _decode_raw(name, datatype, shape, raw[index])
         elif tensor.HasField("contents"):
-            data = _decode_typed(name, tensor.datatype, shape, tensor.contents)
+            data = _decode_typed(name, datatype, shape, tensor.contents)
         else:
             raise InvalidInput(_missing_data_message(tensor))
-        inputs.append(
-            InputTensor(
-                name=name,
-                datatype=tensor.datatype,
-                data=data,
-                parameters=decode_parameters(tensor.parameters),
-            )
-        )
+        inputs.append(InputTensor(name, datatype, data, decode_parameters(tensor.parameters)))
     outputs = [RequestedOutput(name=out.name, parameters=decode_parameters(out.parameters)) for out in msg.outputs]
     return InferRequest(
         model_name=msg.model_name,
@@ -210,6 +208,8 @@ def _encode_raw(name: str, datatype: str, data: np.ndarray) -> bytes:
     dtype = OIP_TO_WIRE_DTYPE.get(datatype)
     if dtype is None:
         raise ModelExecutionError(f"output '{name}': datatype '{datatype}' cannot be encoded")
-    # ascontiguousarray converts only arrays that are not already little-endian, C-ordered and of
-    # the right type; tobytes then makes the one copy a protobuf bytes field needs.
-    return np.ascontiguousarray(data, dtype=dtype).tobytes()
+    # tobytes writes row-major whatever the layout, in the one copy a protobuf bytes field needs;
+    # only an array of another type or byte order is converted first.
+    if data.dtype != dtype:
+        data = data.astype(dtype)
+    return data.tobytes()

@@ -34,7 +34,8 @@ class ServedVersions(VersionListener):
         assert version.runner is not None and version.config is not None
         # A policy the batcher cannot honour raises ModelLoadError here, which fails the load.
         policy = batching_policy(version.config, version.runner.instance_count)
-        batcher = Batcher(version.runner.run, policy, key=version.key, observer=self._observer)
+        runner = version.runner
+        batcher = Batcher(runner.run, policy, key=version.key, observer=self._observer, execute_now=runner.run_now)
         batcher.start()
         signature = ModelSignature.of(version.name, version.max_batch_size, version.inputs, version.outputs)
         self._served[version.key] = ServedVersion(version, signature, batcher)

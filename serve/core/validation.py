@@ -10,7 +10,8 @@ clients and scripts written against Triton keep matching.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,15 @@ class ModelSignature:
     max_batch_size: int
     inputs: dict[str, tuple[str, tuple[int, ...]]]  # name -> (datatype, shape with -1 for the batch)
     outputs: dict[str, str]  # name -> datatype, in the model's order
+    # Derived once, for the hot path: every output in order, and the inputs whose only variable
+    # dimension is the batch (a shape matches when its rank and its dimensions after the first do).
+    all_outputs: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    batch_only_variable: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "all_outputs", tuple(self.outputs.items()))
+        simple = {n for n, (_, shape) in self.inputs.items() if shape[:1] == (-1,) and -1 not in shape[1:]}
+        object.__setattr__(self, "batch_only_variable", frozenset(simple))
 
     @classmethod
     def of(cls, name: str, max_batch_size: int, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> ModelSignature:
@@ -45,7 +55,7 @@ class ModelSignature:
 @dataclass(frozen=True, slots=True)
 class ValidRequest:
     feeds: dict[str, np.ndarray]  # every input batches the same number of rows, 1..max_batch_size
-    outputs: list[tuple[str, str]]  # (name, datatype) of each output to return, in order
+    outputs: Sequence[tuple[str, str]]  # (name, datatype) of each output to return, in order
     priority: int
     timeout_us: int
 
@@ -53,13 +63,18 @@ class ValidRequest:
 def validate(signature: ModelSignature, request: InferRequest) -> ValidRequest:
     feeds = _inputs(signature, request)
     _check_rows(signature, feeds)
-    priority = _uint_parameter(request.parameters, "priority")
-    timeout_us = _uint_parameter(request.parameters, "timeout")
+    parameters = request.parameters
+    if parameters:
+        priority = _uint_parameter(parameters, "priority")
+        timeout_us = _uint_parameter(parameters, "timeout")
+    else:
+        priority = timeout_us = 0
     return ValidRequest(feeds, _outputs(signature, request.outputs), priority, timeout_us)
 
 
 def _inputs(signature: ModelSignature, request: InferRequest) -> dict[str, np.ndarray]:
     declared = signature.inputs
+    simple = signature.batch_only_variable
     model = signature.name
     feeds: dict[str, np.ndarray] = {}
     for tensor in request.inputs:
@@ -75,7 +90,11 @@ def _inputs(signature: ModelSignature, request: InferRequest) -> dict[str, np.nd
                 f"inference input '{name}' data-type is '{tensor.datatype}', but model '{model}' expects '{datatype}'"
             )
         got = tensor.data.shape
-        if len(got) != len(shape) or any(e != -1 and g != e for g, e in zip(got, shape, strict=True)):
+        if name in simple:  # only the batch dimension varies: the rest compares at once
+            fits = len(got) == len(shape) and got[1:] == shape[1:]
+        else:
+            fits = len(got) == len(shape) and all(e == -1 or g == e for g, e in zip(got, shape, strict=True))
+        if not fits:
             raise InvalidInput(
                 f"unexpected shape for input '{name}' for model '{model}'. Expected {list(shape)}, got {list(got)}"
                 + (" (the first dimension is the batch)" if signature.max_batch_size else "")
@@ -92,6 +111,11 @@ def _inputs(signature: ModelSignature, request: InferRequest) -> dict[str, np.nd
 def _check_rows(signature: ModelSignature, feeds: dict[str, np.ndarray]) -> None:
     if signature.max_batch_size == 0:
         return  # the model does not batch: tensors go through as sent
+    if len(feeds) == 1:
+        (array,) = feeds.values()
+        rows = array.shape[0]
+        if 0 < rows <= signature.max_batch_size:
+            return  # the common case, without the bookkeeping below
     counts = {name: array.shape[0] for name, array in feeds.items()}
     rows = next(iter(counts.values()))
     if any(count != rows for count in counts.values()):
@@ -108,10 +132,10 @@ def _check_rows(signature: ModelSignature, feeds: dict[str, np.ndarray]) -> None
         )
 
 
-def _outputs(signature: ModelSignature, requested: list[RequestedOutput] | None) -> list[tuple[str, str]]:
+def _outputs(signature: ModelSignature, requested: list[RequestedOutput] | None) -> Sequence[tuple[str, str]]:
     declared = signature.outputs
     if requested is None:
-        return list(declared.items())
+        return signature.all_outputs
     wanted: list[tuple[str, str]] = []
     seen: set[str] = set()
     for output in requested:

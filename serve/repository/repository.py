@@ -482,6 +482,8 @@ class ModelRepository:
             entry = versions.get(int(version))
             if entry is None:
                 raise ModelNotFound(f"Request for unknown model: '{name}' version {version} is not found")
+        elif len(versions) == 1:  # the common case: what the rule below picks, without a scan
+            (entry,) = versions.values()
         else:
             ready = [v for v in versions.values() if v.state == READY]
             entry = max(ready, key=lambda v: v.version) if ready else max(versions.values(), key=lambda v: v.version)

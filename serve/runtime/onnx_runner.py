@@ -113,6 +113,9 @@ class OnnxRunner:
             self._free.put(i)
         self._squeeze: frozenset[str] = frozenset()
         self._unsqueeze: frozenset[str] = frozenset()
+        # Neither strings nor reshaped scalars: feeds and results pass through untouched.
+        self._plain_inputs = all(t.datatype != "BYTES" for t in self.inputs)
+        self._plain_outputs = all(t.datatype != "BYTES" for t in self.outputs)
         self._executor = ThreadPoolExecutor(max_workers=len(self._sessions), thread_name_prefix="ort")
         # Starts high so that the first batches run on the executor and measure the model.
         self._recent_ns = INLINE_BELOW_NS * 2
@@ -121,6 +124,8 @@ class OnnxRunner:
         """Tensors the graph has without a last dimension that are served with one of size 1
         (Triton's dims [1] for a scalar): these inputs lose it before running, these outputs gain it."""
         self._squeeze, self._unsqueeze = inputs, outputs
+        self._plain_inputs = self._plain_inputs and not inputs
+        self._plain_outputs = self._plain_outputs and not outputs
 
     @property
     def instance_count(self) -> int:
@@ -166,10 +171,13 @@ class OnnxRunner:
 
     def _run_on(self, index: int, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._sessions[index]
-        ort_feeds = {
-            name: to_ort_strings(name, array[..., 0] if name in self._squeeze else array)
-            for name, array in feeds.items()
-        }
+        if self._plain_inputs:
+            ort_feeds = feeds
+        else:
+            ort_feeds = {
+                name: to_ort_strings(name, array[..., 0] if name in self._squeeze else array)
+                for name, array in feeds.items()
+            }
         started = time.perf_counter_ns()
         try:
             if self._use_iobinding[index]:
@@ -188,25 +196,33 @@ class OnnxRunner:
         # Moving average over about eight batches: a slow model leaves the loop after one or two
         # batches, while a lone hiccup (GC, preemption) does not send a fast one to the executor.
         self._recent_ns = (self._recent_ns * 7 + elapsed) // 8
+        if self._plain_outputs:
+            return dict(zip(self.output_names, results, strict=True))
         outputs = {name: from_ort_strings(r) for name, r in zip(self.output_names, results, strict=True)}
         for name in self._unsqueeze:
             outputs[name] = outputs[name][..., np.newaxis]
         return outputs
 
+    def run_now(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Run a batch expected to take less than a thread hand-off right here, on the event loop:
+        for small models the hop to an executor thread and back (and the GIL ping-pong) costs
+        several times the model's own compute. None when it is not (a slower model, or every
+        instance busy); ``run`` then hands it to an executor thread."""
+        if self._recent_ns >= INLINE_BELOW_NS:
+            return None
+        try:
+            index = self._free.get_nowait()
+        except queue.Empty:
+            return None
+        try:
+            return self._run_on(index, feeds)
+        finally:
+            self._free.put(index)
+
     async def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # A batch expected to take less than a thread hand-off runs right here on the event
-        # loop: for small models the hop to an executor thread and back (and the GIL
-        # ping-pong) costs several times the model's own compute.
-        if self._recent_ns < INLINE_BELOW_NS:
-            try:
-                index = self._free.get_nowait()
-            except queue.Empty:
-                pass
-            else:
-                try:
-                    return self._run_on(index, feeds)
-                finally:
-                    self._free.put(index)
+        outputs = self.run_now(feeds)
+        if outputs is not None:
+            return outputs
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run_sync, feeds)
 

@@ -141,6 +141,8 @@ class StatsRecorder:
         self._state = threading.Lock()
         self._queue: deque[_Item] = deque()
         self._pending = 0  # queued or being applied
+        self._worker_idle = False  # waiting on _has_work: only then does submit need to notify it
+        self._tensor_keys: dict[tuple[str, str], str] = {}  # (role, name) -> "role:name", made once
         self._closing = False
         self._hurry = threading.Event()  # cuts the worker's pause short: closing, or the queue half full
         self._urgent_depth = max(1, options.queue_size // 2)
@@ -160,8 +162,10 @@ class StatsRecorder:
 
     def submit(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
         t = self._clock()
-        tensors = {f"input:{k}": v for k, v in inputs.items()}
-        tensors.update((f"output:{k}", v) for k, v in outputs.items())
+        keys = self._tensor_keys
+        tensors = {keys.get(("input", k)) or self._tensor_key("input", k): v for k, v in inputs.items()}
+        for k, v in outputs.items():
+            tensors[keys.get(("output", k)) or self._tensor_key("output", k)] = v
         rows = _rows(tensors)
         c = self._counters
         with self._lock:
@@ -180,9 +184,14 @@ class StatsRecorder:
                 return
             self._queue.append(_Item(t, rows, tensors))
             self._pending += 1
-            self._has_work.notify()
-            if len(self._queue) >= self._urgent_depth:
+            if self._worker_idle:
+                self._has_work.notify()
+            if len(self._queue) >= self._urgent_depth and not self._hurry.is_set():
                 self._hurry.set()
+
+    def _tensor_key(self, role: str, name: str) -> str:
+        key = self._tensor_keys[(role, name)] = f"{role}:{name}"
+        return key
 
     # ---------------------------------------------------------------- worker
 
@@ -198,7 +207,11 @@ class StatsRecorder:
                 if not self._closing and len(self._queue) < self._urgent_depth:
                     self._hurry.clear()
                 while not self._queue and not self._closing:
-                    self._has_work.wait()
+                    self._worker_idle = True
+                    try:
+                        self._has_work.wait()
+                    finally:
+                        self._worker_idle = False
                 if not self._queue:
                     return
                 items = [self._queue.popleft()]
