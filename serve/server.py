@@ -21,6 +21,7 @@ from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
 from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
+from serve.http.connection import HeaderLimits, limited_protocol
 from serve.http.monitoring import monitoring_routes
 from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.prometheus import PrometheusMetrics
@@ -118,7 +119,7 @@ class Server:
             host=s.host,
             port=s.http_port,
             loop="none",
-            http="httptools",
+            http=self._http_protocol(),
             lifespan="off",
             access_log=False,
             # No proxy-header rewriting or Server header: nothing here reads them, and the hot
@@ -160,6 +161,7 @@ class Server:
             host=s.host,
             port=self.metrics_port,
             loop="none",
+            http=self._http_protocol(),
             lifespan="off",
             access_log=False,
             server_header=False,
@@ -173,6 +175,11 @@ class Server:
                 raise OSError(f"metrics server could not start on {s.host}:{port}")
             await asyncio.sleep(0.01)
         log.info("metrics on %s:%d/metrics", s.host, self.metrics_port)
+
+    def _http_protocol(self) -> type[asyncio.Protocol]:
+        """uvicorn's httptools protocol with our header limits and header deadline (http/connection.py)."""
+        s = self.settings
+        return limited_protocol(HeaderLimits(s.max_header_bytes, s.max_headers, s.header_timeout_s))
 
     def stats_recorder(self, name: str, version: str) -> StatsRecorder:
         model = self.repository.get(name, version)

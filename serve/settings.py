@@ -103,6 +103,21 @@ class ServerSettings:
         help="largest accepted request body (after decompression) and gRPC message, bytes",
         check=_positive,
     )
+    max_header_bytes: int = setting(
+        64 * 1024,
+        help="largest HTTP request line plus headers, bytes; a request over it is answered 431 and its connection "
+        "closed",
+        check=_positive,
+    )
+    max_headers: int = setting(
+        100, help="most header fields in an HTTP request; one with more is answered 431", check=_positive
+    )
+    header_timeout_s: float = setting(
+        10.0,
+        help="seconds an HTTP connection has to send a request's line and headers, from connecting (or from the "
+        "request's first byte on a kept-alive connection); then it is answered 408 and closed",
+        check=_positive,
+    )
     default_max_batch_size: int = setting(
         64,
         help="max_batch_size for batchable models without a config.pbtxt",
