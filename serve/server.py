@@ -23,6 +23,7 @@ from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
 from serve.http.connection import HeaderLimits, limited_protocol
 from serve.http.monitoring import monitoring_routes
+from serve.memory import return_freed_memory
 from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.prometheus import PrometheusMetrics
 from serve.settings import ServerSettings
@@ -231,6 +232,8 @@ class Server:
 
 
 async def run_server(settings: ServerSettings, repository_root: Path) -> None:
+    if settings.return_freed_memory:
+        return_freed_memory()
     server = Server(settings, repository_root)
     try:
         await server.start()

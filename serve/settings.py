@@ -118,6 +118,11 @@ class ServerSettings:
         "request's first byte on a kept-alive connection); then it is answered 408 and closed",
         check=_positive,
     )
+    return_freed_memory: bool = setting(
+        True,
+        help="fix glibc malloc's thresholds (blocks of 128 KiB or more mapped on their own, heaps trimmed past 4 MiB "
+        "free) so that memory freed after large or refused requests goes back to the OS (serve/memory.py)",
+    )
     default_max_batch_size: int = setting(
         64,
         help="max_batch_size for batchable models without a config.pbtxt",
