@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,18 @@ import pytest
 
 from serve.demo import write_demo_repository
 from tests.fixtures.servers import RunningServer, serving
+
+SLOW_TESTS = os.environ.get("SERVE_SLOW_TESTS") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked slow (soak, long load) run only with SERVE_SLOW_TESTS=1."""
+    if SLOW_TESTS:
+        return
+    skip = pytest.mark.skip(reason="slow: set SERVE_SLOW_TESTS=1 to run it")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

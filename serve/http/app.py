@@ -22,6 +22,7 @@ from serve.errors import InvalidInput, Unsupported
 from serve.http.body import read_body
 from serve.http.errors import ErrorBoundary
 from serve.http.infer import InferEndpoint
+from serve.http.openapi import openapi_document
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.config_file import parse_config_json
 from serve.repository.config_json import message_to_json
@@ -155,6 +156,11 @@ def create_app(
         await service.unload_model(request.path_params["model"])
         return Response(status_code=200)
 
+    described = orjson.dumps(openapi_document())
+
+    async def openapi(request: Request) -> Response:
+        return Response(described, media_type=JSON)
+
     async def not_an_inference(request: Request) -> Response:
         # InferEndpoint answers every POST to an inference path; the route exists so that other
         # methods get 405 rather than 404.
@@ -167,6 +173,7 @@ def create_app(
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/models/stats", model_stats, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     for prefix in (model, versioned):
         routes += [
