@@ -164,7 +164,7 @@ async def test_a_load_requests_config_cannot_name_a_file_outside(
     assert explicit.service.repository.ready_versions("filename_link") == []
 
 
-TRAVERSALS = ["../../escaped.onnx", "1/../../escaped.onnx", "/tmp/escaped.onnx", "", ".", "a\x00b"]
+TRAVERSALS = ["../../escaped.onnx", "1/../../escaped.onnx", "/tmp/escaped.onnx", "", ".", "a\x00b", "x" * 300]
 
 
 def _escaped() -> bool:
@@ -184,7 +184,8 @@ async def test_an_uploaded_file_cannot_be_written_outside_its_directory_over_htt
 ) -> None:
     response = await explicit.http.post("/v2/repository/models/uploaded/load", json={"parameters": _upload(name)})
     assert response.status_code == 400
-    assert f"file:{name}" in response.json()["error"] or "not a valid file name" in response.json()["error"]
+    error = response.json()["error"]
+    assert f"file:{name}" in error or "not a valid file name" in error
     assert not _escaped()
 
 
@@ -199,6 +200,13 @@ async def test_an_uploaded_file_cannot_be_written_outside_its_directory_over_grp
         await explicit.grpc.RepositoryModelLoad(request)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert not _escaped()
+
+
+async def test_uploaded_files_that_cannot_all_be_written_are_400(explicit: InProcess) -> None:
+    parameters = {"config": '{"max_batch_size": 4}', "file:a": "AA==", "file:a/b": "AA=="}  # a is a file, not a dir
+    response = await explicit.http.post("/v2/repository/models/uploaded/load", json={"parameters": parameters})
+    assert response.status_code == 400
+    assert "file parameter 'file:a/b' cannot be written" in response.json()["error"]
 
 
 async def test_uploaded_files_load_from_a_private_directory_that_unload_removes(

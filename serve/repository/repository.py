@@ -345,8 +345,12 @@ class ModelRepository:
                     raise InvalidInput(exc.message) from None
                 if target == base:
                     raise InvalidInput(f"file parameter 'file:{rel}' names no file")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(content)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(content)
+                except OSError as exc:  # a name too long, or a file where another needs a directory
+                    reason = exc.strerror or type(exc).__name__
+                    raise InvalidInput(f"file parameter 'file:{rel}' cannot be written: {reason}") from None
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
             raise
