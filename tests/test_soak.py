@@ -2,10 +2,11 @@
 "Soak bounds").
 
 After a warm-up round, a run of the same traffic leaves the server's resident memory within
-RSS_BOUND of where it was (sampled every second during the run too), and no more open files or
-threads than before. Every valid request is answered, every malformed one refused with its
-status. CI runs a short version; the 10-minute one is marked slow (SERVE_SLOW_TESTS=1). A third
-test runs the same kinds of traffic in-process and counts the event loop's tasks.
+RSS_BOUND of where it was (sampled every second during the run too), no more open files than
+before, and no more threads than before but for a thread pool's first growth (THREAD_SLACK).
+Every valid request is answered, every malformed one refused with its status. CI runs a short
+version; the 10-minute one is marked slow (SERVE_SLOW_TESTS=1). A third test runs the same kinds
+of traffic in-process and counts the event loop's tasks.
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ RSS_BOUND = 32 * 2**20  # documented in the README
 SETTLE_S = 15.0  # refused connections linger 2 s; closed ones may take a moment to be reaped
 
 
+# Statistics windows are kept for --stats-horizon-s (an hour by default) and RSS grows with them until
+# then, by design; a 30 s horizon brings them to their steady size within the warm-up.
+STATS_ARGS = ("--stats-window-s", "5", "--stats-horizon-s", "30")
+# A thread pool (asyncio's default executor) may add workers on first need; a leak grows with traffic.
+THREAD_SLACK = 4
+
+
 @pytest.fixture
 def server(demo_repository: Path, tmp_path: Path) -> Iterator[RunningServer]:
-    with serving(demo_repository, tmp_path, *SERVER_ARGS) as running:
+    with serving(demo_repository, tmp_path, *SERVER_ARGS, *STATS_ARGS) as running:
         yield running
 
 
@@ -58,7 +66,7 @@ def _soak_stays_flat(server: RunningServer, duration_s: float) -> None:
         target = Target(server.http_port, pb_grpc.GRPCInferenceServiceStub(channel), channel)
         warm = soak(target, WARMUP_S)
         assert warm.failures == []
-        time.sleep(3)  # lingering closes of the warm-up's refusals
+        time.sleep(6)  # lingering closes of the warm-up's refusals; statistics windows rolled over
         files, thread_count, before = open_files(pid), threads(pid), rss_bytes(pid)
         samples: list[int] = []
         stop = threading.Event()
@@ -76,7 +84,9 @@ def _soak_stays_flat(server: RunningServer, duration_s: float) -> None:
             sampler.join()
     assert seen.failures == []
     assert {"http ok", "grpc ok", "refused", "grpc cancelled", "http abandoned"} <= set(seen.answers), seen.answers
-    assert _settled(pid, files, thread_count) <= (files, thread_count)
+    settled_files, settled_threads = _settled(pid, files, thread_count)
+    assert settled_files <= files
+    assert settled_threads <= thread_count + THREAD_SLACK
     highest = max([*samples, rss_bytes(pid)])
     assert highest - before < RSS_BOUND, f"RSS rose {(highest - before) / 2**20:.1f} MiB over {before / 2**20:.0f} MiB"
     assert server.process.poll() is None and "Traceback" not in server.log()
