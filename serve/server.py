@@ -30,7 +30,9 @@ from serve.grpc.auth import BearerAuthInterceptor
 from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
 from serve.http.auth import BearerAuth
+from serve.http.connection import HeaderLimits, limited_protocol
 from serve.http.monitoring import monitoring_routes
+from serve.memory import return_freed_memory
 from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.multiprocess import multiprocess_dir
 from serve.metrics.prometheus import PrometheusMetrics
@@ -179,7 +181,7 @@ class Server:
             host=s.host,
             port=s.http_port,
             loop="none",
-            http="httptools",
+            http=self._http_protocol(),
             lifespan="off",
             access_log=False,
             # No proxy-header rewriting or Server header: nothing here reads them, and the hot
@@ -233,6 +235,7 @@ class Server:
             host=s.host,
             port=self.metrics_port,
             loop="none",
+            http=self._http_protocol(),
             lifespan="off",
             access_log=False,
             server_header=False,
@@ -252,6 +255,11 @@ class Server:
         while True:
             self.metrics.refresh()
             await asyncio.sleep(_GAUGE_REFRESH_S)
+
+    def _http_protocol(self) -> type[asyncio.Protocol]:
+        """uvicorn's httptools protocol with our header limits and header deadline (http/connection.py)."""
+        s = self.settings
+        return limited_protocol(HeaderLimits(s.max_header_bytes, s.max_headers, s.header_timeout_s))
 
     def stats_recorder(self, name: str, version: str) -> StatsRecorder:
         model = self.repository.get(name, version)
@@ -318,6 +326,8 @@ class Server:
 
 
 async def run_server(settings: ServerSettings, repository_root: Path) -> None:
+    if settings.return_freed_memory:
+        return_freed_memory()
     server = Server(settings, repository_root)
     try:
         await server.start()

@@ -142,6 +142,26 @@ class ServerSettings:
         help="largest accepted request body (after decompression) and gRPC message, bytes",
         check=_positive,
     )
+    max_header_bytes: int = setting(
+        64 * 1024,
+        help="largest HTTP request line plus headers, bytes; a request over it is answered 431 and its connection "
+        "closed",
+        check=_positive,
+    )
+    max_headers: int = setting(
+        100, help="most header fields in an HTTP request; one with more is answered 431", check=_positive
+    )
+    header_timeout_s: float = setting(
+        10.0,
+        help="seconds an HTTP connection has to send a request's line and headers, from connecting (or from the "
+        "request's first byte on a kept-alive connection); then it is answered 408 and closed",
+        check=_positive,
+    )
+    return_freed_memory: bool = setting(
+        True,
+        help="fix glibc malloc's thresholds (blocks of 128 KiB or more mapped on their own, heaps trimmed past 4 MiB "
+        "free) so that memory freed after large or refused requests goes back to the OS (serve/memory.py)",
+    )
     default_max_batch_size: int = setting(
         64,
         help="max_batch_size for batchable models without a config.pbtxt",

@@ -11,6 +11,18 @@ import pytest
 from serve.demo import write_demo_repository
 from tests.fixtures.servers import RunningServer, serving
 
+SLOW_TESTS = os.environ.get("SERVE_SLOW_TESTS") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak and load tests marked ``slow`` run only with SERVE_SLOW_TESTS=1; CI runs their short versions."""
+    if SLOW_TESTS:
+        return
+    skip = pytest.mark.skip(reason="slow: set SERVE_SLOW_TESTS=1 to run it")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
 def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -23,13 +35,3 @@ def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with serving(demo_repository, tmp_path_factory.mktemp("demo-server")) as server:
         yield server
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak and load tests marked ``slow`` run only with SERVE_SLOW_TESTS=1; CI runs their short versions."""
-    if os.environ.get("SERVE_SLOW_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow: set SERVE_SLOW_TESTS=1 to run it")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)

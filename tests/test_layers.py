@@ -27,3 +27,17 @@ def test_importing_the_monitor_loads_neither_onnxruntime_nor_the_serving_path() 
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_nothing_in_the_server_unpickles_or_loads_a_model_from_a_url() -> None:
+    # Models are ONNX (protobuf) and configs text, YAML (safe_load) or JSON: nothing runs code on load.
+    package = ROOT / "serve"
+    forbidden = ("import pickle", "import cloudpickle", "import joblib", "allow_pickle=True", "yaml.load(", "urlopen(")
+    found = [
+        f"{path.relative_to(package)}: {word}"
+        for path in package.rglob("*.py")
+        if "monitor" not in path.parts  # the monitor polls replicas over HTTP; it loads no model
+        for word in forbidden
+        if word in path.read_text()
+    ]
+    assert found == []

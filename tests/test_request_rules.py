@@ -174,6 +174,15 @@ CASES: dict[str, Case] = {
     "a version that is not ASCII digits": Case(
         [features()], "versions are integers", version="²", http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND
     ),
+    "a version in Arabic-Indic digits": Case(
+        [features()], "versions are integers", version="١", http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND
+    ),
+    "a version in fullwidth digits": Case(
+        [features()], "versions are integers", version="１", http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND
+    ),
+    "a version of thousands of digits": Case(
+        [features()], "versions are integers", version="9" * 5000, http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND
+    ),
     "unexpected input": Case(
         [features(), Tensor("extra", "FP32", [1, 1], [1.0])], "unexpected inference input 'extra' for model 'tabular'"
     ),
@@ -185,6 +194,14 @@ CASES: dict[str, Case] = {
     "wrong inner shape": Case([features(width=7)], "unexpected shape for input 'features' for model 'tabular'"),
     "missing batch dimension": Case([Tensor("features", "FP32", [8], ROW)], "Expected [-1, 8], got [8]"),
     "empty batch": Case([Tensor("features", "FP32", [0, 8], [])], "empty batch"),
+    "a shape with a zero and a huge dimension": Case([Tensor("features", "FP32", [2**62, 0], [])], "is too large"),
+    "a shape whose element count is past int64": Case([Tensor("features", "FP32", [2**40, 2**40], [])], "is too large"),
+    "a BYTES shape with a zero and a huge dimension": Case(
+        [Tensor("text", "BYTES", [0, 2**62], []), *MULTI_IO_ROW[1:]], "is too large", model="multi_io"
+    ),
+    "a shape of more than 64 dimensions": Case(
+        [Tensor("features", "FP32", [1] * 65, [1.0])], "65 dimensions, more than the 64 supported"
+    ),
     "batch above max_batch_size": Case([features(rows=65)], "batch-size must be <= 64 for 'tabular' (got 65)"),
     "no inputs": Case([], "expected 1 inputs but got 0 inputs for model 'tabular'"),
     "missing input": Case(MULTI_IO_ROW[:3], "missing ['values']", model="multi_io"),
@@ -210,6 +227,10 @@ CASES: dict[str, Case] = {
     "timeout not a number": Case(
         [features()], "parameter 'timeout'", parameters={"timeout": math.nan}, protocols=("grpc",)
     ),
+    "priority infinite": Case(
+        [features()], "parameter 'priority'", parameters={"priority": math.inf}, protocols=("grpc",)
+    ),
+    "timeout as text": Case([features()], "parameter 'timeout'", parameters={"timeout": "soon"}),
     "BYTES that are not UTF-8 for a string model": Case(
         [Tensor("text", "BYTES", [1, 1], [b"\xff\xfe"]), *MULTI_IO_ROW[1:]],
         "'text'",
@@ -384,3 +405,78 @@ async def test_a_bug_answers_500_with_a_reference_and_no_internals(
         await server.grpc.ModelMetadata(pb.ModelMetadataRequest(name="tabular"))
     assert raised.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (raised.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "datatype", "leaf"),
+    [
+        ("multi_io", "text", "BYTES", b'"x"'),
+        ("tabular", "features", "FP32", b"1.5"),
+        ("multi_io", "counts", "INT32", b"1.5"),
+    ],
+    ids=["BYTES", "FP32", "INT32 given floats"],
+)
+async def test_data_nested_a_thousand_levels_deep_is_400(
+    server: InProcess, model: str, name: str, datatype: str, leaf: bytes
+) -> None:
+    # 1,000 levels: under orjson's own limit (1,024), far over Python's recursion limit if walked recursively.
+    data = b"[" * 1000 + leaf + b"]" * 1000
+    body = b'{"inputs": [{"name": "%s", "datatype": "%s", "shape": [1, 1], "data": %s}]}' % (
+        name.encode(),
+        datatype.encode(),
+        data,
+    )
+    response = await server.http.post(f"/v2/models/{model}/infer", content=body)
+    assert response.status_code == 400, response.text
+    assert f"input '{name}'" in response.json()["error"]
+
+
+async def test_data_nested_past_the_json_parsers_limit_is_400(server: InProcess) -> None:
+    data = b"[" * 5000 + b"1" + b"]" * 5000
+    body = b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8], "data": %s}]}' % data
+    response = await server.http.post("/v2/models/tabular/infer", content=body)
+    assert response.status_code == 400
+    assert "request JSON is malformed" in response.json()["error"]
+
+
+GARBAGE = [b"\xff\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x05abc"]
+
+
+@pytest.mark.parametrize("raw", GARBAGE, ids=["bad tag", "length past the end", "truncated field"])
+@pytest.mark.parametrize("method", ["ModelInfer", "ModelMetadata", "RepositoryIndex"])
+async def test_bytes_that_are_not_the_request_message_are_invalid_argument(
+    server: InProcess, method: str, raw: bytes
+) -> None:
+    call = server.channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(raw)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a valid inference." in (raised.value.details() or "")
+    ok, _ = await answer(server, Case([features()], ""), "grpc")
+    assert ok == grpc.StatusCode.OK
+
+
+async def test_an_undecodable_message_ends_a_stream_with_invalid_argument_after_answering_the_rest(
+    server: InProcess,
+) -> None:
+    valid = _grpc_request(Case([features()], "")).SerializeToString()
+    call = server.channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield valid
+        yield GARBAGE[0]
+
+    stream = call(requests())
+    replies = []
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for reply in stream:
+            replies.append(pb.ModelStreamInferResponse.FromString(reply))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [r.error_message for r in replies] == [""]
+
+
+async def test_a_health_check_that_is_not_a_protobuf_is_invalid_argument(server: InProcess) -> None:
+    call = server.channel.unary_unary("/grpc.health.v1.Health/Check")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(GARBAGE[0])
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -7,13 +7,13 @@ client reads and which avoids building one protobuf value per element.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Final
 
 import numpy as np
 
 from serve.codecs.bytes_tensor import deserialize_bytes_tensor, serialize_bytes_tensor
+from serve.codecs.shapes import element_count
 from serve.datatypes import OIP_TO_WIRE_DTYPE
 from serve.errors import InvalidInput, ModelExecutionError
 from serve.protocol import grpc_service_pb2 as pb
@@ -135,7 +135,7 @@ def _check_raw_layout(msg: pb.ModelInferRequest) -> None:
 
 
 def _decode_raw(name: str, datatype: str, shape: tuple[int, ...], buffer: bytes) -> np.ndarray:
-    count = math.prod(shape)
+    count = element_count(shape, name)
     if datatype == "BYTES":
         return deserialize_bytes_tensor(buffer, count, name).reshape(shape)
     dtype = _wire_dtype(name, datatype)
@@ -163,7 +163,7 @@ def _decode_typed(name: str, datatype: str, shape: tuple[int, ...], contents: An
                 f"input '{name}': contents carry {descriptor.name}, but datatype {datatype} uses {field}"
             )
     values = getattr(contents, field)
-    count = math.prod(shape)
+    count = element_count(shape, name)
     if len(values) != count:
         raise InvalidInput(
             f"input '{name}': contents hold {len(values)} elements, but shape {list(shape)} needs {count}"

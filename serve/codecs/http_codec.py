@@ -17,6 +17,7 @@ import orjson
 from serve.codecs.bytes_tensor import deserialize_bytes_tensor, serialize_bytes_tensor
 from serve.codecs.http_compression import decompress_body
 from serve.codecs.json_tensors import array_to_json, json_to_array
+from serve.codecs.shapes import element_count
 from serve.datatypes import OIP_TO_NUMPY, OIP_TO_WIRE_DTYPE
 from serve.errors import InvalidInput, Unsupported
 from serve.types import InferRequest, InferResponse, InputTensor, OutputTensor, RequestedOutput, TensorSpec
@@ -137,7 +138,8 @@ def _decode_input(raw: Any, index: int, view: memoryview, offset: int) -> tuple[
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(_is_int(d) and d >= 0 for d in value):
-        raise InvalidInput(f"input '{name}': 'shape' must be an array of non-negative integers, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise InvalidInput(f"input '{name}': 'shape' must be an array of non-negative integers, got {shown}")
     return tuple(value)
 
 
@@ -152,7 +154,7 @@ def _binary_input(
             f"input '{name}': {_BINARY_SIZE} is {size} bytes but only {len(view) - offset} bytes "
             "of binary data are left in the body"
         )
-    count = math.prod(shape)
+    count = element_count(shape, name)
     if datatype == "BYTES":
         return deserialize_bytes_tensor(view[offset:end], count, name).reshape(shape), end
     dtype = OIP_TO_WIRE_DTYPE[datatype]

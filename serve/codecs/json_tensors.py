@@ -7,13 +7,13 @@ report rather than hide.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
 
 from serve.codecs.bytes_tensor import as_bytes
+from serve.codecs.shapes import element_count, flatten_nested
 from serve.datatypes import JSON_UNSUPPORTED, OIP_TO_NUMPY
 from serve.errors import InvalidInput
 
@@ -33,7 +33,7 @@ def json_to_array(data: Any, datatype: str, shape: Sequence[int], name: str) -> 
         flat = _bytes_from_json(data, name)
     else:
         flat = _numbers_from_json(data, OIP_TO_NUMPY[datatype], datatype, name)
-    needed = math.prod(shape)
+    needed = element_count(shape, name)
     if flat.size != needed:
         raise InvalidInput(f"input '{name}': data has {flat.size} elements but shape {list(shape)} needs {needed}")
     return flat.reshape(shape)
@@ -74,40 +74,31 @@ def _check_integer_range(values: np.ndarray, dtype: np.dtype, datatype: str, nam
 
 def _exact_integers(data: list[Any], dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
     info = np.iinfo(dtype)
-    leaves: list[int] = []
-    _collect_integers(data, leaves, datatype, name)
+    leaves = flatten_nested(data, name)
     for value in leaves:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidInput(f"input '{name}': {datatype} data must be JSON integers, got {_shown(value)}")
         if value < info.min or value > info.max:
             raise InvalidInput(f"input '{name}': value {value} is out of range for {datatype} [{info.min}, {info.max}]")
     return np.array(leaves, dtype=dtype)
 
 
-def _collect_integers(data: list[Any], out: list[int], datatype: str, name: str) -> None:
-    for item in data:
-        if isinstance(item, list):
-            _collect_integers(item, out, datatype, name)
-        elif isinstance(item, int) and not isinstance(item, bool):
-            out.append(item)
-        else:
-            raise InvalidInput(f"input '{name}': {datatype} data must be JSON integers, got {item!r}")
-
-
 def _bytes_from_json(data: list[Any], name: str) -> np.ndarray:
-    leaves: list[bytes] = []
-    _collect_strings(data, leaves, name)
-    out = np.empty(len(leaves), dtype=object)
-    out[:] = leaves
+    leaves = flatten_nested(data, name)
+    encoded: list[bytes] = []
+    for item in leaves:
+        if not isinstance(item, str):
+            raise InvalidInput(f"input '{name}': BYTES data must be JSON strings, got {_shown(item)}")
+        encoded.append(item.encode("utf-8"))  # orjson refuses lone surrogates, so this cannot fail
+    out = np.empty(len(encoded), dtype=object)
+    out[:] = encoded
     return out
 
 
-def _collect_strings(data: list[Any], out: list[bytes], name: str) -> None:
-    for item in data:
-        if isinstance(item, str):
-            out.append(item.encode("utf-8"))
-        elif isinstance(item, list):
-            _collect_strings(item, out, name)
-        else:
-            raise InvalidInput(f"input '{name}': BYTES data must be JSON strings, got {item!r}")
+def _shown(value: Any) -> str:
+    """A wrong value for a message: its repr, cut short (it may be a huge object)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def array_to_json(array: np.ndarray, datatype: str, name: str) -> Any:

@@ -186,6 +186,10 @@ class InferenceService:
             raise
         finally:
             self._observer.on_request(RequestEvent(key, protocol, outcome_of(error), self._clock() - started, timings))
+            # The exception's traceback holds this frame, and the frame held the exception: a cycle
+            # that kept the request's body and decoded tensors alive until the garbage collector
+            # ran (48-65 MiB after 100 refused 8 MiB requests).
+            error = None
 
     # ---- repository ------------------------------------------------------------------------
     @contextmanager

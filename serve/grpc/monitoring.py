@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from serve.grpc.decoding import add_decoding_safely
 from serve.grpc.errors import rpc
 from serve.protocol import serve_monitoring_pb2 as pb
 from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
@@ -45,5 +46,5 @@ def add_monitoring_servicer(
     server: grpc.aio.Server, lookup: StatsDocuments, baselines: BaselineLookup
 ) -> MonitoringServicer:
     servicer = MonitoringServicer(lookup, baselines)
-    pb_grpc.add_MonitoringServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    add_decoding_safely(pb_grpc.add_MonitoringServicer_to_server, servicer, server)
     return servicer

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serve.core import InferenceService
+from serve.grpc.decoding import add_decoding_safely
 from serve.grpc.monitoring import SERVICE_NAME as MONITORING_SERVICE_NAME
 from serve.grpc.monitoring import add_monitoring_servicer
 from serve.grpc.service import InferenceServicer
@@ -59,10 +60,10 @@ def create_grpc_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    # The generated grpc module has no type stubs.
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)  # type: ignore[no-untyped-call]
+    # Registered so that bytes that are not the request message answer INVALID_ARGUMENT (decoding.py).
+    add_decoding_safely(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service), server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_decoding_safely(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
     if stats_lookup is not None and baseline_lookup is not None:
         add_monitoring_servicer(server, stats_lookup, baseline_lookup)

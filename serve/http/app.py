@@ -24,6 +24,7 @@ from serve.http.auth import actor_of
 from serve.http.body import read_body
 from serve.http.errors import ErrorBoundary
 from serve.http.infer import InferEndpoint
+from serve.http.openapi import openapi_document
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.config_file import parse_config_json
 from serve.repository.config_json import message_to_json
@@ -154,6 +155,11 @@ def create_app(
             await service.unload_model(name, actor=actor)
             return Response(status_code=200)
 
+    described = orjson.dumps(openapi_document())
+
+    async def openapi(request: Request) -> Response:
+        return Response(described, media_type=JSON)
+
     async def not_an_inference(request: Request) -> Response:
         # InferEndpoint answers every POST to an inference path; the route exists so that other
         # methods get 405 rather than 404.
@@ -166,6 +172,7 @@ def create_app(
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/models/stats", model_stats, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     for prefix in (model, versioned):
         routes += [

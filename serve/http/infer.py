@@ -39,9 +39,19 @@ def parse_infer_path(path: str) -> tuple[str, str] | None:
     return None
 
 
+_APPLIED = ("gzip", "deflate")  # the only codings a response is ever sent in
+
+
 def _accepted_codings(accept_encoding: str) -> set[str]:
-    accepted = set()
-    for part in accept_encoding.split(","):
+    """Which of gzip and deflate the header accepts. Linear in the header, and parts naming neither are
+    skipped unparsed: the header's length is bounded only by --max-header-bytes."""
+    accepted: set[str] = set()
+    lowered = accept_encoding.lower()
+    if not any(coding in lowered for coding in _APPLIED):
+        return accepted
+    for part in lowered.split(","):
+        if "gzip" not in part and "deflate" not in part:
+            continue
         coding, _, params = part.partition(";")
         q = 1.0
         for param in params.split(";"):

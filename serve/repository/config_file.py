@@ -12,6 +12,7 @@ from pathlib import Path
 from google.protobuf import json_format, text_format
 
 from serve.errors import ModelLoadError
+from serve.paths import confined
 from serve.protocol import model_config_pb2 as mc
 
 CONFIG_FILENAME = "config.pbtxt"
@@ -38,7 +39,7 @@ _KNOWN_PARAMETERS = {
 
 def read_config(model_dir: Path) -> tuple[mc.ModelConfig, bool]:
     """The model's config.pbtxt (or an empty config) and whether a file was there."""
-    path = model_dir / CONFIG_FILENAME
+    path = confined(model_dir, CONFIG_FILENAME, what="config file")
     config = mc.ModelConfig()
     if not path.is_file():
         return config, False

@@ -6,19 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from serve.errors import ModelLoadError
+from serve.paths import confined
 from serve.protocol import model_config_pb2 as mc
 
 
 def read_labels(config: mc.ModelConfig, model_dir: Path) -> dict[str, list[str]]:
     labels: dict[str, list[str]] = {}
-    inside = model_dir.resolve()
     for output in config.output:
         if not output.label_filename:
             continue
         name = output.label_filename
-        path = (model_dir / name).resolve()
-        if Path(name).is_absolute() or not path.is_relative_to(inside):
-            raise ModelLoadError(f"output '{output.name}': label_filename '{name}' is outside the model directory")
+        path = confined(model_dir, name, what=f"output '{output.name}': label_filename")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -19,23 +19,28 @@ differs from NAME is replaced by NAME (logged), as the InferenceService's name i
 clients call. In a Triton repository it must match, as without ``--model-name``.
 
 Every path is built from DIR, a validated model name, an integer version and a file name
-that may not be absolute or contain ``..``, so nothing read leaves DIR.
+that may not be absolute or contain ``..``; each is then resolved, symlinks included, and must stay
+inside the model's directory (serve/paths.py), which must itself stay inside DIR.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
 
 from serve.errors import ModelLoadError, ServeError
+from serve.paths import MODEL_DIRECTORY, confined
 from serve.repository import config_file
 
 BARE_VERSION = 1
+# Versions are non-negative integers written in at most this many ASCII digits (int64's range
+# needs 19); a longer string is no version, and int() of one with thousands of digits raises.
+MAX_VERSION_DIGITS = 19
 
 
 def is_version_number(text: str) -> bool:
     """ASCII digits only: str.isdigit() also accepts '²', '١' and '１', which are no version."""
-    return text.isascii() and text.isdigit()
+    return 0 < len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,24 +49,33 @@ class ModelLayout:
     bare_file: str | None = None  # a bare model directory: version 1 is directory/bare_file
     named_by_directory: bool = True  # False: --model-name names the model, not the directory
 
+    def inside(self, root: Path) -> ModelLayout:
+        """This layout with its directory resolved; ModelLoadError when that leaves ``root``.
+
+        ``directory`` is always ``root`` or a path under it (a symlink may still lead elsewhere)."""
+        relative = self.directory.relative_to(root)
+        directory = confined(root, relative, what="model directory", place="model repository")
+        return replace(self, directory=directory)
+
     def versions(self) -> list[int]:
         if self.bare_file is not None:
             return [BARE_VERSION]
         return sorted(int(p.name) for p in self.directory.iterdir() if p.is_dir() and is_version_number(p.name))
 
     def version_dir(self, version: int) -> Path:
-        """Where ``version``'s files are: the directory itself for a bare model."""
-        return self.directory if self.bare_file is not None else self.directory / str(version)
+        """Where ``version``'s files are (resolved): the directory itself for a bare model."""
+        if self.bare_file is not None:
+            return self.directory
+        return confined(self.directory, str(version), what="version directory")
 
     def model_file(self, version: int, filename: str) -> Path:
-        """The ONNX file of ``version``; ``filename`` is config.pbtxt's ``default_model_filename`` (or empty)."""
+        """The ONNX file of ``version`` (resolved); ``filename`` is config.pbtxt's ``default_model_filename``."""
         name = filename or self.bare_file or config_file.DEFAULT_MODEL_FILENAME
         if not _inside(name):
             raise ModelLoadError(f"default_model_filename {name!r} leaves the model directory")
-        relative = PurePath(name)
-        if self.bare_file is not None:
-            return self.directory / relative
-        return self.directory / str(version) / relative
+        what = "default_model_filename" if filename else "model file"
+        shown = PurePath(name) if self.bare_file is not None else PurePath(str(version), name)
+        return confined(self.directory, shown, what=what, place=MODEL_DIRECTORY)
 
 
 def _inside(filename: str) -> bool:

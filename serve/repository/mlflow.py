@@ -20,6 +20,7 @@ import yaml
 
 from serve.datatypes import oip_datatype
 from serve.errors import InvalidInput, ModelLoadError
+from serve.paths import VERSION_DIRECTORY, confined
 from serve.types import GraphTensor
 
 MLMODEL_FILENAME = "MLmodel"
@@ -62,7 +63,7 @@ class MlflowModel:
 
 def read_mlmodel(version_dir: Path) -> MlflowModel | None:
     """The version's MLmodel, or None when the directory is not an MLflow model."""
-    path = version_dir / MLMODEL_FILENAME
+    path = confined(version_dir, MLMODEL_FILENAME, what="MLflow file", place=VERSION_DIRECTORY)
     if not path.is_file():
         return None
     try:
@@ -92,9 +93,7 @@ def _onnx_file(document: dict[str, Any], version_dir: Path) -> str:
     data = flavors["onnx"].get("data")
     if not isinstance(data, str) or not data:
         raise ModelLoadError(f"{MLMODEL_FILENAME}: flavors.onnx.data does not name the ONNX file")
-    target = (version_dir / data).resolve()
-    if Path(data).is_absolute() or not target.is_relative_to(version_dir.resolve()):
-        raise ModelLoadError(f"{MLMODEL_FILENAME}: flavors.onnx.data '{data}' is outside the model version directory")
+    confined(version_dir, data, what=f"{MLMODEL_FILENAME}: flavors.onnx.data", place=VERSION_DIRECTORY)
     return data
 
 

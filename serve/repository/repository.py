@@ -6,7 +6,10 @@
 With ``settings.model_name`` (``--model-name``) only that model is served, and the root may
 also be a bare model directory or one model's directory (layout.py says which is which).
 A model that fails to load is listed with its reason and never stops the others.
-Model names are single path components, so no path built here leaves the root.
+Model names are single path components of a documented character set (``valid_model_name``), and
+every file a model's load opens is checked, symlinks resolved, to be inside that model's
+directory, which must be inside the root (serve/paths.py); files sent with a load request live in
+a private temporary directory, which is then that model's directory. Nothing is fetched from a URL.
 
 The repository knows models, versions and sessions, nothing about serving them: listeners
 (the core's batchers, metrics, statistics) attach to a version once it is loaded and warmed,
@@ -31,6 +34,7 @@ import onnxruntime as ort
 from serve.cpus import resolve_workers
 from serve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServeError
 from serve.events import VersionKey
+from serve.paths import confined
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import config_file
 from serve.repository import model_config as cfg
@@ -48,6 +52,8 @@ from serve.types import TensorSpec
 
 log = logging.getLogger(__name__)
 
+# Model names: 1 to 128 of ASCII letters, digits, '_', '.', '-', not starting with '.' or '-' (so
+# never '.', '..' or a hidden file), and never a path separator (README, "Model names").
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 READY = "READY"
@@ -234,6 +240,8 @@ class ModelRepository:
                 raise ModelNotFound(f"model '{name}' is not in the model repository{self._what_is_there()}")
             self._model_errors.pop(name, None)
             try:
+                layout = layout.inside(self._overrides.get(name, self.root))
+                model_dir = layout.directory
                 raw, from_file = (
                     (config_override, True) if config_override is not None else config_file.read_config(model_dir)
                 )
@@ -340,12 +348,12 @@ class ModelRepository:
         version_dir = layout.version_dir(entry.version)
         mlmodel = read_mlmodel(version_dir)  # an MLflow model directory names its ONNX file
         path = (
-            version_dir / mlmodel.model_file
+            version_dir / mlmodel.model_file  # read_mlmodel checked it stays in the version directory
             if mlmodel
             else layout.model_file(entry.version, raw.default_model_filename)
         )
         if not path.is_file():
-            raise ModelLoadError(f"{path.relative_to(entry.model_dir).as_posix()} not found")
+            raise ModelLoadError(f"{path.relative_to(layout.directory).as_posix()} not found")
         entry.onnx_sha256 = file_sha256(path)  # before the session: a file that fails to load is traced too
         options = cfg.runtime_options(
             raw,
@@ -395,14 +403,29 @@ class ModelRepository:
     def _write_override(self, name: str, files: dict[str, bytes], config: mc.ModelConfig | None) -> Path:
         if config is None:
             raise InvalidInput("loading a model from files needs the 'config' parameter too")
-        base = Path(tempfile.mkdtemp(prefix=f"serve-{name}-"))
-        for rel, content in files.items():
-            target = (base / rel).resolve()
-            if base not in target.parents:
-                shutil.rmtree(base, ignore_errors=True)
-                raise InvalidInput(f"file parameter 'file:{rel}' points outside the model directory")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
+        # Uploaded files never go into the repository (it may be read-only, and is the operator's): a
+        # private directory (mode 0700) per load is that model's directory, and nothing leaves it.
+        base = Path(tempfile.mkdtemp(prefix=f"serve-{name}-")).resolve()
+        try:
+            for rel, content in files.items():
+                try:
+                    target = confined(base, rel, what="file parameter", shown=f"file:{rel}")
+                except ModelLoadError as exc:
+                    raise InvalidInput(exc.message) from None
+                if target == base:
+                    raise InvalidInput(f"file parameter 'file:{rel}' names no file")
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(content)
+                except OSError as exc:  # a name too long, or a file where another needs a directory
+                    reason = exc.strerror or type(exc).__name__
+                    raise InvalidInput(f"file parameter 'file:{rel}' cannot be written: {reason}") from None
+        except BaseException:
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        previous = self._overrides.pop(name, None)
+        if previous is not None:  # the versions loaded from it hold their sessions, not its files
+            shutil.rmtree(previous, ignore_errors=True)
         return base
 
     # ---- unloading -------------------------------------------------------------------------

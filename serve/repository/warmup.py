@@ -3,14 +3,17 @@ takes traffic, so the first real request does not pay for lazy initialisation.""
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
 from serve.datatypes import CONFIG_TO_OIP, numpy_dtype
 from serve.errors import ModelLoadError, ServeError
+from serve.paths import confined
 from serve.protocol import model_config_pb2 as mc
 from serve.runtime.onnx_runner import OnnxRunner
+
+WARMUP_DIRECTORY = "warmup"
 
 
 def warm_up(runner: OnnxRunner, config: mc.ModelConfig, model_dir: Path) -> None:
@@ -55,15 +58,19 @@ def _warmup_tensor(
         if dtype.kind == "b":
             return rng.integers(0, 2, shape).astype(dtype)
         return rng.integers(0, 100, shape).astype(dtype)
-    path = (model_dir / "warmup" / spec.input_data_file).resolve()
-    if model_dir.resolve() not in path.parents:
-        raise ModelLoadError(f"model_warmup '{warmup_name}': input_data_file leaves the model directory")
+    # Triton reads input_data_file from the model directory's warmup/ folder.
+    entry = spec.input_data_file
+    what = f"model_warmup '{warmup_name}': input_data_file"
+    path = confined(model_dir, PurePath(WARMUP_DIRECTORY, entry), what=what, shown=entry)
     try:
-        data = np.fromfile(path, dtype=dtype.newbyteorder("<"))
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ModelLoadError(f"model_warmup '{warmup_name}': {exc}") from None
-    if data.size != count:
+        reason = "not found" if isinstance(exc, FileNotFoundError) else type(exc).__name__
+        raise ModelLoadError(f"{what} '{entry}' cannot be read ({reason})") from None
+    itemsize = dtype.itemsize
+    if len(raw) != count * itemsize:
         raise ModelLoadError(
-            f"model_warmup '{warmup_name}': {path.name} holds {data.size} elements, input '{input_name}' needs {count}"
+            f"model_warmup '{warmup_name}': {entry} holds {len(raw) // itemsize} elements, "
+            f"input '{input_name}' needs {count}"
         )
-    return data.reshape(shape)
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)

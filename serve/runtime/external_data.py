@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from serve.errors import ModelLoadError
+from serve.paths import VERSION_DIRECTORY, confined
 
 
 def check_external_data(model: onnx.ModelProto, base_dir: Path, version_dir: Path) -> bool:
@@ -20,7 +21,6 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path, version_dir: Pat
 
     ``base_dir`` is where locations are relative to (the model file's directory); all of them must
     stay inside ``version_dir``."""
-    inside = version_dir.resolve()
     found = False
     for tensor in _all_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -29,11 +29,8 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path, version_dir: Pat
         location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
         if not location:
             raise ModelLoadError(f"tensor '{tensor.name}' is stored as external data but names no location")
-        target = (base_dir / location).resolve()
-        if Path(location).is_absolute() or not target.is_relative_to(inside):
-            raise ModelLoadError(
-                f"tensor '{tensor.name}': external data location '{location}' is outside the model version directory"
-            )
+        what = f"tensor '{tensor.name}': external data location"
+        target = confined(base_dir, location, what=what, place=VERSION_DIRECTORY, within=version_dir)
         if not target.is_file():
             raise ModelLoadError(f"tensor '{tensor.name}': external data file '{location}' not found")
     return found

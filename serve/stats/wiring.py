@@ -9,8 +9,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from serve.errors import ModelNotFound, NotFound
+from serve.errors import ModelLoadError, ModelNotFound, NotFound
 from serve.events import Execution, Observer, VersionKey
+from serve.paths import confined
 from serve.repository.repository import ModelVersion, VersionListener
 from serve.settings import ServerSettings
 from serve.stats import served_baseline as served
@@ -54,8 +55,11 @@ def row_specs(model: ModelVersion) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def judge_baseline(model: ModelVersion) -> ServedBaseline:
-    """The version's baseline.json, its exact bytes and whether it may be used (and why not)."""
-    path = model.model_dir / BASELINE_FILENAME
+    """The version's baseline.json, its exact bytes and whether it may be used (and why not).
+
+    ModelLoadError when the file is outside the model directory (a symlink out)."""
+    # Outside the model directory (a symlink out) is not a baseline that does not fit: it fails the load.
+    path = confined(model.model_dir, BASELINE_FILENAME, what="baseline file")
     if not path.is_file():
         return ServedBaseline(model.name, model.version, served.MISSING)
     try:
@@ -92,7 +96,10 @@ def judge_baseline(model: ModelVersion) -> ServedBaseline:
 
 def read_baseline(model: ModelVersion) -> tuple[Baseline | None, list[str]]:
     """The version's baseline.json (None if there is none) and why it must not be used (empty = it fits)."""
-    judged = judge_baseline(model)
+    try:
+        judged = judge_baseline(model)
+    except ModelLoadError as exc:
+        return None, [exc.message]
     return judged.baseline, list(judged.problems)
 
 

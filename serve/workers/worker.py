@@ -22,6 +22,7 @@ from typing import Any
 
 from serve import settings as settings_module
 from serve.errors import ServeError
+from serve.memory import return_freed_memory
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.repository import STARTUP
 from serve.server import Server, WorkerRole
@@ -118,6 +119,8 @@ class WorkerControl:
 
 
 async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: Path, http_fd: int | None) -> None:
+    if settings.return_freed_memory:
+        return_freed_memory()
     link = SupervisorLink(run_dir)
     http_socket = socket.socket(fileno=http_fd) if http_fd is not None else None
     server = Server(settings, root, role=WorkerRole(index, link, http_socket))
