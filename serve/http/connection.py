@@ -103,12 +103,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusal is not None:
             return  # a refused connection's input is discarded
         self._began = False
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)
         if self._refusal is not None:
             self._send_refusal()
             return
         if not self._in_head or self.transport.is_closing():
             return
+        # A head still unfinished when its data runs out: only then is a timer worth arming (a head
+        # that arrives whole, as nearly all do, costs none). It began in this read or an earlier one.
+        self._arm_head_timer()
         # Still inside a header block. Where a request began in this data, how much of it is that
         # request's is unknown (its complete fields are counted as parsed): count from the next read.
         self._unfinished_bytes = 0 if self._began else self._unfinished_bytes + len(data)
@@ -118,38 +121,48 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if self._refusal is not None:
             return
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self._in_head, self._began = True, True
         self._head_bytes = self._head_fields = self._unfinished_bytes = 0
-        self._arm_head_timer()
 
+    # These run for every request and header: the checks are inlined and uvicorn's methods called
+    # directly (no super() lookup); with them the limits cost ~8% of small-request throughput.
     def on_url(self, url: bytes) -> None:
-        if self._refusal is None and self._counted(len(url), 0):
-            super().on_url(url)
+        if self._refusal is None:
+            self._head_bytes += len(url)
+            if self._head_bytes > self.limits.max_header_bytes and not self._within_limits():
+                return
+            HttpToolsProtocol.on_url(self, url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._refusal is None and self._counted(len(name) + len(value) + 4, 1):  # "name: value\r\n"
-            super().on_header(name, value)
+        if self._refusal is None:
+            self._head_bytes += len(name) + len(value) + 4  # "name: value\r\n"
+            self._head_fields += 1
+            limits = self.limits
+            if (
+                self._head_bytes > limits.max_header_bytes or self._head_fields > limits.max_headers
+            ) and not self._within_limits():
+                return
+            HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
         if self._refusal is not None:
             return
         self._in_head = False
-        self._cancel_head_timer()
-        super().on_headers_complete()
+        if self._head_timer is not None:
+            self._cancel_head_timer()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
         if self._refusal is None:
-            super().on_body(body)
+            HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
         if self._refusal is None:
-            super().on_message_complete()
+            HttpToolsProtocol.on_message_complete(self)
 
-    def _counted(self, size: int, fields: int) -> bool:
-        """Count a parsed piece of the head; False (and the request refused) past a limit."""
-        self._head_bytes += size
-        self._head_fields += fields
+    def _within_limits(self) -> bool:
+        """Judge the head counted so far; False (and the request refused) past a limit."""
         if self._head_fields > self.limits.max_headers:
             message = f"request has more than {self.limits.max_headers} header fields"
             self._refusal = _response(431, "Request Header Fields Too Large", message)
