@@ -276,11 +276,15 @@ class Server:
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def wait(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    def capture_signals(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Turn ``signals`` into a clean stop. Called before start(): a SIGTERM that arrives while
+        models load must not kill the process with the default action (exit -15, nothing drained)."""
         loop = asyncio.get_running_loop()
         for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+
+    async def wait(self) -> None:
         await self._stop.wait()
 
     async def stop(self) -> None:
@@ -329,6 +333,7 @@ async def run_server(settings: ServerSettings, repository_root: Path) -> None:
     if settings.return_freed_memory:
         return_freed_memory()
     server = Server(settings, repository_root)
+    server.capture_signals()
     try:
         await server.start()
         await server.wait()

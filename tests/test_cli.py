@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -191,6 +192,35 @@ def test_sigterm_stops_the_server_with_exit_code_zero(demo_repository: Path, tmp
     server = start_server(demo_repository, tmp_path)
     assert server.stop() == 0
     assert "stopped" in server.log()
+
+
+def _children(pid: int) -> list[str]:
+    """Child processes of any thread of ``pid`` (the load check starts them from worker threads)."""
+    found: list[str] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += (task / "children").read_text().split()
+    return found
+
+
+def test_sigterm_while_models_load_stops_the_server_with_exit_code_zero(demo_repository: Path, tmp_path: Path) -> None:
+    # The load check runs each model in a child first: while one exists, the server is still starting.
+    args = ["--model-repository", str(demo_repository), "--model-load-check", "child"]
+    args += ["--http-port", str(free_port()), "--grpc-port", str(free_port())]
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "serve", "run", *args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline and not _children(process.pid):
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "stopped" in log.read_text()
 
 
 def test_sigint_stops_the_server_with_exit_code_zero(demo_repository: Path, tmp_path: Path) -> None:

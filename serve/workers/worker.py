@@ -124,6 +124,7 @@ async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: 
     link = SupervisorLink(run_dir)
     http_socket = socket.socket(fileno=http_fd) if http_fd is not None else None
     server = Server(settings, root, role=WorkerRole(index, link, http_socket))
+    server.capture_signals(signals=(signal.SIGTERM,))
     control = ipc.ControlServer(worker_socket(run_dir, index), WorkerControl(server).handle)
     await control.start()
     try:
@@ -136,7 +137,7 @@ async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: 
             except ServeError as exc:
                 log.error("worker %d: model %s did not load: %s", index, spec["name"], exc.message)
         await link.ready(index, generation)
-        await server.wait(signals=(signal.SIGTERM,))
+        await server.wait()
     finally:
         await server.stop()
         await control.close()
