@@ -149,14 +149,20 @@ def wait_for_workers(server: ServerProcess, count: int, timeout_s: float = 120) 
     raise RuntimeError(f"{count} workers did not start")
 
 
+GRPC_CONNECTIONS = 16
+
+
 def h2load(
     url: str, body: Path, concurrency: int, duration: float, protocol: str, log: Path, extra_headers: list[str]
 ) -> tuple[int, int, list[float], float]:
     if protocol == "http":
         shape = ["-c", str(concurrency), "-m", "1", "--h1"]
     else:
-        clients = min(concurrency, 4)
+        # SO_REUSEPORT spreads connections, not streams: with only 4 the kernel's hash often puts 3
+        # or 4 of them on one of two workers. 16 spread evenly enough to measure workers by.
+        clients = min(concurrency, GRPC_CONNECTIONS)
         shape = ["-c", str(clients), "-m", str(max(1, concurrency // clients))]
+    log.unlink(missing_ok=True)  # h2load appends to its log file: each point reads only its own
     args = [
         "h2load",
         *shape,
