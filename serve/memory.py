@@ -14,7 +14,6 @@ Only glibc has ``mallopt``; elsewhere (musl, macOS) this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -29,11 +28,10 @@ TRIM_THRESHOLD_BYTES = 4 * 1024 * 1024
 
 def return_freed_memory() -> bool:
     """Fix glibc's malloc thresholds for this process; False where there is no glibc to tune."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
+    # The process's own symbols, not find_library("c"): that runs ldconfig in a child process.
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc's mallopt takes these parameters
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

@@ -194,13 +194,14 @@ def test_sigterm_stops_the_server_with_exit_code_zero(demo_repository: Path, tmp
     assert "stopped" in server.log()
 
 
-def _children(pid: int) -> list[str]:
-    """Child processes of any thread of ``pid`` (the load check starts them from worker threads)."""
-    found: list[str] = []
+def _load_check_running(pid: int) -> bool:
+    """Whether a thread of ``pid`` has a load-check child (``serve.runtime.probe``) running."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
-            found += (task / "children").read_text().split()
-    return found
+            for child in (task / "children").read_text().split():
+                if b"serve.runtime.probe" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return True
+    return False
 
 
 def test_sigterm_while_models_load_stops_the_server_with_exit_code_zero(demo_repository: Path, tmp_path: Path) -> None:
@@ -212,7 +213,7 @@ def test_sigterm_while_models_load_stops_the_server_with_exit_code_zero(demo_rep
         process = subprocess.Popen([sys.executable, "-m", "serve", "run", *args], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
-        while process.poll() is None and time.monotonic() < deadline and not _children(process.pid):
+        while process.poll() is None and time.monotonic() < deadline and not _load_check_running(process.pid):
             time.sleep(0.005)
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
