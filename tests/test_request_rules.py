@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from serve.codecs.bytes_tensor import serialize_bytes_tensor
+from serve.codecs.grpc_codec import encode_parameters
 from serve.demo import write_demo_repository
 from serve.protocol import grpc_service_pb2 as pb
 from tests.fixtures.inprocess import InProcess, in_process
@@ -122,16 +123,7 @@ def _grpc_request(case: Case) -> pb.ModelInferRequest:
         request.raw_input_contents.append(_raw(t))
     for name in case.outputs or []:
         request.outputs.add(name=name)
-    for key, value in case.parameters.items():
-        param = request.parameters[key]
-        if isinstance(value, bool):
-            param.bool_param = value
-        elif isinstance(value, int):
-            param.int64_param = value
-        elif isinstance(value, float):
-            param.double_param = value
-        else:
-            param.string_param = str(value)
+    encode_parameters(case.parameters, request.parameters)
     return request
 
 
