@@ -11,12 +11,10 @@ import asyncio
 import json
 import re
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve.demo import write_demo_repository
 from serve.workers import ipc
 from serve.workers.worker import worker_socket
-from tests.fixtures.load import Outcome, hammer_http
+from tests.fixtures.load import hammering
 from tests.fixtures.servers import RunningServer, serving
 
 WORKERS = 2
@@ -224,10 +222,7 @@ def _workers_of(server: RunningServer) -> list[psutil.Process]:
 def test_a_killed_worker_loses_only_its_in_flight_requests_and_is_replaced(demo: Path, tmp_path: Path) -> None:
     with serving(demo, tmp_path, "--workers", str(WORKERS)) as server:
         wait_for_workers(server)
-        stop, outcomes = threading.Event(), list[Outcome]()
-        with ThreadPoolExecutor(4) as pool:
-            for _ in range(4):
-                pool.submit(hammer_http, f"{server.base}/v2/models/tabular/infer", BODY, stop, outcomes, 10)
+        with hammering(f"{server.base}/v2/models/tabular/infer", BODY, timeout=10) as outcomes:
             time.sleep(1.0)
             victim = _workers_of(server)[0]
             victim.send_signal(signal.SIGKILL)
@@ -243,7 +238,6 @@ def test_a_killed_worker_loses_only_its_in_flight_requests_and_is_replaced(demo:
                 assert time.monotonic() < deadline, server.log()
                 time.sleep(0.2)
             time.sleep(0.5)
-            stop.set()
         failures = [o.took_s for o in outcomes if not o.ok]
         assert len(outcomes) > 50
         assert len(failures) <= 4 + 1, failures  # at most what was in flight on the killed worker
@@ -254,15 +248,13 @@ def test_a_killed_worker_loses_only_its_in_flight_requests_and_is_replaced(demo:
 def test_sigterm_under_load_drains_every_worker_and_exits_zero(demo: Path, tmp_path: Path) -> None:
     with serving(demo, tmp_path, "--workers", str(WORKERS)) as server:
         wait_for_workers(server)
-        stop, outcomes = threading.Event(), list[Outcome]()
-        with ThreadPoolExecutor(4) as pool:
-            for _ in range(4):
-                pool.submit(hammer_http, f"{server.base}/v2/models/tabular/infer", BODY, stop, outcomes, 10)
+        with hammering(f"{server.base}/v2/models/tabular/infer", BODY, timeout=10) as outcomes:
             time.sleep(1.0)
             server.process.send_signal(signal.SIGTERM)
             code = server.process.wait(30)
-            stop.set()
         assert code == 0, server.log()
+        answered = {o.status for o in outcomes if not o.status.startswith("connection")}
+        assert "200" in answered and answered <= {"200", "503"}, answered  # drained: answered or refused, no 500
         assert server.log().count("serve.server: stopped") == WORKERS
         assert "serve.workers: stopped" in server.log()
 
