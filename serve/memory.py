@@ -5,8 +5,10 @@ threshold with it: after a few requests of several MiB, blocks that size come fr
 whichever threads allocated them (gRPC's transport threads each have one) and stay there once
 freed. 100 refused 8 MiB requests left RSS 30-50 MiB higher. Fixing both thresholds (large
 blocks always mapped on their own and unmapped when freed; heaps trimmed once 4 MiB at their top
-are free) bounds that, at the cost of fresh pages for each block of 1 MiB or more. (glibc starts at 128 KiB;
-fixed there, the wide model's 300 KiB batches paid ~10% in latency for fresh pages.)
+are free) bounds that, at the cost of fresh pages for each block of 128 KiB or more (measured:
+the wide bench model's p50 ~10% higher than with the setting off). 1 MiB avoided that cost, but
+blocks of 128 KiB-1 MiB then stay in the heaps, and the refused-request test grew past its bound
+in one CI run of three.
 
 Only glibc has ``mallopt``; elsewhere (musl, macOS) this does nothing.
 """
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
-MMAP_THRESHOLD_BYTES = 1024 * 1024  # above typical batch tensors, below refused bodies
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value, kept instead of raised
 TRIM_THRESHOLD_BYTES = 4 * 1024 * 1024
 
 
