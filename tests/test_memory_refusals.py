@@ -8,12 +8,14 @@ afterwards is within twice the limit of what it was after a warm-up round of the
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from serve.memory import return_freed_memory
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.fixtures.oversize import REFUSED_WITH, grpc_channel, senders
 from tests.fixtures.process_stats import rss_bytes
@@ -45,3 +47,7 @@ def test_100_refused_oversize_requests_grow_rss_by_less_than_twice_the_limit(ser
         grown = rss_bytes(server.process.pid) - before
     assert answers == {kind: [REFUSED_WITH[kind]] * ROUNDS for kind in send}
     assert grown < 2 * LIMIT, f"RSS grew by {grown / 2**20:.1f} MiB"
+
+
+def test_malloc_thresholds_are_set_exactly_where_the_c_library_is_glibc() -> None:
+    assert return_freed_memory() is (platform.libc_ver()[0] == "glibc")
