@@ -150,9 +150,55 @@ def test_since_returns_only_windows_changed_after_that_sequence(recorder: StatsR
     recorder.submit(*_batch(3, 1))
     recorder.flush(5)
     later = recorder.export(since=first["seq"])
-    assert [(w["start"], w["rows"]) for w in later["windows"]] == [(START + 60, 3)]
+    # the first window changed too: it closed
+    windows = [(w["start"], w["rows"], w["closed"]) for w in later["windows"]]
+    assert windows == [(START, 2, True), (START + 60, 3, False)]
     assert later["seq"] > first["seq"] and later["since_reset"] is False
     assert later["total"]["rows"] == 5
+    assert recorder.export(since=later["seq"])["windows"] == []
+
+
+def test_a_window_read_while_open_is_sent_once_more_when_it_closes(recorder: StatsRecorder, clock: Clock) -> None:
+    recorder.submit(*_batch(4, 0))
+    recorder.flush(5)
+    seen_open = recorder.export()
+    assert [(w["rows"], w["closed"]) for w in seen_open["windows"]] == [(4, False)]
+    clock.t = START + 60  # no traffic since: nothing but the clock closes it
+    closing = recorder.export(since=seen_open["seq"])
+    assert [(w["start"], w["rows"], w["closed"]) for w in closing["windows"]] == [(START, 4, True)]
+    assert recorder.export(since=closing["seq"])["windows"] == []
+
+
+def test_a_window_stays_open_while_rows_submitted_in_it_wait_in_the_queue(clock: Clock) -> None:
+    rec = StatsRecorder(
+        "m", 1, INPUTS, OUTPUTS, instance=ServerInstance("inst-1", "r1", START - 5), baseline=_baseline(),
+        clock=clock, start=False,
+    )  # fmt: skip
+    rec.submit(*_batch(4, 0))  # queued: no worker thread applies it
+    clock.t = START + 61
+    assert rec.export()["windows"] == []  # the window is not even there yet, and certainly not closed
+    rec._thread.start()
+    rec.flush(5)
+    windows = rec.export()["windows"]
+    assert [(w["start"], w["rows"], w["closed"]) for w in windows] == [(START, 4, True)]
+    rec.close()
+
+
+def test_dropped_rows_of_a_window_seen_open_are_sent_again_when_it_closes(clock: Clock) -> None:
+    rec = StatsRecorder(
+        "m", 1, INPUTS, OUTPUTS, instance=ServerInstance("inst-1", "r1", START - 5), baseline=_baseline(),
+        clock=clock, options=StatsOptions(queue_size=1), start=False,
+    )  # fmt: skip
+    rec.submit(*_batch(4, 0))
+    rec.submit(*_batch(3, 1))  # the queue is full: dropped and counted in the window
+    seen_open = rec.export()
+    assert [(w["rows_dropped"], w["closed"]) for w in seen_open["windows"]] == [(3, False)]
+    rec._thread.start()
+    rec.flush(5)
+    clock.t = START + 60
+    closing = rec.export(since=seen_open["seq"])
+    assert [(w["rows"], w["rows_dropped"], w["closed"]) for w in closing["windows"]] == [(4, 3, True)]
+    rec.close()
 
 
 def test_since_beyond_this_instances_sequence_returns_everything(recorder: StatsRecorder) -> None:

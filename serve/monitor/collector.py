@@ -1,7 +1,11 @@
 """What the monitor has received from the servers' ``/input-stats`` endpoints, without double counting.
 
 Per model version and per server *instance* (a process: random id, replica name, start
-time) the collector keeps the newest snapshot of every window it has seen. A poll asks
+time) the collector keeps the newest snapshot of every window it has seen. A server marks a
+window closed once no row it accepted can still fall in it, and closing is a change with its
+own ``seq``: a window seen open arrives once more, closed, on the first poll after it closes.
+Windows of a process that is gone (another instance answers at its URL, or its replica left)
+are final: those that ended count as closed. A poll asks
 ``since=<last seq>`` and gets only windows that changed, each a complete cumulative
 snapshot that replaces the one held for ``(instance, window start)`` — so polling twice
 adds nothing, a lost poll is made up by the next one, and a restarted server (a new
@@ -57,6 +61,9 @@ class StatsCollector:
         previous = self._since.get((url, model, version))
         restarted = previous is not None and previous[0] != iid
         instances = self._instances.setdefault((model, version), {})
+        if restarted and previous is not None and previous[0] in instances:
+            # The process that was here is gone and will close none of its windows: what it sent is final.
+            _close_ended(instances[previous[0]], float(document["generated_at"]))
         inst = instances.get(iid)
         header = {k: v for k, v in document.items() if k != "windows"}
         header["windows"] = []
@@ -70,6 +77,13 @@ class StatsCollector:
                 inst.windows[w["start"]] = w
         self._since[(url, model, version)] = (iid, document["seq"])
         return restarted and document.get("since", 0) > 0 and not document.get("since_reset", False)
+
+    def close_ended_from(self, url: str, now: float) -> None:
+        """A replica at ``url`` is gone: its windows that ended by ``now`` count as closed (it sent its last)."""
+        for instances in self._instances.values():
+            for inst in instances.values():
+                if inst.source == url:
+                    _close_ended(inst, now)
 
     def models(self) -> list[Key]:
         return sorted(self._instances)
@@ -123,6 +137,12 @@ class StatsCollector:
     def instances(self, model: str, version: str) -> Iterable[dict[str, Any]]:
         for inst in self._instances.get((model, version), {}).values():
             yield {**inst.header["instance"], "source": inst.source, "seq": inst.header["seq"]}
+
+
+def _close_ended(inst: _Instance, now: float) -> None:
+    for start, w in inst.windows.items():
+        if not w.get("closed", True) and w["end"] <= now:
+            inst.windows[start] = {**w, "closed": True}
 
 
 def _merge_compatible(docs: list[dict[str, Any]], problems: list[str]) -> dict[str, Any]:

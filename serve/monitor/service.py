@@ -213,6 +213,7 @@ class Monitor:
                 continue
             if status.vanished_at is None:
                 status.vanished_at, status.up, status.stale = now, False, True
+                self.collector.close_ended_from(url, now)
                 status.last_error = f"no longer among the addresses of {status.target}"
                 log.info("replica %s is gone from %s; marked stale", url, status.target)
             elif now - status.vanished_at > self.settings.horizon_s:

@@ -147,7 +147,8 @@ class StatsRecorder:
         self._hurry = threading.Event()  # cuts the worker's pause short: closing, or the queue half full
         self._urgent_depth = max(1, options.queue_size // 2)
         self._seq = itertools.count(1)
-        self._drops: dict[float, list[int]] = {}  # window start → [batches, rows, seq]
+        self._drops: dict[float, list[int]] = {}  # window start → [batches, rows, seq, closed]
+        self._applying_from: float | None = None  # the oldest time among the items the worker has taken
         self._max_drop_windows = math.ceil(options.horizon_s / options.window_s) + 2
         self._counters = dict.fromkeys(
             ("batches_submitted", "rows_submitted", "batches_dropped", "rows_dropped", "batches_recorded",
@@ -161,7 +162,6 @@ class StatsRecorder:
     # ---------------------------------------------------------------- hot path
 
     def submit(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
-        t = self._clock()
         keys = self._tensor_keys
         tensors = {keys.get(("input", k)) or self._tensor_key("input", k): v for k, v in inputs.items()}
         for k, v in outputs.items():
@@ -169,6 +169,9 @@ class StatsRecorder:
         rows = _rows(tensors)
         c = self._counters
         with self._lock:
+            # Stamped under the lock, so an export that finds the queue without a row of a window knows
+            # that no later submit can still bring one (see _settled_until).
+            t = self._clock()
             c["batches_submitted"] += 1
             c["rows_submitted"] += rows
             if self._closing or len(self._queue) >= self.options.queue_size:
@@ -177,7 +180,7 @@ class StatsRecorder:
                 start = window_start(t, self.options.window_s)
                 if start not in self._drops and len(self._drops) >= self._max_drop_windows:
                     del self._drops[next(iter(self._drops))]  # the oldest: past the horizon by now
-                drop = self._drops.setdefault(start, [0, 0, 0])
+                drop = self._drops.setdefault(start, [0, 0, 0, 0])
                 drop[0] += 1
                 drop[1] += rows
                 drop[2] = next(self._seq)
@@ -219,6 +222,7 @@ class StatsRecorder:
                 while self._queue and rows + self._queue[0].rows <= COALESCE_ROWS:
                     rows += self._queue[0].rows
                     items.append(self._queue.popleft())
+                self._applying_from = min(item.t for item in items)
             last = time.monotonic()
             try:
                 self._apply(items)
@@ -228,6 +232,7 @@ class StatsRecorder:
                     log.exception("statistics update failed for %s version %s", self.model_name, self.version)
             finally:
                 with self._lock:
+                    self._applying_from = None
                     self._pending -= len(items)
                     if self._pending == 0:
                         self._drained.notify_all()
@@ -337,10 +342,11 @@ class StatsRecorder:
         with self._state:
             self._ring.evict(now)
             with self._lock:
-                seq = next(self._seq)
                 cutoff = now - o.horizon_s
                 for start in [s for s in self._drops if s + o.window_s <= cutoff]:
                     del self._drops[start]
+                self._close_settled(self._settled_until(now))
+                seq = next(self._seq)
                 drops = {s: list(d) for s, d in self._drops.items()}
                 counters = dict(self._counters)
                 counters["queue_depth"] = len(self._queue)
@@ -361,7 +367,7 @@ class StatsRecorder:
                     {
                         "start": window.start,
                         "end": window.end,
-                        "closed": now >= window.end,
+                        "closed": window.closed if start in by_start else bool(drop[3]),
                         "seq": w_seq,
                         "batches": window.batches,
                         "rows": window.rows,
@@ -402,6 +408,29 @@ class StatsRecorder:
             "total": total_json,
             "windows": windows,
         }
+
+    def _settled_until(self, now: float) -> float:
+        """The time before which every row this recorder accepted is already in its window: rows still queued
+        or being applied hold it back. Call holding both locks."""
+        settled = now
+        if self._applying_from is not None:
+            settled = min(settled, self._applying_from)
+        if self._queue:
+            settled = min(settled, min(item.t for item in self._queue))
+        return settled
+
+    def _close_settled(self, settled: float) -> None:
+        """Mark every window that ended by ``settled`` closed, once, as a change with its own sequence number:
+        a reader that saw it open (``since`` past its last update) receives the closed copy exactly once more.
+        Call holding both locks."""
+        for window in self._ring.windows():
+            if not window.closed and window.end <= settled:
+                window.closed = True
+                window.seq = next(self._seq)
+        for start, drop in self._drops.items():
+            if not drop[3] and start + self.options.window_s <= settled:
+                drop[3] = 1
+                drop[2] = next(self._seq)
 
     def export_json(self, since: int = 0) -> bytes:
         return schema.encode(self.export(since))

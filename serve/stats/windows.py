@@ -48,7 +48,8 @@ class Window:
     start: float
     end: float
     groups: list[Group]
-    seq: int = 0  # the recorder's sequence number at this window's last change
+    seq: int = 0  # the recorder's sequence number at this window's last change (closing is a change)
+    closed: bool = False  # set once by the recorder when no row it has accepted can still fall in this window
     batches: int = 0
     rows: int = 0  # rows recorded (after sampling)
     rows_sampled_out: int = 0

@@ -31,7 +31,8 @@ class _Version:
     """What the supervisor holds for one model version."""
 
     documents: dict[str, Document] = field(default_factory=dict)  # worker instance id -> newest document
-    fingerprints: dict[float, tuple[tuple[str, int], ...]] = field(default_factory=dict)  # window start ->
+    # window start -> (worker instance, seq, closed) of each contributor
+    fingerprints: dict[float, tuple[tuple[str, int, bool], ...]] = field(default_factory=dict)
     stamps: dict[float, int] = field(default_factory=dict)  # window start -> our seq of its last change
 
 
@@ -51,11 +52,17 @@ class WorkerDocuments:
         held = self._versions.setdefault((str(model["name"]), str(model["version"])), _Version())
         for document in fresh:
             held.documents[document["instance"]["id"]] = document
+        live = {document["instance"]["id"] for document in fresh}
+        self._close_ended_windows_of_gone_workers(held, live)
         self._forget_old_windows(held, max(d["horizon_s"] for d in fresh))
         merged = schema.merge(held.documents.values())
         for window in merged["windows"]:
             start = window["start"]
-            fingerprint = tuple(sorted((iid, _window_seq(held.documents[iid], start)) for iid in window["instances"]))
+            # A contributor's window changes when its seq does, closing included; a merged window is closed
+            # when every contributor's is, so that change too gets a stamp of its own.
+            fingerprint = tuple(
+                sorted((iid, *_window_state(held.documents[iid], start)) for iid in window["instances"])
+            )
             if held.fingerprints.get(start) != fingerprint:
                 held.fingerprints[start] = fingerprint
                 held.stamps[start] = next(self._seq)
@@ -99,6 +106,17 @@ class WorkerDocuments:
             }
         )
 
+    def _close_ended_windows_of_gone_workers(self, held: _Version, live: set[str]) -> None:
+        """A worker that died or was replaced closes none of its windows any more; what it recorded is final,
+        so its ended windows count as closed (else the merged window would stay open forever)."""
+        now = self._clock()
+        for iid, document in held.documents.items():
+            if iid in live:
+                continue
+            for window in document["windows"]:
+                if not window["closed"] and window["end"] <= now:
+                    window["closed"] = True
+
     def _forget_old_windows(self, held: _Version, horizon_s: float) -> None:
         """Windows past the horizon leave every worker's ring; a gone worker's must leave too."""
         cutoff = self._clock() - horizon_s
@@ -110,8 +128,8 @@ class WorkerDocuments:
             held.fingerprints.pop(start, None)
 
 
-def _window_seq(document: Document, start: float) -> int:
+def _window_state(document: Document, start: float) -> tuple[int, bool]:
     for window in document["windows"]:
         if window["start"] == start:
-            return int(window["seq"])
-    return 0
+            return int(window["seq"]), bool(window["closed"])
+    return 0, False
