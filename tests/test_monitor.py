@@ -420,7 +420,7 @@ def test_once_prints_measures_thresholds_counts_and_verdicts_including_the_open_
             str(tmp_path / "once.db"),
         ]
     )
-    assert code == 0
+    assert code == 1  # drift found
     document = json.loads(capsys.readouterr().out)
     (model,) = document["models"]
     assert (model["model"], model["version"], model["window"]["include_open"]) == (MODEL, "1", True)
@@ -429,6 +429,46 @@ def test_once_prints_measures_thresholds_counts_and_verdicts_including_the_open_
     assert features["country"]["measures"]["unseen"]["threshold"] == 0.1
     assert features["age"]["drifted"] is False
     assert {"value", "threshold", "drifted"} <= set(features["age"]["measures"]["psi"])
+
+
+def test_once_exits_0_on_clean_traffic_and_writes_no_history_file_unless_asked(
+    repo: Path,
+    replica: FakeReplica,
+    predict: Predictor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    feed(replica.rec, sample(np.random.default_rng(32), 1500), predict)
+    monkeypatch.chdir(tmp_path)
+    code = main(["monitor", "--server", replica.url, "--model-repository", str(repo), "--once"])
+    assert code == 0, capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_once_exits_3_when_a_model_has_no_baseline(
+    replica: FakeReplica, predict: Predictor, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed(replica.rec, sample(np.random.default_rng(33), 200), predict)
+    empty = tmp_path / "no-baselines"
+    empty.mkdir()
+    # the fake replica serves no baseline of its own, and this repository holds none
+    code = main(["monitor", "--server", replica.url, "--model-repository", str(empty), "--once"])
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert "not evaluated: no usable baseline" in out
+
+
+def test_once_as_text_gives_the_dataset_and_prediction_verdicts_and_never_a_python_none(
+    repo: Path, replica: FakeReplica, predict: Predictor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed(replica.rec, sample(np.random.default_rng(34), 1500, "mean"), predict)
+    code = main(["monitor", "--server", replica.url, "--model-repository", str(repo), "--once"])
+    out = capsys.readouterr().out
+    assert code == 1
+    model_line = next(line for line in out.splitlines() if line.startswith("  dataset "))
+    assert "of inputs drifted, threshold 50%" in model_line and "prediction " in model_line
+    assert "None" not in out
 
 
 async def test_low_traffic_is_pooled_past_the_horizon_until_a_verdict_and_the_span_is_reported(

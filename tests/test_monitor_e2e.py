@@ -99,7 +99,7 @@ def test_monitor_once_flags_the_shifted_feature_across_two_real_replicas(
             str(tmp_path / "m.db"),
         ]
     )
-    assert code == 0
+    assert code == 1  # drift found
     (model,) = json.loads(capsys.readouterr().out)["models"]
     assert model["baseline"]["status"] == "ok", model["problems"]
     features = {f["name"]: f for f in model["features"]}

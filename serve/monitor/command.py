@@ -57,7 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", default="30s", help="time between polls [default 30s]")
     parser.add_argument("--horizon", default="15m", help="rolling window each evaluation covers [default 15m]")
     parser.add_argument("--timeout", default="10s", help="per-request timeout towards a server [default 10s]")
-    parser.add_argument("--db", default="serve-monitor.db", help="SQLite history file [default serve-monitor.db]")
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="SQLite history file [default serve-monitor.db; with --once none: nothing is written unless given]",
+    )
     parser.add_argument("--retention", default="7d", help="how long history is kept [default 7d]")
     parser.add_argument("--host", default="127.0.0.1", help="address of the monitor's own port")
     parser.add_argument("--port", type=int, default=8010, help="port of the report, JSON API and /metrics [8010]")
@@ -98,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--once",
         action="store_true",
-        help="poll once, evaluate including the still-open window, print and exit",
+        help="poll once, evaluate including the still-open window, print and exit: 0 no drift, 1 drift found, "
+        "4 a server could not be read, 3 a model had no usable baseline (2: usage error)",
     )
     parser.add_argument("--format", choices=["json", "text"], default="text", help="output of --once")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
@@ -130,7 +135,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         servers=list(args.server), model_repository=args.model_repository, baselines=list(args.baseline),
         hosts_file=args.hosts_file, token=_read_token(args.token_file),
         interval_s=parse_duration(args.interval), horizon_s=parse_duration(args.horizon),
-        timeout_s=parse_duration(args.timeout), db_path=args.db, retention_s=parse_duration(args.retention),
+        timeout_s=parse_duration(args.timeout), db_path=args.db or (":memory:" if args.once else "serve-monitor.db"),
+        retention_s=parse_duration(args.retention),
         host=args.host, port=args.port, webhook=args.webhook, alert_rate_per_minute=args.alert_rate, policy=policy,
     )  # fmt: skip
     if args.config is not None:
@@ -138,15 +144,58 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return settings
 
 
+# Exit codes of --once, for scripts and CI.
+EXIT_NO_DRIFT = 0
+EXIT_DRIFT = 1
+EXIT_NO_BASELINE = 3
+EXIT_SERVER_UNREACHABLE = 4
+
+
+def once_exit_code(document: dict[str, Any]) -> int:
+    """1 when any model version drifted (dataset, prediction or any input feature); else 4 when a server could
+    not be read; else 3 when a model version could not be judged for want of a usable baseline; else 0."""
+    models = document["models"]
+    if any(_drifted(m) for m in models):
+        return EXIT_DRIFT
+    if any(not s["up"] for s in document["servers"]):
+        return EXIT_SERVER_UNREACHABLE
+    if any(m["baseline"]["status"] != "ok" for m in models):
+        return EXIT_NO_BASELINE
+    return EXIT_NO_DRIFT
+
+
+def _drifted(model: dict[str, Any]) -> bool:
+    return bool(
+        model.get("dataset_drift")
+        or model.get("prediction_drift")
+        or any(f["drifted"] for f in model["features"] if f["role"] == "input")
+    )
+
+
+def _verdict(value: bool | None) -> str:
+    return "undecided" if value is None else ("DRIFT" if value else "stable")
+
+
 def _print_text(document: dict[str, Any]) -> None:
     for s in document["servers"]:
         print(f"server {s['url']}: {'up' if s['up'] else 'STALE: ' + str(s['last_error'])}")
+    if not document["models"]:
+        print("no model version to evaluate: no server answered with a ready model")
     for m in document["models"]:
         origin = f" from {m['baseline']['path']}" if m["baseline"].get("path") else ""
-        print(
-            f"{m['model']} v{m['version']}: baseline {m['baseline']['status']}{origin}, "
-            f"drifted share {m.get('drifted_share')}, prediction drift {m.get('prediction_drift')}"
-        )
+        print(f"{m['model']} v{m['version']}: baseline {m['baseline']['status']}{origin}")
+        window = m.get("window")
+        if window is None:
+            print("  not evaluated: no usable baseline")
+        else:
+            share = m.get("drifted_share")
+            threshold = m.get("drift_share_threshold")
+            drifted_inputs = "no inputs judged" if share is None else f"{share:.0%} of inputs drifted"
+            print(
+                f"  dataset {_verdict(m.get('dataset_drift'))} ({drifted_inputs}, threshold {threshold:.0%}), "
+                f"prediction {_verdict(m.get('prediction_drift'))}, {window['rows']} rows in {window['windows']} "
+                "windows"
+            )
         for p in m.get("problems", []):
             print(f"  ! {p}")
         for f in m["features"]:
@@ -181,7 +230,7 @@ async def _once(settings: Any, fmt: str) -> int:
         )
     else:
         _print_text(document)
-    return 0
+    return once_exit_code(document)
 
 
 async def _serve(settings: Any) -> int:
