@@ -13,7 +13,7 @@ answered, then the call ends with INVALID_ARGUMENT.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
 import grpc
@@ -106,11 +106,24 @@ class _Registrar:
         self.services[service] = handlers
 
 
-def add_decoding_safely(add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
-    """``add(servicer, server)`` (a generated ``add_*_to_server``), with every request deserializer safe."""
+def add_decoding_safely(
+    add: Callable[[Any, Any], None],
+    servicer: Any,
+    server: grpc.aio.Server,
+    *,
+    registered: Collection[str] = (),
+) -> None:
+    """``add(servicer, server)`` (a generated ``add_*_to_server``), with every request deserializer safe.
+
+    Every method is served through the generic handler; only the methods named in ``registered`` are also
+    registered methods. grpc.aio keeps one ``request_call`` outstanding per registered method and waits on all
+    of them on every loop turn, so registering the cold ones (health, metadata, repository control) only makes
+    each hot call dearer."""
     registrar = _Registrar()
     add(servicer, registrar)
     for service, handlers in registrar.services.items():
         guarded = {method: _guarded(handler) for method, handler in handlers.items()}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
-        server.add_registered_method_handlers(service, guarded)
+        hot = {method: handler for method, handler in guarded.items() if method in registered}
+        if hot:
+            server.add_registered_method_handlers(service, hot)

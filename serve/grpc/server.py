@@ -24,6 +24,8 @@ from serve.stats.served_baseline import BaselineLookup
 from serve.stats.wiring import StatsDocuments
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# The calls that carry traffic: registered methods, which grpc.aio matches without a generic lookup.
+HOT_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 
 
 def _add_to_pool(module: object) -> None:
@@ -61,7 +63,9 @@ def create_grpc_server(
         ],
     )
     # Registered so that bytes that are not the request message answer INVALID_ARGUMENT (decoding.py).
-    add_decoding_safely(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service), server)
+    add_decoding_safely(
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service), server, registered=HOT_METHODS
+    )
     health_servicer = health.aio.HealthServicer()
     add_decoding_safely(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
