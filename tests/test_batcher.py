@@ -7,6 +7,7 @@ behaviour allows it. Every await that a bug could turn into a hang is bounded by
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from serve.batching import Batcher, BatchingPolicy, BatchResult, QueuePolicy
+from serve.batching.execution import BatchExecution
 from serve.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -1008,6 +1010,28 @@ async def test_dynamic_batching_off_still_runs_max_in_flight_at_once(make_batche
     assert batcher.in_flight == 3
     model.open()
     await within(asyncio.gather(*tasks))
+
+
+@pytest.mark.parametrize("path", ["task", "dispatch pass"])
+async def test_a_bug_while_answering_leaves_no_caller_waiting_on_either_path(
+    make_batcher: MakeBatcher, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug in splitting or answering")
+
+    monkeypatch.setattr(BatchExecution, "_finish", broken)
+    inline = FakeInlineModel() if path == "dispatch pass" else None
+    batcher = make_batcher(FakeModel(), execute_now=inline)
+    tasks = [submit(batcher, 2), submit(batcher, 1)]
+
+    with caplog.at_level(logging.CRITICAL):  # the bug is logged; the callers are what this test is about
+        results = await within(asyncio.gather(*tasks, return_exceptions=True))
+
+    assert [type(r) for r in results] == [ModelExecutionError, ModelExecutionError]
+    assert all("ended without an answer" in str(r) for r in results)
+    assert batcher.in_flight == 0
+    monkeypatch.undo()
+    assert (await within(batcher.submit({"x": rows(1)}))).outputs["y"].shape == (1, 2)  # it goes on
 
 
 # -- batches run in the dispatch pass (execute_now) --------------------------------------------

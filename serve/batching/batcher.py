@@ -6,13 +6,15 @@ at a time, by a new request, a finished execution, a withdrawn or expired reques
 or close(); nothing polls. It runs after the callbacks already ready, so requests that arrive
 together (one read of several HTTP/2 streams, say) share a batch.
 
-A batch runs right in the pass when ``execute_now`` takes it (a model faster than a hand-off to
-a thread, on a free instance): no task, no wake-up, its callers answered before the pass ends.
-Otherwise it runs as a task of its own, so up to ``max_in_flight`` executions overlap.
+Each batch becomes one ``BatchExecution`` (execution.py), which owns it from then on. It runs right
+in the pass when ``execute_now`` takes it (a model faster than a hand-off to a thread, on a free
+instance): no task, no wake-up, its callers answered before the pass ends. Otherwise it runs as a
+task of its own, so up to ``max_in_flight`` executions overlap.
 
-Every caller awaits its own future and nothing else. Each execution fails exactly its own
-callers when anything in it goes wrong, and a task's done-callback fails whoever is still
-unanswered, so no path leaves a caller waiting (STYLE habits 4, 5 and 7).
+Every caller awaits its own future and nothing else. An execution fails exactly its own callers
+when anything in it goes wrong, and whatever ends it otherwise (a bug, cancellation, shutdown)
+answers whoever is still waiting through its ``fail_unanswered``, so no path leaves a caller
+waiting (STYLE habits 4, 5, 7 and 14).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
+from serve.batching.execution import BatchExecution, Runner
 from serve.batching.policy import BatchingPolicy
 from serve.batching.queue import PendingRequest, RequestQueue, select_batch
 from serve.batching.result import BatchResult, Execute, ExecuteNow
@@ -33,11 +35,10 @@ from serve.errors import (
     InvalidInput,
     ModelExecutionError,
     QueueFull,
-    RequestCancelled,
     ServeError,
     ShuttingDown,
 )
-from serve.events import BatchTimings, Execution, Observer, VersionKey
+from serve.events import Observer, VersionKey
 
 __all__ = ["Batcher", "BatchResult", "Execute", "ExecuteNow"]
 
@@ -58,22 +59,17 @@ class Batcher:
         clock: Callable[[], int] = time.monotonic_ns,
         execute_now: ExecuteNow | None = None,
     ) -> None:
-        self._execute = execute
-        # Tried first for every batch, in the dispatch pass itself; a batch it declines goes to execute.
-        self._execute_now = execute_now
         self._policy = policy
-        self._key = key
         self._name = f"{key.name}:{key.version}"
-        # Told of every execution, with the batch's tensors when it succeeded, after its callers
-        # are answered (metrics, input statistics); it must not block or modify the arrays.
-        self._observer = observer
         self._clock = clock
+        # execute_now is tried first for every batch, in the dispatch pass itself; a batch it declines goes to
+        # execute, awaited in a task (execution.py).
+        self._runner = Runner(key, self._name, policy.max_batch_size > 0, execute, execute_now, observer, clock)
         self._queue = RequestQueue(policy.level_count)
         self._hold_ns = policy.max_queue_delay_us * 1000 if policy.holds_requests else 0
         self._default_level = (policy.default_priority_level or policy.level_count) - 1
         self._queue_policies = [policy.queue_policy(level + 1) for level in range(policy.level_count)]
-        self._in_flight = 0  # executions running as tasks
-        self._executions: dict[asyncio.Task[None], list[PendingRequest]] = {}
+        self._executions: dict[asyncio.Task[None], BatchExecution] = {}  # running as tasks
         self._pass: asyncio.Handle | None = None  # the dispatch pass scheduled, if any
         self._hold_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,7 +84,7 @@ class Batcher:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return len(self._executions)
 
     def start(self) -> None:
         """Bind to the running loop (the first submit does it otherwise)."""
@@ -209,7 +205,7 @@ class Batcher:
             request.timer = None
 
     def _check_drained(self) -> None:
-        if self._drained is not None and not self._drained.done() and self._queue.size == 0 and self._in_flight == 0:
+        if self._drained is not None and not self._drained.done() and self._queue.size == 0 and not self._executions:
             self._drained.set_result(None)
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -235,7 +231,7 @@ class Batcher:
             self._hold_timer.cancel()
             self._hold_timer = None
         hold_ns = 0 if self._closing else self._hold_ns
-        while self._in_flight < self._policy.max_in_flight and self._queue.size:
+        while len(self._executions) < self._policy.max_in_flight and self._queue.size:
             now = self._clock()
             batch, hold_until_ns = select_batch(self._queue, self._policy, now, hold_ns)
             if not batch:
@@ -251,34 +247,26 @@ class Batcher:
         for request in batch:
             self._queue.discard(request)
             self._cancel_timer(request)  # once started, a request is waited for normally
-        gathered = None
-        if self._execute_now is not None:
-            start = self._clock()
-            live = self._live(batch)
-            if not live:
-                self._check_drained()
-                return
+        execution = BatchExecution(self._runner, batch)
+        if self._runner.execute_now is not None:
             try:
-                gathered = self._run_now(live, start)
+                finished = execution.run_now()
             except BaseException:
                 # The safety net of the pass: a caller still unanswered here would otherwise wait forever.
-                error = ModelExecutionError(f"model {self._name!r}: the batch ended without an answer")
-                for request in live:
-                    if not request.future.done():
-                        request.future.set_exception(error)
+                execution.fail_unanswered(
+                    ModelExecutionError(f"model {self._name!r}: the batch ended without an answer")
+                )
                 self._check_drained()
                 raise
-            if gathered is None:
+            if finished:
                 self._check_drained()
                 return
-        self._in_flight += 1
-        task = self._loop.create_task(self._run_batch(batch, gathered), name=f"batch {self._name}")
-        self._executions[task] = batch
+        task = self._loop.create_task(execution.run(), name=f"batch {self._name}")
+        self._executions[task] = execution
         task.add_done_callback(self._execution_done)
 
     def _execution_done(self, task: asyncio.Task[None]) -> None:
-        batch = self._executions.pop(task, [])
-        self._in_flight -= 1
+        execution = self._executions.pop(task, None)
         if task.cancelled():
             error: ServeError = ShuttingDown(f"model {self._name!r} shut down while the request ran")
         else:
@@ -286,201 +274,10 @@ class Batcher:
             if exc is not None:
                 logger.error("batch task of model %r failed", self._name, exc_info=exc)
             error = ModelExecutionError(f"model {self._name!r}: the batch ended without an answer")
-        # The safety net: a caller still unanswered here would otherwise wait forever.
-        for request in batch:
-            if not request.future.done():
-                request.future.set_exception(error)
+        if execution is not None:
+            execution.fail_unanswered(error)
         self._wake()
         self._check_drained()
-
-    # -- execution -------------------------------------------------------------------------------
-
-    def _live(self, batch: list[PendingRequest]) -> list[PendingRequest]:
-        """The callers still waiting; one whose client went away is answered so and dropped."""
-        live = []
-        for request in batch:
-            if request.future.done():
-                continue
-            if request.client_gone is not None and request.client_gone():
-                request.future.set_exception(RequestCancelled("the client went away before the request ran"))
-                continue
-            live.append(request)
-        return live
-
-    def _run_now(self, live: list[PendingRequest], start: int) -> _Gathered | None:
-        """Run the batch in this pass if ``execute_now`` takes it; else return what the task needs.
-
-        Returns None when the batch is done (answered, failed, or handed to a task of its own
-        that runs each caller alone after the model failed on them together)."""
-        assert self._execute_now is not None
-        batching = self._policy.max_batch_size > 0
-        rows = sum(request.rows for request in live) if batching else 1
-        input_ns = infer_ns = 0
-        executing = False
-        try:
-            inputs = self._concatenate(live)
-            mark = self._clock()
-            input_ns = mark - start
-            executing = True
-            outputs = self._execute_now(inputs)
-            executing = False
-            if outputs is None:  # not here and now: the batch goes to a task, already gathered
-                return _Gathered(len(live), inputs, start, input_ns)
-            now = self._clock()
-            infer_ns = now - mark
-            parts = self._split(outputs, live, rows) if batching else [outputs]
-            output_ns = self._clock() - now
-        except Exception as exc:
-            self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, 0, exc))
-            if executing and batching and len(live) > 1:
-                self._in_flight += 1
-                task = self._loop_or_fail().create_task(self._run_each_alone(live, start), name=f"batch {self._name}")
-                self._executions[task] = live
-                task.add_done_callback(self._execution_done)
-                return None
-            self._fail(live, exc, rows)
-            return None
-        self._answer(live, parts, start, input_ns, infer_ns, output_ns, rows)
-        self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, output_ns, None, inputs, outputs))
-        return None
-
-    async def _run_batch(self, batch: list[PendingRequest], gathered: _Gathered | None = None) -> None:
-        if gathered is None:
-            start = self._clock()
-            # Callers that left between forming the batch and this task starting are dropped too.
-            live = self._live(batch)
-        else:
-            start = gathered.start
-            live = self._live(batch)
-            if len(live) != gathered.requests:
-                gathered = None  # a caller left since: gather the batch again without it
-        if not live:
-            return
-        batching = self._policy.max_batch_size > 0
-        rows = sum(request.rows for request in live) if batching else 1
-        input_ns = infer_ns = output_ns = 0
-        mark = start
-        executing = False
-        try:
-            if gathered is None:
-                inputs = self._concatenate(live)
-                now = self._clock()
-                input_ns, mark = now - mark, now
-            else:
-                inputs, input_ns = gathered.inputs, gathered.input_ns
-                mark = self._clock()
-            executing = True
-            outputs = await self._execute(inputs)
-            executing = False
-            now = self._clock()
-            infer_ns, mark = now - mark, now
-            parts = self._split(outputs, live, rows) if batching else [outputs]
-            output_ns = self._clock() - mark
-        except Exception as exc:
-            self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, output_ns, exc))
-            if executing and batching and len(live) > 1:
-                await self._run_each_alone(live, start)
-                return
-            self._fail(live, exc, rows)
-            return
-        self._answer(live, parts, start, input_ns, infer_ns, output_ns, rows)
-        self._observe(Execution(self._key, rows, len(live), input_ns, infer_ns, output_ns, None, inputs, outputs))
-
-    def _answer(
-        self,
-        live: list[PendingRequest],
-        parts: list[dict[str, np.ndarray]],
-        start: int,
-        input_ns: int,
-        infer_ns: int,
-        output_ns: int,
-        rows: int,
-    ) -> None:
-        for request, part in zip(live, parts, strict=True):
-            if not request.future.done():
-                timings = BatchTimings(start - request.enqueue_ns, input_ns, infer_ns, output_ns, rows)
-                request.future.set_result(BatchResult(part, timings))
-
-    def _fail(self, live: list[PendingRequest], exc: Exception, rows: int) -> None:
-        for request in live:
-            if not request.future.done():
-                request.future.set_exception(self._as_serve_error(exc, rows))
-
-    async def _run_each_alone(self, live: list[PendingRequest], start: int) -> None:
-        # The model itself failed on a batch of several callers: run each alone, so that one
-        # caller's bad values (an index out of range, say) fail only that caller.
-        for request in live:
-            await self._run_alone(request, start)
-
-    async def _run_alone(self, request: PendingRequest, start: int) -> None:
-        if request.future.done():
-            return
-        mark = self._clock()
-        try:
-            outputs = await self._execute(request.inputs)
-            infer_ns = self._clock() - mark
-            (part,) = self._split(outputs, [request], request.rows)
-        except Exception as exc:
-            self._observe(Execution(self._key, request.rows, 1, 0, self._clock() - mark, 0, exc))
-            if not request.future.done():
-                request.future.set_exception(self._as_serve_error(exc, request.rows))
-            return
-        if not request.future.done():
-            timings = BatchTimings(start - request.enqueue_ns, 0, infer_ns, 0, request.rows)
-            request.future.set_result(BatchResult(part, timings))
-        self._observe(Execution(self._key, request.rows, 1, 0, infer_ns, 0, None, request.inputs, outputs))
-
-    @staticmethod
-    def _concatenate(live: list[PendingRequest]) -> dict[str, np.ndarray]:
-        if len(live) == 1:
-            return live[0].inputs  # as sent, no copy
-        return {name: np.concatenate([request.inputs[name] for request in live]) for name in live[0].inputs}
-
-    def _split(
-        self, outputs: Mapping[str, np.ndarray], live: list[PendingRequest], rows: int
-    ) -> list[dict[str, np.ndarray]]:
-        if not isinstance(outputs, dict | Mapping):  # dict first: an ABC check costs on every batch
-            raise ModelExecutionError(
-                f"model {self._name!r} returned {type(outputs).__name__}, not a mapping of outputs"
-            )
-        for output_name, array in outputs.items():
-            if not isinstance(array, np.ndarray) or array.ndim == 0 or array.shape[0] != rows:
-                shape = getattr(array, "shape", type(array).__name__)
-                raise ModelExecutionError(
-                    f"model {self._name!r} returned output {output_name!r} with shape {shape} for a batch "
-                    f"of {rows} rows; its first dimension must be the batch"
-                )
-        if len(live) == 1:
-            return [dict(outputs)]
-        parts: list[dict[str, np.ndarray]] = []
-        offset = 0
-        for request in live:
-            end = offset + request.rows
-            # Basic slices are views: no caller's rows are copied.
-            parts.append({output_name: array[offset:end] for output_name, array in outputs.items()})
-            offset = end
-        return parts
-
-    def _loop_or_fail(self) -> asyncio.AbstractEventLoop:
-        assert self._loop is not None
-        return self._loop
-
-    def _as_serve_error(self, exc: Exception, rows: int) -> ServeError:
-        if isinstance(exc, ServeError):
-            return exc
-        error = ModelExecutionError(
-            f"model {self._name!r} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}"
-        )
-        error.__cause__ = exc
-        return error
-
-    def _observe(self, execution: Execution) -> None:
-        if self._observer is None:
-            return
-        try:
-            self._observer.on_execution(execution)
-        except Exception:  # observing must never fail inference
-            logger.exception("observer of model %r failed", self._name)
 
     # -- shutdown --------------------------------------------------------------------------------
 
@@ -494,19 +291,17 @@ class Batcher:
     async def _shut_down(self, grace_s: float) -> None:
         loop = asyncio.get_running_loop()
         self._wake()  # queued requests go now, without holding for preferred sizes
-        if self._queue.size or self._in_flight:
+        if self._queue.size or self._executions:
             self._drained = loop.create_future()
             self._check_drained()
             await asyncio.wait([self._drained], timeout=max(0.0, grace_s))
         self._fail_queued(ShuttingDown(f"model {self._name!r} shut down before the request ran"))
         if self._executions:
             error = ShuttingDown(f"model {self._name!r} shut down while the request ran")
-            for task, batch in list(self._executions.items()):
+            for task, execution in list(self._executions.items()):
                 task.cancel()
                 # Answer now rather than trust execute() to honour the cancellation.
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(error)
+                execution.fail_unanswered(error)
             _, stuck = await asyncio.wait(list(self._executions), timeout=_CANCEL_WAIT_S)
             if stuck:
                 logger.warning("model %r: %d executions ignored cancellation", self._name, len(stuck))
@@ -517,13 +312,3 @@ class Batcher:
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Gathered:
-    """A batch gathered in a dispatch pass that ``execute_now`` declined: its task reuses it."""
-
-    requests: int  # live callers it was gathered for
-    inputs: dict[str, np.ndarray]
-    start: int
-    input_ns: int
