@@ -14,6 +14,7 @@ success during a point (h2load resets the streams still open when it stops: thos
 cancelled, not failed).
 
     python -m bench.grpc_servicer [--duration 5] [--rounds 3] [--concurrency 1,8,64]
+    python -m bench.grpc_servicer --frontends aio,native   # serve on each gRPC front end, side by side
     python -m bench.grpc_servicer --profile out/   # then py-spy both servers at the highest concurrency
 """
 
@@ -52,6 +53,8 @@ dynamic_batching {{ {batching} }}
 instance_group [{{ count: 1 kind: KIND_CPU }}]
 """
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
+# serve run --grpc-frontend X is the target named so (grpc.aio's keeps the name older runs used)
+TARGET_OF_FRONTEND = {"aio": "servicer", "native": "native"}
 
 
 @dataclass
@@ -125,7 +128,9 @@ def start_echo(cpus: set[int] | None, body: bytes) -> Target:
     return target
 
 
-def start_servicer(repo: Path, cpus: set[int] | None, body: bytes, extra: Sequence[str], log: Path) -> Target:
+def start_servicer(
+    repo: Path, cpus: set[int] | None, body: bytes, extra: Sequence[str], log: Path, frontend: str = "aio"
+) -> Target:
     grpc_port, http_port = free_port(), free_port()
     # The bench's log lives as long as the process.
     out = open(log, "wb")  # noqa: SIM115
@@ -134,12 +139,12 @@ def start_servicer(repo: Path, cpus: set[int] | None, body: bytes, extra: Sequen
         *("--http-port", str(http_port), "--grpc-port", str(grpc_port), "--log-level", "warning"),
     ]
     process = subprocess.Popen(
-        [sys.executable, "-m", "serve", "run", *args, *extra],
+        [sys.executable, "-m", "serve", "run", *args, "--grpc-frontend", frontend, *extra],
         stdout=out,
         stderr=subprocess.STDOUT,
         preexec_fn=pinned(cpus),
     )
-    target = Target("servicer", process, grpc_port, http_port)
+    target = Target(TARGET_OF_FRONTEND[frontend], process, grpc_port, http_port)
     try:
         wait_for_grpc(grpc_port, process, body)
         check_answer(grpc_port)
@@ -283,6 +288,29 @@ def summary(points: list[Point], levels: list[int]) -> str:
     return "\n".join(lines)
 
 
+def frontend_summary(points: list[Point], levels: list[int], frontends: list[str]) -> str:
+    """serve's servicer on each gRPC front end, side by side: means over rounds, and native : aio."""
+    lines = [
+        f"{'conc':>4s} {'front end':10s} {'req/s':>9s} {'x echo':>7s} {'cpu us/req':>10s} {'batch':>6s} "
+        f"{'p50 ms':>7s} {'p99 ms':>7s}"
+    ]
+    for c in levels:
+        echo = statistics.mean(p.requests_per_s for p in points if p.target == "echo" and p.concurrency == c)
+        rates: dict[str, float] = {}
+        for frontend in frontends:
+            mine = [p for p in points if p.target == TARGET_OF_FRONTEND[frontend] and p.concurrency == c]
+            rates[frontend] = statistics.mean(p.requests_per_s for p in mine)
+            lines.append(
+                f"{c:4d} {frontend:10s} {rates[frontend]:9,.0f} {rates[frontend] / echo:7.2f} "
+                f"{statistics.median(p.server_cpu_us for p in mine):10.0f} "
+                f"{statistics.mean(p.avg_batch for p in mine):6.1f} {statistics.median(p.p50_ms for p in mine):7.3f} "
+                f"{statistics.median(p.p99_ms for p in mine):7.3f}"
+            )
+        if "aio" in rates and "native" in rates:
+            lines.append(f"{c:4d} {'native:aio':10s} {rates['native'] / rates['aio']:9.2f}x")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5, help="seconds measured per point")
@@ -292,6 +320,7 @@ def main() -> None:
     parser.add_argument("--server-cpus", default=default_server, help="CPUs of both servers ('' = unpinned)")
     parser.add_argument("--client-cpus", default=default_client, help="CPUs of h2load ('' = unpinned)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `serve run` argument")
+    parser.add_argument("--frontends", default="aio", help="gRPC front ends to run serve on, side by side (aio,native)")
     parser.add_argument(
         "--queue-delay-us",
         type=int,
@@ -326,26 +355,30 @@ def main() -> None:
         message = grpc_request_bytes(MODEL, "input", x, "FP32")
         body = tmp / "body.bin"
         body.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
-        echo = start_echo(server_cpus, message)
+        frontends = args.frontends.split(",")
+        targets = [start_echo(server_cpus, message)]
         try:
-            servicer = start_servicer(repo, server_cpus, message, extra, tmp / "server.log")
-            try:
-                print(HEADER, flush=True)
-                for _ in range(args.rounds):
-                    for c in levels:
-                        for target in (echo, servicer):
-                            point = h2load(target, body, c, args.duration, client_cpus, tmp / "h2.log")
-                            points.append(point)
-                            print(format_point(point), flush=True)
-                if args.profile:
-                    for target in (echo, servicer):
-                        profile(target, body, max(levels), args.duration, args)
-            finally:
-                servicer.stop()
+            for frontend in frontends:
+                log = tmp / f"server-{frontend}.log"
+                targets.append(start_servicer(repo, server_cpus, message, extra, log, frontend))
+            print(HEADER, flush=True)
+            for _ in range(args.rounds):
+                for c in levels:
+                    for target in targets:
+                        point = h2load(target, body, c, args.duration, client_cpus, tmp / "h2.log")
+                        points.append(point)
+                        print(format_point(point), flush=True)
+            if args.profile:
+                for target in targets:
+                    profile(target, body, max(levels), args.duration, args)
         finally:
-            echo.stop()
+            for target in targets:
+                target.stop()
     print()
-    print(summary(points, levels))
+    if "aio" in frontends:
+        print(summary(points, levels))
+        print()
+    print(frontend_summary(points, levels, frontends))
     if args.json:
         args.json.write_text(json.dumps([p.__dict__ for p in points], indent=2))
 

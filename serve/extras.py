@@ -9,6 +9,7 @@ import importlib.util
 EXTRAS: dict[str, tuple[str, ...]] = {
     "baseline": ("pyarrow", "tqdm"),
     "monitor": ("matplotlib",),
+    "grpc-native": ("pygrpc_native",),
 }
 
 

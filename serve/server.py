@@ -27,6 +27,7 @@ from serve.core.cluster import Cluster
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
 from serve.grpc.auth import BearerAuthInterceptor
+from serve.grpc.frontends import choose_frontend
 from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
 from serve.http.auth import BearerAuth
@@ -134,6 +135,7 @@ class Server:
         self.metrics_port = settings.metrics_port
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
+        self._grpc_frontend = "grpc.aio"
 
     async def start(self, load_models: list[str] | None = None) -> None:
         """Load the models (``load_models``, else what the settings say) and start listening."""
@@ -165,6 +167,10 @@ class Server:
         else:
             self._http_socket = bind_http_socket(s.host, s.http_port, reuse_port=self.role is not None)
         self.http_port = self._http_socket.getsockname()[1]
+        frontend = choose_frontend(s.grpc_frontend, tls=tls is not None)
+        if frontend.fallback_reason:
+            log.warning("%s", frontend.fallback_reason)
+        self._grpc_frontend = "grpc.aio" if frontend.name == "aio" else "pygrpc-native"
         self._grpc, self._health, self.grpc_port = create_grpc_server(
             self.service,
             address=_grpc_address(s.host, s.grpc_port),
@@ -174,6 +180,7 @@ class Server:
             reuse_port=self.role is not None,
             tls=tls,
             interceptors=interceptors,
+            frontend=frontend,
         )
         await self._grpc.start()
         config = uvicorn.Config(
@@ -217,12 +224,13 @@ class Server:
                 "every call but health needs one" if s.auth_inference else "model control needs an admin token",
             )
         log.info(
-            "serving %d model version(s): HTTP on %s:%d, gRPC on %s:%d",
+            "serving %d model version(s): HTTP on %s:%d, gRPC on %s:%d (%s)",
             len(self.repository.loaded()),
             s.host,
             self.http_port,
             s.host,
             self.grpc_port,
+            self._grpc_frontend,
         )
 
     async def _start_metrics_http(self, port: int) -> None:

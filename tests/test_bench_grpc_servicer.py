@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench._pyspy import NATIVE, summarize
-from bench.grpc_servicer import Point, summary
+from bench.grpc_servicer import Point, frontend_summary, summary
 
 
 def _point(target: str, concurrency: int, rate: float) -> Point:
@@ -42,3 +42,13 @@ def test_profile_summary_counts_native_time_under_the_loop_and_each_function(tmp
     assert f"60.0%  {NATIVE}" in text
     assert "30.0%  submit (serve/batching/batcher.py)" in text  # innermost, per function
     assert "40.0%  submit (serve/batching/batcher.py)" in text  # anywhere in the stack
+
+
+def test_frontend_summary_compares_each_front_end_with_echo_and_native_with_aio() -> None:
+    points = [_point("echo", 64, 1000), _point("servicer", 64, 500), _point("native", 64, 2000)]
+
+    lines = frontend_summary(points, [64], ["aio", "native"]).splitlines()
+
+    assert lines[1].split()[:4] == ["64", "aio", "500", "0.50"]
+    assert lines[2].split()[:4] == ["64", "native", "2,000", "2.00"]
+    assert lines[3].split() == ["64", "native:aio", "4.00x"]

@@ -65,6 +65,14 @@ def test_a_bad_value_is_refused_naming_the_flag_or_variable(
     assert message in str(caught.value)
 
 
+def test_the_native_grpc_frontend_without_its_extra_is_refused_saying_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(settings, "missing_modules", lambda extra: ["pygrpc_native"])
+    with pytest.raises(SettingsError, match=r"--grpc-frontend='native'.*pip install 'serve\[grpc-native\]'"):
+        parse("--grpc-frontend", "native")
+
+
 def test_settings_built_in_code_are_checked_too() -> None:
     with pytest.raises(SettingsError, match="--model-control-mode"):
         ServerSettings(model_control_mode="sometimes")  # type: ignore[arg-type]

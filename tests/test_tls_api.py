@@ -358,3 +358,25 @@ def test_a_key_without_its_certificate_is_a_settings_error(tmp_path: Path, certi
 
     assert result.returncode == 2
     assert "--tls-cert-file and --tls-key-file: give both or neither" in result.stderr
+
+
+def test_grpc_frontend_native_with_tls_serves_grpc_over_tls_with_grpc_aio_and_says_why(
+    certificates: Certificates, repository: Path, tmp_path: Path
+) -> None:
+    server = start_server(
+        repository,
+        tmp_path,
+        "--tls-cert-file", str(certificates.server.cert),
+        "--tls-key-file", str(certificates.server.key),
+        "--grpc-frontend", "native",
+        tls=client_context(certificates),
+    )  # fmt: skip
+    try:
+        client = grpcs_client(server, certificates)
+        assert client.is_server_live()
+        assert grpc_infer(client).shape == (1, 3)
+    finally:
+        server.stop()
+    log = server.log()
+    assert "--grpc-frontend native has no TLS" in log and "served by grpc.aio" in log
+    assert "gRPC on 127.0.0.1:" in log and "(grpc.aio)" in log

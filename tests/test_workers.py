@@ -277,3 +277,15 @@ def test_explicit_load_and_unload_reach_every_worker(demo: Path, tmp_path: Path)
             assert not client.is_model_ready("tabular")
         finally:
             client.close()
+
+
+def test_two_workers_serve_grpc_on_one_port_with_the_native_front_end(demo: Path, tmp_path: Path) -> None:
+    with serving(demo, tmp_path, "--workers", str(WORKERS), "--grpc-frontend", "native") as server:
+        wait_for_workers(server)
+        for _ in range(8):  # new channels: SO_REUSEPORT hashes their connections over the workers
+            with grpcclient.InferenceServerClient(server.grpc_url) as client:
+                tensor = grpcclient.InferInput("features", [2, 8], "FP32")
+                tensor.set_data_from_numpy(_features(2))
+                assert client.infer("tabular", [tensor]).as_numpy("label").shape == (2, 1)
+        log = server.log()
+    assert log.count("(pygrpc-native)") == WORKERS, log

@@ -43,8 +43,12 @@ class MonitoringServicer(pb_grpc.MonitoringServicer):
 
 
 def add_monitoring_servicer(
-    server: grpc.aio.Server, lookup: StatsDocuments, baselines: BaselineLookup
+    server: grpc.aio.Server, lookup: StatsDocuments, baselines: BaselineLookup, *, register_methods: bool = False
 ) -> MonitoringServicer:
+    """``register_methods``: as registered methods too, for a front end that serves only those (frontends.py)."""
     servicer = MonitoringServicer(lookup, baselines)
-    add_decoding_safely(pb_grpc.add_MonitoringServicer_to_server, servicer, server)
+    methods = frozenset(m.name for m in pb.DESCRIPTOR.services_by_name["Monitoring"].methods)
+    add_decoding_safely(
+        pb_grpc.add_MonitoringServicer_to_server, servicer, server, registered=methods if register_methods else ()
+    )
     return servicer

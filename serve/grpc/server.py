@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from serve.core import InferenceService
 from serve.grpc.decoding import add_decoding_safely
+from serve.grpc.frontends import Frontend, choose_frontend
 from serve.grpc.monitoring import SERVICE_NAME as MONITORING_SERVICE_NAME
 from serve.grpc.monitoring import add_monitoring_servicer
 from serve.grpc.service import InferenceServicer
@@ -26,6 +27,8 @@ from serve.stats.wiring import StatsDocuments
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # The calls that carry traffic: registered methods, which grpc.aio matches without a generic lookup.
 HOT_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
+ALL_INFERENCE_METHODS = frozenset(m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods)
+HEALTH_METHODS = frozenset(m.name for m in health_pb2.DESCRIPTOR.services_by_name["Health"].methods)
 
 
 def _add_to_pool(module: object) -> None:
@@ -47,9 +50,12 @@ def create_grpc_server(
     reuse_port: bool = False,
     tls: TlsFiles | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    frontend: Frontend | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """Build and bind the server (over TLS with ``tls``); returns it, its health servicer and the bound port."""
-    server = grpc.aio.server(
+    """Build and bind the server (over TLS with ``tls``) on ``frontend`` (grpc.aio unless given); returns it, its
+    health servicer and the bound port."""
+    frontend = frontend or choose_frontend("aio", tls=tls is not None)
+    server = frontend.server(
         interceptors=list(interceptors) or None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -63,14 +69,23 @@ def create_grpc_server(
         ],
     )
     # Registered so that bytes that are not the request message answer INVALID_ARGUMENT (decoding.py).
+    inference_methods = ALL_INFERENCE_METHODS if frontend.register_every_method else HOT_METHODS
     add_decoding_safely(
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service), server, registered=HOT_METHODS
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server,
+        InferenceServicer(service),
+        server,
+        registered=inference_methods,
     )
     health_servicer = health.aio.HealthServicer()
-    add_decoding_safely(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
+    add_decoding_safely(
+        health_pb2_grpc.add_HealthServicer_to_server,
+        health_servicer,
+        server,
+        registered=HEALTH_METHODS if frontend.register_every_method else (),
+    )
     services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
     if stats_lookup is not None and baseline_lookup is not None:
-        add_monitoring_servicer(server, stats_lookup, baseline_lookup)
+        add_monitoring_servicer(server, stats_lookup, baseline_lookup, register_methods=frontend.register_every_method)
         services.append(MONITORING_SERVICE_NAME)
     _add_to_pool(health_pb2)
     reflection.enable_server_reflection(services, server, pool=POOL)
