@@ -364,7 +364,13 @@ class ModelRepository:
         prepared = prepare_model(path, version_dir, rewrite_zipmap=cfg.rewrites_zipmap(raw))
         if self._check_in_child:
             check_in_child(path.name, prepared.graph, prepared.external_data_dir)
-        runner = OnnxRunner(path, options, graph=prepared.graph, external_data_dir=prepared.external_data_dir)
+        runner = OnnxRunner(
+            path,
+            options,
+            graph=prepared.graph,
+            external_data_dir=prepared.external_data_dir,
+            unknown_rank=prepared.unknown_rank,
+        )
         try:
             if mlmodel is not None:
                 check_signature(mlmodel, runner.inputs, runner.outputs)
