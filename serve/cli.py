@@ -103,12 +103,11 @@ def _run_in_loop(coro: Any) -> Any:
         loop.close()
 
 
-def _run_workers(settings: ServerSettings) -> int:
+def _run_workers(settings: ServerSettings, root: Path) -> int:
     # The run directory (and prometheus_client's multiprocess mode) before anything imports the client.
     from serve.workers.rundir import prepare_run_dir
 
     run_dir = prepare_run_dir()
-    root = _repository_root(settings)
     from serve.workers.supervisor import run_supervisor
 
     try:
@@ -142,14 +141,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_monitor(args)
     if args.command == "run":
         from serve.cpus import resolve_workers
+        from serve.preflight import PreflightError, preflight
 
+        root = _repository_root(server_settings)
+        try:
+            preflight(server_settings, root)  # before any model loads: a taken port must not wait for them
+        except PreflightError as exc:
+            print(f"serve run: {exc.message}", file=sys.stderr)
+            return 1
         if resolve_workers(server_settings.workers) > 1:
-            return _run_workers(server_settings)
+            return _run_workers(server_settings, root)
         from serve.errors import ServeError
         from serve.server import run_server
 
         try:
-            _run_in_loop(run_server(server_settings, _repository_root(server_settings)))
+            _run_in_loop(run_server(server_settings, root))
         except OSError as exc:
             logging.getLogger("serve").error("%s", exc)
             return 1

@@ -176,7 +176,8 @@ class ServerSettings:
     return_freed_memory: bool = setting(
         True,
         help="fix glibc malloc's thresholds (blocks of 128 KiB or more mapped on their own, heaps trimmed past 4 MiB "
-        "free) so that memory freed after large or refused requests goes back to the OS (serve/memory.py)",
+        "free, trimmed within a second when RSS grows past 4 MiB) so that memory freed after large or refused "
+        "requests goes back to the OS (serve/memory.py)",
     )
     default_max_batch_size: int = setting(
         64,

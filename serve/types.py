@@ -82,3 +82,5 @@ class GraphTensor:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    # False where the graph gives no shape at all: then ``shape`` is () but the rank is unknown, not 0.
+    rank_known: bool = True

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from serve.errors import ModelNotFound
+from serve.repository.layout import repository_mistake
 from serve.repository.repository import READY, ModelRepository
 from serve.settings import ServerSettings
 from tests.fixtures.inprocess import in_process
@@ -123,3 +124,54 @@ async def test_a_bare_directorys_baseline_is_the_models_baseline(root: Path) -> 
     async with in_process(bare, model_name=MODEL) as server:
         served = server.stats.baseline(server.service.repository.get(MODEL))
     assert served.data == (bare / "baseline.json").read_bytes()
+
+
+# -- layout mistakes, and what to do about them ------------------------------------------------
+
+
+async def test_a_model_file_outside_a_version_directory_fails_saying_where_to_put_it(
+    root: Path, opened: Opened
+) -> None:
+    write_bare_model(root / "m")
+    repository = opened(root, None)
+    await repository.load_all()
+    (row,) = repository.index()
+    assert row["state"] != READY
+    assert row["reason"] == "m/model.onnx is not in a version directory: put it at m/1/model.onnx"
+
+
+async def test_a_model_directory_with_nothing_in_it_fails_naming_the_layout(root: Path, opened: Opened) -> None:
+    (root / "m").mkdir()
+    (root / "m" / "config.pbtxt").write_text("max_batch_size: 4\n")
+    repository = opened(root, None)
+    await repository.load_all()
+    (row,) = repository.index()
+    assert "no version directory: put the model file at m/1/model.onnx" in row["reason"]
+
+
+def test_a_model_directory_given_as_the_repository_is_told_to_point_at_its_parent(root: Path) -> None:
+    write_triton_model(root, "mlp")
+    mistake = repository_mistake(root / "mlp")
+    assert mistake is not None
+    assert f"point --model-repository at its parent, {root}," in mistake
+    assert "it holds 1/model.onnx" in mistake
+
+
+def test_a_directory_holding_only_a_config_is_a_model_directory_too(root: Path) -> None:
+    (root / "config.pbtxt").write_text("max_batch_size: 4\n")
+    mistake = repository_mistake(root)
+    assert mistake is not None and "point --model-repository at its parent" in mistake
+
+
+def test_a_model_file_given_as_the_repository_is_told_where_to_put_it(root: Path) -> None:
+    write_bare_model(root)
+    mistake = repository_mistake(root)
+    assert mistake is not None
+    assert "put it at <model>/1/model.onnx" in mistake and "--model-name" in mistake
+
+
+def test_a_repository_with_a_stray_file_beside_its_models_is_no_mistake(root: Path) -> None:
+    write_bare_model(root)
+    (root / "config.pbtxt").write_text("")
+    write_triton_model(root, "mlp")
+    assert repository_mistake(root) is None

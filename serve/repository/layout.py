@@ -108,3 +108,51 @@ def single_model(root: Path, name: str) -> ModelLayout:
     if root.is_dir() and any(p.is_dir() and is_version_number(p.name) for p in root.iterdir()):
         return ModelLayout(root, named_by_directory=False)
     return ModelLayout(root / name)
+
+
+def missing_versions(directory: Path, name: str, filename: str) -> str:
+    """Why model ``name`` in ``directory`` has no version to load when it has no version directory at
+    all, saying where its file goes (the usual mistake: ``<model>/model.onnx`` without ``1/``)."""
+    wanted = filename or config_file.DEFAULT_MODEL_FILENAME
+    try:
+        stray = [wanted] if (directory / wanted).is_file() else _onnx_files(directory)
+    except OSError:
+        stray = []
+    if stray:
+        return f"{name}/{stray[0]} is not in a version directory: put it at {name}/1/{stray[0]}"
+    return f"no version directory: put the model file at {name}/1/{wanted}"
+
+
+def repository_mistake(root: Path) -> str | None:
+    """Why ``root``, given as a repository of model directories, is not one (what to do instead), or
+    None. Two mistakes are common: pointing at one model's directory (``root/1/model.onnx``,
+    ``root/config.pbtxt``), and at a directory holding a model file itself."""
+    try:
+        entries = sorted(root.iterdir())
+        versions = [p for p in entries if p.is_dir() and is_version_number(p.name) and _onnx_files(p)]
+        models = [p for p in entries if p.is_dir() and p not in versions and _has_version_directory(p)]
+        files = _onnx_files(root)
+    except OSError:
+        return None  # an unreadable repository is reported where it is read
+    config = (root / config_file.CONFIG_FILENAME).is_file()
+    if versions or (config and not models):
+        held = [f"{v.name}/{_onnx_files(v)[0]}" for v in versions] + ([config_file.CONFIG_FILENAME] if config else [])
+        return (
+            f"--model-repository {root} is one model's directory (it holds {', '.join(held)}), not a repository "
+            f"of model directories: point --model-repository at its parent, {root.parent}, to serve it as model "
+            f"'{root.name}' (or add --model-name NAME to serve this directory alone)"
+        )
+    if files and not models:
+        return (
+            f"--model-repository {root} holds a model file ({files[0]}) but no model directory: put it at "
+            f"<model>/1/{files[0]} inside the repository, or add --model-name NAME to serve this directory as one model"
+        )
+    return None
+
+
+def _onnx_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("*.onnx") if p.is_file())
+
+
+def _has_version_directory(directory: Path) -> bool:
+    return any(p.is_dir() and is_version_number(p.name) for p in directory.iterdir())

@@ -184,7 +184,8 @@ def _check_part(signature: list[SignatureTensor], graph: list[GraphTensor], what
         label = f"MLflow signature {what} '{entry.name or tensor.name}'"
         if entry.datatype != tensor.datatype:
             raise ModelLoadError(f"{label} has datatype {entry.datatype} but the ONNX graph says {tensor.datatype}")
-        if entry.shape is not None and not _shapes_agree(entry.shape, tensor.shape):
+        # A graph tensor of unknown rank agrees with any shape the signature gives.
+        if entry.shape is not None and tensor.rank_known and not _shapes_agree(entry.shape, tensor.shape):
             raise ModelLoadError(f"{label} has shape {list(entry.shape)} but the ONNX graph gives {list(tensor.shape)}")
 
 

@@ -29,7 +29,8 @@ def _config_dims(graph: GraphTensor, batching: bool) -> list[int]:
 
 
 def _batchable(inputs: list[GraphTensor], outputs: list[GraphTensor]) -> bool:
-    return all(len(t.shape) >= 1 and t.shape[0] == -1 for t in [*inputs, *outputs])
+    # A tensor of unknown rank cannot say; without a config it is refused anyway (_complete_tensors).
+    return all(t.rank_known and len(t.shape) >= 1 and t.shape[0] == -1 for t in [*inputs, *outputs])
 
 
 def complete_config(
@@ -58,7 +59,8 @@ def complete_config(
     batching = config.max_batch_size > 0
     if batching:
         for tensor in [*inputs, *outputs]:
-            if not tensor.shape or tensor.shape[0] != -1:
+            # Unknown rank: the config's dims say what the tensor is, after the batch dimension.
+            if tensor.rank_known and (not tensor.shape or tensor.shape[0] != -1):
                 raise ModelLoadError(
                     f"max_batch_size is {config.max_batch_size} but '{tensor.name}' has no variable first "
                     f"dimension in the ONNX graph (shape {list(tensor.shape)}); set max_batch_size: 0"
@@ -93,6 +95,8 @@ def _complete_tensors(
     by_name = {t.name: t for t in graph}
     if not declared:
         for tensor in graph:
+            if not tensor.rank_known:
+                raise ModelLoadError(_unknown_rank_message(tensor, what))
             declared.add(
                 name=tensor.name,
                 data_type=mc.DataType.Value(OIP_TO_CONFIG[tensor.datatype]),
@@ -113,6 +117,8 @@ def _complete_tensors(
                 f"config {what} '{entry.name}' has data_type {mc.DataType.Name(entry.data_type)} but the "
                 f"ONNX graph says {OIP_TO_CONFIG.get(found.datatype, found.datatype)}"
             )
+        if not found.rank_known:
+            continue  # the graph says nothing about its shape: the config's dims are the shape
         graph_dims = _config_dims(found, batching)
         dims = list(entry.dims)
         if not graph_dims and dims in ([], [1]):
@@ -127,6 +133,14 @@ def _complete_tensors(
         raise ModelLoadError(f"config lists no entry for graph {what}(s) {sorted(missing)}")
 
 
+def _unknown_rank_message(tensor: GraphTensor, what: str) -> str:
+    return (
+        f"{what} '{tensor.name}' has no shape in the ONNX graph (its rank is unknown, not 0): "
+        f'give its dims in config.pbtxt, e.g. {what} [ {{ name: "{tensor.name}" '
+        f"data_type: {OIP_TO_CONFIG.get(tensor.datatype, tensor.datatype)} dims: [ ... ] }} ]"
+    )
+
+
 def scalars_as_one(
     entries: Iterable[mc.ModelInput | mc.ModelOutput], graph: list[GraphTensor], batching: bool
 ) -> frozenset[str]:
@@ -137,7 +151,10 @@ def scalars_as_one(
     return frozenset(
         e.name
         for e in entries
-        if list(e.dims) == [1] and e.name in by_name and not _config_dims(by_name[e.name], batching)
+        if list(e.dims) == [1]
+        and e.name in by_name
+        and by_name[e.name].rank_known
+        and not _config_dims(by_name[e.name], batching)
     )
 
 

@@ -40,7 +40,7 @@ from serve.repository import config_file
 from serve.repository import model_config as cfg
 from serve.repository.digests import config_sha256, file_sha256
 from serve.repository.labels import read_labels
-from serve.repository.layout import ModelLayout, is_version_number, single_model, triton_model
+from serve.repository.layout import ModelLayout, is_version_number, missing_versions, single_model, triton_model
 from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
 from serve.repository.warmup import warm_up
 from serve.runtime.model_file import prepare_model
@@ -254,10 +254,10 @@ class ModelRepository:
                 policy = config_file.version_policy(raw)
                 available = layout.versions()
                 chosen = policy.select(available)
+                if not available:
+                    raise ModelLoadError(missing_versions(model_dir, name, raw.default_model_filename))
                 if not chosen:
-                    raise ModelLoadError(
-                        f"no version directory matches the version policy (found {available or 'none'})"
-                    )
+                    raise ModelLoadError(f"no version directory matches the version policy (found {available})")
             except ServeError as exc:
                 if before:
                     serving = ", ".join(v.version_str for v in before)
@@ -364,7 +364,13 @@ class ModelRepository:
         prepared = prepare_model(path, version_dir, rewrite_zipmap=cfg.rewrites_zipmap(raw))
         if self._check_in_child:
             check_in_child(path.name, prepared.graph, prepared.external_data_dir)
-        runner = OnnxRunner(path, options, graph=prepared.graph, external_data_dir=prepared.external_data_dir)
+        runner = OnnxRunner(
+            path,
+            options,
+            graph=prepared.graph,
+            external_data_dir=prepared.external_data_dir,
+            unknown_rank=prepared.unknown_rank,
+        )
         try:
             if mlmodel is not None:
                 check_signature(mlmodel, runner.inputs, runner.outputs)

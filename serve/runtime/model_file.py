@@ -24,6 +24,9 @@ class PreparedModel:
     # Where onnxruntime finds external data (the model file's directory); None = the model has none.
     external_data_dir: Path | None = None
     zipmaps: list[ZipMapRewrite] = field(default_factory=list)
+    # Inputs and outputs declared with no shape field (rank unknown): onnxruntime reports them as [],
+    # the same as a scalar's, so only the graph itself tells them apart.
+    unknown_rank: frozenset[str] = frozenset()
 
 
 def prepare_model(path: Path, version_dir: Path, *, rewrite_zipmap: bool) -> PreparedModel:
@@ -36,4 +39,12 @@ def prepare_model(path: Path, version_dir: Path, *, rewrite_zipmap: bool) -> Pre
     zipmaps = rewrite_zipmaps(model) if rewrite_zipmap else []
     # Unchanged models go to onnxruntime as read, without serializing them again.
     graph = model.SerializeToString() if zipmaps else raw
-    return PreparedModel(graph, path.parent if external else None, zipmaps)
+    return PreparedModel(graph, path.parent if external else None, zipmaps, _unknown_rank(model.graph))
+
+
+def _unknown_rank(graph: onnx.GraphProto) -> frozenset[str]:
+    return frozenset(
+        value.name
+        for value in [*graph.input, *graph.output]
+        if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape")
+    )

@@ -41,7 +41,7 @@ _OPTIMIZATION_LEVELS = {
 }
 
 
-def _graph_tensors(args: Sequence[ort.NodeArg], what: str) -> list[GraphTensor]:
+def _graph_tensors(args: Sequence[ort.NodeArg], what: str, unknown_rank: frozenset[str]) -> list[GraphTensor]:
     tensors = []
     for arg in args:
         datatype = ORT_TO_OIP.get(arg.type)
@@ -52,7 +52,7 @@ def _graph_tensors(args: Sequence[ort.NodeArg], what: str) -> list[GraphTensor]:
         if datatype == "BF16":
             raise ModelLoadError(f"{what} '{arg.name}' is bfloat16, which this server does not support yet")
         shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
-        tensors.append(GraphTensor(arg.name, datatype, shape))
+        tensors.append(GraphTensor(arg.name, datatype, shape, rank_known=arg.name not in unknown_rank))
     return tensors
 
 
@@ -66,9 +66,11 @@ class OnnxRunner:
         *,
         graph: bytes | None = None,
         external_data_dir: Path | None = None,
+        unknown_rank: frozenset[str] = frozenset(),
     ) -> None:
         """``graph``: the model to load, when prepared in memory (else the bytes of ``model_path``);
-        ``external_data_dir``: where its external data lives (checked by the caller)."""
+        ``external_data_dir``: where its external data lives (checked by the caller); ``unknown_rank``:
+        the inputs and outputs the graph gives no shape (model_file.py)."""
         self.model_path = model_path
         self.options = options
         self._external_data_dir = external_data_dir
@@ -105,8 +107,8 @@ class OnnxRunner:
         except Exception as exc:  # onnxruntime raises many types; all mean "this model cannot load"
             raise ModelLoadError(f"onnxruntime could not load {model_path.name}: {exc}") from exc
         first = self._sessions[0]
-        self.inputs = _graph_tensors(first.get_inputs(), "input")
-        self.outputs = _graph_tensors(first.get_outputs(), "output")
+        self.inputs = _graph_tensors(first.get_inputs(), "input", unknown_rank)
+        self.outputs = _graph_tensors(first.get_outputs(), "output", unknown_rank)
         self.output_names = [t.name for t in self.outputs]
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(len(self._sessions)):
