@@ -13,6 +13,15 @@ Baseline edges are the training minimum, training quantiles (``inverted_cdf``, s
 edge is an observed value and discrete features get one bin per value) and the float
 just above the training maximum. The two tail bins therefore hold exactly the values
 outside the training range, which is what an out-of-range rate needs.
+
+Edges are values of the input's own datatype (``dtype``): the server bins what clients
+send (FP32 for most models), and a float64 edge such as 26.96 lies between two FP32 values,
+so 26.96 sent as FP32 (26.9599991) would fall below it while the training file's 26.96 sat
+on it (issue 17). The training values are cast to the datatype before the edges are taken
+(serve baseline does that), and each edge is then the smallest value of the datatype that
+is >= the float64 edge: for values of that datatype ``x >= e`` exactly when
+``x >= representable(e)``, so rounding changes no bin, and every edge is a value a client
+can send, which falls on the same side of it in the baseline and in the server.
 """
 
 from __future__ import annotations
@@ -39,10 +48,40 @@ def quantile_levels(
     return np.unique(np.concatenate([levels, extra]))
 
 
-def edges_from_quantiles(minimum: float, quantiles: Sequence[float] | np.ndarray, maximum: float) -> np.ndarray:
-    """Edges from a feature's range and its quantile values (e.g. from a streaming first pass)."""
-    upper = np.nextafter(float(maximum), np.inf)
-    values = np.concatenate([[float(minimum)], np.asarray(quantiles, dtype=np.float64).ravel(), [upper]])
+def representable(edges: np.ndarray, dtype: np.dtype | type = np.float64) -> np.ndarray:
+    """Each edge raised to the smallest value of ``dtype`` that is >= it, as float64 (module docstring).
+
+    Floats round up within their own type (FP32, FP16); integers and booleans to the next whole number.
+    Edges beyond the type's range become infinite (and are then dropped by the caller)."""
+    e = np.asarray(edges, dtype=np.float64)
+    kind = np.dtype(dtype)
+    if kind.kind == "f" and kind.itemsize < 8:
+        with np.errstate(over="ignore"):
+            narrow = e.astype(kind)
+            below = narrow.astype(np.float64) < e
+            narrow[below] = np.nextafter(narrow[below], kind.type(np.inf))
+        return narrow.astype(np.float64)
+    if kind.kind in "iub":
+        return np.ceil(e)
+    return e
+
+
+def edges_from_quantiles(
+    minimum: float,
+    quantiles: Sequence[float] | np.ndarray,
+    maximum: float,
+    dtype: np.dtype | type = np.float64,
+) -> np.ndarray:
+    """Edges from a feature's range and its quantile values (e.g. from a streaming first pass), as values
+    of ``dtype``, the datatype of the values binned against them; the last is the next one above ``maximum``."""
+    kind = np.dtype(dtype)
+    top = representable(np.array([float(maximum)]), kind)
+    if kind.kind in "iub":
+        upper = top + 1.0
+    else:
+        upper = np.nextafter(top.astype(kind), kind.type(np.inf)).astype(np.float64)
+    inner = np.concatenate([[float(minimum)], np.asarray(quantiles, dtype=np.float64).ravel()])
+    values = np.concatenate([representable(inner, kind), upper])
     values = values[np.isfinite(values)]
     return np.unique(values)
 
@@ -51,14 +90,16 @@ def compute_edges(
     values: np.ndarray,
     n_quantiles: int = DEFAULT_QUANTILES,
     tail_levels: Sequence[float] = DEFAULT_TAIL_LEVELS,
+    dtype: np.dtype | type = np.float64,
 ) -> np.ndarray:
-    """Edges from training values; non-finite values are ignored. No values → no edges (one bin)."""
+    """Edges from training values (already values of ``dtype``); non-finite values are ignored. No values →
+    no edges (one bin)."""
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
         return np.empty(0, dtype=np.float64)
     q = np.quantile(v, quantile_levels(n_quantiles, tail_levels), method="inverted_cdf")
-    return edges_from_quantiles(v.min(), q, v.max())
+    return edges_from_quantiles(v.min(), q, v.max(), dtype)
 
 
 def validate_edges(edges: Sequence[float] | np.ndarray, name: str = "") -> np.ndarray:
