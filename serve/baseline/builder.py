@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.baseline.model import BaselineInputError, ModelInfo
+from serve.baseline.model import BaselineInputError, ModelInfo, open_session
 from serve.baseline.sources import Chunk, DataSource
 from serve.datatypes import numpy_dtype
 from serve.stats.baseline import (
@@ -144,12 +144,9 @@ def served_chunks(sources: Sequence[DataSource], specs: Sequence[TensorSpec], ch
 
 class ModelRunner:
     def __init__(self, info: ModelInfo) -> None:
-        import onnxruntime as ort
-
         self.info = info
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(info.onnx_path), options, providers=["CPUExecutionProvider"])
+        graph = info.graph if info.graph is not None else info.onnx_path.read_bytes()
+        self.session = open_session(graph, info.onnx_path)
 
     def _feeds(self, chunk: Chunk) -> dict[str, np.ndarray]:
         feeds = {}
