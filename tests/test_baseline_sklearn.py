@@ -101,7 +101,8 @@ async def test_the_server_records_the_baselines_features_with_its_kinds_and_edge
     ]
     for served, declared in zip(recorded, baseline.features, strict=True):
         if declared.kind == "numeric":
-            assert served["edges"] == declared.edges.tolist(), declared.name  # type: ignore[union-attr]
+            assert declared.edges is not None
+            assert served["edges"] == declared.edges.tolist(), declared.name
 
 
 def test_string_class_labels_are_described_as_the_server_returns_them(tmp_path: Path) -> None:

@@ -76,12 +76,12 @@ def load_model_info(repository: Path, name: str, version: int | None = None) -> 
             raise BaselineInputError(f"{path} not found")
         prepared = prepare_model(path, version_dir, rewrite_zipmap=cfg.rewrites_zipmap(raw))
         session = open_session(prepared.graph, path)
-        inputs = _graph_tensors(session.get_inputs(), "input")
-        outputs = _graph_tensors(session.get_outputs(), "output")
+        graph_inputs = _graph_tensors(session.get_inputs(), "input")
+        graph_outputs = _graph_tensors(session.get_outputs(), "output")
         if mlmodel is not None:
-            check_signature(mlmodel, inputs, outputs)
+            check_signature(mlmodel, graph_inputs, graph_outputs)
         config = cfg.complete_config(
-            raw, name=name, from_file=from_file, inputs=inputs, outputs=outputs,
+            raw, name=name, from_file=from_file, inputs=graph_inputs, outputs=graph_outputs,
             default_max_batch_size=64, cuda_available=False,
         )  # fmt: skip
         if mlmodel is not None:
