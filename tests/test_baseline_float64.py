@@ -16,6 +16,7 @@ from serve.baseline.builder import BaselineOptions, build_baseline
 from serve.baseline.model import load_model_info
 from serve.baseline.sources import open_source
 from serve.stats.baseline import Baseline
+from serve.stats.binning import assign_bins, edges_from_quantiles, quantile_levels
 from serve.stats.views import build_extractors
 from tests.fixtures.sklearn_models import LABEL, WEATHER_COLUMNS, late_classifier, weather
 
@@ -109,3 +110,26 @@ def test_moments_and_range_are_those_of_the_fp32_values(repo: Path, train: pd.Da
         assert stats is not None
         assert (stats["min"], stats["max"]) == (sent.min(), sent.max())
         assert stats["mean"] == pytest.approx(sent.mean(), rel=1e-12)
+
+
+def test_edges_from_float64_quantiles_put_fp32_values_in_the_bins_of_the_float64_values_they_come_from() -> None:
+    # Two decimals, many repeated values: nearly every edge is one of them, and almost none is an FP32 value.
+    rng = np.random.default_rng(3)
+    values = np.round((np.round(rng.normal(60.0, 18.0, 5000)) - 32.0) * 5.0 / 9.0, 2)
+    quantiles = np.quantile(values, quantile_levels(), method="inverted_cdf")
+    in_float64 = edges_from_quantiles(values.min(), quantiles, values.max())
+
+    edges = edges_from_quantiles(values.min(), quantiles, values.max(), np.float32)
+
+    sent = values.astype(np.float32).astype(np.float64)
+    assert np.array_equal(edges.astype(np.float32).astype(np.float64), edges)
+    assert np.array_equal(assign_bins(edges, sent), assign_bins(in_float64, values))
+
+
+def test_a_value_equal_to_an_edge_stays_on_it_when_sent_as_fp32() -> None:
+    # The reported case: 26.96 is an edge; sent as FP32 it is 26.9599991, which must not fall below the edge.
+    edges = edges_from_quantiles(20.0, [26.96], 30.0, np.float32)
+
+    sent = np.array([26.96], dtype=np.float32).astype(np.float64)
+
+    assert assign_bins(edges, sent).tolist() == [2]

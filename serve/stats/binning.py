@@ -14,14 +14,16 @@ edge is an observed value and discrete features get one bin per value) and the f
 just above the training maximum. The two tail bins therefore hold exactly the values
 outside the training range, which is what an out-of-range rate needs.
 
-Edges are values of the input's own datatype (``dtype``): the server bins what clients
-send (FP32 for most models), and a float64 edge such as 26.96 lies between two FP32 values,
-so 26.96 sent as FP32 (26.9599991) would fall below it while the training file's 26.96 sat
-on it (issue 17). The training values are cast to the datatype before the edges are taken
-(serve baseline does that), and each edge is then the smallest value of the datatype that
-is >= the float64 edge: for values of that datatype ``x >= e`` exactly when
-``x >= representable(e)``, so rounding changes no bin, and every edge is a value a client
-can send, which falls on the same side of it in the baseline and in the server.
+Edges are values of the datatype the server bins (``dtype``: FP32 for most models), since
+the server bins what clients send. A float64 edge such as 26.96 lies between two FP32
+values: 26.96 sent as FP32 is 26.9599991, which falls below it, while the training file's
+26.96 sat on it, and a feature whose values repeat (two decimals) moves a whole bin's mass
+(issue 17). So ``serve baseline`` casts training values to the datatype before anything is
+counted (its edges are then observed FP32 values), and ``edges_from_quantiles`` rounds each
+edge to the nearest value of the datatype, which is what a client's cast does to the value
+the edge came from: a value equal to an edge stays on it, in the baseline and in the server.
+The edge above the maximum is the next value of the datatype, so the upper tail is still
+exactly the values above the training range.
 """
 
 from __future__ import annotations
@@ -49,21 +51,15 @@ def quantile_levels(
 
 
 def representable(edges: np.ndarray, dtype: np.dtype | type = np.float64) -> np.ndarray:
-    """Each edge raised to the smallest value of ``dtype`` that is >= it, as float64 (module docstring).
-
-    Floats round up within their own type (FP32, FP16); integers and booleans to the next whole number.
-    Edges beyond the type's range become infinite (and are then dropped by the caller)."""
+    """Each edge as the nearest value of the float type ``dtype`` (FP32, FP16), in float64; other types
+    unchanged. Edges beyond the type's range become infinite (the caller drops them)."""
     e = np.asarray(edges, dtype=np.float64)
     kind = np.dtype(dtype)
-    if kind.kind == "f" and kind.itemsize < 8:
-        with np.errstate(over="ignore"):
-            narrow = e.astype(kind)
-            below = narrow.astype(np.float64) < e
-            narrow[below] = np.nextafter(narrow[below], kind.type(np.inf))
-        return narrow.astype(np.float64)
-    if kind.kind in "iub":
-        return np.ceil(e)
-    return e
+    if kind.kind != "f" or kind.itemsize >= 8:
+        return e
+    with np.errstate(over="ignore"):  # the same cast a client makes
+        narrow: np.ndarray = e.astype(kind).astype(np.float64)
+    return narrow
 
 
 def edges_from_quantiles(
@@ -74,11 +70,9 @@ def edges_from_quantiles(
 ) -> np.ndarray:
     """Edges from a feature's range and its quantile values (e.g. from a streaming first pass), as values
     of ``dtype``, the datatype of the values binned against them; the last is the next one above ``maximum``."""
-    kind = np.dtype(dtype)
+    kind = np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
     top = representable(np.array([float(maximum)]), kind)
-    if kind.kind in "iub":
-        upper = top + 1.0
-    else:
+    with np.errstate(over="ignore"):
         upper = np.nextafter(top.astype(kind), kind.type(np.inf)).astype(np.float64)
     inner = np.concatenate([[float(minimum)], np.asarray(quantiles, dtype=np.float64).ravel()])
     values = np.concatenate([representable(inner, kind), upper])
