@@ -16,7 +16,8 @@ file, so data larger than memory works. The mapping rule:
   sides. ``--ignore-column`` drops columns such as labels before matching.
 
 Numeric inputs read every column as float64 (empty cells and nulls become NaN, which the
-statistics count as missing); BYTES inputs read text (nulls become empty, also missing).
+statistics count as missing; the builder then casts float inputs to their datatype, as clients
+send them); BYTES inputs read text (nulls become empty, also missing).
 """
 
 from __future__ import annotations

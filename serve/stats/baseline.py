@@ -54,7 +54,7 @@ import orjson
 from serve.datatypes import numpy_dtype
 from serve.stats.binning import DEFAULT_QUANTILES, DEFAULT_TAIL_LEVELS, compute_edges, validate_edges
 from serve.stats.blocks import BytesSpec, CategoricalSpec, NumericSpec, item_key
-from serve.stats.views import VIEWS, ViewOptions, build_extractors
+from serve.stats.views import VIEWS, FeatureInfo, ViewOptions, build_extractors
 from serve.types import TensorSpec
 
 BASELINE_FORMAT = "serve.baseline"
@@ -282,7 +282,7 @@ def as_sent(array: np.ndarray, datatype: str) -> np.ndarray:
         return np.asarray(array).astype(numpy_dtype(datatype), copy=False)
 
 
-def edge_dtype(feature: Any, datatype: str) -> np.dtype:
+def edge_dtype(feature: FeatureInfo, datatype: str) -> np.dtype:
     """The type of the values binned against a feature's edges: the tensor's own for its values, float64 for
     what a view computes from them (norms, means, a classifier's confidence …)."""
     if feature.view is None and datatype != "BYTES":
