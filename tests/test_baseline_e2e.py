@@ -36,6 +36,7 @@ MODELS = {
     "parquet_training_rows": ("train.parquet", "training", False),
     "parquet_held_out": ("train.parquet", "held_out", False),
     "sklearn_default": ("train.csv", "training", True),
+    "sklearn_default_held_out": ("train.csv", "held_out", True),
 }
 
 
