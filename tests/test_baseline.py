@@ -16,6 +16,7 @@ from serve.baseline.model import BaselineInputError, check_baseline, load_model_
 from serve.baseline.sources import map_columns, open_source
 from serve.cli import main
 from serve.stats.baseline import Baseline
+from serve.types import TensorSpec
 from tests.fixtures.monitoring import FEATURES, INPUTS, MODEL, sample, write_model
 
 ROWS = 6000
@@ -94,7 +95,7 @@ def test_partial_name_match_is_an_error_naming_both_sides() -> None:
 
 
 def test_wrong_number_of_unnamed_columns_is_an_error() -> None:
-    with pytest.raises(BaselineInputError, match="needs 4 columns .* the data has 3"):
+    with pytest.raises(BaselineInputError, match="the data has 3 columns for the model.s 4 features"):
         map_columns(["a", "b", "c"], INPUTS)
 
 
@@ -259,3 +260,49 @@ def test_validate_fails_a_model_whose_baseline_is_stale(
 
     assert main(["validate", "--model-repository", str(repo)]) == 1
     assert "stale baseline" in capsys.readouterr().out
+
+
+def test_an_extra_column_mapped_by_order_lists_every_column_and_suggests_ignore_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As a user meets it: 12 features and the label in one pandas-written CSV, a model of the 12 features.
+    import onnx
+    import pandas as pd
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    columns = [f"sensor_{i}" for i in range(12)]
+    frame = pd.DataFrame(rng.normal(size=(200, 12)), columns=columns)
+    frame["label"] = (frame["sensor_0"] > 0).astype(int)
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    x = frame[columns].to_numpy(np.float32)
+    (tmp_path / "repo" / "sensors" / "1").mkdir(parents=True)
+    model = to_onnx(LogisticRegression().fit(x, frame["label"]), x[:1], options={"zipmap": False})
+    onnx.save(model, str(tmp_path / "repo" / "sensors" / "1" / "model.onnx"))
+
+    code = main(
+        ["baseline", "--model-repository", str(tmp_path / "repo"), "--model", "sensors"]
+        + ["--data", str(tmp_path / "train.csv"), "--no-progress"]
+    )
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert all(f"'{c}'" in error for c in [*columns, "label"]), error
+    assert "--ignore-column NAME" in error and "13" in error and "12" in error
+
+
+def test_missing_columns_mapped_by_order_are_counted_and_every_feature_named() -> None:
+    specs = [TensorSpec("x", "FP32", (10,))]
+
+    with pytest.raises(BaselineInputError) as error:
+        map_columns([f"c{i}" for i in range(9)], specs)
+
+    assert all(f"'x[{i}]'" in str(error.value) for i in range(10))
+    assert all(f"'c{i}'" in str(error.value) for i in range(9))
+    assert "1 fewer" in str(error.value)
+
+
+def test_extra_columns_mapped_by_name_suggest_ignoring_each_one() -> None:
+    with pytest.raises(BaselineInputError, match=r"--ignore-column label --ignore-column id"):
+        map_columns(["x[0]", "x[1]", "x[2]", "x[3]", "label", "id"], INPUTS)

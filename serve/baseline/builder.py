@@ -8,7 +8,8 @@ the pass switches to sketches: per numeric feature a KLL quantile sketch
 training quantile) and exact category counts; a second pass then counts bins with the
 server's accumulators. Edges come from ``binning.edges_from_quantiles`` either way, so
 bin semantics (``side="right"``, open tails outside the training range) are the
-server's.
+server's. Every pass reads the inputs as clients will send them, cast to each input's
+datatype (``served_chunks``): the server bins FP32 values, not the file's float64 ones.
 
 The model's output distribution is computed on a held-out sample: each row is kept with
 probability ``holdout`` (seeded), at most ``max_holdout_rows``, and run through the model
@@ -31,14 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from serve.baseline.model import BaselineInputError, ModelInfo
+from serve.baseline.model import BaselineInputError, ModelInfo, open_session
 from serve.baseline.sources import Chunk, DataSource
 from serve.datatypes import numpy_dtype
 from serve.stats.baseline import (
     Baseline,
     BaselineFeature,
     BaselineTensor,
+    as_sent,
     build_baseline_features,
+    edge_dtype,
     feature_entry,
     make_baseline_document,
 )
@@ -128,17 +131,22 @@ def combined_chunks(sources: Sequence[DataSource], chunk_rows: int) -> Iterator[
         yield out
 
 
+def served_chunks(sources: Sequence[DataSource], specs: Sequence[TensorSpec], chunk_rows: int) -> Iterator[Chunk]:
+    """``combined_chunks`` as clients will send them: each input cast to its datatype (``as_sent``), so that
+    every pass sees the values the server will bin (CSV and Parquet are read as float64)."""
+    datatypes = {s.name: s.datatype for s in specs}
+    for chunk in combined_chunks(sources, chunk_rows):
+        yield {name: as_sent(array, datatypes[name]) for name, array in chunk.items()}
+
+
 # ---------------------------------------------------------------- running the model
 
 
 class ModelRunner:
     def __init__(self, info: ModelInfo) -> None:
-        import onnxruntime as ort
-
         self.info = info
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(info.onnx_path), options, providers=["CPUExecutionProvider"])
+        graph = info.graph if info.graph is not None else info.onnx_path.read_bytes()
+        self.session = open_session(graph, info.onnx_path)
 
     def _feeds(self, chunk: Chunk) -> dict[str, np.ndarray]:
         feeds = {}
@@ -240,10 +248,16 @@ def _vocabulary(counted: Counter[Any], missing: Sequence[Any], max_size: int) ->
 
 
 def _streamed_features(
-    sketches: _Sketches, chunks: Iterable[Chunk], role: str, options: BaselineOptions, progress: Any
+    sketches: _Sketches,
+    chunks: Iterable[Chunk],
+    specs: Sequence[TensorSpec],
+    role: str,
+    options: BaselineOptions,
+    progress: Any,
 ) -> list[dict[str, Any]]:
     """Pass two: edges from the sketches, then the server's accumulators over every chunk."""
     levels = quantile_levels(DEFAULT_QUANTILES, DEFAULT_TAIL_LEVELS)
+    datatypes = {s.name: s.datatype for s in specs}
     plans = []
     for i, ex in enumerate(sketches.extractors):
         names = [f.name for f in ex.features]
@@ -251,12 +265,15 @@ def _streamed_features(
         if isinstance(ex.spec, NumericSpec):
             edges: list[np.ndarray] = []
             entries: list[dict[str, Any]] = []
-            for sk in sketches.kll[i]:
+            for f, sk in zip(ex.features, sketches.kll[i], strict=True):
                 if sk.is_empty():
                     edges.append(np.empty(0))
                     entries.append({"edges": [], "quantiles": {}})
                     continue
-                e = edges_from_quantiles(sk.get_min_value(), sk.get_quantiles(levels.tolist()), sk.get_max_value())
+                dtype = edge_dtype(f, datatypes[ex.tensor])
+                e = edges_from_quantiles(
+                    sk.get_min_value(), sk.get_quantiles(levels.tolist()), sk.get_max_value(), dtype
+                )
                 edges.append(e)
                 shown = sk.get_quantiles(list(DISPLAY_LEVELS))
                 entries.append(
@@ -355,7 +372,7 @@ def build_baseline(info: ModelInfo, sources: Sequence[DataSource], options: Base
         known_rows = None
 
     bar = _progress(options, known_rows, "reading")
-    for chunk in combined_chunks(sources, options.chunk_rows):
+    for chunk in served_chunks(sources, info.inputs, options.chunk_rows):
         n = _rows(chunk)
         total_rows += n
         if runner is not None and held_out < options.max_holdout_rows:
@@ -393,7 +410,8 @@ def build_baseline(info: ModelInfo, sources: Sequence[DataSource], options: Base
     else:
         assert sketches is not None
         bar = _progress(options, total_rows, "counting")
-        features = _streamed_features(sketches, combined_chunks(sources, options.chunk_rows), "input", options, bar)
+        chunks = served_chunks(sources, info.inputs, options.chunk_rows)
+        features = _streamed_features(sketches, chunks, info.inputs, "input", options, bar)
         bar.close()
         sampling = f"all rows, edges from KLL sketches (k={KLL_K})"
 

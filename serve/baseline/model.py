@@ -1,8 +1,12 @@
 """The model a baseline belongs to: its tensors as the server sees them, its ONNX hash, where its baseline lives.
 
-Tensor specs come from the same config completion the server runs at load
-(``model_config.complete_config`` over the ONNX graph), so the baseline's features are
-exactly those the server's statistics recorder will extract.
+The model is read the way the server loads it: an MLflow model directory's ``MLmodel`` names
+the ONNX file and its signature picks the outputs; scikit-learn's ZipMap outputs (a sequence of
+maps per row, which the protocol cannot carry) are rewritten to the FP32 [N, classes]
+probabilities they are made from (``serve.runtime.model_file.prepare_model``); tensor specs come
+from the same config completion (``model_config.complete_config``) over that graph. So the
+baseline's features are exactly those the server's statistics recorder will extract, and the
+held-out sample runs through the graph the server runs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from serve.errors import ServeError
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import config_file
 from serve.repository import model_config as cfg
+from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
+from serve.runtime.model_file import prepare_model
 from serve.stats.baseline_fit import ModelInfo, baseline_path, check_baseline, file_sha256, find_baseline
 from serve.types import GraphTensor, TensorSpec
 
@@ -34,7 +40,9 @@ def _graph_tensors(args: Sequence[ort.NodeArg], what: str) -> list[GraphTensor]:
     for arg in args:
         datatype = ORT_TO_OIP.get(arg.type)
         if datatype is None:
-            raise BaselineInputError(f"{what} '{arg.name}' has type {arg.type}; only tensors are supported")
+            raise BaselineInputError(
+                f"{what} '{arg.name}' has type {arg.type}; only tensors are supported (the server refuses it too)"
+            )
         shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
         out.append(GraphTensor(arg.name, datatype, shape))
     return out
@@ -60,16 +68,24 @@ def load_model_info(repository: Path, name: str, version: int | None = None) -> 
     try:
         raw, from_file = config_file.read_config(model_dir)
         chosen = _choose_version(model_dir, raw, version)
-        path = model_dir / str(chosen) / (raw.default_model_filename or config_file.DEFAULT_MODEL_FILENAME)
+        version_dir = model_dir / str(chosen)
+        mlmodel = read_mlmodel(version_dir)  # an MLflow model directory names its ONNX file
+        filename = mlmodel.model_file if mlmodel else raw.default_model_filename or config_file.DEFAULT_MODEL_FILENAME
+        path = version_dir / filename
         if not path.is_file():
             raise BaselineInputError(f"{path} not found")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        prepared = prepare_model(path, version_dir, rewrite_zipmap=cfg.rewrites_zipmap(raw))
+        session = open_session(prepared.graph, path)
+        graph_inputs = _graph_tensors(session.get_inputs(), "input")
+        graph_outputs = _graph_tensors(session.get_outputs(), "output")
+        if mlmodel is not None:
+            check_signature(mlmodel, graph_inputs, graph_outputs)
         config = cfg.complete_config(
-            raw, name=name, from_file=from_file,
-            inputs=_graph_tensors(session.get_inputs(), "input"),
-            outputs=_graph_tensors(session.get_outputs(), "output"),
+            raw, name=name, from_file=from_file, inputs=graph_inputs, outputs=graph_outputs,
             default_max_batch_size=64, cuda_available=False,
         )  # fmt: skip
+        if mlmodel is not None:
+            _signature_outputs(mlmodel, raw, config)
     except ServeError as exc:
         raise BaselineInputError(f"model '{name}': {exc.message}") from None
     categorical: list[str] = []
@@ -95,7 +111,32 @@ def load_model_info(repository: Path, name: str, version: int | None = None) -> 
         max_batch_size=config.max_batch_size,
         first_dim=first_dim,
         categorical=categorical,
+        graph=prepared.graph,
     )
+
+
+def open_session(graph: bytes, path: Path) -> ort.InferenceSession:
+    """One CPU session on ``graph``, the model as the server serves it (read from ``path``)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # A model given as bytes has no directory of its own for relative external-data paths.
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+def _signature_outputs(mlmodel: MlflowModel, raw: mc.ModelConfig, config: mc.ModelConfig) -> None:
+    """The outputs the server serves for an MLflow model: those its signature names, in its order,
+    unless config.pbtxt lists outputs (as the repository does at load)."""
+    served = signature_outputs(mlmodel)
+    if served is None or raw.output:
+        return
+    by_name = {o.name: o for o in config.output}
+    kept = [by_name[name] for name in served]
+    copies = [mc.ModelOutput() for _ in kept]
+    for copy, output in zip(copies, kept, strict=True):
+        copy.CopyFrom(output)
+    del config.output[:]
+    config.output.extend(copies)
 
 
 __all__ = [

@@ -16,12 +16,14 @@ file, so data larger than memory works. The mapping rule:
   sides. ``--ignore-column`` drops columns such as labels before matching.
 
 Numeric inputs read every column as float64 (empty cells and nulls become NaN, which the
-statistics count as missing); BYTES inputs read text (nulls become empty, also missing).
+statistics count as missing; the builder then casts float inputs to their datatype, as clients
+send them); BYTES inputs read text (nulls become empty, also missing).
 """
 
 from __future__ import annotations
 
 import csv
+import shlex
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -111,13 +113,24 @@ def map_columns(
                 "columns do not match the model's inputs by name: "
                 + (f"columns {unmatched} match no input feature; " if unmatched else "")
                 + (f"no column for {[_slot_name(s) for s in uncovered]}; " if uncovered else "")
-                + "name columns '<input>', '<input>[i]' or per --feature-names, drop extras with --ignore-column"
+                + "name columns '<input>', '<input>[i]' or per --feature-names"
+                + (f", and drop the others with {_ignore_flags(unmatched)}" if unmatched else "")
             )
         return TableMapping(matched, [names[c] for c in matched], {}, "name")
     if len(columns) != len(slots):
+        # Every name on both sides: the extra one (most often the label) may be anywhere in the header.
+        more = len(columns) > len(slots)
         raise BaselineInputError(
-            f"no column name matches an input ({[_slot_name(s) for s in slots][:8]}…), and mapping by order needs "
-            f"{len(slots)} columns for the model's {len(slots)} features; the data has {len(columns)}: {columns[:8]}"
+            f"no column name matches an input feature, so columns map to features by order, but the data has "
+            f"{len(columns)} columns for the model's {len(slots)} features ({abs(len(columns) - len(slots))} "
+            f"{'more' if more else 'fewer'} than needed). Data columns: {columns}; model features: "
+            f"{[_slot_name(s) for s in slots]}. "
+            + (
+                "Drop each column that is not a feature (such as the label) with --ignore-column NAME"
+                if more
+                else "Give a column for every feature"
+            )
+            + ", or name the columns '<input>[i]' (or per --feature-names) to map them by name"
         )
     header_names: dict[str, list[str]] = {}
     for column, slot in zip(columns, slots, strict=True):
@@ -126,6 +139,10 @@ def map_columns(
     # A single-column input keeps its tensor name: the header then only confirms the order.
     header_names = {t: n for t, n in header_names.items() if len(n) > 1}
     return TableMapping(columns, slots, header_names, "order")
+
+
+def _ignore_flags(columns: Sequence[str]) -> str:
+    return " ".join(f"--ignore-column {shlex.quote(c)}" for c in columns)
 
 
 def _slot_name(slot: Slot) -> str:
@@ -221,7 +238,8 @@ class NpzSource(DataSource):
         extra = sorted(set(self._headers) - inputs)
         if extra:
             raise BaselineInputError(
-                f"{path.name}: arrays {extra} are not model inputs {sorted(inputs)} (drop them with --ignore-column)"
+                f"{path.name}: arrays {extra} are not model inputs {sorted(inputs)}; drop them with "
+                f"{_ignore_flags(extra)}"
             )
         rows = set()
         for key, (shape, fortran, dtype) in self._headers.items():

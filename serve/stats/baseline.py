@@ -51,9 +51,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from serve.datatypes import numpy_dtype
 from serve.stats.binning import DEFAULT_QUANTILES, DEFAULT_TAIL_LEVELS, compute_edges, validate_edges
 from serve.stats.blocks import BytesSpec, CategoricalSpec, NumericSpec, item_key
-from serve.stats.views import VIEWS, ViewOptions, build_extractors
+from serve.stats.views import VIEWS, FeatureInfo, ViewOptions, build_extractors
 from serve.types import TensorSpec
 
 BASELINE_FORMAT = "serve.baseline"
@@ -268,6 +269,27 @@ def _vocabulary(values: np.ndarray, missing: Collection[Any], max_size: int) -> 
     return out
 
 
+def as_sent(array: np.ndarray, datatype: str) -> np.ndarray:
+    """Training values as clients send them to a tensor of ``datatype``, which is what the server bins.
+
+    Floats become that float type: a pandas column is float64, but an FP32 input receives 26.9599991 where
+    the file says 26.96, and a baseline of the float64 values puts such values in another bin (issue 17).
+    Integers, booleans and text are left as they are: whole numbers are exact in float64, and a missing
+    cell stays NaN, which no integer can hold."""
+    if datatype not in ("FP16", "FP32", "FP64"):
+        return array
+    with np.errstate(over="ignore"):  # beyond FP32's range is infinite, as a client's FP32 would be
+        return np.asarray(array).astype(numpy_dtype(datatype), copy=False)
+
+
+def edge_dtype(feature: FeatureInfo, datatype: str) -> np.dtype:
+    """The type of the values binned against a feature's edges: the tensor's own for its values, float64 for
+    what a view computes from them (norms, means, a classifier's confidence …)."""
+    if feature.view is None and datatype != "BYTES":
+        return numpy_dtype(datatype)
+    return np.dtype(np.float64)
+
+
 def _display_quantiles(values: np.ndarray) -> dict[str, float]:
     levels = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
     if values.size == 0:
@@ -292,7 +314,8 @@ def build_baseline_features(
     """Baseline ``features`` and ``tensors`` entries from in-memory training arrays (rows on axis 0).
 
     Uses the server's own extractors and accumulators, so the views, edges and bin
-    semantics are those the server will apply. ``categorical`` names features (or whole
+    semantics are those the server will apply; values are first cast to the tensor's datatype
+    (``as_sent``), since the server bins what clients send. ``categorical`` names features (or whole
     tensors) to treat as categorical; ``feature_names`` names a tensor's columns;
     ``missing_values`` gives sentinels per feature or tensor name. Data larger than
     memory: compute edges in a first pass (``binning.edges_from_quantiles``), then update
@@ -312,10 +335,11 @@ def build_baseline_features(
                 declared.append(BaselineFeature(f.name, role, f.tensor, f.column, f.view, "categorical", vocabulary=()))
     provisional.features = declared
     out: list[dict[str, Any]] = []
+    datatypes = {s.name: s.datatype for s in specs}
     for ex in build_extractors(specs, role, provisional, options):
         if ex.tensor not in arrays:
             raise BaselineError(f"no training data for {role} '{ex.tensor}'")
-        array = np.asarray(arrays[ex.tensor])
+        array = as_sent(np.asarray(arrays[ex.tensor]), datatypes[ex.tensor])
         if not ex.accepts(array):
             raise BaselineError(
                 f"{role} '{ex.tensor}': data shape {array.shape} does not match dims {list(ex.row_dims)}"
@@ -330,7 +354,8 @@ def build_baseline_features(
                 v = values[j][np.isfinite(values[j])]
                 if missing[j]:
                     v = v[~np.isin(v, missing[j])]
-                edges.append(compute_edges(v, n_quantiles, tail_levels))
+                dtype = edge_dtype(ex.features[j], datatypes[ex.tensor])
+                edges.append(compute_edges(v, n_quantiles, tail_levels, dtype))
                 entries.append({"edges": edges[-1].tolist(), "quantiles": _display_quantiles(v)})
             spec: Any = NumericSpec(names, edges, missing, kll_k=0)
         elif isinstance(ex.spec, CategoricalSpec):

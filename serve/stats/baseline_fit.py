@@ -29,6 +29,9 @@ class ModelInfo:
     max_batch_size: int
     first_dim: int | None = None  # a model without batching: its inputs' own first dimension (-1 = any)
     categorical: list[str] = field(default_factory=list)
+    # The model onnxruntime runs, where it is not the file as it is: the server's in-memory copy with
+    # scikit-learn's ZipMap outputs rewritten to tensors. None: the file itself.
+    graph: bytes | None = None
 
     @property
     def version_str(self) -> str:

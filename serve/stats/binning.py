@@ -13,6 +13,17 @@ Baseline edges are the training minimum, training quantiles (``inverted_cdf``, s
 edge is an observed value and discrete features get one bin per value) and the float
 just above the training maximum. The two tail bins therefore hold exactly the values
 outside the training range, which is what an out-of-range rate needs.
+
+Edges are values of the datatype the server bins (``dtype``: FP32 for most models), since
+the server bins what clients send. A float64 edge such as 26.96 lies between two FP32
+values: 26.96 sent as FP32 is 26.9599991, which falls below it, while the training file's
+26.96 sat on it, and a feature whose values repeat (two decimals) moves a whole bin's mass
+(issue 17). So ``serve baseline`` casts training values to the datatype before anything is
+counted (its edges are then observed FP32 values), and ``edges_from_quantiles`` rounds each
+edge to the nearest value of the datatype, which is what a client's cast does to the value
+the edge came from: a value equal to an edge stays on it, in the baseline and in the server.
+The edge above the maximum is the next value of the datatype, so the upper tail is still
+exactly the values above the training range.
 """
 
 from __future__ import annotations
@@ -39,10 +50,32 @@ def quantile_levels(
     return np.unique(np.concatenate([levels, extra]))
 
 
-def edges_from_quantiles(minimum: float, quantiles: Sequence[float] | np.ndarray, maximum: float) -> np.ndarray:
-    """Edges from a feature's range and its quantile values (e.g. from a streaming first pass)."""
-    upper = np.nextafter(float(maximum), np.inf)
-    values = np.concatenate([[float(minimum)], np.asarray(quantiles, dtype=np.float64).ravel(), [upper]])
+def representable(edges: np.ndarray, dtype: np.dtype | type = np.float64) -> np.ndarray:
+    """Each edge as the nearest value of the float type ``dtype`` (FP32, FP16), in float64; other types
+    unchanged. Edges beyond the type's range become infinite (the caller drops them)."""
+    e = np.asarray(edges, dtype=np.float64)
+    kind = np.dtype(dtype)
+    if kind.kind != "f" or kind.itemsize >= 8:
+        return e
+    with np.errstate(over="ignore"):  # the same cast a client makes
+        narrow: np.ndarray = e.astype(kind).astype(np.float64)
+    return narrow
+
+
+def edges_from_quantiles(
+    minimum: float,
+    quantiles: Sequence[float] | np.ndarray,
+    maximum: float,
+    dtype: np.dtype | type = np.float64,
+) -> np.ndarray:
+    """Edges from a feature's range and its quantile values (e.g. from a streaming first pass), as values
+    of ``dtype``, the datatype of the values binned against them; the last is the next one above ``maximum``."""
+    kind = np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
+    top = representable(np.array([float(maximum)]), kind)
+    with np.errstate(over="ignore"):
+        upper = np.nextafter(top.astype(kind), kind.type(np.inf)).astype(np.float64)
+    inner = np.concatenate([[float(minimum)], np.asarray(quantiles, dtype=np.float64).ravel()])
+    values = np.concatenate([representable(inner, kind), upper])
     values = values[np.isfinite(values)]
     return np.unique(values)
 
@@ -51,14 +84,16 @@ def compute_edges(
     values: np.ndarray,
     n_quantiles: int = DEFAULT_QUANTILES,
     tail_levels: Sequence[float] = DEFAULT_TAIL_LEVELS,
+    dtype: np.dtype | type = np.float64,
 ) -> np.ndarray:
-    """Edges from training values; non-finite values are ignored. No values → no edges (one bin)."""
+    """Edges from training values (already values of ``dtype``); non-finite values are ignored. No values →
+    no edges (one bin)."""
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
         return np.empty(0, dtype=np.float64)
     q = np.quantile(v, quantile_levels(n_quantiles, tail_levels), method="inverted_cdf")
-    return edges_from_quantiles(v.min(), q, v.max())
+    return edges_from_quantiles(v.min(), q, v.max(), dtype)
 
 
 def validate_edges(edges: Sequence[float] | np.ndarray, name: str = "") -> np.ndarray:
