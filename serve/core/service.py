@@ -21,6 +21,7 @@ from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, Mo
 from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
 from serve.metrics.statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
+from serve.repository.layout import parse_version
 from serve.repository.repository import ANONYMOUS, ModelRepository, ModelVersion, VersionListener
 from serve.security.audit import ERROR, OK, AuditLog
 from serve.settings import ModelControlMode, ServerSettings
@@ -131,6 +132,8 @@ class InferenceService:
     async def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Triton's statistics extension, for the whole server."""
         if self.cluster is not None:
+            if version:
+                parse_version(version)  # refused here, as in one process, not as each worker's failure
             return await self.cluster.model_statistics(name, version)
         return self.local_model_statistics(name, version)
 

@@ -40,7 +40,7 @@ from serve.repository import config_file
 from serve.repository import model_config as cfg
 from serve.repository.digests import config_sha256, file_sha256
 from serve.repository.labels import read_labels
-from serve.repository.layout import ModelLayout, is_version_number, single_model, triton_model
+from serve.repository.layout import ModelLayout, parse_version, single_model, triton_model
 from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
 from serve.repository.warmup import warm_up
 from serve.runtime.model_file import prepare_model
@@ -492,17 +492,14 @@ class ModelRepository:
 
     # ---- lookup ----------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> ModelVersion:
+        number = parse_version(version) if version else None  # a malformed version is the client's mistake
         versions = self._versions.get(name)
         if not versions:
             if name in self._model_errors:
                 raise ModelNotReady(f"model '{name}' is not ready: {self._model_errors[name]}")
             raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
-        if version:
-            if not is_version_number(version):
-                raise ModelNotFound(
-                    f"Request for unknown model: '{name}' version '{version}' is not found (versions are integers)"
-                )
-            entry = versions.get(int(version))
+        if number is not None:
+            entry = versions.get(number)
             if entry is None:
                 raise ModelNotFound(f"Request for unknown model: '{name}' version {version} is not found")
         elif len(versions) == 1:  # the common case: what the rule below picks, without a scan
