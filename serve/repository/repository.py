@@ -60,6 +60,9 @@ READY = "READY"
 LOADING = "LOADING"
 UNLOADING = "UNLOADING"
 UNAVAILABLE = "UNAVAILABLE"
+# The reason of a version unloaded on purpose (its policy no longer chooses it, its model was unloaded,
+# the server stops): retired, not failing, so nothing should alert on it.
+UNLOADED = "unloaded"
 
 # Who asks for a load or unload (the audit log's "actor"): a token identity, or one of these.
 STARTUP = "startup"  # the models loaded when the server starts
@@ -100,6 +103,10 @@ class ModelVersion:
         return str(self.version)
 
     @property
+    def retired(self) -> bool:
+        return self.state == UNAVAILABLE and self.reason == UNLOADED
+
+    @property
     def max_batch_size(self) -> int:
         return self.config.max_batch_size if self.config is not None else 0
 
@@ -121,7 +128,8 @@ class VersionListener:
 
     ``attached``: loaded and warmed, about to take traffic (raise a ServeError to fail the load).
     ``detached``: takes no new traffic; once every listener has returned, its sessions close.
-    ``changed``: any change of state (LOADING, READY, UNLOADING, UNAVAILABLE).
+    ``changed``: any change of state (LOADING, READY, UNLOADING, UNAVAILABLE; ``retired`` when unloaded
+    on purpose rather than failed).
     ``load_finished``: a load of a model has ended, whatever it did (after its attaches and detaches).
     ``ModelVersion.actor`` says who asked for the load or unload.
     """
@@ -452,7 +460,7 @@ class ModelRepository:
             entry.state, entry.reason = UNLOADING, ""
             self._notify(entry)
             await self._close_version(entry)
-            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+            entry.state, entry.reason = UNAVAILABLE, UNLOADED
             self._notify(entry)
             del current[version]
 
@@ -530,7 +538,7 @@ class ModelRepository:
             if name in self._model_errors:
                 rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": self._model_errors[name]})
             elif not versions:
-                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": "unloaded"})
+                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": UNLOADED})
             for version in sorted(versions):
                 entry = versions[version]
                 rows.append({"name": name, "version": str(version), "state": entry.state, "reason": entry.reason})
