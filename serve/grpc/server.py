@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from serve.core import InferenceService
 from serve.grpc.decoding import add_decoding_safely
+from serve.grpc.health import ServiceHealth
 from serve.grpc.monitoring import SERVICE_NAME as MONITORING_SERVICE_NAME
 from serve.grpc.monitoring import add_monitoring_servicer
 from serve.grpc.service import InferenceServicer
@@ -45,7 +46,7 @@ def create_grpc_server(
     reuse_port: bool = False,
     tls: TlsFiles | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+) -> tuple[grpc.aio.Server, ServiceHealth, int]:
     """Build and bind the server (over TLS with ``tls``); returns it, its health servicer and the bound port."""
     server = grpc.aio.server(
         interceptors=list(interceptors) or None,
@@ -62,7 +63,7 @@ def create_grpc_server(
     )
     # Registered so that bytes that are not the request message answer INVALID_ARGUMENT (decoding.py).
     add_decoding_safely(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(service), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = ServiceHealth(service, [SERVICE_NAME])
     add_decoding_safely(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
     if stats_lookup is not None and baseline_lookup is not None:
@@ -103,7 +104,10 @@ def _why_not(address: str) -> str:
         return bind_error_reason(exc) if isinstance(exc, OSError) else str(exc)
 
 
-async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, status)
+async def set_serving(health_servicer: ServiceHealth, serving: bool) -> None:
+    """True: every transport is up, the health service may say what the service's readiness says.
+    False: the server is stopping; told to the InferenceService, so that every readiness answer (HTTP,
+    ServerReady, gRPC health) turns at once and stays turned."""
+    if not serving:
+        health_servicer.service.shutting_down = True
+    health_servicer.set_started(serving)

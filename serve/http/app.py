@@ -113,7 +113,9 @@ def create_app(
         return Response(status_code=200 if service.server_live() else 400)
 
     async def ready(request: Request) -> Response:
-        return Response(status_code=200 if service.server_ready() else 400)
+        # Triton's 400 and empty 200; not ready also says which model and why (serve/core/readiness.py).
+        readiness = service.readiness()
+        return Response(status_code=200) if readiness.ready else json_response(readiness.as_json(), 400)
 
     async def server_metadata(request: Request) -> Response:
         return json_response(service.server_metadata())

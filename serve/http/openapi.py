@@ -161,6 +161,27 @@ def _schemas() -> dict[str, Any]:
     parameters = {"type": "object", "additionalProperties": True}
     return {
         "Error": _ERROR,
+        "NotReady": {
+            "type": "object",
+            "required": ["ready", "error", "models"],
+            "properties": {
+                "ready": {"type": "boolean", "enum": [False]},
+                "error": {"type": "string", "description": "each model that is not ready, and why"},
+                "models": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "version", "state", "reason"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "version": {"type": "string", "description": "empty: the model as a whole"},
+                            "state": {"type": "string"},
+                            "reason": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
         "TensorMetadata": tensor_metadata,
         "ServerMetadata": {
             "type": "object",
@@ -264,7 +285,15 @@ def _schemas() -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/v2/health/live": _status_only("liveness", "the server is live", "not live"),
-        "/v2/health/ready": _status_only("readiness", "every model loaded", "not ready"),
+        "/v2/health/ready": {
+            "get": {
+                "summary": "readiness (the gRPC health service and ServerReady say the same)",
+                "responses": {
+                    "200": {"description": "every model serves a version (empty body, as in Triton)"},
+                    "400": _json(_ref("NotReady"), "not ready: which models serve no version, and why"),
+                },
+            }
+        },
         "/v2": {
             "get": {
                 "summary": "server metadata",

@@ -528,8 +528,23 @@ class ModelRepository:
 
     def all_ready(self) -> bool:
         """Every model serves some version (one whose newest load failed still serves the one before)."""
-        names = set(self._versions) | set(self._model_errors)
-        return all(any(v.state == READY for v in self._versions.get(name, {}).values()) for name in names)
+        return not self.not_serving()
+
+    def not_serving(self) -> list[dict[str, str]]:
+        """The index rows of every model that serves no version: what keeps the server from being ready."""
+        rows: list[dict[str, str]] = []
+        for name in sorted(set(self._versions) | set(self._model_errors)):
+            versions = self._versions.get(name, {})
+            if any(v.state == READY for v in versions.values()):
+                continue
+            if name in self._model_errors:
+                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": self._model_errors[name]})
+            elif not versions:
+                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": UNLOADED})
+            for version in sorted(versions):
+                entry = versions[version]
+                rows.append({"name": name, "version": str(version), "state": entry.state, "reason": entry.reason})
+        return rows
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = []
