@@ -101,6 +101,18 @@ async def test_not_ready_over_http_is_a_json_body_naming_the_model_its_state_and
     assert [m["name"] for m in body["models"]] == [BROKEN]  # the models that serve are not listed
 
 
+async def test_a_model_that_is_not_ready_says_why_over_http(failed: InProcess) -> None:
+    response = await failed.http.get(f"/v2/models/{BROKEN}/ready")
+    body = response.json()
+    assert (response.status_code, body["ready"]) == (400, False)
+    assert "not a valid ONNX model" in body["error"]
+
+
+async def test_an_unknown_model_is_not_ready_and_says_it_is_unknown_over_http(healthy: InProcess) -> None:
+    response = await healthy.http.get("/v2/models/nope/ready")
+    assert (response.status_code, "'nope' is not found" in response.json()["error"]) == (400, True)
+
+
 async def test_ready_over_http_stays_an_empty_200_as_in_triton(healthy: InProcess) -> None:
     response = await healthy.http.get("/v2/health/ready")
     assert (response.status_code, response.content) == (200, b"")

@@ -15,7 +15,7 @@ from typing import Any
 from serve import __version__
 from serve.core.classification import classify
 from serve.core.cluster import Cluster
-from serve.core.readiness import Readiness, ReadinessSignal
+from serve.core.readiness import SHUTTING_DOWN, Readiness, ReadinessSignal
 from serve.core.serving import ServedVersions
 from serve.core.validation import validate
 from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, ModelNotReady, ServeError, ShuttingDown
@@ -110,11 +110,15 @@ class InferenceService:
         return self.readiness().ready
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        return not self.model_not_ready(name, version)
+
+    def model_not_ready(self, name: str, version: str = "") -> str:
+        """Why the model version is not ready, "" when it is (a malformed version raises, as everywhere)."""
         try:
             self.repository.get(name, version)
-        except (ModelNotFound, ModelNotReady):
-            return False
-        return not self._shutting_down
+        except (ModelNotFound, ModelNotReady) as exc:
+            return exc.message
+        return SHUTTING_DOWN if self._shutting_down else ""
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": self.server_name, "version": __version__, "extensions": list(EXTENSIONS)}

@@ -124,8 +124,8 @@ def create_app(
         return json_response(service.model_metadata(request.path_params["model"], _version(request)))
 
     async def model_ready(request: Request) -> Response:
-        ok = service.model_ready(request.path_params["model"], _version(request))
-        return Response(status_code=200 if ok else 400)
+        why = service.model_not_ready(request.path_params["model"], _version(request))
+        return json_response({"ready": False, "error": why}, 400) if why else Response(status_code=200)
 
     async def model_config(request: Request) -> Response:
         config = service.model_config(request.path_params["model"], _version(request))

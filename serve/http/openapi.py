@@ -50,15 +50,8 @@ _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type"
 _REPOSITORY = {"name": "repository", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _status_only(summary: str, ok: str, not_ok: str, *, parameters: list[Any] | None = None) -> dict[str, Any]:
-    operation: dict[str, Any] = {
-        "summary": summary,
-        "responses": {"200": {"description": ok}, "400": {"description": not_ok}},
-    }
-    if parameters:
-        operation["parameters"] = parameters
-        operation["responses"].update(_errors(404, 503))
-    return {"get": operation}
+def _status_only(summary: str, ok: str, not_ok: str) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": {"description": ok}, "400": {"description": not_ok}}}}
 
 
 def _model_routes(prefix: str, parameters: list[Any]) -> dict[str, Any]:
@@ -71,7 +64,16 @@ def _model_routes(prefix: str, parameters: list[Any]) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("ModelMetadata"), "the model's inputs and outputs"), **lookup},
             }
         },
-        prefix + "/ready": _status_only("model readiness", "ready", "not ready", parameters=parameters),
+        prefix + "/ready": {
+            "get": {
+                "summary": "model readiness",
+                "parameters": parameters,
+                "responses": {
+                    "200": {"description": "ready (empty body, as in Triton)"},
+                    "400": _json(_ref("Error"), "not ready or no such model ('error' says why), or a bad version"),
+                },
+            }
+        },
         prefix + "/config": {
             "get": {
                 "summary": "model configuration (Triton's ModelConfig as JSON)",
