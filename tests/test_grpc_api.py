@@ -455,7 +455,11 @@ def test_unknown_model_is_not_found(stub: Stub) -> None:
 
 def test_unknown_version_is_not_found(stub: Stub) -> None:
     assert_rpc_error(lambda: stub.ModelInfer(tabular_request(version="7")), grpc.StatusCode.NOT_FOUND, "7")
-    assert_rpc_error(lambda: stub.ModelInfer(tabular_request(version="one")), grpc.StatusCode.NOT_FOUND)
+    assert_still_serving(stub)
+
+
+def test_a_version_that_is_not_a_number_is_invalid_argument(stub: Stub) -> None:
+    assert_rpc_error(lambda: stub.ModelInfer(tabular_request(version="one")), grpc.StatusCode.INVALID_ARGUMENT, "one")
     assert_still_serving(stub)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pytest
 from onnx import helper
+from prometheus_client.parser import text_string_to_metric_families
 
 from serve.modelgen import build, constant, save, tensor
 from serve.repository.poller import RepositoryPoller, fingerprint
@@ -187,6 +188,63 @@ async def test_a_model_removed_from_disk_is_unloaded_and_a_new_one_loaded(
     assert sorted(await settle(poller)) == ["other", MODEL]
     assert not server.service.model_ready(MODEL)
     assert server.service.model_ready("other")
+
+
+async def scraped(server: InProcess, family: str) -> dict[str, float]:
+    """``family``'s samples for MODEL by version, as Prometheus scrapes them from GET /metrics."""
+    response = await server.http.get("/metrics")
+    assert response.status_code == 200
+    return {
+        sample.labels["version"]: sample.value
+        for metric in text_string_to_metric_families(response.text)
+        for sample in metric.samples
+        if sample.name == family and sample.labels.get("model") == MODEL
+    }
+
+
+async def test_a_version_retired_by_a_rollout_leaves_no_ready_series_for_the_alert_to_fire_on(
+    served: tuple[InProcess, RepositoryPoller, Path],
+) -> None:
+    server, poller, _ = served
+    assert await scraped(server, "serve_model_ready") == {"1": 1.0}
+    write_version(server.service.repository.root, 2)
+    assert await settle(poller) == [MODEL]
+    assert await scraped(server, "serve_model_ready") == {"2": 1.0}
+    assert set(await scraped(server, "serve_model_load_duration_seconds")) == {"2"}
+    assert set(await scraped(server, "serve_queue_depth")) == {"2"}
+
+
+async def test_a_version_that_should_serve_but_failed_to_load_stays_not_ready(
+    served: tuple[InProcess, RepositoryPoller, Path],
+) -> None:
+    server, poller, _ = served
+    broken = server.service.repository.root / MODEL / "2" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an onnx model")
+    assert await settle(poller) == [MODEL]
+    assert await scraped(server, "serve_model_ready") == {"1": 1.0, "2": 0.0}
+
+
+async def test_a_failed_version_removed_from_disk_leaves_no_ready_series(
+    served: tuple[InProcess, RepositoryPoller, Path],
+) -> None:
+    server, poller, _ = served
+    broken = server.service.repository.root / MODEL / "2" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an onnx model")
+    await settle(poller)
+    shutil.rmtree(broken.parent)
+    assert await settle(poller) == [MODEL]
+    assert await scraped(server, "serve_model_ready") == {"1": 1.0}
+
+
+async def test_a_model_removed_from_disk_leaves_no_ready_series(
+    served: tuple[InProcess, RepositoryPoller, Path],
+) -> None:
+    server, poller, _ = served
+    shutil.rmtree(server.service.repository.root / MODEL)
+    assert await settle(poller) == [MODEL]
+    assert await scraped(server, "serve_model_ready") == {}
 
 
 async def test_load_requests_are_refused_while_polling_as_triton_does(

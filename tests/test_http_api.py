@@ -452,8 +452,8 @@ def test_unknown_version_is_404(port: int) -> None:
     assert_still_serving(port)
 
 
-def test_a_non_numeric_version_is_404(port: int) -> None:
-    assert_error(post_json(port, "/v2/models/tabular/versions/latest/infer", tabular_json()), 404)
+def test_a_non_numeric_version_is_400_naming_it(port: int) -> None:
+    assert_error(post_json(port, "/v2/models/tabular/versions/latest/infer", tabular_json()), 400, "'latest'")
     assert_still_serving(port)
 
 

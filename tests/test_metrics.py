@@ -24,7 +24,7 @@ from serve.events import UNKNOWN_VERSION, BatchTimings, Execution, RequestEvent
 from serve.metrics.prometheus import PrometheusMetrics, batch_size_buckets
 from serve.metrics.triton_compat import HostCpuCollector
 from serve.modelgen import to_bytes
-from serve.repository.repository import READY, UNAVAILABLE, ModelVersion
+from serve.repository.repository import READY, UNAVAILABLE, UNLOADED, ModelVersion
 from serve.settings import ServerSettings
 from tests.fixtures.servers import RunningServer, free_port, start_server
 
@@ -114,6 +114,40 @@ def test_queue_gauges_follow_the_probe_and_drop_to_zero_after_unload() -> None:
     assert registry.get_sample_value("serve_model_ready", m) == 0
     assert registry.get_sample_value("serve_queue_depth", m) == 0
     assert registry.get_sample_value("serve_batches_in_flight", m) == 0
+
+
+def test_a_retired_version_loses_its_gauges_and_keeps_its_counters() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, process_metrics=False, triton_compat=True)
+    model = _ready_model()
+    metrics.changed(model)
+    metrics.on_request(_request(model, "http", "success", 10**6))
+    model.state, model.reason = UNAVAILABLE, UNLOADED
+    metrics.changed(model)
+    samples = parse(metrics.exposition()[0].decode())
+    for gauge in ("serve_model_ready", "serve_model_load_duration_seconds", "serve_queue_depth"):
+        assert series(samples, gauge) == [], gauge
+    assert series(samples, "nv_model_load_duration_secs") == []
+    assert value(samples, "serve_requests_total", model="m", version="1", protocol="http", outcome="success") == 1
+
+
+def test_a_request_observed_after_its_version_retired_brings_back_no_ready_series() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, process_metrics=False)
+    model = _ready_model()
+    metrics.changed(model)
+    model.state, model.reason = UNAVAILABLE, UNLOADED
+    metrics.changed(model)
+    metrics.on_request(_request(model, "grpc", "success", 10**6))  # answered as the version drained
+    assert series(parse(metrics.exposition()[0].decode()), "serve_model_ready") == []
+
+
+def test_a_version_that_failed_to_load_is_exported_not_ready() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, process_metrics=False)
+    failed = ModelVersion("m", 2, Path("."), state=UNAVAILABLE, reason="model.onnx is not a valid ONNX model")
+    metrics.changed(failed)
+    assert registry.get_sample_value("serve_model_ready", {"model": "m", "version": "2"}) == 0
 
 
 def test_requests_for_unknown_models_share_one_empty_label_set() -> None:
@@ -376,3 +410,53 @@ def test_triton_names_appear_only_with_the_flag(demo_server: RunningServer) -> N
     samples = _scrape(f"{demo_server.base}/metrics")
     assert value(samples, "serve_model_ready", model="tabular", version="1") == 1
     assert not [name for name, _ in samples if name.startswith("nv_")]
+
+
+# ---- a rollout across worker processes ---------------------------------------------------------
+
+
+def _ready_series(url: str, model: str) -> dict[str, float]:
+    """serve_model_ready of ``model`` by version, as the supervisor merges it from every worker."""
+    return {
+        dict(labels)["version"]: v
+        for (name, labels), v in _scrape(url).items()
+        if name == "serve_model_ready" and dict(labels)["model"] == model
+    }
+
+
+def _wait_for_ready_series(url: str, model: str, expected: dict[str, float], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    seen = _ready_series(url, model)
+    while seen != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        seen = _ready_series(url, model)
+    assert seen == expected
+
+
+def test_a_rollout_across_workers_leaves_ready_series_only_for_versions_that_should_serve(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    onnx_bytes = to_bytes(tabular_model())
+    (root / "tabular" / "1").mkdir(parents=True)
+    (root / "tabular" / "1" / "model.onnx").write_bytes(onnx_bytes)
+    args = (
+        "--workers",
+        "2",
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-secs",
+        "0.2",
+        "--model-load-check",
+        "off",
+    )
+    server = start_server(root, tmp_path, *args)
+    try:
+        url = f"{server.base}/metrics"
+        _wait_for_ready_series(url, "tabular", {"1": 1.0})
+        (root / "tabular" / "2").mkdir()
+        (root / "tabular" / "2" / "model.onnx").write_bytes(onnx_bytes)
+        _wait_for_ready_series(url, "tabular", {"2": 1.0})  # version 1 retired on every worker: no series left
+        (root / "tabular" / "3").mkdir()
+        (root / "tabular" / "3" / "model.onnx").write_bytes(b"not an onnx model")
+        _wait_for_ready_series(url, "tabular", {"2": 1.0, "3": 0.0})  # chosen, failed: the alert's case
+    finally:
+        server.stop()

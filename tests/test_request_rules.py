@@ -163,18 +163,10 @@ CASES: dict[str, Case] = {
     "unknown version": Case(
         [features()], "version 7 is not found", version="7", http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND
     ),
-    "a version that is not ASCII digits": Case(
-        [features()], "versions are integers", version="²", http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND
-    ),
-    "a version in Arabic-Indic digits": Case(
-        [features()], "versions are integers", version="١", http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND
-    ),
-    "a version in fullwidth digits": Case(
-        [features()], "versions are integers", version="１", http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND
-    ),
-    "a version of thousands of digits": Case(
-        [features()], "versions are integers", version="9" * 5000, http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND
-    ),
+    "a version that is not ASCII digits": Case([features()], "versions are non-negative integers", version="²"),
+    "a version in Arabic-Indic digits": Case([features()], "versions are non-negative integers", version="١"),
+    "a version in fullwidth digits": Case([features()], "versions are non-negative integers", version="１"),
+    "a version of thousands of digits": Case([features()], "versions are non-negative integers", version="9" * 5000),
     "unexpected input": Case(
         [features(), Tensor("extra", "FP32", [1, 1], [1.0])], "unexpected inference input 'extra' for model 'tabular'"
     ),
@@ -194,7 +186,7 @@ CASES: dict[str, Case] = {
     "a shape of more than 64 dimensions": Case(
         [Tensor("features", "FP32", [1] * 65, [1.0])], "65 dimensions, more than the 64 supported"
     ),
-    "batch above max_batch_size": Case([features(rows=65)], "batch-size must be <= 64 for 'tabular' (got 65)"),
+    "batch above max_batch_size": Case([features(rows=65)], "batch-size must be <= 64 for 'tabular'"),
     "no inputs": Case([], "expected 1 inputs but got 0 inputs for model 'tabular'"),
     "missing input": Case(MULTI_IO_ROW[:3], "missing ['values']", model="multi_io"),
     "inputs disagreeing on rows": Case(
@@ -243,6 +235,22 @@ async def test_a_request_breaking_a_rule_is_refused_naming_it(server: InProcess,
     assert (status, case.fragment in message) == (expected, True), message
     ok, _ = await answer(server, Case([features()], ""), protocol)  # and the server goes on
     assert ok in (200, grpc.StatusCode.OK)
+
+
+@pytest.mark.parametrize("protocol", ["json", "binary", "grpc"])
+async def test_a_request_over_max_batch_size_is_told_its_rows_the_limit_and_how_to_fit(
+    server: InProcess, protocol: str
+) -> None:
+    status, message = await answer(server, Case([features(rows=1000)], ""), protocol)
+    assert status == (grpc.StatusCode.INVALID_ARGUMENT if protocol == "grpc" else 400)
+    for fragment in (
+        "inference request batch-size must be <= 64 for 'tabular'",  # Triton's words, which scripts match
+        "the request has 1000 rows",
+        "max_batch_size 64",
+        "split it into requests of at most 64 rows",
+        "raise max_batch_size in the model's config.pbtxt",
+    ):
+        assert fragment in message, message
 
 
 # ---- an unknown model is 404 whatever the body -----------------------------------------------------

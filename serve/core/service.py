@@ -15,12 +15,14 @@ from typing import Any
 from serve import __version__
 from serve.core.classification import classify
 from serve.core.cluster import Cluster
+from serve.core.readiness import SHUTTING_DOWN, Readiness, ReadinessSignal
 from serve.core.serving import ServedVersions
 from serve.core.validation import validate
 from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, ModelNotReady, ServeError, ShuttingDown
 from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
 from serve.metrics.statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
+from serve.repository.layout import parse_version
 from serve.repository.repository import ANONYMOUS, ModelRepository, ModelVersion, VersionListener
 from serve.security.audit import ERROR, OK, AuditLog
 from serve.settings import ModelControlMode, ServerSettings
@@ -53,9 +55,12 @@ class InferenceService:
         model_control: ModelControlMode = "none",
         cluster: Cluster | None = None,
         audit: AuditLog | None = None,
+        readiness: ReadinessSignal | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         self.repository = repository
+        # Woken by the repository (create() makes it a listener) and by shutting_down.
+        self.readiness_changes = readiness or ReadinessSignal()
         self.audit = audit
         self.server_name = server_name
         self.model_control = model_control
@@ -65,7 +70,7 @@ class InferenceService:
         self._clock = clock
         # The other workers, when this process is one of several behind one port (serve/workers).
         self.cluster = cluster
-        self.shutting_down = False
+        self._shutting_down = False
 
     @classmethod
     def create(
@@ -79,23 +84,41 @@ class InferenceService:
         served = ServedVersions(everyone, grace_s=settings.shutdown_grace_s)
         listeners: list[VersionListener] = [o for o in observers if isinstance(o, VersionListener)]
         audit = AuditLog(settings.audit_log_file) if settings.audit_log_file is not None else None
-        listeners += [statistics, served, *([audit] if audit is not None else [])]
+        readiness = ReadinessSignal()
+        listeners += [statistics, served, readiness, *([audit] if audit is not None else [])]
         repository = ModelRepository(root, settings, listeners=listeners)
-        return cls(repository, served, statistics, everyone, audit=audit, **kwargs)
+        return cls(repository, served, statistics, everyone, audit=audit, readiness=readiness, **kwargs)
 
     # ---- health and metadata ---------------------------------------------------------------
     def server_live(self) -> bool:
         return True
 
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    @shutting_down.setter
+    def shutting_down(self, value: bool) -> None:
+        self._shutting_down = value
+        self.readiness_changes.notify()
+
+    def readiness(self) -> Readiness:
+        """Ready, or why not: every transport's readiness answer comes from here."""
+        return Readiness.of(self._shutting_down, self.repository.not_serving())
+
     def server_ready(self) -> bool:
-        return not self.shutting_down and self.repository.all_ready()
+        return self.readiness().ready
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        return not self.model_not_ready(name, version)
+
+    def model_not_ready(self, name: str, version: str = "") -> str:
+        """Why the model version is not ready, "" when it is (a malformed version raises, as everywhere)."""
         try:
             self.repository.get(name, version)
-        except (ModelNotFound, ModelNotReady):
-            return False
-        return not self.shutting_down
+        except (ModelNotFound, ModelNotReady) as exc:
+            return exc.message
+        return SHUTTING_DOWN if self._shutting_down else ""
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": self.server_name, "version": __version__, "extensions": list(EXTENSIONS)}
@@ -131,6 +154,8 @@ class InferenceService:
     async def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Triton's statistics extension, for the whole server."""
         if self.cluster is not None:
+            if version:
+                parse_version(version)  # refused here, as in one process, not as each worker's failure
             return await self.cluster.model_statistics(name, version)
         return self.local_model_statistics(name, version)
 
@@ -164,7 +189,7 @@ class InferenceService:
         timings = None
         error: BaseException | None = None
         try:
-            if self.shutting_down:
+            if self._shutting_down:
                 raise ShuttingDown("the server is shutting down and takes no new requests; retry on another replica")
             model = self.repository.get(name, version)
             key = model.key

@@ -127,8 +127,13 @@ def _check_rows(signature: ModelSignature, feeds: dict[str, np.ndarray]) -> None
             f"inference input '{first}' has an empty batch dimension (0 rows) for model '{signature.name}'"
         )
     if rows > signature.max_batch_size:
+        limit = signature.max_batch_size
+        # Triton's words first (scripts match them), then what the client can do about it.
         raise InvalidInput(
-            f"inference request batch-size must be <= {signature.max_batch_size} for '{signature.name}' (got {rows})"
+            f"inference request batch-size must be <= {limit} for '{signature.name}': the request has {rows} rows "
+            f"(its first dimension) and the model's config sets max_batch_size {limit}; split it into requests of "
+            f"at most {limit} rows, or raise max_batch_size in the model's config.pbtxt (without one, it is "
+            "--default-max-batch-size)"
         )
 
 

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from serve.core import InferenceService
 from serve.grpc.decoding import add_decoding_safely
 from serve.grpc.frontends import Frontend, choose_frontend
+from serve.grpc.health import ServiceHealth
 from serve.grpc.monitoring import SERVICE_NAME as MONITORING_SERVICE_NAME
 from serve.grpc.monitoring import add_monitoring_servicer
 from serve.grpc.service import InferenceServicer
@@ -51,7 +52,7 @@ def create_grpc_server(
     tls: TlsFiles | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     frontend: Frontend | None = None,
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+) -> tuple[grpc.aio.Server, ServiceHealth, int]:
     """Build and bind the server (over TLS with ``tls``) on ``frontend`` (grpc.aio unless given); returns it, its
     health servicer and the bound port."""
     frontend = frontend or choose_frontend("aio", tls=tls is not None)
@@ -76,7 +77,7 @@ def create_grpc_server(
         server,
         registered=inference_methods,
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = ServiceHealth(service, [SERVICE_NAME])
     add_decoding_safely(
         health_pb2_grpc.add_HealthServicer_to_server,
         health_servicer,
@@ -122,7 +123,10 @@ def _why_not(address: str) -> str:
         return bind_error_reason(exc) if isinstance(exc, OSError) else str(exc)
 
 
-async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, status)
+async def set_serving(health_servicer: ServiceHealth, serving: bool) -> None:
+    """True: every transport is up, the health service may say what the service's readiness says.
+    False: the server is stopping; told to the InferenceService, so that every readiness answer (HTTP,
+    ServerReady, gRPC health) turns at once and stays turned."""
+    if not serving:
+        health_servicer.service.shutting_down = True
+    health_servicer.set_started(serving)

@@ -113,7 +113,9 @@ def create_app(
         return Response(status_code=200 if service.server_live() else 400)
 
     async def ready(request: Request) -> Response:
-        return Response(status_code=200 if service.server_ready() else 400)
+        # Triton's 400 and empty 200; not ready also says which model and why (serve/core/readiness.py).
+        readiness = service.readiness()
+        return Response(status_code=200) if readiness.ready else json_response(readiness.as_json(), 400)
 
     async def server_metadata(request: Request) -> Response:
         return json_response(service.server_metadata())
@@ -122,8 +124,8 @@ def create_app(
         return json_response(service.model_metadata(request.path_params["model"], _version(request)))
 
     async def model_ready(request: Request) -> Response:
-        ok = service.model_ready(request.path_params["model"], _version(request))
-        return Response(status_code=200 if ok else 400)
+        why = service.model_not_ready(request.path_params["model"], _version(request))
+        return json_response({"ready": False, "error": why}, 400) if why else Response(status_code=200)
 
     async def model_config(request: Request) -> Response:
         config = service.model_config(request.path_params["model"], _version(request))

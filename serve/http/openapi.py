@@ -50,15 +50,8 @@ _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type"
 _REPOSITORY = {"name": "repository", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _status_only(summary: str, ok: str, not_ok: str, *, parameters: list[Any] | None = None) -> dict[str, Any]:
-    operation: dict[str, Any] = {
-        "summary": summary,
-        "responses": {"200": {"description": ok}, "400": {"description": not_ok}},
-    }
-    if parameters:
-        operation["parameters"] = parameters
-        operation["responses"].update(_errors(404, 503))
-    return {"get": operation}
+def _status_only(summary: str, ok: str, not_ok: str) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": {"description": ok}, "400": {"description": not_ok}}}}
 
 
 def _model_routes(prefix: str, parameters: list[Any]) -> dict[str, Any]:
@@ -71,7 +64,16 @@ def _model_routes(prefix: str, parameters: list[Any]) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("ModelMetadata"), "the model's inputs and outputs"), **lookup},
             }
         },
-        prefix + "/ready": _status_only("model readiness", "ready", "not ready", parameters=parameters),
+        prefix + "/ready": {
+            "get": {
+                "summary": "model readiness",
+                "parameters": parameters,
+                "responses": {
+                    "200": {"description": "ready (empty body, as in Triton)"},
+                    "400": _json(_ref("Error"), "not ready or no such model ('error' says why), or a bad version"),
+                },
+            }
+        },
         prefix + "/config": {
             "get": {
                 "summary": "model configuration (Triton's ModelConfig as JSON)",
@@ -161,6 +163,27 @@ def _schemas() -> dict[str, Any]:
     parameters = {"type": "object", "additionalProperties": True}
     return {
         "Error": _ERROR,
+        "NotReady": {
+            "type": "object",
+            "required": ["ready", "error", "models"],
+            "properties": {
+                "ready": {"type": "boolean", "enum": [False]},
+                "error": {"type": "string", "description": "each model that is not ready, and why"},
+                "models": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "version", "state", "reason"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "version": {"type": "string", "description": "empty: the model as a whole"},
+                            "state": {"type": "string"},
+                            "reason": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
         "TensorMetadata": tensor_metadata,
         "ServerMetadata": {
             "type": "object",
@@ -264,7 +287,15 @@ def _schemas() -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/v2/health/live": _status_only("liveness", "the server is live", "not live"),
-        "/v2/health/ready": _status_only("readiness", "every model loaded", "not ready"),
+        "/v2/health/ready": {
+            "get": {
+                "summary": "readiness (the gRPC health service and ServerReady say the same)",
+                "responses": {
+                    "200": {"description": "every model serves a version (empty body, as in Triton)"},
+                    "400": _json(_ref("NotReady"), "not ready: which models serve no version, and why"),
+                },
+            }
+        },
         "/v2": {
             "get": {
                 "summary": "server metadata",

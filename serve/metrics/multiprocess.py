@@ -7,6 +7,12 @@ including a worker that has since died (its counts happened). Gauges follow thei
 ``multiprocess_mode``: queue depth and batches in flight are summed over live workers
 (``livesum``), readiness is the minimum (``livemin``: ready where every live worker is), load time
 the maximum. Process metrics are left out: each would describe only the worker that was scraped.
+
+A version retired on purpose must lose its readiness and load-time series (prometheus.py), but a
+value cannot be deleted from the shared files: each worker writes ``RETIRED`` instead, and the merged
+scrape leaves out a series whose merged value is ``RETIRED``. Readiness merges with livemin, so a
+version leaves as soon as one live worker has retired it (the others follow within a poll), and
+load time with livemax, so it leaves once every live worker has.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from prometheus_client.registry import Collector
 from serve.metrics.triton_compat import bare_counter
 
 ENVIRONMENT = "PROMETHEUS_MULTIPROC_DIR"
+# Below any real value of the gauges that use it (readiness 0/1, seconds): "no such series".
+RETIRED = -1.0
+_RETIRABLE = frozenset({"serve_model_ready", "serve_model_load_duration_seconds", "nv_model_load_duration_secs"})
 
 
 def multiprocess_dir() -> Path | None:
@@ -38,6 +47,8 @@ class WorkerMetrics(Collector):
 
     def collect(self) -> Iterable[Metric]:
         for family in self._merged.collect():  # type: ignore[no-untyped-call]
+            if family.name in _RETIRABLE:
+                family.samples = [s for s in family.samples if s.value != RETIRED]
             yield bare_counter(family) if family.type == "counter" and family.name.startswith("nv_") else family
 
 

@@ -3,7 +3,10 @@
 - ``on_request`` (an Observer): every inference request's protocol, outcome, duration and,
   when it ran, its queue wait.
 - ``on_execution`` (an Observer): every executed batch.
-- ``changed`` (a repository VersionListener): load state and load duration.
+- ``changed`` (a repository VersionListener): load state and load duration. A version retired on
+  purpose (its policy no longer chooses it, its model was unloaded) loses its gauges, so that
+  ``serve_model_ready == 0`` means "should serve and does not" (a failed load) and the
+  ServeModelNotReady alert fires on nothing else; its counters and histograms stay (what it did happened).
 - ``refresh``: queue depth and batches in flight, read through ``queue_probe`` before each scrape.
 
 Multiprocess-ready: every serve_* metric is a plain Counter, Histogram or Gauge, which is what
@@ -29,7 +32,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from serve.events import Execution, Observer, RequestEvent, VersionKey
-from serve.metrics.multiprocess import WorkerMetrics
+from serve.metrics.multiprocess import RETIRED, WorkerMetrics
 from serve.metrics.triton_compat import HostCpuCollector, TritonCompatMetrics, TritonModelMetrics, failure_reason
 from serve.repository.repository import READY, LoadOutcome, ModelVersion, VersionListener
 from serve.settings import ServerSettings
@@ -56,8 +59,7 @@ class _ModelSeries:
     """The children of one model version, resolved once: ``labels()`` costs on the hot path."""
 
     __slots__ = (
-        "rows", "executions", "queue", "compute", "batch_size", "queue_depth", "in_flight", "ready", "load",
-        "triton",
+        "rows", "executions", "queue", "compute", "batch_size", "queue_depth", "in_flight", "triton",
     )  # fmt: skip
 
     def __init__(self, metrics: PrometheusMetrics, model: str, version: str) -> None:
@@ -68,8 +70,8 @@ class _ModelSeries:
         self.batch_size = metrics.batch_size.labels(model, version)
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.in_flight = metrics.in_flight.labels(model, version)
-        self.ready = metrics.model_ready.labels(model, version)
-        self.load = metrics.load_duration.labels(model, version)
+        # Not readiness and load time: only ``changed`` sets those, so that a request observed after its
+        # version retired cannot bring back a "not ready" series (PrometheusMetrics._retire).
         self.triton: TritonModelMetrics | None = (
             metrics.triton.model(model, version) if metrics.triton is not None else None
         )
@@ -87,6 +89,7 @@ class PrometheusMetrics(Observer, VersionListener):
         multiprocess_dir: Path | None = None,
     ) -> None:
         self.registry = registry
+        self._shared_files = multiprocess_dir is not None
         # With several workers, scrapes read every worker's files (multiprocess.py), not this registry.
         self._scraped = registry
         if multiprocess_dir is not None:
@@ -193,14 +196,40 @@ class PrometheusMetrics(Observer, VersionListener):
 
     # ---- repository listener ---------------------------------------------------------------
     def changed(self, version: ModelVersion) -> None:
-        series = self._model_series(version.name, version.version_str)
+        labels = (version.name, version.version_str)
+        if version.retired:
+            self._retire(*labels)
+            return
+        ready = self.model_ready.labels(*labels)
         if version.state == READY:
-            series.ready.set(1)
-            series.load.set(version.load_seconds)
+            ready.set(1)
+            self.load_duration.labels(*labels).set(version.load_seconds)
+            series = self._model_series(*labels)
             if series.triton is not None:
                 series.triton.load_secs.set(version.load_seconds)
             return
-        series.ready.set(0)
+        ready.set(0)  # loading, unloading, or failed to load: not serving what it should
+
+    def _retire(self, name: str, version: str) -> None:
+        """Drop the gauges of a version unloaded on purpose: it is gone, not failing."""
+        series = self._series.pop((name, version), None)
+        gauges = [self.model_ready, self.load_duration, self.queue_depth, self.in_flight]
+        if self.triton is not None:
+            gauges += [self.triton.pending, self.triton.load_secs]
+        if not self._shared_files:
+            for gauge in gauges:
+                gauge.remove(name, version)
+            return
+        # prometheus_client cannot delete a value from the workers' shared files (remove() only warns):
+        # the merged scrape drops the RETIRED ones (multiprocess.py), and live sums read 0 as before.
+        self.model_ready.labels(name, version).set(RETIRED)
+        self.load_duration.labels(name, version).set(RETIRED)
+        if series is not None:
+            series.queue_depth.set(0)
+            series.in_flight.set(0)
+            if series.triton is not None:
+                series.triton.pending.set(0)
+                series.triton.load_secs.set(RETIRED)
 
     def load_finished(self, outcome: LoadOutcome) -> None:
         if outcome.error:

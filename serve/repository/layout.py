@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
 
-from serve.errors import ModelLoadError, ServeError
+from serve.errors import InvalidInput, ModelLoadError, ServeError
 from serve.paths import MODEL_DIRECTORY, confined
 from serve.repository import config_file
 
@@ -41,6 +41,18 @@ MAX_VERSION_DIGITS = 19
 def is_version_number(text: str) -> bool:
     """ASCII digits only: str.isdigit() also accepts '²', '١' and '１', which are no version."""
     return 0 < len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit()
+
+
+def parse_version(text: str) -> int:
+    """A model version a client named (never ""): every route and RPC reads one through here, so
+    that a malformed one is the same INVALID_ARGUMENT / HTTP 400 everywhere, as in Triton."""
+    if not is_version_number(text):
+        shown = text if len(text) <= 32 else text[:32] + "…"
+        raise InvalidInput(
+            f"model version {shown!r} is not a version: versions are non-negative integers written in ASCII "
+            f"digits (at most {MAX_VERSION_DIGITS}), such as '1'; leave the version out for the model's default"
+        )
+    return int(text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,13 @@ from serve.repository import config_file
 from serve.repository import model_config as cfg
 from serve.repository.digests import config_sha256, file_sha256
 from serve.repository.labels import read_labels
-from serve.repository.layout import ModelLayout, is_version_number, missing_versions, single_model, triton_model
+from serve.repository.layout import (
+    ModelLayout,
+    missing_versions,
+    parse_version,
+    single_model,
+    triton_model,
+)
 from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
 from serve.repository.warmup import warm_up
 from serve.runtime.model_file import prepare_model
@@ -60,6 +66,9 @@ READY = "READY"
 LOADING = "LOADING"
 UNLOADING = "UNLOADING"
 UNAVAILABLE = "UNAVAILABLE"
+# The reason of a version unloaded on purpose (its policy no longer chooses it, its model was unloaded,
+# the server stops): retired, not failing, so nothing should alert on it.
+UNLOADED = "unloaded"
 
 # Who asks for a load or unload (the audit log's "actor"): a token identity, or one of these.
 STARTUP = "startup"  # the models loaded when the server starts
@@ -100,6 +109,10 @@ class ModelVersion:
         return str(self.version)
 
     @property
+    def retired(self) -> bool:
+        return self.state == UNAVAILABLE and self.reason == UNLOADED
+
+    @property
     def max_batch_size(self) -> int:
         return self.config.max_batch_size if self.config is not None else 0
 
@@ -121,7 +134,8 @@ class VersionListener:
 
     ``attached``: loaded and warmed, about to take traffic (raise a ServeError to fail the load).
     ``detached``: takes no new traffic; once every listener has returned, its sessions close.
-    ``changed``: any change of state (LOADING, READY, UNLOADING, UNAVAILABLE).
+    ``changed``: any change of state (LOADING, READY, UNLOADING, UNAVAILABLE; ``retired`` when unloaded
+    on purpose rather than failed).
     ``load_finished``: a load of a model has ended, whatever it did (after its attaches and detaches).
     ``ModelVersion.actor`` says who asked for the load or unload.
     """
@@ -458,7 +472,7 @@ class ModelRepository:
             entry.state, entry.reason = UNLOADING, ""
             self._notify(entry)
             await self._close_version(entry)
-            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+            entry.state, entry.reason = UNAVAILABLE, UNLOADED
             self._notify(entry)
             del current[version]
 
@@ -498,17 +512,14 @@ class ModelRepository:
 
     # ---- lookup ----------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> ModelVersion:
+        number = parse_version(version) if version else None  # a malformed version is the client's mistake
         versions = self._versions.get(name)
         if not versions:
             if name in self._model_errors:
                 raise ModelNotReady(f"model '{name}' is not ready: {self._model_errors[name]}")
             raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
-        if version:
-            if not is_version_number(version):
-                raise ModelNotFound(
-                    f"Request for unknown model: '{name}' version '{version}' is not found (versions are integers)"
-                )
-            entry = versions.get(int(version))
+        if number is not None:
+            entry = versions.get(number)
             if entry is None:
                 raise ModelNotFound(f"Request for unknown model: '{name}' version {version} is not found")
         elif len(versions) == 1:  # the common case: what the rule below picks, without a scan
@@ -529,8 +540,23 @@ class ModelRepository:
 
     def all_ready(self) -> bool:
         """Every model serves some version (one whose newest load failed still serves the one before)."""
-        names = set(self._versions) | set(self._model_errors)
-        return all(any(v.state == READY for v in self._versions.get(name, {}).values()) for name in names)
+        return not self.not_serving()
+
+    def not_serving(self) -> list[dict[str, str]]:
+        """The index rows of every model that serves no version: what keeps the server from being ready."""
+        rows: list[dict[str, str]] = []
+        for name in sorted(set(self._versions) | set(self._model_errors)):
+            versions = self._versions.get(name, {})
+            if any(v.state == READY for v in versions.values()):
+                continue
+            if name in self._model_errors:
+                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": self._model_errors[name]})
+            elif not versions:
+                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": UNLOADED})
+            for version in sorted(versions):
+                entry = versions[version]
+                rows.append({"name": name, "version": str(version), "state": entry.state, "reason": entry.reason})
+        return rows
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = []
@@ -539,7 +565,7 @@ class ModelRepository:
             if name in self._model_errors:
                 rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": self._model_errors[name]})
             elif not versions:
-                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": "unloaded"})
+                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": UNLOADED})
             for version in sorted(versions):
                 entry = versions[version]
                 rows.append({"name": name, "version": str(version), "state": entry.state, "reason": entry.reason})
