@@ -306,3 +306,9 @@ def test_missing_columns_mapped_by_order_are_counted_and_every_feature_named() -
 def test_extra_columns_mapped_by_name_suggest_ignoring_each_one() -> None:
     with pytest.raises(BaselineInputError, match=r"--ignore-column label --ignore-column id"):
         map_columns(["x[0]", "x[1]", "x[2]", "x[3]", "label", "id"], INPUTS)
+
+
+def test_a_directory_that_only_looks_like_a_version_is_not_one(tmp_path: Path) -> None:
+    write_model(tmp_path)
+    (tmp_path / MODEL / "²").mkdir()  # str.isdigit() says yes; int() says no
+    assert load_model_info(tmp_path, MODEL).version == 1

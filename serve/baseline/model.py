@@ -21,6 +21,7 @@ from serve.errors import ServeError
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import config_file
 from serve.repository import model_config as cfg
+from serve.repository.layout import is_version_number
 from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
 from serve.runtime.model_file import prepare_model
 from serve.stats.baseline_fit import ModelInfo, baseline_path, check_baseline, file_sha256, find_baseline
@@ -49,7 +50,7 @@ def _graph_tensors(args: Sequence[ort.NodeArg], what: str) -> list[GraphTensor]:
 
 
 def _choose_version(model_dir: Path, config: mc.ModelConfig, version: int | None) -> int:
-    available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_number(p.name))
     if version is not None:
         if version not in available:
             raise BaselineInputError(f"model '{model_dir.name}' has no version {version} (found {available})")

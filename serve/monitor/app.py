@@ -25,6 +25,7 @@ from starlette.routing import Route
 from serve.monitor.prom import DriftCollector
 from serve.monitor.report import data_uri, feature_plot, render_page
 from serve.monitor.service import Monitor
+from serve.repository.layout import is_version_number
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -94,7 +95,7 @@ def create_monitor_app(monitor: Monitor) -> Starlette:
                 {"error": f"no evaluation for model '{model}'" + (f" version {version}" if version else "")},
                 404,
             )
-        report = max(matches, key=lambda r: int(r["version"]) if r["version"].isdigit() else -1)
+        report = max(matches, key=lambda r: int(r["version"]) if is_version_number(r["version"]) else -1)
         raw_history = request.query_params.get("history")
         if raw_history:
             try:
