@@ -45,7 +45,7 @@ class HeaderLimits:
 
 
 LINGER_S = 2.0  # how long a refused connection's remaining input is read and discarded
-IDLE_DRAIN_S = 1.0  # when the server stops, how long an idle kept-alive connection waits for a last request
+IDLE_DRAIN_S = 0.5  # when the server stops, how long an idle kept-alive connection waits for a last request
 
 
 def _response(status: int, phrase: str, message: str) -> bytes:
