@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
-import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from serve.core.cluster import Cluster
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
 from serve.grpc.auth import BearerAuthInterceptor
+from serve.grpc.drain import DrainGate
 from serve.grpc.frontends import choose_frontend
 from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
@@ -64,10 +65,16 @@ class _Uvicorn(uvicorn.Server):
 
 # How often a worker copies its queue gauges into the shared metric files between scrapes.
 _GAUGE_REFRESH_S = 1.0
-# After the batchers have answered every accepted request: how long gRPC may take to send them.
-_GRPC_FLUSH_S = 2.0
-# How long a stopping server keeps answering new gRPC calls UNAVAILABLE before grpc stops.
-_GRPC_LINGER_S = 0.5
+# After the batchers have answered every accepted request: how long each transport may take to send
+# the last answers before it closes what is left.
+_FLUSH_S = 2.0
+# Before grpc's shutdown (grpc/drain.py): no call may have arrived for this long, so that each client
+# that got its answer has sent its next call (held) ...
+_GRPC_QUIET_S = 0.25
+# ... waiting at most this long for it (clients that do not wait for answers never go quiet).
+_GRPC_QUIET_MAX_S = 2.0
+# After grpc's shutdown began: time for its GOAWAY to leave before the held calls are answered.
+_GRPC_GOAWAY_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ class Server:
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._grpc_gate = DrainGate()
         self._health: health_aio.HealthServicer | None = None
         self._http_socket: socket.socket | None = None
         self._metrics_http: _Uvicorn | None = None
@@ -156,7 +164,7 @@ class Server:
         # Registered even with --no-stats, so that a client is told why there is nothing.
         extra_routes = [metrics_route(self.metrics), *monitoring_routes(self.stats_documents, self.served_baseline)]
         app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
-        interceptors = []
+        interceptors: list[grpc.aio.ServerInterceptor] = [self._grpc_gate]
         if tokens is not None:
             app = BearerAuth(app, tokens, protect_inference=s.auth_inference, audit=self.service.audit)
             interceptors.append(
@@ -196,7 +204,8 @@ class Server:
             proxy_headers=False,
             server_header=False,
             log_config=None,
-            timeout_graceful_shutdown=max(1, int(s.shutdown_grace_s)),
+            # Counted from the signal, like the batchers' grace: it must outlast their last answers.
+            timeout_graceful_shutdown=math.ceil(s.shutdown_grace_s + _FLUSH_S),
             backlog=4096,
             **(tls.uvicorn_options() if tls is not None else {}),
         )
@@ -298,13 +307,15 @@ class Server:
     async def stop(self) -> None:
         """Shut down in a fixed order, losing nothing that was accepted.
 
-        Readiness goes false and new inference requests are answered 503 / UNAVAILABLE at once; HTTP
-        stops accepting connections; every batcher runs what it has queued within
-        --shutdown-grace-s and answers what is still waiting at the deadline UNAVAILABLE; only then do
-        the servers stop, so no call that was accepted is cancelled or reset; sessions are released.
+        Readiness goes false; new HTTP requests are answered 503 with ``Connection: close`` and HTTP
+        stops accepting connections (http/connection.py); new gRPC calls are held (grpc/drain.py).
+        Every batcher runs what it has queued within --shutdown-grace-s and answers what is still
+        waiting at the deadline UNAVAILABLE. Then grpc stops, which sends GOAWAY, and the held calls
+        are answered UNAVAILABLE; the transports close once every answer is sent, so no call that a
+        client sent is cancelled or reset; sessions are released.
         """
-        grace = self.settings.shutdown_grace_s
         self.service.shutting_down = True
+        self._grpc_gate.close()
         if self._gauge_task is not None:
             self._gauge_task.cancel()
         if self._poller is not None:
@@ -312,18 +323,17 @@ class Server:
         if self._health is not None:
             await set_serving(self._health, False)
         if self._http is not None:
+            self._stop_listening(self._http)
             self._http.should_exit = True
         if self._metrics_http is not None:
             self._metrics_http.should_exit = True
-        started = time.monotonic()
         # Drain the batchers first: every accepted request gets its answer (or UNAVAILABLE) ...
         await self.service.close()
-        # ... then refuse for a moment longer what was already on its way (gRPC calls that reach grpc
-        # but not yet us would be CANCELLED by its stop), and send every answer before the transports close.
-        await asyncio.sleep(max(0.0, min(_GRPC_LINGER_S, grace - (time.monotonic() - started))))
-        stops = []
+        # ... then stop the transports, gRPC once its clients have all sent the call they will send
+        # before they read its GOAWAY.
+        stops: list[Awaitable[None]] = []
         if self._grpc is not None:
-            stops.append(self._grpc.stop(min(grace, _GRPC_FLUSH_S)))
+            stops.append(self._stop_grpc(self._grpc))
         if self._http_task is not None:
             stops.append(self._http_task)
         if self._metrics_task is not None:
@@ -335,6 +345,25 @@ class Server:
         if self._metrics_socket is not None:
             self._metrics_socket.close()
         log.info("stopped")
+
+    def _stop_listening(self, http: _Uvicorn) -> None:
+        """Refuse new HTTP connections now, before any connection is told to close: uvicorn would stop
+        listening only at its next tick, and clients that a ``Connection: close`` sends to reconnect
+        would meanwhile queue for a listener that then closes on them (a reset, not a refusal). A
+        worker's socket is shared: the supervisor stops it listening for every worker at once."""
+        for server in getattr(http, "servers", ()):  # set by uvicorn's startup, if it got that far
+            server.close()
+
+    async def _stop_grpc(self, server: grpc.aio.Server) -> None:
+        gate = self._grpc_gate
+        if not await gate.quiet(_GRPC_QUIET_S, _GRPC_QUIET_MAX_S):
+            log.warning("gRPC calls kept arriving while stopping; some sent as it stops may be cancelled")
+        stopping = asyncio.ensure_future(server.stop(_FLUSH_S))
+        await asyncio.sleep(_GRPC_GOAWAY_S)
+        if gate.held:
+            log.info("answering %d gRPC call(s) that arrived while stopping", gate.held)
+        gate.release()
+        await stopping
 
 
 async def run_server(settings: ServerSettings, repository_root: Path) -> None:

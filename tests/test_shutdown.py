@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -20,8 +21,16 @@ import tritonclient.http as httpclient
 from serve.modelgen import mlp, save
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
-from tests.fixtures.load import Outcome, hammer_http
-from tests.fixtures.servers import RunningServer, start_server
+from tests.fixtures.load import (
+    REFUSED,
+    Connect,
+    Outcome,
+    hammer_http,
+    hammering_with,
+    tritonclient_grpc_client,
+    tritonclient_http_client,
+)
+from tests.fixtures.servers import RunningServer, serving, start_server
 
 # Requests are held up to 1.5 s waiting for a batch of 8 that never fills: they are queued when
 # the signal arrives.
@@ -125,3 +134,72 @@ def test_sigterm_under_load_answers_every_accepted_request_and_cancels_none(
     assert set(accepted_http) <= {"200", "503"}, sorted(set(accepted_http))
     assert set(sent_grpc) <= {"OK", "UNAVAILABLE"}, collections.Counter(sent_grpc)
     assert exit_code == 0 and stopped_in < grace_s + 5
+
+
+# ---- persistent clients: a channel or keep-alive connection that keeps sending through the shutdown ----
+
+PERSISTENT_CLIENTS = 8  # per protocol, 16 in all, as in the load test that found the losses
+# Batches of 8 wait 20 ms to fill: at the signal, calls are queued, running and on their way.
+SHORT_HOLD = CONFIG.replace("1500000", "20000")
+SERVER_MODES = {"one-process": (), "two-workers": ("--workers", "2")}
+
+
+def _persistent_clients(server: RunningServer, model_file: Path) -> list[Connect]:
+    x = np.linspace(-1, 1, 4, dtype=np.float32).reshape(1, 4)
+    expected = {"output": ort.InferenceSession(str(model_file)).run(["output"], {"input": x})[0]}
+    grpc_client = tritonclient_grpc_client(server.grpc_url, "held", {"input": x}, expected)
+    http_client = tritonclient_http_client(server.http_url, "held", {"input": x}, expected)
+    return [grpc_client, http_client] * PERSISTENT_CLIENTS
+
+
+def _said_shutting_down(status: str) -> bool:
+    """A refusal that says why: gRPC UNAVAILABLE or HTTP 503, "the server is shutting down ..."."""
+    return status.startswith(("UNAVAILABLE: ", "503: ")) and "shutting down" in status
+
+
+def _sigterm_under_persistent_clients(tmp_path: Path, server_args: tuple[str, ...]) -> None:
+    repo = tmp_path / "models"
+    model_file = save(mlp([4, 8, 2], seed=2), repo / "held" / "1" / "model.onnx")
+    (repo / "held" / "config.pbtxt").write_text(SHORT_HOLD)
+    with serving(repo, tmp_path, *server_args) as server:
+        if server_args:
+            _wait_for_log(server, "serving with 2 worker processes")
+        with hammering_with(_persistent_clients(server, model_file)) as outcomes:
+            time.sleep(1.0)
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            exit_code = server.process.wait(30)
+    in_flight = [o for o in outcomes if o.in_flight_at(signalled)]
+    # Without calls in flight at the signal, nothing below would be tested.
+    assert len(in_flight) >= PERSISTENT_CLIENTS, len(in_flight)
+    assert any(o.ok for o in in_flight), collections.Counter(o.status for o in in_flight)
+    # Answered with the right result, refused with the reason, or (once told to go away) not connected:
+    # never cancelled, reset, closed mid-request or answered wrong.
+    lost = collections.Counter(
+        o.status for o in outcomes if not (o.ok or _said_shutting_down(o.status) or o.status == REFUSED)
+    )
+    assert not lost, lost
+    assert exit_code == 0, server.log()
+
+
+def _wait_for_log(server: RunningServer, line: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while line not in server.log():
+        assert server.process.poll() is None and time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("server_args", SERVER_MODES.values(), ids=SERVER_MODES.keys())
+def test_sigterm_under_persistent_clients_cancels_and_resets_nothing(
+    tmp_path: Path, server_args: tuple[str, ...]
+) -> None:
+    _sigterm_under_persistent_clients(tmp_path, server_args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server_args", SERVER_MODES.values(), ids=SERVER_MODES.keys())
+def test_sigterm_under_persistent_clients_loses_nothing_in_ten_runs(
+    tmp_path: Path, server_args: tuple[str, ...]
+) -> None:
+    for run in range(10):
+        _sigterm_under_persistent_clients(tmp_path / f"run-{run}", server_args)

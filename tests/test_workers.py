@@ -8,6 +8,7 @@ worker directly over its control socket in the run directory, as the supervisor 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 import signal
@@ -28,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve.demo import write_demo_repository
 from serve.workers import ipc
 from serve.workers.worker import worker_socket
-from tests.fixtures.load import hammering
+from tests.fixtures.load import hammering, post_once
 from tests.fixtures.servers import RunningServer, serving
 
 WORKERS = 2
@@ -257,6 +258,26 @@ def test_sigterm_under_load_drains_every_worker_and_exits_zero(demo: Path, tmp_p
         assert "200" in answered and answered <= {"200", "503"}, answered  # drained: answered or refused, no 500
         assert server.log().count("serve.server: stopped") == WORKERS
         assert "serve.workers: stopped" in server.log()
+
+
+def test_after_sigterm_a_new_http_connection_is_answered_or_refused_never_left_to_be_reset(
+    demo: Path, tmp_path: Path
+) -> None:
+    with serving(demo, tmp_path, "--workers", str(WORKERS)) as server:
+        wait_for_workers(server)
+        url = f"{server.base}/v2/models/tabular/infer"
+        server.process.send_signal(signal.SIGTERM)
+        # From the moment a worker stops (a connection made just as the port stops listening, still in
+        # its queue, is reset by the kernel: no server can avoid that instant) ...
+        while "Shutting down" not in server.log() and server.process.poll() is None:
+            time.sleep(0.01)
+        outcomes = []
+        while server.process.poll() is None:
+            outcomes.append(post_once(url, BODY, timeout=10))
+        assert server.process.wait() == 0, server.log()
+    # ... no worker accepts, so the port must not listen: a connection it queued would wait for nobody.
+    refused = "connection: <urlopen error [Errno 111] Connection refused>"
+    assert refused in outcomes and set(outcomes) <= {"200", "503", refused}, collections.Counter(outcomes)
 
 
 def test_explicit_load_and_unload_reach_every_worker(demo: Path, tmp_path: Path) -> None:

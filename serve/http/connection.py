@@ -12,7 +12,15 @@ the event loop waited) and a connection that never finished its headers was held
 - a request whose line and headers are not complete ``header_timeout_s`` after the connection
   opened, or after its first byte on a kept-alive connection, is answered 408 and closed.
 
-Both are uvicorn's ``HttpToolsProtocol`` with these checks added at its parser callbacks; uvicorn
+And when the server stops, a kept-alive connection is not closed while a request may be on its
+way (uvicorn closes every idle one at once: a client that had just sent its next request read
+"connection closed", 1 to 17 per SIGTERM under 16 keep-alive clients). The next request that
+arrives within ``IDLE_DRAIN_S`` is answered (503 while the server stops) with ``Connection: close``
+and the connection closed after it; one that stays idle that long is closed then. HTTP/1.1 has no
+way to say "send no more" before a response, so only a request sent after that moment, on a
+connection idle until then, can still meet a closed connection.
+
+All of this is uvicorn's ``HttpToolsProtocol`` with checks added at its parser callbacks; uvicorn
 takes the class as its ``http`` setting. Idle kept-alive connections remain uvicorn's
 ``timeout_keep_alive``.
 """
@@ -37,6 +45,7 @@ class HeaderLimits:
 
 
 LINGER_S = 2.0  # how long a refused connection's remaining input is read and discarded
+IDLE_DRAIN_S = 0.5  # when the server stops, how long an idle kept-alive connection waits for a last request
 
 
 def _response(status: int, phrase: str, message: str) -> bytes:
@@ -66,6 +75,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._began = False  # a request began in the data being parsed
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: bytes | None = None
+        self._stopping = False  # the server is shutting down: answer what comes, keep nothing alive
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # ---- the deadline ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,6 +85,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_idle_timer()
         super().connection_lost(exc)
 
     def _arm_head_timer(self) -> None:
@@ -124,6 +136,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_message_begin(self)
         self._in_head, self._began = True, True
         self._head_bytes = self._head_fields = self._unfinished_bytes = 0
+        if self._idle_timer is not None:
+            self._cancel_idle_timer()  # a last request came: its answer closes the connection
 
     # These run for every request and header: the checks are inlined and uvicorn's methods called
     # directly (no super() lookup); with them the limits cost ~8% of small-request throughput.
@@ -152,6 +166,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._cancel_head_timer()
         HttpToolsProtocol.on_headers_complete(self)
+        if self._stopping and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with "Connection: close", then closed
 
     def on_body(self, body: bytes) -> None:
         if self._refusal is None:
@@ -160,6 +176,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._refusal is None:
             HttpToolsProtocol.on_message_complete(self)
+
+    # ---- shutting down ----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Called by uvicorn's server on every connection when it stops."""
+        self._stopping = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # the request being answered is the last (uvicorn's way)
+        elif not self.transport.is_closing() and self._idle_timer is None:
+            # Idle, or between a response and a request already on its way: wait for that request.
+            self._idle_timer = self.loop.call_later(IDLE_DRAIN_S, self._close_idle)
+
+    def _close_idle(self) -> None:
+        self._idle_timer = None
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     def _within_limits(self) -> bool:
         """Judge the head counted so far; False (and the request refused) past a limit."""

@@ -225,6 +225,16 @@ class Supervisor:
 
     async def _shut_down(self) -> None:
         self._stopping = True
+        if self._http_socket is not None:
+            # Stop the shared port listening, for every worker at once, before any worker is told to
+            # stop (no worker will be started again). Each worker stops accepting at once on SIGTERM,
+            # and its keep-alive clients, told "Connection: close", reconnect: while another worker
+            # still listened, or this copy held the socket open, they queued for nobody and were
+            # reset when it closed. Now they are refused.
+            with contextlib.suppress(OSError):
+                self._http_socket.shutdown(socket.SHUT_RD)
+            self._http_socket.close()
+            self._http_socket = None
         workers = [w for w in self._workers.values() if w.process.returncode is None]
         for worker in workers:
             with contextlib.suppress(ProcessLookupError):
