@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,32 @@ async def test_asking_for_the_page_again_draws_nothing(evaluated: tuple[Any, Any
     second = await get_page(app)
     assert draw.calls == drawn > 0
     assert first.count("data:image/png;base64,") == second.count("data:image/png;base64,") == drawn
+
+
+async def test_a_page_asked_for_while_a_newer_evaluation_is_drawn_shows_the_last_drawn_one_at_once(
+    evaluated: tuple[Any, Any, Path],
+) -> None:
+    monitor, replica, root = evaluated
+    blocked, release = threading.Event(), threading.Event()
+
+    def draw(feature: Mapping[str, Any], history: History) -> bytes:
+        if blocked.is_set():
+            release.wait(60)  # the newer evaluation's drawing, held until the page has been answered
+        return feature_plot(feature, history)
+
+    app = create_monitor_app(monitor, PlotCache(monitor, draw))
+    before = dt.datetime.fromtimestamp(monitor.last_evaluation).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"evaluated {before}" in await get_page(app)
+    blocked.set()
+    feed(replica.rec, sample(np.random.default_rng(2), 500), Predictor(root / MODEL))
+    monitor.clock.t += 60.0
+    await monitor.cycle()
+    try:
+        page = await get_page(app)  # answered while the drawing waits for `release`
+    finally:
+        release.set()
+    assert f"evaluated {before}" in page and "a newer evaluation is being drawn" in page
+    assert page.count("data:image/png;base64,") > 0
 
 
 def test_a_long_history_is_thinned_for_the_plot_without_losing_its_spike() -> None:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import orjson
@@ -52,13 +53,17 @@ def _models_summary(monitor: Monitor) -> list[dict[str, Any]]:
 
 
 def render_report(monitor: Monitor, plots: PlotCache | None = None) -> str:
-    """The whole page, with the plots of the latest evaluation (drawn once per evaluation by ``plots``)."""
-    plots = plots or PlotCache(monitor)
-    while True:
-        reports = [r for _, r in sorted(monitor.latest.items())]
-        drawn = plots.plots(reports)
-        if drawn is not None:  # else a newer evaluation came while waiting: show that one
-            return render_page(reports, drawn, [s.to_json() for s in monitor.servers.values()])
+    """The page of the latest evaluation whose plots are drawn (``plots`` draws each evaluation once)."""
+    drawn, latest = (plots or PlotCache(monitor)).page()
+    note = None
+    if drawn.key != latest:
+        newest = max((at for _, _, at in latest), default=None)
+        note = "a newer evaluation is being drawn" + (f" ({_clock(newest)})" if newest is not None else "")
+    return render_page(drawn.reports, drawn.plots, [s.to_json() for s in monitor.servers.values()], note)
+
+
+def _clock(t: float) -> str:
+    return dt.datetime.fromtimestamp(t).strftime("%H:%M:%S")
 
 
 def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Starlette:

@@ -1,11 +1,11 @@
 """The report's plots, drawn once per evaluation, in the background, as soon as the evaluation is made.
 
 A plot costs matplotlib a tenth of a second to a second (more on a busy machine), and a report has up to
-``max_plot_features`` of them per model, so drawing them when the page is asked for made the page take 4 to 22 s
-after every evaluation (issue 17). The monitor calls :meth:`PlotCache.evaluated` after each evaluation; one
-thread draws that evaluation's plots while the monitor goes on polling, and the page only reads them. A page asked
-for while its evaluation is still being drawn waits for that drawing (it never draws itself), so the table and the
-plots always describe the same evaluation.
+``max_plot_features`` of them per model, so drawing them when the page was asked for made it take 4 to 22 s after
+every evaluation (issue 17). Now the monitor calls :meth:`PlotCache.evaluated` after each evaluation, one thread
+draws that evaluation's plots while the monitor goes on polling, and the page shows the latest *drawn*
+evaluation: its table and its plots together, at once. While a newer evaluation is being drawn the page shows the
+one before and says so; only before the first drawing has ended does a page wait for it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from serve.monitor.report import History, data_uri, feature_plot
@@ -30,52 +31,56 @@ def evaluation_key(reports: Sequence[Mapping[str, Any]]) -> Key:
     return tuple((r["model"], r["version"], float(r["evaluated_at"])) for r in reports)
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """An evaluation's reports and their plots, shown together."""
+
+    key: Key
+    reports: list[Mapping[str, Any]]
+    plots: Plots
+
+
 class PlotCache:
     def __init__(self, monitor: Monitor, draw: Callable[[Mapping[str, Any], History], bytes] = feature_plot) -> None:
         self._monitor = monitor
         self._draw = draw
         self._changed = threading.Condition()
-        self._drawn: tuple[Key, Plots] | None = None
+        self._drawn: Drawn | None = None
         self._pending: tuple[Key, list[Mapping[str, Any]]] | None = None
         self._drawing: Key | None = None
-        self.plots_drawn = 0  # every plot ever drawn: a page asked for twice must not add to it
 
-    def reports(self) -> list[Mapping[str, Any]]:
+    def latest_reports(self) -> list[Mapping[str, Any]]:
         return [r for _, r in sorted(self._monitor.latest.items())]
 
     def evaluated(self) -> None:
         """Start drawing the monitor's latest evaluation; returns at once (a newer one replaces one still queued)."""
-        reports = self.reports()
+        reports = self.latest_reports()
         self._schedule(evaluation_key(reports), reports)
 
-    def plots(self, reports: Sequence[Mapping[str, Any]], timeout_s: float = 120.0) -> Plots | None:
-        """The plots of ``reports``: at once when drawn, else when their drawing (started now if need be) ends;
-        None when a newer evaluation replaced them in the queue meanwhile (ask again with the newer reports)."""
+    def page(self, timeout_s: float = 120.0) -> tuple[Drawn, Key]:
+        """The latest drawn evaluation, and the key of the latest evaluation (newer while it is being drawn).
+
+        Waits only while nothing has been drawn yet (and then at most ``timeout_s``, for a page without plots)."""
+        reports = self.latest_reports()
         key = evaluation_key(reports)
         self._schedule(key, reports)
-
-        def settled() -> bool:
-            queued = self._pending[0] if self._pending is not None else None
-            return (self._drawn is not None and self._drawn[0] == key) or key not in (self._drawing, queued)
-
         with self._changed:
-            if not self._changed.wait_for(settled, timeout_s):
-                return {}  # drawing is stuck: the page goes without plots rather than not at all
-            return self._drawn[1] if self._drawn is not None and self._drawn[0] == key else None
-
-    def _schedule(self, key: Key, reports: Sequence[Mapping[str, Any]]) -> None:
-        with self._changed:
-            if key == self._drawing or (self._drawn is not None and self._drawn[0] == key):
-                return
-            start = self._drawing is None and self._pending is None
-            self._pending = (key, list(reports))
-            if start:
-                threading.Thread(target=self._work, name="serve-monitor-plots", daemon=True).start()
+            self._changed.wait_for(lambda: self._drawn is not None, timeout_s)
+            return self._drawn or Drawn(key, reports, {}), key
 
     def wait_drawn(self, timeout_s: float) -> bool:
         """Wait until nothing is being drawn or queued (tests and the benchmark)."""
         with self._changed:
             return self._changed.wait_for(lambda: self._drawing is None and self._pending is None, timeout_s)
+
+    def _schedule(self, key: Key, reports: Sequence[Mapping[str, Any]]) -> None:
+        with self._changed:
+            if key in (self._drawing, self._drawn.key if self._drawn else None):
+                return
+            start = self._drawing is None and self._pending is None
+            self._pending = (key, list(reports))
+            if start:
+                threading.Thread(target=self._work, name="serve-monitor-plots", daemon=True).start()
 
     def _work(self) -> None:
         while True:
@@ -91,7 +96,7 @@ class PlotCache:
                 log.exception("drawing the drift report's plots failed")
                 plots = {}
             with self._changed:
-                self._drawn, self._drawing = (key, plots), None
+                self._drawn, self._drawing = Drawn(key, reports, plots), None
                 self._changed.notify_all()
 
     def _draw_all(self, reports: Sequence[Mapping[str, Any]]) -> Plots:
@@ -106,5 +111,4 @@ class PlotCache:
                 deciding = [m for m, v in f["measures"].items() if v.get("threshold") is not None]
                 history = monitor.store.history(r["model"], r["version"], f["name"], deciding, since)
                 own[f["name"]] = data_uri(self._draw(f, history))
-                self.plots_drawn += 1
         return plots

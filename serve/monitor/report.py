@@ -246,6 +246,7 @@ def render_page(
     reports: Sequence[Mapping[str, Any]],
     plots: Mapping[tuple[str, str], Mapping[str, str]],
     servers: Sequence[Any],
+    note: str | None = None,
 ) -> str:
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     server_line = ", ".join(
@@ -258,6 +259,8 @@ def render_page(
         f'<p class="meta">generated {now} · servers: {server_line or "none"} · '
         '<a href="/api/models">/api/models</a> · <a href="/metrics">/metrics</a></p>',
     ]
+    if note:
+        body.append(f'<p class="meta">{html.escape(note)}: reload in a moment to see it</p>')
     if not reports:
         body.append("<p>No evaluation yet: the monitor has not reached a server with models.</p>")
     for report in reports:
