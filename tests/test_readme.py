@@ -17,6 +17,7 @@ so an HTTP error fails the block.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from serve.cli import build_parser
 from tests.fixtures.servers import RunningServer, start_server
 from tests.fixtures.tls import write_certificates
 
@@ -159,3 +161,18 @@ def test_readme_block_runs_as_written(
         f"README.md line {block.line} ({block.section}) failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     )
     assert "Traceback" not in done.stderr, done.stderr[-4000:]
+
+
+def test_readme_command_line_synopsis_names_every_serve_run_flag() -> None:
+    # `--latency-buckets-s` was documented as missing while the flag existed (issue 17): the synopsis is checked.
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    text = README.read_text()
+    start = text.index("serve run        [")
+    synopsis = text[start : text.index("serve validate", start)]
+    for action in commands.choices["run"]._actions:
+        names = [f for f in action.option_strings if f.startswith("--") and f != "--help"]
+        if not names:
+            continue
+        spelled = {*names, *(f"--[no-]{n[2:]}" for n in names if not n.startswith("--no-"))}
+        found = [n for n in spelled if re.search(re.escape(n) + r"(?![\w-])", synopsis)]
+        assert found, f"README's `serve run` synopsis lacks {names[0]}"
