@@ -5,9 +5,12 @@ needs to pick serve for ONNX models and reach it."""
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
+import yaml
 
 from serve import settings
 from serve.cli import build_parser
@@ -122,3 +125,27 @@ def test_runtime_args_are_valid_serve_run_flags() -> None:
     args = [a.replace("{{.Name}}", "tabular") for a in _container(RUNTIMES["servingruntime.yaml"])["args"]]
     s = settings.from_arguments(build_parser().parse_args(args), {})
     assert (s.http_port, s.grpc_port, str(s.model_repository), s.model_name) == (8080, 9000, "/mnt/models", "tabular")
+
+
+def test_kustomization_applies_the_namespaced_runtime_and_the_example_with_the_runtimes_image_as_a_field() -> None:
+    (kustomization,) = documents(KSERVE / "kustomization.yaml")
+    assert kustomization["resources"] == ["servingruntime.yaml", "inferenceservice.yaml"]
+    image_names = {image["name"] for image in kustomization["images"]}
+    assert _container(RUNTIMES["servingruntime.yaml"])["image"].split(":")[0] in image_names
+
+
+def test_standard_deployment_mode_says_which_kserve_it_needs() -> None:
+    # KServe < 0.16 refuses "Standard" (it calls the mode RawDeployment): the example must say so beside it.
+    assert ISVC["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    text = (KSERVE / "inferenceservice.yaml").read_text()
+    assert "KServe >= 0.16" in text and "RawDeployment" in text
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (its built-in kustomize) is not installed")
+def test_kustomize_sets_the_runtime_image_from_the_images_field() -> None:
+    done = subprocess.run(["kubectl", "kustomize", str(KSERVE)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (runtime,) = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "ServingRuntime"]
+    (kustomization,) = documents(KSERVE / "kustomization.yaml")
+    (image,) = kustomization["images"]
+    assert _container(runtime)["image"] == f"{image['name']}:{image['newTag']}"

@@ -160,5 +160,20 @@ def test_documents_are_plain_yaml_without_duplicate_keys() -> None:
         return dict(loader.construct_mapping(node))
 
     Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    for path in [*KUBE.glob("*.yaml"), *(DEPLOY / "kserve").glob("*.yaml"), *(DEPLOY / "prometheus").glob("*.yaml")]:
+    for path in [
+        *KUBE.glob("*.yaml"),
+        *(DEPLOY / "kubernetes-tls").glob("*.yaml"),
+        *(DEPLOY / "kserve").glob("*.yaml"),
+        *(DEPLOY / "prometheus").glob("*.yaml"),
+    ]:
         list(yaml.load_all(path.read_text(), Loader=Strict))
+
+
+def test_every_container_image_is_set_by_the_kustomizations_images_field() -> None:
+    # The manifests name bare images; the tag (and a registry, with newName) come from one place.
+    (kustomization,) = documents(KUBE / "kustomization.yaml")
+    fields = {image["name"]: image for image in kustomization["images"]}
+    for name in ("serve", "serve-monitor"):
+        for container in _pod(name)["spec"]["containers"]:
+            assert ":" not in container["image"], container["image"]
+            assert "newTag" in fields[container["image"]], container["image"]

@@ -23,6 +23,7 @@ from serve.codecs.bytes_tensor import deserialize_bytes_tensor  # noqa: E402
 from tests.fixtures.servers import RunningServer, free_port  # noqa: E402
 
 LOCUSTFILE = ROOT / "bench" / "locustfile.py"
+STOP_AFTER = ROOT / "tests" / "fixtures" / "locust_stop_after.py"
 
 
 def run_locust(
@@ -31,14 +32,29 @@ def run_locust(
     *args: str,
     run_time: str | None = "4s",
     grpc_port: int | None = None,
+    stop_after_requests: int = 0,
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, str]]]:
+    """Run locust headless for ``run_time``, or until ``stop_after_requests`` inference requests have completed
+    (then ``run_time`` is only a cap); its summary CSV rows come back."""
     prefix = tmp_path / "locust"
+    locustfiles = f"{LOCUSTFILE},{STOP_AFTER}" if stop_after_requests else str(LOCUSTFILE)
+    stop = ["--stop-after-requests", str(stop_after_requests)] if stop_after_requests else []
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", server.base,
+        sys.executable, "-m", "locust", "-f", locustfiles, *stop, "--host", server.base,
         "--grpc-port", str(grpc_port or server.grpc_port), "--headless", "--only-summary",
         "--csv", str(prefix), "-u", "4", "-r", "4", *(["-t", run_time] if run_time else []), *args,
     ]  # fmt: skip
+    if stop_after_requests:
+        command += ["--json-file", str(prefix)]  # locust adds ".json"
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90)
+    if stop_after_requests:
+        # Locust rewrites its CSV once a second, so a run that ends on a count reads the final JSON instead.
+        entries = orjson.loads(Path(f"{prefix}.json").read_bytes())
+        return done, [
+            {"Type": e["method"], "Name": e["name"], "Request Count": str(e["num_requests"]),
+             "Failure Count": str(e["num_failures"])}
+            for e in entries
+        ]  # fmt: skip
     with open(f"{prefix}_stats.csv", newline="") as f:
         return done, list(csv.DictReader(f))
 
@@ -64,13 +80,14 @@ def test_user_kind_sends_successful_requests_and_records_percentiles(
 
 
 def test_inputs_of_every_datatype_are_generated_from_metadata(demo_server: RunningServer, tmp_path: Path) -> None:
+    # Ends after 20 requests, not after a time: a loaded machine may spend seconds starting users (issue 17).
     done, rows = run_locust(
         demo_server, tmp_path, "--protocol", "grpc", "--model", "identity_all", "--rows-per-request", "4",
-        run_time="2s",
+        run_time="80s", stop_after_requests=20,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     row = infer_row(rows)
-    assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+    assert int(row["Request Count"]) >= 20 and int(row["Failure Count"]) == 0
 
 
 def test_unknown_model_is_counted_as_failures_not_a_crash(demo_server: RunningServer, tmp_path: Path) -> None:

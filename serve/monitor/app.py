@@ -1,6 +1,6 @@
 """The monitor's own HTTP port: the HTML report, the JSON API and ``/metrics``.
 
-* ``GET /`` (also ``/report``): the HTML report with plots.
+* ``GET /`` (also ``/report``): the HTML report with plots (drawn after each evaluation: plots.py).
 * ``GET /api/models``: every model version with its baseline status, window, drift share and states.
 * ``GET /api/drift?model=M[&version=V][&history=SECONDS]``: per feature every measure with its threshold,
   sample counts, verdict and state; ``history`` adds each measure's values over that many past seconds.
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import orjson
@@ -22,8 +23,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from serve.monitor.plots import PlotCache
 from serve.monitor.prom import DriftCollector
-from serve.monitor.report import data_uri, feature_plot, render_page
+from serve.monitor.report import render_page
 from serve.monitor.service import Monitor
 from serve.repository.layout import is_version_number
 
@@ -51,34 +53,30 @@ def _models_summary(monitor: Monitor) -> list[dict[str, Any]]:
     return out
 
 
-def render_report(monitor: Monitor) -> str:
-    """The whole page (plots cached until the next evaluation)."""
-    cache = monitor.render_cache
-    reports = [r for _, r in sorted(monitor.latest.items())]
-    plots: dict[tuple[str, str], dict[str, str]] = {}
-    since = (monitor.last_evaluation or 0) - max(monitor.settings.horizon_s * 8, 6 * 3600)
-    for r in reports:
-        key = (r["model"], r["version"])
-        own = plots[key] = {}
-        for f in r.get("features", [])[: monitor.settings.max_plot_features]:
-            cache_key = f"{r['model']}\0{r['version']}\0{f['name']}"
-            uri = cache.get(cache_key)
-            if uri is None:
-                deciding = [m for m, v in f["measures"].items() if v.get("threshold") is not None]
-                history = monitor.store.history(r["model"], r["version"], f["name"], deciding, since)
-                uri = cache[cache_key] = data_uri(feature_plot(f, history))
-            own[f["name"]] = uri
-    return render_page(reports, plots, [s.to_json() for s in monitor.servers.values()])
+def render_report(monitor: Monitor, plots: PlotCache | None = None) -> str:
+    """The page of the latest evaluation whose plots are drawn (``plots`` draws each evaluation once)."""
+    drawn, latest = (plots or PlotCache(monitor)).page()
+    note = None
+    if drawn.key != latest:
+        newest = max((at for _, _, at in latest), default=None)
+        note = "a newer evaluation is being drawn" + (f" ({_clock(newest)})" if newest is not None else "")
+    return render_page(drawn.reports, drawn.plots, [s.to_json() for s in monitor.servers.values()], note)
 
 
-def create_monitor_app(monitor: Monitor) -> Starlette:
+def _clock(t: float) -> str:
+    return dt.datetime.fromtimestamp(t).strftime("%H:%M:%S")
+
+
+def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Starlette:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DriftCollector(monitor))
-    render_lock = asyncio.Lock()
+    plots = plots or PlotCache(monitor)
+    monitor.evaluation_listeners.append(plots.evaluated)
+    if monitor.latest:  # evaluations made before the app existed, or loaded from the history store
+        plots.evaluated()
 
     async def report(request: Request) -> Response:
-        async with render_lock:  # one matplotlib render at a time; the cache serves the rest
-            page = await asyncio.to_thread(render_report, monitor)
+        page = await asyncio.to_thread(render_report, monitor, plots)
         return HTMLResponse(page)
 
     async def models(request: Request) -> Response:

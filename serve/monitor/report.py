@@ -20,6 +20,7 @@ from typing import Any
 COLUMNS = ("psi", "js", "ks", "wasserstein", "missing_rate", "out_of_range", "linf", "unseen")
 _BASELINE_COLOUR = "#7f8c8d"
 _LIVE_COLOUR = "#e67e22"
+MAX_POINTS = 300  # per measure on the drift-over-time plot
 
 History = Mapping[str, Sequence[tuple[float, float | None, float | None]]]
 
@@ -53,7 +54,7 @@ def feature_plot(feature: Mapping[str, Any], history: History) -> bytes:
     left.tick_params(labelsize=7)
     plotted = False
     for measure, points in sorted(history.items()):
-        pts = [(t, v / th) for t, v, th in points if v is not None and th]
+        pts = _thin([(t, v / th) for t, v, th in points if v is not None and th])
         if not pts:
             continue
         right.plot([dt.datetime.fromtimestamp(t) for t, _ in pts], [abs(v) for _, v in pts], label=measure, lw=1.2)
@@ -67,10 +68,20 @@ def feature_plot(feature: Mapping[str, Any], history: History) -> bytes:
         import matplotlib.dates as mdates
 
         right.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))  # type: ignore[no-untyped-call]
-    fig.tight_layout()
+    # Fixed margins: tight_layout measured every label by drawing the figure once more, half of a plot's cost.
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.15, top=0.9, wspace=0.16)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _thin(points: list[tuple[float, float]], most: int = MAX_POINTS) -> list[tuple[float, float]]:
+    """At most ``most`` points, each the largest |value| of its run of neighbours, so that no spike is lost:
+    a plot 300 pixels wide shows no more, and matplotlib's cost grows with the points it is given."""
+    if len(points) <= most:
+        return points
+    step = -(-len(points) // most)
+    return [max(points[i : i + step], key=lambda p: abs(p[1])) for i in range(0, len(points), step)]
 
 
 def data_uri(png: bytes) -> str:
@@ -235,6 +246,7 @@ def render_page(
     reports: Sequence[Mapping[str, Any]],
     plots: Mapping[tuple[str, str], Mapping[str, str]],
     servers: Sequence[Any],
+    note: str | None = None,
 ) -> str:
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     server_line = ", ".join(
@@ -247,6 +259,8 @@ def render_page(
         f'<p class="meta">generated {now} · servers: {server_line or "none"} · '
         '<a href="/api/models">/api/models</a> · <a href="/metrics">/metrics</a></p>',
     ]
+    if note:
+        body.append(f'<p class="meta">{html.escape(note)}: reload in a moment to see it</p>')
     if not reports:
         body.append("<p>No evaluation yet: the monitor has not reached a server with models.</p>")
     for report in reports:

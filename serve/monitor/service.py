@@ -129,7 +129,8 @@ class Monitor:
         }
         self.last_evaluation: float | None = None
         self.evaluations = 0
-        self.render_cache: dict[str, Any] = {}
+        # Called on the event loop after each evaluation is recorded (the report app draws its plots then).
+        self.evaluation_listeners: list[Callable[[], None]] = []
 
     # ---------------------------------------------------------------- polling
 
@@ -389,7 +390,8 @@ class Monitor:
         self.store.save_states((k, t.state, t.streak, t.since) for k, t in self.trackers.items())
         self.last_evaluation = now
         self.evaluations += 1
-        self.render_cache.clear()
+        for listener in self.evaluation_listeners:
+            listener()
 
     def _record_model(
         self,

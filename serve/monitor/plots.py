@@ -1,0 +1,114 @@
+"""The report's plots, drawn once per evaluation, in the background, as soon as the evaluation is made.
+
+A plot costs matplotlib a tenth of a second to a second (more on a busy machine), and a report has up to
+``max_plot_features`` of them per model, so drawing them when the page was asked for made it take 4 to 22 s after
+every evaluation (issue 17). Now the monitor calls :meth:`PlotCache.evaluated` after each evaluation, one thread
+draws that evaluation's plots while the monitor goes on polling, and the page shows the latest *drawn*
+evaluation: its table and its plots together, at once. While a newer evaluation is being drawn the page shows the
+one before and says so; only before the first drawing has ended does a page wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from serve.monitor.report import History, data_uri, feature_plot
+
+if TYPE_CHECKING:
+    from serve.monitor.service import Monitor
+
+log = logging.getLogger("serve.monitor")
+
+Plots = dict[tuple[str, str], dict[str, str]]  # (model, version) → feature → data: URI
+Key = tuple[tuple[str, str, float], ...]  # the evaluation a set of plots belongs to: (model, version, evaluated_at)
+
+
+def evaluation_key(reports: Sequence[Mapping[str, Any]]) -> Key:
+    return tuple((r["model"], r["version"], float(r["evaluated_at"])) for r in reports)
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """An evaluation's reports and their plots, shown together."""
+
+    key: Key
+    reports: list[Mapping[str, Any]]
+    plots: Plots
+
+
+class PlotCache:
+    def __init__(self, monitor: Monitor, draw: Callable[[Mapping[str, Any], History], bytes] = feature_plot) -> None:
+        self._monitor = monitor
+        self._draw = draw
+        self._changed = threading.Condition()
+        self._drawn: Drawn | None = None
+        self._pending: tuple[Key, list[Mapping[str, Any]]] | None = None
+        self._drawing: Key | None = None
+
+    def latest_reports(self) -> list[Mapping[str, Any]]:
+        return [r for _, r in sorted(self._monitor.latest.items())]
+
+    def evaluated(self) -> None:
+        """Start drawing the monitor's latest evaluation; returns at once (a newer one replaces one still queued)."""
+        reports = self.latest_reports()
+        self._schedule(evaluation_key(reports), reports)
+
+    def page(self, timeout_s: float = 120.0) -> tuple[Drawn, Key]:
+        """The latest drawn evaluation, and the key of the latest evaluation (newer while it is being drawn).
+
+        Waits only while nothing has been drawn yet (and then at most ``timeout_s``, for a page without plots)."""
+        reports = self.latest_reports()
+        key = evaluation_key(reports)
+        self._schedule(key, reports)
+        with self._changed:
+            self._changed.wait_for(lambda: self._drawn is not None, timeout_s)
+            return self._drawn or Drawn(key, reports, {}), key
+
+    def wait_drawn(self, timeout_s: float) -> bool:
+        """Wait until nothing is being drawn or queued (tests and the benchmark)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._drawing is None and self._pending is None, timeout_s)
+
+    def _schedule(self, key: Key, reports: Sequence[Mapping[str, Any]]) -> None:
+        with self._changed:
+            if key in (self._drawing, self._drawn.key if self._drawn else None):
+                return
+            start = self._drawing is None and self._pending is None
+            self._pending = (key, list(reports))
+            if start:
+                threading.Thread(target=self._work, name="serve-monitor-plots", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                if self._pending is None:
+                    self._changed.notify_all()
+                    return
+                key, reports = self._pending
+                self._pending, self._drawing = None, key
+            try:
+                plots = self._draw_all(reports)
+            except Exception:  # a failed drawing must not leave a page waiting; it shows no plots
+                log.exception("drawing the drift report's plots failed")
+                plots = {}
+            with self._changed:
+                self._drawn, self._drawing = Drawn(key, reports, plots), None
+                self._changed.notify_all()
+
+    def _draw_all(self, reports: Sequence[Mapping[str, Any]]) -> Plots:
+        monitor = self._monitor
+        # The drift-over-time plot shows the recent past: 8 horizons, at least 6 hours.
+        span_s = max(monitor.settings.horizon_s * 8, 6 * 3600)
+        plots: Plots = {}
+        for r in reports:
+            own = plots[(r["model"], r["version"])] = {}
+            since = float(r["evaluated_at"]) - span_s
+            for f in r.get("features", [])[: monitor.settings.max_plot_features]:
+                deciding = [m for m, v in f["measures"].items() if v.get("threshold") is not None]
+                history = monitor.store.history(r["model"], r["version"], f["name"], deciding, since)
+                own[f["name"]] = data_uri(self._draw(f, history))
+        return plots
