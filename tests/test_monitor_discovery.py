@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from serve.monitor.app import create_monitor_app
 from serve.monitor.config import MonitorSettings
-from serve.monitor.discovery import Discovery, HostsFile, parse_target, system_resolver
+from serve.monitor.discovery import Discovery, HostsFile, parse_target, system_resolver, tls_server_name
 from serve.monitor.prom import DriftCollector
 from serve.monitor.service import Monitor
 from tests.fixtures.monitoring import AppServer, Clock
@@ -58,10 +58,16 @@ def test_an_address_is_one_replica_and_is_not_resolved() -> None:
     assert names.asked == []
 
 
-def test_an_https_url_is_polled_as_given_since_its_certificate_names_the_host() -> None:
+def test_an_https_name_stands_for_every_address_each_checked_against_the_name() -> None:
     names = Names(replicas=["10.0.0.5", "10.0.0.6"])
-    assert Discovery(["https://replicas:8443"], names).resolve() == {"https://replicas:8443": "https://replicas:8443"}
-    assert names.asked == []
+    found = Discovery(["https://replicas:8443"], names).resolve()
+    assert found == {"https://10.0.0.5:8443": "https://replicas:8443", "https://10.0.0.6:8443": "https://replicas:8443"}
+    assert [tls_server_name(url, target) for url, target in found.items()] == ["replicas", "replicas"]
+
+
+def test_an_https_address_is_checked_against_itself() -> None:
+    assert tls_server_name("https://10.0.0.5:8443", "https://10.0.0.5:8443") is None
+    assert tls_server_name("http://10.0.0.5:8000", "http://replicas:8000") is None
 
 
 def test_names_are_resolved_again_on_every_poll() -> None:

@@ -6,6 +6,7 @@ a row twice, marks a stopped replica stale and picks up one started later."""
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -14,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import trustme
 
 from serve.cli import main
 from serve.monitor.config import MonitorSettings
 from serve.monitor.service import Monitor
 from tests.fixtures.monitoring import MODEL, sample
 from tests.fixtures.replicas import REPLICA_HOSTS, shared_ports, start_replica, write_model_with_baseline
-from tests.fixtures.servers import RunningServer
+from tests.fixtures.servers import RunningServer, start_server
 
 NAME = "replicas.serve.test"  # .test never resolves in DNS: only the test's resolver knows it
 SECOND = "churn_b"
@@ -186,3 +188,50 @@ def test_serve_monitor_once_finds_replicas_through_a_hosts_file_and_needs_no_rep
     model = next(m for m in document["models"] if m["model"] == MODEL)
     assert (model["baseline"]["status"], model["baseline"]["source"]) == ("ok", "server"), model["problems"]
     assert {f["name"]: f for f in model["features"]}["age"]["samples"] == 500
+
+
+def test_serve_monitor_once_polls_every_tls_replica_behind_one_https_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As deploy/kubernetes-tls runs it: the certificate names the Service, not the pods' addresses."""
+    repository = tmp_path / "models"
+    write_model_with_baseline(repository)
+    ca = trustme.CA()
+    issued = ca.issue_cert(NAME)
+    cert, key, ca_file = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    hosts = ("127.0.0.1", "127.0.0.2")
+    ports = shared_ports(hosts)
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = False  # start_server probes the address; the monitor checks the name
+    servers = [
+        start_server(repository, tmp_path, "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                     host=host, ports=ports, tls=context)
+        for host in hosts
+    ]  # fmt: skip
+    try:
+        rng = np.random.default_rng(7)
+        for server, requests in zip(servers, (2, 3), strict=True):
+            for _ in range(requests):  # 50 rows each: under the default max_batch_size
+                x = sample(rng, 50)
+                body = {"inputs": [{"name": "x", "shape": [50, 4], "datatype": "FP32", "data": x.ravel().tolist()}]}
+                request = urllib.request.Request(
+                    f"{server.base}/v2/models/{MODEL}/infer", data=json.dumps(body).encode()
+                )
+                with urllib.request.urlopen(request, timeout=30, context=context) as response:
+                    assert response.status == 200
+        (tmp_path / "hosts").write_text("".join(f"{host} {NAME}\n" for host in hosts))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        time.sleep(0.5)  # the statistics are recorded off the request path
+        code = main(["monitor", "--server", f"https://{NAME}:{ports[0]}", "--hosts-file", str(tmp_path / "hosts"),
+                     "--once", "--format", "json"])  # fmt: skip
+    finally:
+        for server in servers:
+            server.stop()
+    document = json.loads(capsys.readouterr().out)
+    assert sorted(s["url"] for s in document["servers"] if s["up"]) == [f"https://{h}:{ports[0]}" for h in hosts]
+    model = next(m for m in document["models"] if m["model"] == MODEL)
+    assert {f["name"]: f for f in model["features"]}["age"]["samples"] == 250
+    assert code in (0, 1)  # judged: clean traffic on 250 rows is stable or, rarely, drifted

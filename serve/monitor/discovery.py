@@ -5,8 +5,9 @@ headless Service, say) stands for every address the name resolves to, each polle
 replica at the URL's port and path: ``http://serve-replicas:8000`` resolving to 10.0.0.5 and
 10.0.0.6 means ``http://10.0.0.5:8000`` and ``http://10.0.0.6:8000``. Of a name's addresses only
 one family is used — IPv4 if it has any, else IPv6 — so a dual-stack pod (or ``localhost``) is
-not polled twice. An ``https`` URL is polled as given, never expanded: its certificate names the
-host, not the addresses. A name that does not exist (NXDOMAIN: a headless Service with no ready pod)
+not polled twice. An ``https`` URL expands the same way, and each address is polled over TLS with
+the URL's host as the server name (SNI, certificate check and Host header): the certificate names
+the Service, not the pods' addresses. A name that does not exist (NXDOMAIN: a headless Service with no ready pod)
 stands for no replica; any other failure (DNS unreachable, say) keeps the addresses the name
 had, and is reported.
 
@@ -72,8 +73,6 @@ class Target:
     @property
     def expands(self) -> bool:
         """Whether the host is a name to resolve into replicas (module docstring)."""
-        if self.scheme != "http":
-            return False
         try:
             ipaddress.ip_address(self.host)
         except ValueError:
@@ -84,6 +83,14 @@ class Target:
         host = f"[{address}]" if ":" in address else address
         port = f":{self.port}" if self.port is not None else ""
         return f"{self.scheme}://{host}{port}{self.path}"
+
+
+def tls_server_name(replica_url: str, target_url: str) -> str | None:
+    """The name to check a replica's certificate against when it was found through an ``https`` name (module
+    docstring); None when the replica's URL names its host itself."""
+    target = parse_target(target_url)
+    host = urllib.parse.urlsplit(replica_url).hostname
+    return target.host if target.scheme == "https" and host != target.host else None
 
 
 def parse_target(url: str) -> Target:

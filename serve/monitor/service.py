@@ -14,7 +14,10 @@ runs in a worker thread, so the monitor's own HTTP endpoints stay responsive.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
+import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -29,7 +32,7 @@ from serve.monitor.alerts import Alerter
 from serve.monitor.baselines import BaselineRegistry
 from serve.monitor.collector import StatsCollector
 from serve.monitor.config import MonitorSettings
-from serve.monitor.discovery import Discovery, HostsFile, Resolver, system_resolver
+from serve.monitor.discovery import Discovery, HostsFile, Resolver, system_resolver, tls_server_name
 from serve.monitor.evaluate import FeatureResult, ModelEvaluation, evaluate_model
 from serve.monitor.policy import Policy, StateTracker
 from serve.monitor.slo import SloTracker, parse_metrics
@@ -52,6 +55,10 @@ class ServerStatus:
     target: str = ""  # the --server URL it was found through (itself, for an address)
     vanished_at: float | None = None  # when it was no longer among the target's addresses
 
+    @property
+    def tls_name(self) -> str | None:
+        return tls_server_name(self.url, self.target or self.url)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "url": self.url, "target": self.target or self.url, "up": self.up, "stale": self.stale,
@@ -62,19 +69,54 @@ class ServerStatus:
 
 
 def _http_response(
-    url: str, timeout_s: float, body: bytes | None = None, token: str | None = None
+    url: str, timeout_s: float, body: bytes | None = None, token: str | None = None, tls_name: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
+    """GET (or POST ``body``) ``url``; with ``tls_name``, over TLS to the URL's address but checking the
+    certificate against that name (a replica found through an https Service name: discovery.py)."""
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     if body is not None:
         request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+    opener = urllib.request.build_opener(_NamedTlsHandler(tls_name)) if tls_name else urllib.request.build_opener()
+    if tls_name:
+        port = urllib.parse.urlsplit(url).port
+        request.add_header("Host", tls_name if port is None else f"{tls_name}:{port}")
+    with opener.open(request, timeout=timeout_s) as response:
         return bytes(response.read()), {k.lower(): v for k, v in response.headers.items()}
 
 
-def _http(url: str, timeout_s: float, body: bytes | None = None, token: str | None = None) -> bytes:
-    return _http_response(url, timeout_s, body, token)[0]
+class _NamedTlsConnection(http.client.HTTPSConnection):
+    """Connects to the URL's address, and speaks TLS as if to ``server_name``."""
+
+    def __init__(self, host: str, *, server_name: str, context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(host, context=context, **kwargs)
+        self._server_name, self._tls_context = server_name, context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._tls_context.wrap_socket(sock, server_hostname=self._server_name)
+
+
+class _NamedTlsHandler(urllib.request.HTTPSHandler):
+    def __init__(self, server_name: str) -> None:
+        super().__init__()
+        self._server_name = server_name
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        context = ssl.create_default_context()  # the system's trust, or SSL_CERT_FILE's
+
+        def connection(host: str, **kwargs: Any) -> _NamedTlsConnection:
+            kwargs.pop("context", None)
+            return _NamedTlsConnection(host, server_name=self._server_name, context=context, **kwargs)
+
+        return self.do_open(connection, req)
+
+
+def _http(
+    url: str, timeout_s: float, body: bytes | None = None, token: str | None = None, tls_name: str | None = None
+) -> bytes:
+    return _http_response(url, timeout_s, body, token, tls_name)[0]
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:
@@ -137,7 +179,8 @@ class Monitor:
     def _poll_server(self, status: ServerStatus) -> None:
         timeout = self.settings.timeout_s
         token = self.settings.token
-        index = orjson.loads(_http(status.url + "/v2/repository/index", timeout, b"{}", token))
+        name = status.tls_name
+        index = orjson.loads(_http(status.url + "/v2/repository/index", timeout, b"{}", token, name))
         models = sorted(
             {(r["name"], str(r["version"])) for r in index if r.get("state") == "READY" and r.get("version")}
         )
@@ -147,26 +190,27 @@ class Monitor:
             base = f"{status.url}/v2/models/{quoted}/versions/{version}/input-stats"
             since = self.collector.since(status.url, model, version)
             try:
-                document = orjson.loads(_http(f"{base}?since={since}", timeout, token=token))
+                document = orjson.loads(_http(f"{base}?since={since}", timeout, token=token, tls_name=name))
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
                     no_stats.append(f"{model}:{version}")
                     continue
                 raise
             if self.collector.ingest(status.url, document):
-                document = orjson.loads(_http(f"{base}?since=0", timeout, token=token))
+                document = orjson.loads(_http(f"{base}?since=0", timeout, token=token, tls_name=name))
                 self.collector.ingest(status.url, document)
-            self._baseline_from(status.url, model, version, document)
+            self._baseline_from(status, model, version, document)
         try:
-            metrics = _http(status.url + "/metrics", timeout, token=token).decode()
+            metrics = _http(status.url + "/metrics", timeout, token=token, tls_name=name).decode()
             self.slo.add(status.url, self.clock(), parse_metrics(metrics))
         except (OSError, ValueError) as exc:
             log.debug("no metrics from %s: %s", status.url, exc)
         status.models, status.no_stats = models, no_stats
 
-    def _baseline_from(self, url: str, model: str, version: str, document: dict[str, Any]) -> None:
+    def _baseline_from(self, status: ServerStatus, model: str, version: str, document: dict[str, Any]) -> None:
         """Fetch the baseline this replica bins against when no local one covers the version and it is new;
         when it bins against none, ask once per instance why (the 404 message goes into the report)."""
+        url = status.url
         sha256 = (document.get("baseline") or {}).get("sha256")
         quoted = urllib.parse.quote(model, safe="")
         address = f"{url}/v2/models/{quoted}/versions/{version}/baseline"
@@ -179,7 +223,9 @@ class Monitor:
                 return
             self._asked_why.add(asked)
         try:
-            data, headers = _http_response(address, self.settings.timeout_s, token=self.settings.token)
+            data, headers = _http_response(
+                address, self.settings.timeout_s, token=self.settings.token, tls_name=status.tls_name
+            )
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 self.registry.note_server_reason(model, version, url, _error_message(exc))
