@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 
 from serve.drift.calibration import DEFAULT_REPLICATES, calibrate_features
+from serve.input_stats.baseline import Baseline, build_baseline_features, make_baseline_document
+from serve.input_stats.blocks import CategoricalSpec, NumericSpec
 from serve.monitor.evaluate import evaluate_model
 from serve.monitor.policy import Policy
-from serve.stats.baseline import Baseline, build_baseline_features, make_baseline_document
-from serve.stats.blocks import CategoricalSpec, NumericSpec
 from serve.types import TensorSpec
 
 WINDOW_SIZES = (250, 500, 1000, 2000)

@@ -30,14 +30,14 @@ from typing import Any
 import httpx
 import numpy as np
 
+from serve.input_stats.baseline import Baseline, build_baseline_features, make_baseline_document
+from serve.input_stats.blocks import NumericSpec
 from serve.monitor.app import create_monitor_app
 from serve.monitor.config import MonitorSettings
 from serve.monitor.evaluate import evaluate_model
 from serve.monitor.plots import PlotCache
 from serve.monitor.service import Monitor
 from serve.monitor.store import Row
-from serve.stats.baseline import Baseline, build_baseline_features, make_baseline_document
-from serve.stats.blocks import NumericSpec
 from serve.types import TensorSpec
 
 MODEL, VERSION = "wide", "1"

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from serve.stats.baseline import Baseline, build_baseline_features, make_baseline_document
-from serve.stats.recorder import StatsOptions, StatsRecorder, _Item
-from serve.stats.windows import ServerInstance
+from serve.input_stats.baseline import Baseline, build_baseline_features, make_baseline_document
+from serve.input_stats.recorder import StatsOptions, StatsRecorder, _Item
+from serve.input_stats.windows import ServerInstance
 from serve.types import TensorSpec
 
 

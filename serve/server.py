@@ -33,7 +33,10 @@ from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
 from serve.http.app import create_app
 from serve.http.auth import BearerAuth
 from serve.http.connection import HeaderLimits, limited_protocol
-from serve.http.monitoring import monitoring_routes
+from serve.http.input_stats_routes import monitoring_routes
+from serve.input_stats.recorder import StatsRecorder
+from serve.input_stats.served_baseline import ServedBaseline
+from serve.input_stats.wiring import InputStatistics, StatsDocuments, local_documents
 from serve.memory import return_freed_memory
 from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.multiprocess import multiprocess_dir
@@ -42,9 +45,6 @@ from serve.repository.poller import RepositoryPoller
 from serve.security.tls import load_tls
 from serve.security.tokens import TokenStore
 from serve.settings import ServerSettings
-from serve.stats.recorder import StatsRecorder
-from serve.stats.served_baseline import ServedBaseline
-from serve.stats.wiring import InputStatistics, StatsDocuments, local_documents
 
 log = logging.getLogger(__name__)
 

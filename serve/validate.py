@@ -11,10 +11,10 @@ import numpy as np
 from serve.core import InferenceService
 from serve.datatypes import numpy_dtype
 from serve.errors import ServeError
+from serve.input_stats.baseline import BASELINE_FILENAME
+from serve.input_stats.wiring import read_baseline
 from serve.repository.repository import READY, ModelVersion
 from serve.settings import ServerSettings
-from serve.stats.baseline import BASELINE_FILENAME
-from serve.stats.wiring import read_baseline
 from serve.types import InferRequest, InputTensor, TensorSpec
 
 

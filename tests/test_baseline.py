@@ -15,7 +15,7 @@ from serve.baseline.builder import BaselineOptions, build_baseline
 from serve.baseline.model import BaselineInputError, check_baseline, load_model_info
 from serve.baseline.sources import map_columns, open_source
 from serve.cli import main
-from serve.stats.baseline import Baseline
+from serve.input_stats.baseline import Baseline
 from serve.types import TensorSpec
 from tests.fixtures.monitoring import FEATURES, INPUTS, MODEL, sample, write_model
 

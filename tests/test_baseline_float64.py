@@ -15,9 +15,9 @@ import pytest
 from serve.baseline.builder import BaselineOptions, build_baseline
 from serve.baseline.model import load_model_info
 from serve.baseline.sources import open_source
-from serve.stats.baseline import Baseline
-from serve.stats.binning import assign_bins, edges_from_quantiles, quantile_levels
-from serve.stats.views import build_extractors
+from serve.input_stats.baseline import Baseline
+from serve.input_stats.binning import assign_bins, edges_from_quantiles, quantile_levels
+from serve.input_stats.views import build_extractors
 from tests.fixtures.sklearn_models import LABEL, WEATHER_COLUMNS, late_classifier, weather
 
 MODEL = "late"

@@ -19,7 +19,7 @@ from mlflow.models import Model, infer_signature
 
 from serve.baseline.model import check_baseline, load_model_info
 from serve.cli import main
-from serve.stats.baseline import Baseline
+from serve.input_stats.baseline import Baseline
 from tests.fixtures.inprocess import in_process
 from tests.fixtures.sklearn_models import (
     LABEL,

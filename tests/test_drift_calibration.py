@@ -13,9 +13,9 @@ from serve.baseline.model import load_model_info
 from serve.baseline.sources import open_source
 from serve.drift import calibration as cal
 from serve.drift import measures as ms
+from serve.input_stats.baseline import Baseline, build_baseline_features, make_baseline_document
 from serve.monitor.evaluate import evaluate_feature, noise_model
 from serve.monitor.policy import Policy
-from serve.stats.baseline import Baseline, build_baseline_features, make_baseline_document
 from serve.types import TensorSpec
 from tests.fixtures.monitoring import FEATURES, MODEL, Clock, live_block, recorder, sample, write_model
 

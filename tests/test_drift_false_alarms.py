@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from scipy.stats import beta, binom
 
 from serve.drift.calibration import calibrate_features
+from serve.input_stats.baseline import Baseline, build_baseline_features, make_baseline_document
+from serve.input_stats.blocks import CategoricalSpec, NumericSpec
 from serve.monitor.evaluate import evaluate_feature
 from serve.monitor.policy import Policy
-from serve.stats.baseline import Baseline, build_baseline_features, make_baseline_document
-from serve.stats.blocks import CategoricalSpec, NumericSpec
 from serve.types import TensorSpec
 
 SIZES = (100, 300, 1000, 5000)

@@ -16,10 +16,10 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from serve.drift import measures as ms
+from serve.input_stats.baseline import Baseline, build_baseline_features, make_baseline_document
+from serve.input_stats.blocks import NumericSpec
 from serve.monitor.evaluate import evaluate_feature, evaluate_model
 from serve.monitor.policy import Policy, StateTracker, chi2_quantile
-from serve.stats.baseline import Baseline, build_baseline_features, make_baseline_document
-from serve.stats.blocks import NumericSpec
 from serve.types import TensorSpec
 from tests.fixtures.monitoring import live_block
 

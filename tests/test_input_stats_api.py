@@ -140,7 +140,7 @@ def document_with(server: RunningServer, rows: int) -> dict[str, Any]:
 
 
 def test_two_servers_merged_equal_one_server_fed_both_streams(demo_repository: Path, tmp_path: Path) -> None:
-    from serve.stats.schema import merge
+    from serve.input_stats.schema import merge
 
     rng = np.random.default_rng(9)
     first, second = rng.normal(0, 1, (12, 8)).astype(np.float32), rng.normal(2, 3, (20, 8)).astype(np.float32)
@@ -168,7 +168,7 @@ def test_two_servers_merged_equal_one_server_fed_both_streams(demo_repository: P
 
 
 def test_a_restarted_server_is_detected_and_not_double_counted(demo_repository: Path, tmp_path: Path) -> None:
-    from serve.stats.schema import merge
+    from serve.input_stats.schema import merge
 
     x = np.ones((5, 8), np.float32)
     (tmp_path / "first").mkdir()

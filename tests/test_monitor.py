@@ -14,12 +14,12 @@ from serve.baseline.builder import BaselineOptions, build_baseline
 from serve.baseline.model import load_model_info
 from serve.baseline.sources import open_source
 from serve.cli import main
+from serve.input_stats.baseline import Baseline, write_baseline
 from serve.monitor.alerts import Alerter
 from serve.monitor.config import MonitorSettings
 from serve.monitor.policy import Policy
 from serve.monitor.service import Monitor
 from serve.monitor.slo import parse_metrics, quantile
-from serve.stats.baseline import Baseline, write_baseline
 from tests.fixtures.monitoring import (
     FEATURES,
     MODEL,

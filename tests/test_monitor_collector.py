@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from serve.input_stats.recorder import StatsRecorder
+from serve.input_stats.windows import ServerInstance
 from serve.monitor.collector import StatsCollector
-from serve.stats.recorder import StatsRecorder
-from serve.stats.windows import ServerInstance
 from serve.types import TensorSpec
 
 URL = "http://127.0.0.1:8000"

@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from serve.baseline.model import file_sha256
+from serve.input_stats.baseline import Baseline
 from serve.monitor.app import _models_summary, render_report
 from serve.monitor.config import MonitorSettings
 from serve.monitor.service import Monitor
-from serve.stats.baseline import Baseline
 from tests.fixtures.monitoring import MODEL, Clock, FakeReplica, Predictor, feed, recorder, sample
 from tests.fixtures.replicas import write_model_with_baseline
 

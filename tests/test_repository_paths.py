@@ -19,10 +19,10 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from serve.input_stats.wiring import InputStatistics
 from serve.protocol import grpc_service_pb2 as pb
 from serve.repository.repository import READY, ModelRepository
 from serve.settings import ServerSettings
-from serve.stats.wiring import InputStatistics
 from tests.fixtures.escapes import GOOD, Escapes, write_escapes
 from tests.fixtures.file_audit import recording_opens
 from tests.fixtures.inprocess import InProcess, in_process

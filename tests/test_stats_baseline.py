@@ -1,4 +1,4 @@
-"""baseline.json: building from training data, writing, reading, validating (serve.stats.baseline)."""
+"""baseline.json: building from training data, writing, reading, validating (serve.input_stats.baseline)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from serve.stats.baseline import (
+from serve.input_stats.baseline import (
     Baseline,
     BaselineError,
     baseline_mismatches,
@@ -16,8 +16,8 @@ from serve.stats.baseline import (
     make_baseline_document,
     write_baseline,
 )
-from serve.stats.recorder import StatsOptions, StatsRecorder
-from serve.stats.windows import ServerInstance
+from serve.input_stats.recorder import StatsOptions, StatsRecorder
+from serve.input_stats.windows import ServerInstance
 from serve.types import TensorSpec
 
 RNG = np.random.default_rng(11)

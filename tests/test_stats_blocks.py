@@ -1,4 +1,4 @@
-"""Accumulators (serve.stats.blocks) and bin edges (serve.stats.binning) against numpy's own answers."""
+"""Accumulators (serve.input_stats.blocks) and bin edges (serve.input_stats.binning) against numpy's own answers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import datasketches as ds
 import numpy as np
 import pytest
 
-from serve.stats.binning import BinLayout, assign_bins, compute_edges
-from serve.stats.blocks import (
+from serve.input_stats.binning import BinLayout, assign_bins, compute_edges
+from serve.input_stats.blocks import (
     BytesSpec,
     CategoricalSpec,
     NumericSpec,

@@ -1,4 +1,4 @@
-"""The input-stats HTTP routes (serve.http.monitoring) and the serve.monitoring gRPC service.
+"""The input-stats HTTP routes (serve.http.input_stats_routes) and the serve.monitoring gRPC service.
 
 The routes are called in-process through ASGI: starlette's TestClient would need httpx,
 which is not a dependency of this project.
@@ -17,15 +17,15 @@ from starlette.routing import Router
 from starlette.types import ASGIApp
 
 from serve.errors import ModelNotFound, ModelNotReady, NotFound
-from serve.grpc.monitoring import SERVICE_NAME, add_monitoring_servicer
+from serve.grpc.input_stats_service import SERVICE_NAME, add_monitoring_servicer
 from serve.http.errors import ErrorBoundary
-from serve.http.monitoring import monitoring_routes
+from serve.http.input_stats_routes import monitoring_routes
+from serve.input_stats.recorder import StatsRecorder
+from serve.input_stats.served_baseline import ServedBaseline
+from serve.input_stats.windows import ServerInstance
+from serve.input_stats.wiring import local_documents
 from serve.protocol import serve_monitoring_pb2 as pb
 from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
-from serve.stats.recorder import StatsRecorder
-from serve.stats.served_baseline import ServedBaseline
-from serve.stats.windows import ServerInstance
-from serve.stats.wiring import local_documents
 from serve.types import TensorSpec
 
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from serve.stats.baseline import Baseline, BaselineFeature
-from serve.stats.recorder import StatsOptions, StatsRecorder
-from serve.stats.windows import ServerInstance
+from serve.input_stats.baseline import Baseline, BaselineFeature
+from serve.input_stats.recorder import StatsOptions, StatsRecorder
+from serve.input_stats.windows import ServerInstance
 from serve.types import TensorSpec
 
 INPUTS = [TensorSpec("x", "FP32", (2,))]

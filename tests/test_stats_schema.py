@@ -1,15 +1,15 @@
-"""Merging statistics documents from several replicas, repeated polls and restarts (serve.stats.schema)."""
+"""Merging statistics documents from several replicas, repeated polls and restarts (serve.input_stats.schema)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from serve.stats import schema
-from serve.stats.baseline import Baseline, BaselineFeature
-from serve.stats.blocks import kll_from_block
-from serve.stats.recorder import StatsRecorder
-from serve.stats.windows import ServerInstance
+from serve.input_stats import schema
+from serve.input_stats.baseline import Baseline, BaselineFeature
+from serve.input_stats.blocks import kll_from_block
+from serve.input_stats.recorder import StatsRecorder
+from serve.input_stats.windows import ServerInstance
 from serve.types import TensorSpec
 
 INPUTS = [TensorSpec("x", "FP32", (2,)), TensorSpec("s", "BYTES", ())]

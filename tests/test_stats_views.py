@@ -1,13 +1,13 @@
-"""Which features each tensor yields (serve.stats.views) and what their values are."""
+"""Which features each tensor yields (serve.input_stats.views) and what their values are."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from serve.stats.baseline import Baseline, BaselineFeature, BaselineTensor
-from serve.stats.blocks import CategoricalSpec, NumericSpec
-from serve.stats.views import build_extractors
+from serve.input_stats.baseline import Baseline, BaselineFeature, BaselineTensor
+from serve.input_stats.blocks import CategoricalSpec, NumericSpec
+from serve.input_stats.views import build_extractors
 from serve.types import TensorSpec
 
 RNG = np.random.default_rng(3)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from serve.stats.recorder import StatsRecorder
-from serve.stats.windows import ServerInstance
+from serve.input_stats.recorder import StatsRecorder
+from serve.input_stats.windows import ServerInstance
 from serve.types import TensorSpec
-from serve.workers.input_stats import WorkerDocuments
+from serve.workers.merged_input_stats import WorkerDocuments
 
 START = 1_800_000_000.0  # a multiple of 60
 

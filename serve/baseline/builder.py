@@ -2,7 +2,7 @@
 
 One streaming pass reads every chunk once. While the data fit in ``memory_limit_bytes``
 the chunks are kept and the baseline is computed in memory by
-``serve.stats.baseline.build_baseline_features`` (exact training quantiles). Beyond that
+``serve.input_stats.baseline.build_baseline_features`` (exact training quantiles). Beyond that
 the pass switches to sketches: per numeric feature a KLL quantile sketch
 (DataSketches, k = 2000: rank error ≈ 0.15 %, so an edge sits within ~0.15 % of its
 training quantile) and exact category counts; a second pass then counts bins with the
@@ -35,7 +35,7 @@ import numpy as np
 from serve.baseline.model import BaselineInputError, ModelInfo, open_session
 from serve.baseline.sources import Chunk, DataSource
 from serve.datatypes import numpy_dtype
-from serve.stats.baseline import (
+from serve.input_stats.baseline import (
     Baseline,
     BaselineFeature,
     BaselineTensor,
@@ -45,9 +45,9 @@ from serve.stats.baseline import (
     feature_entry,
     make_baseline_document,
 )
-from serve.stats.binning import DEFAULT_QUANTILES, DEFAULT_TAIL_LEVELS, edges_from_quantiles, quantile_levels
-from serve.stats.blocks import BytesSpec, CategoricalSpec, NumericSpec, item_key
-from serve.stats.views import Extractor, build_extractors
+from serve.input_stats.binning import DEFAULT_QUANTILES, DEFAULT_TAIL_LEVELS, edges_from_quantiles, quantile_levels
+from serve.input_stats.blocks import BytesSpec, CategoricalSpec, NumericSpec, item_key
+from serve.input_stats.views import Extractor, build_extractors
 from serve.types import TensorSpec
 
 log = logging.getLogger(__name__)

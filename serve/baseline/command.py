@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         load_model_info,
     )
     from serve.extras import MissingExtraError, require_extra
-    from serve.stats.baseline import Baseline, BaselineError
+    from serve.input_stats.baseline import Baseline, BaselineError
 
     try:
         info = load_model_info(args.model_repository, args.model, args.version)
@@ -151,7 +151,7 @@ def _build(args: argparse.Namespace, info: object, default_out: Path) -> int:
     from serve.baseline.builder import BaselineOptions, build_baseline
     from serve.baseline.model import ModelInfo
     from serve.baseline.sources import open_source
-    from serve.stats.baseline import write_baseline
+    from serve.input_stats.baseline import write_baseline
 
     assert isinstance(info, ModelInfo)
     feature_names = {k: v for k, v in _pairs(args.feature_names, "--feature-names").items()}

@@ -18,13 +18,13 @@ import onnxruntime as ort
 
 from serve.datatypes import ORT_TO_OIP
 from serve.errors import ServeError
+from serve.input_stats.baseline_fit import ModelInfo, baseline_path, check_baseline, file_sha256, find_baseline
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import config_file
 from serve.repository import model_config as cfg
 from serve.repository.layout import is_version_number
 from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
 from serve.runtime.model_file import prepare_model
-from serve.stats.baseline_fit import ModelInfo, baseline_path, check_baseline, file_sha256, find_baseline
 from serve.types import GraphTensor, TensorSpec
 
 # config.pbtxt may declare categorical features (comma-separated feature or tensor names) in

@@ -16,11 +16,11 @@ from serve import __version__
 from serve.core.classification import classify
 from serve.core.cluster import Cluster
 from serve.core.readiness import SHUTTING_DOWN, Readiness, ReadinessSignal
-from serve.core.serving import ServedVersions
+from serve.core.served_versions import ServedVersions
 from serve.core.validation import validate
 from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, ModelNotReady, ServeError, ShuttingDown
 from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
-from serve.metrics.statistics import TritonStatistics
+from serve.metrics.triton_statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.layout import parse_version
 from serve.repository.repository import ANONYMOUS, ModelRepository, ModelVersion, VersionListener

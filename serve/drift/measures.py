@@ -1,6 +1,6 @@
 """Drift measures from binned statistics (counts and sums per bin), with their error bounds (MONITOR.md §4.4).
 
-Inputs are the additive blocks the server and ``serve baseline`` write (serve/stats/blocks.py):
+Inputs are the additive blocks the server and ``serve baseline`` write (serve/input_stats/blocks.py):
 fine bins at training percentiles plus two open tail bins, ``counts`` and ``sums`` per bin,
 ``tail_sumsq`` for the tails. p = baseline proportions (M values), q = live (N values).
 

@@ -15,15 +15,15 @@ from serve.core import InferenceService
 from serve.grpc.decoding import add_decoding_safely
 from serve.grpc.frontends import Frontend, choose_frontend
 from serve.grpc.health import ServiceHealth
-from serve.grpc.monitoring import SERVICE_NAME as MONITORING_SERVICE_NAME
-from serve.grpc.monitoring import add_monitoring_servicer
+from serve.grpc.input_stats_service import SERVICE_NAME as MONITORING_SERVICE_NAME
+from serve.grpc.input_stats_service import add_monitoring_servicer
 from serve.grpc.service import InferenceServicer
+from serve.input_stats.served_baseline import BaselineLookup
+from serve.input_stats.wiring import StatsDocuments
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.protocol._pool import POOL
 from serve.security.tls import TlsFiles
-from serve.stats.served_baseline import BaselineLookup
-from serve.stats.wiring import StatsDocuments
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # The calls that carry traffic: registered methods, which grpc.aio matches without a generic lookup.

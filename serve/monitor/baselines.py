@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve.errors import ServeError
+from serve.input_stats.baseline import BASELINE_FILENAME, Baseline, BaselineError
+from serve.input_stats.baseline_fit import file_sha256
 from serve.repository import config_file
-from serve.stats.baseline import BASELINE_FILENAME, Baseline, BaselineError
-from serve.stats.baseline_fit import file_sha256
 
 log = logging.getLogger("serve.monitor")
 

@@ -10,7 +10,7 @@ are final: those that ended count as closed. A poll asks
 snapshot that replaces the one held for ``(instance, window start)`` — so polling twice
 adds nothing, a lost poll is made up by the next one, and a restarted server (a new
 instance id at the same URL) contributes its new windows next to the old ones, each
-counted once. Across instances, ``serve.stats.schema.merge`` adds the windows up.
+counted once. Across instances, ``serve.input_stats.schema.merge`` adds the windows up.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve.stats import schema
+from serve.input_stats import schema
 
 Key = tuple[str, str]  # (model, version)
 

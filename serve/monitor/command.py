@@ -280,7 +280,7 @@ async def _serve(settings: Any) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from serve.extras import MissingExtraError, require_extra
-    from serve.stats.baseline import BaselineError
+    from serve.input_stats.baseline import BaselineError
 
     try:
         settings = settings_from_args(args)

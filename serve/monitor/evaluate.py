@@ -21,10 +21,10 @@ import numpy as np
 
 from serve.drift import measures as ms
 from serve.drift.calibration import NullTable
+from serve.input_stats.baseline import Baseline, BaselineFeature
+from serve.input_stats.blocks import Block, merge_blocks
 from serve.monitor import verdicts as vd
 from serve.monitor.policy import NullContext, Policy, categorical_context, numeric_context
-from serve.stats.baseline import Baseline, BaselineFeature
-from serve.stats.blocks import Block, merge_blocks
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from serve.input_stats.served_baseline import BASELINE_SHA256_HEADER, MODEL_SHA256_HEADER
 from serve.monitor.alerts import Alerter
 from serve.monitor.baselines import BaselineRegistry
 from serve.monitor.collector import StatsCollector
@@ -37,7 +38,6 @@ from serve.monitor.evaluate import FeatureResult, ModelEvaluation, evaluate_mode
 from serve.monitor.policy import Policy, StateTracker
 from serve.monitor.slo import SloTracker, parse_metrics
 from serve.monitor.store import HistoryStore, Row
-from serve.stats.served_baseline import BASELINE_SHA256_HEADER, MODEL_SHA256_HEADER
 
 log = logging.getLogger("serve.monitor")
 

@@ -39,15 +39,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from serve import settings as settings_module
 from serve.cpus import resolve_workers
 from serve.errors import ModelLoadError, ServeError
+from serve.input_stats.windows import ServerInstance
 from serve.metrics.endpoint import create_metrics_app
 from serve.metrics.multiprocess import forget_process
 from serve.metrics.prometheus import PrometheusMetrics
-from serve.metrics.statistics import sum_statistics
+from serve.metrics.triton_statistics import sum_statistics
 from serve.server import bind_http_socket
 from serve.settings import ServerSettings
-from serve.stats.windows import ServerInstance
 from serve.workers import ipc
-from serve.workers.input_stats import WorkerDocuments
+from serve.workers.merged_input_stats import WorkerDocuments
 from serve.workers.rundir import METRICS_DIR_ENVIRONMENT, metrics_dir
 from serve.workers.worker import ENV_HTTP_FD, ENV_INDEX, ENV_RUN_DIR, supervisor_socket, worker_socket
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve.stats.blocks import Group
+from serve.input_stats.blocks import Group
 
 
 @dataclass(frozen=True, slots=True)

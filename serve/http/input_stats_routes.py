@@ -15,13 +15,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from serve.errors import InvalidInput
-from serve.stats.served_baseline import (
+from serve.input_stats.served_baseline import (
     BASELINE_SHA256_HEADER,
     MODEL_SHA256_HEADER,
     MODEL_VERSION_HEADER,
     BaselineLookup,
 )
-from serve.stats.wiring import StatsDocuments
+from serve.input_stats.wiring import StatsDocuments
 
 JSON = "application/json"
 

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import datasketches as ds
 import numpy as np
 
-from serve.stats.binning import BinLayout, validate_edges
+from serve.input_stats.binning import BinLayout, validate_edges
 
 DEFAULT_KLL_K = 200
 DEFAULT_FREQUENT_LG = 7

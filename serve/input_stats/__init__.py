@@ -6,8 +6,8 @@ windows (tumbling windows, server instance), recorder (StatsRecorder), schema (t
 document and its merge), http (the ``/input-stats`` routes).
 """
 
-from serve.stats.baseline import Baseline, BaselineError
-from serve.stats.recorder import StatsOptions, StatsRecorder
-from serve.stats.windows import ServerInstance
+from serve.input_stats.baseline import Baseline, BaselineError
+from serve.input_stats.recorder import StatsOptions, StatsRecorder
+from serve.input_stats.windows import ServerInstance
 
 __all__ = ["Baseline", "BaselineError", "ServerInstance", "StatsOptions", "StatsRecorder"]

@@ -12,10 +12,10 @@ import grpc
 
 from serve.grpc.decoding import add_decoding_safely
 from serve.grpc.errors import rpc
+from serve.input_stats.served_baseline import BaselineLookup
+from serve.input_stats.wiring import StatsDocuments
 from serve.protocol import serve_monitoring_pb2 as pb
 from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
-from serve.stats.served_baseline import BaselineLookup
-from serve.stats.wiring import StatsDocuments
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitoring"].full_name
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from serve.errors import NotFound
-from serve.stats.baseline import BASELINE_FILENAME, Baseline
+from serve.input_stats.baseline import BASELINE_FILENAME, Baseline
 
 # HTTP response headers of GET …/baseline (gRPC: the response's sha256, model_sha256, model_version).
 BASELINE_SHA256_HEADER = "Serve-Baseline-Sha256"

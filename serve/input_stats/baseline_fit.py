@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve.stats.baseline import BASELINE_FILENAME, Baseline, baseline_mismatches
+from serve.input_stats.baseline import BASELINE_FILENAME, Baseline, baseline_mismatches
 from serve.types import TensorSpec
 
 _HASH_CHUNK = 1 << 20

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serve.stats.blocks import (
+from serve.input_stats.blocks import (
     DEFAULT_FREQUENT_LG,
     DEFAULT_KLL_K,
     BytesSpec,
@@ -59,7 +59,7 @@ from serve.types import TensorSpec
 
 
 class TensorHints(Protocol):
-    """What a baseline says about one tensor (serve.stats.baseline.BaselineTensor)."""
+    """What a baseline says about one tensor (serve.input_stats.baseline.BaselineTensor)."""
 
     @property
     def view(self) -> str | None: ...

@@ -45,7 +45,7 @@ from typing import Any
 
 import orjson
 
-from serve.stats.blocks import Block, merge_blocks
+from serve.input_stats.blocks import Block, merge_blocks
 
 FORMAT = "serve.input-stats"
 FORMAT_VERSION = 1

@@ -52,9 +52,9 @@ import numpy as np
 import orjson
 
 from serve.datatypes import numpy_dtype
-from serve.stats.binning import DEFAULT_QUANTILES, DEFAULT_TAIL_LEVELS, compute_edges, validate_edges
-from serve.stats.blocks import BytesSpec, CategoricalSpec, NumericSpec, item_key
-from serve.stats.views import VIEWS, FeatureInfo, ViewOptions, build_extractors
+from serve.input_stats.binning import DEFAULT_QUANTILES, DEFAULT_TAIL_LEVELS, compute_edges, validate_edges
+from serve.input_stats.blocks import BytesSpec, CategoricalSpec, NumericSpec, item_key
+from serve.input_stats.views import VIEWS, FeatureInfo, ViewOptions, build_extractors
 from serve.types import TensorSpec
 
 BASELINE_FORMAT = "serve.baseline"

@@ -11,15 +11,15 @@ from collections.abc import Awaitable, Callable
 
 from serve.errors import ModelLoadError, ModelNotFound, NotFound
 from serve.events import Execution, Observer, VersionKey
+from serve.input_stats import served_baseline as served
+from serve.input_stats.baseline import BASELINE_FILENAME, Baseline, BaselineError
+from serve.input_stats.baseline_fit import ModelInfo, check_baseline, file_sha256
+from serve.input_stats.recorder import StatsOptions, StatsRecorder
+from serve.input_stats.served_baseline import ServedBaseline
+from serve.input_stats.windows import ServerInstance
 from serve.paths import confined
 from serve.repository.repository import ModelVersion, VersionListener
 from serve.settings import ServerSettings
-from serve.stats import served_baseline as served
-from serve.stats.baseline import BASELINE_FILENAME, Baseline, BaselineError
-from serve.stats.baseline_fit import ModelInfo, check_baseline, file_sha256
-from serve.stats.recorder import StatsOptions, StatsRecorder
-from serve.stats.served_baseline import ServedBaseline
-from serve.stats.windows import ServerInstance
 from serve.types import TensorSpec
 
 log = logging.getLogger(__name__)

@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from serve.stats import schema
-from serve.stats.baseline import Baseline
-from serve.stats.blocks import Block, Group
-from serve.stats.views import Extractor, ViewOptions, build_extractors
-from serve.stats.windows import ServerInstance, Window, WindowRing, window_start
+from serve.input_stats import schema
+from serve.input_stats.baseline import Baseline
+from serve.input_stats.blocks import Block, Group
+from serve.input_stats.views import Extractor, ViewOptions, build_extractors
+from serve.input_stats.windows import ServerInstance, Window, WindowRing, window_start
 from serve.types import TensorSpec
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from serve.stats import schema
-from serve.stats.windows import ServerInstance
+from serve.input_stats import schema
+from serve.input_stats.windows import ServerInstance
 
 Document = dict[str, Any]
 
