@@ -8,17 +8,10 @@ from serve.input_stats.recorder import StatsRecorder
 from serve.input_stats.windows import ServerInstance
 from serve.monitor.collector import StatsCollector
 from serve.types import TensorSpec
+from tests.fixtures.monitoring import Clock
 
 URL = "http://127.0.0.1:8000"
 START = 1_800_000_000.0  # a multiple of 60
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = START + 1
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _recorder(clock: Clock, instance_id: str) -> StatsRecorder:
@@ -43,7 +36,7 @@ def _closed_rows(collector: StatsCollector) -> int:
 
 
 def test_a_window_polled_while_open_counts_once_after_the_poll_that_follows_its_close() -> None:
-    clock, collector = Clock(), StatsCollector()
+    clock, collector = Clock(START + 1), StatsCollector()
     recorder = _recorder(clock, "a")
     _record(recorder, 5)
     _poll(collector, recorder)
@@ -56,7 +49,7 @@ def test_a_window_polled_while_open_counts_once_after_the_poll_that_follows_its_
 
 
 def test_the_ended_open_windows_of_a_server_that_restarted_count_as_closed() -> None:
-    clock, collector = Clock(), StatsCollector()
+    clock, collector = Clock(START + 1), StatsCollector()
     before = _recorder(clock, "before")
     _record(before, 5)
     _poll(collector, before)
@@ -70,7 +63,7 @@ def test_the_ended_open_windows_of_a_server_that_restarted_count_as_closed() -> 
 
 
 def test_the_ended_windows_of_a_replica_that_left_count_as_closed() -> None:
-    clock, collector = Clock(), StatsCollector()
+    clock, collector = Clock(START + 1), StatsCollector()
     recorder = _recorder(clock, "a")
     _record(recorder, 4)
     _poll(collector, recorder)

@@ -9,16 +9,9 @@ from serve.input_stats.recorder import StatsRecorder
 from serve.input_stats.windows import ServerInstance
 from serve.types import TensorSpec
 from serve.workers.merged_input_stats import WorkerDocuments
+from tests.fixtures.monitoring import Clock
 
 START = 1_800_000_000.0  # a multiple of 60
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = START + 1
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _worker(clock: Clock, instance_id: str, rows: int) -> StatsRecorder:
@@ -31,7 +24,7 @@ def _worker(clock: Clock, instance_id: str, rows: int) -> StatsRecorder:
 
 
 def test_a_merged_window_read_open_is_sent_again_once_every_worker_closed_it() -> None:
-    clock = Clock()
+    clock = Clock(START + 1)
     documents = WorkerDocuments(ServerInstance("supervisor", "r1", START), clock)
     workers = [_worker(clock, "w1", 2), _worker(clock, "w2", 3)]
     seen_open = orjson.loads(documents.combine([w.export() for w in workers], 0))
@@ -46,7 +39,7 @@ def test_a_merged_window_read_open_is_sent_again_once_every_worker_closed_it() -
 
 
 def test_the_ended_window_of_a_worker_that_died_counts_as_closed() -> None:
-    clock = Clock()
+    clock = Clock(START + 1)
     documents = WorkerDocuments(ServerInstance("supervisor", "r1", START), clock)
     survivor, dead = _worker(clock, "w1", 2), _worker(clock, "w2", 3)
     seen_open = orjson.loads(documents.combine([survivor.export(), dead.export()], 0))

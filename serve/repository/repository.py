@@ -546,31 +546,27 @@ class ModelRepository:
         """The index rows of every model that serves no version: what keeps the server from being ready."""
         rows: list[dict[str, str]] = []
         for name in sorted(set(self._versions) | set(self._model_errors)):
-            versions = self._versions.get(name, {})
-            if any(v.state == READY for v in versions.values()):
-                continue
-            if name in self._model_errors:
-                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": self._model_errors[name]})
-            elif not versions:
-                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": UNLOADED})
-            for version in sorted(versions):
-                entry = versions[version]
-                rows.append({"name": name, "version": str(version), "state": entry.state, "reason": entry.reason})
+            if not any(v.state == READY for v in self._versions.get(name, {}).values()):
+                rows += self._index_rows(name)
         return rows
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        rows: list[dict[str, str]] = []
-        for name in self.model_names():
-            versions = self._versions.get(name, {})
-            if name in self._model_errors:
-                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": self._model_errors[name]})
-            elif not versions:
-                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": UNLOADED})
-            for version in sorted(versions):
-                entry = versions[version]
-                rows.append({"name": name, "version": str(version), "state": entry.state, "reason": entry.reason})
+        rows = [row for name in self.model_names() for row in self._index_rows(name)]
         if ready_only:
             rows = [r for r in rows if r["state"] == READY]
+        return rows
+
+    def _index_rows(self, name: str) -> list[dict[str, str]]:
+        """One model's rows of the repository index: its versions, or one row saying why it has none."""
+        versions = self._versions.get(name, {})
+        rows: list[dict[str, str]] = []
+        if name in self._model_errors:
+            rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": self._model_errors[name]})
+        elif not versions:
+            rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": UNLOADED})
+        for version in sorted(versions):
+            entry = versions[version]
+            rows.append({"name": name, "version": str(version), "state": entry.state, "reason": entry.reason})
         return rows
 
 
