@@ -135,13 +135,19 @@ async def test_a_directory_still_changing_is_not_loaded_until_two_polls_agree(
     assert await answer(server) == 3.0
 
 
+def write_broken_version(root: Path, version: int) -> Path:
+    """A version directory whose model file is not ONNX; returns the file."""
+    broken = root / MODEL / str(version) / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an onnx model")
+    return broken
+
+
 async def test_a_broken_new_version_leaves_the_old_one_serving_and_says_why(
     served: tuple[InProcess, RepositoryPoller, Path],
 ) -> None:
     server, poller, tmp_path = served
-    broken = server.service.repository.root / MODEL / "2" / "model.onnx"
-    broken.parent.mkdir()
-    broken.write_bytes(b"not an onnx model")
+    write_broken_version(server.service.repository.root, 2)
     assert await settle(poller) == [MODEL]
     assert await answer(server) == 1.0
     assert index(server)["1"][0] == "READY"
@@ -218,9 +224,7 @@ async def test_a_version_that_should_serve_but_failed_to_load_stays_not_ready(
     served: tuple[InProcess, RepositoryPoller, Path],
 ) -> None:
     server, poller, _ = served
-    broken = server.service.repository.root / MODEL / "2" / "model.onnx"
-    broken.parent.mkdir()
-    broken.write_bytes(b"not an onnx model")
+    write_broken_version(server.service.repository.root, 2)
     assert await settle(poller) == [MODEL]
     assert await scraped(server, "serve_model_ready") == {"1": 1.0, "2": 0.0}
 
@@ -229,9 +233,7 @@ async def test_a_failed_version_removed_from_disk_leaves_no_ready_series(
     served: tuple[InProcess, RepositoryPoller, Path],
 ) -> None:
     server, poller, _ = served
-    broken = server.service.repository.root / MODEL / "2" / "model.onnx"
-    broken.parent.mkdir()
-    broken.write_bytes(b"not an onnx model")
+    broken = write_broken_version(server.service.repository.root, 2)
     await settle(poller)
     shutil.rmtree(broken.parent)
     assert await settle(poller) == [MODEL]

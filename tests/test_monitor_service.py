@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve.cli import main
-from tests.fixtures.monitoring import FEATURES, MODEL, sample, write_model
+from tests.fixtures.monitoring import MODEL, sample
+from tests.fixtures.replicas import write_model_with_baseline
 from tests.fixtures.servers import RunningServer, free_port, start_server
 
 WINDOW_S = 2.0
@@ -26,15 +26,9 @@ WINDOW_S = 2.0
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("service")
-    write_model(root / "models")
-    np.save(root / "train.npy", sample(np.random.default_rng(0), 5_000))
-    code = main(
-        ["baseline", "--model-repository", str(root / "models"), "--model", MODEL, "--data", str(root / "train.npy"),
-         "--feature-names", "x=" + ",".join(FEATURES), "--categorical", "country", "--no-progress"]
-    )  # fmt: skip
-    assert code == 0
-    return root / "models"
+    root = tmp_path_factory.mktemp("service") / "models"
+    write_model_with_baseline(root)
+    return root
 
 
 def _get(url: str) -> Any:
