@@ -1,10 +1,13 @@
-"""bench/grpc_servicer's arithmetic and its reading of py-spy output, without running a load."""
+"""The benches' arithmetic (bench/grpc_servicer, bench/grpc_balancing) and the reading of py-spy output,
+without running a load."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from bench._pyspy import NATIVE, summarize
+from bench.grpc_balancing import Point as BalancingPoint
+from bench.grpc_balancing import summary as balancing_summary
 from bench.grpc_servicer import Point, frontend_summary, summary
 
 
@@ -52,3 +55,17 @@ def test_frontend_summary_compares_each_front_end_with_echo_and_native_with_aio(
     assert lines[1].split()[:4] == ["64", "aio", "500", "0.50"]
     assert lines[2].split()[:4] == ["64", "native", "2,000", "2.00"]
     assert lines[3].split() == ["64", "native:aio", "4.00x"]
+
+
+def test_balancing_summary_gives_each_target_as_a_ratio_of_one_worker() -> None:
+    points = [
+        BalancingPoint("1 worker", 1000.0, {"worker": 1.0}, 200.0),
+        BalancingPoint("envoy x2", 600.0, {"worker 1": 0.5, "worker 2": 0.5, "envoy": 0.5}, 500.0),
+        BalancingPoint("1 worker", 3000.0, {"worker": 1.0}, 200.0),
+        BalancingPoint("envoy x2", 1800.0, {"worker 1": 0.5, "worker 2": 0.5, "envoy": 0.5}, 300.0),
+    ]
+
+    rows = [line.split() for line in balancing_summary(points).splitlines()[1:]]
+
+    assert rows[0][-4:] == ["2,000", "1.00", "200", "1.00"]
+    assert rows[1][-4:] == ["1,200", "0.60", "400", "2.00"]  # mean req/s, median CPU per call
