@@ -237,9 +237,10 @@ def summary(points: list[Point]) -> str:
     rate = {n: statistics.mean(p.requests_per_s for p in points if p.target == n) for n in names}
     cpu = {n: statistics.median(p.cpu_us_per_call for p in points if p.target == n) for n in names}
     base = names[0]
-    lines = [f"{'target':12s} {'req/s':>9s} {'x 1 worker':>10s} {'us/call':>8s} {'x 1 worker':>10s}"]
+    ratio = f"x {base}"[:12]  # the first target is the one the others are compared with
+    lines = [f"{'target':12s} {'req/s':>9s} {ratio:>12s} {'us/call':>8s} {ratio:>12s}"]
     for n in names:
-        lines.append(f"{n:12s} {rate[n]:9,.0f} {rate[n] / rate[base]:10.2f} {cpu[n]:8.0f} {cpu[n] / cpu[base]:10.2f}")
+        lines.append(f"{n:12s} {rate[n]:9,.0f} {rate[n] / rate[base]:12.2f} {cpu[n]:8.0f} {cpu[n] / cpu[base]:12.2f}")
     return "\n".join(lines)
 
 
