@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -304,9 +303,7 @@ class Supervisor:
             return {"models": sum_statistics(reply["models"] for reply, _ in answers)}, b""
         if op == "input_stats":
             answers = await self._ask_all({"op": "export", "name": message["name"], "version": message["version"]})
-
-            documents = [orjson.loads(document) for _, document in answers]
-            return {}, self.documents.combine(documents, int(message["since"]))
+            return {}, self.documents.combine([document for _, document in answers], int(message["since"]))
         if op == "load":
             async with self._control_lock:
                 return await self._load(message)
