@@ -40,6 +40,11 @@ class _Window(TypedDict):
     seq: int
 
 
+class _MergedWindow(TypedDict):
+    start: float
+    instances: list[str]  # the worker instances that contributed
+
+
 class WorkerDocument(TypedDict):
     """What the supervisor reads of a worker's document (input_stats/schema.py); the rest goes to schema.merge."""
 
@@ -127,7 +132,7 @@ class WorkerDocuments:
         self._forget_old_windows(held, max(d["horizon_s"] for d in fresh))
         return held
 
-    def _stamp_changed_windows(self, held: _Version, merged_windows: Iterable[Any]) -> None:
+    def _stamp_changed_windows(self, held: _Version, merged_windows: Iterable[_MergedWindow]) -> None:
         """A merged window whose contributors changed gets the next number of our sequence."""
         for window in merged_windows:
             start = window["start"]
