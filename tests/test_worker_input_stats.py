@@ -27,12 +27,12 @@ def test_a_merged_window_read_open_is_sent_again_once_every_worker_closed_it() -
     clock = Clock(START + 1)
     documents = WorkerDocuments(ServerInstance("supervisor", "r1", START), clock)
     workers = [_worker(clock, "w1", 2), _worker(clock, "w2", 3)]
-    seen_open = orjson.loads(documents.combine([w.export() for w in workers], 0))
+    seen_open = orjson.loads(documents.combine([w.export_json() for w in workers], 0))
     assert [(w["rows"], w["closed"]) for w in seen_open["windows"]] == [(5, False)]
     clock.t = START + 60
-    closing = orjson.loads(documents.combine([w.export() for w in workers], seen_open["seq"]))
+    closing = orjson.loads(documents.combine([w.export_json() for w in workers], seen_open["seq"]))
     assert [(w["rows"], w["closed"]) for w in closing["windows"]] == [(5, True)]
-    again = orjson.loads(documents.combine([w.export() for w in workers], closing["seq"]))
+    again = orjson.loads(documents.combine([w.export_json() for w in workers], closing["seq"]))
     assert again["windows"] == []
     for w in workers:
         w.close()
@@ -42,9 +42,9 @@ def test_the_ended_window_of_a_worker_that_died_counts_as_closed() -> None:
     clock = Clock(START + 1)
     documents = WorkerDocuments(ServerInstance("supervisor", "r1", START), clock)
     survivor, dead = _worker(clock, "w1", 2), _worker(clock, "w2", 3)
-    seen_open = orjson.loads(documents.combine([survivor.export(), dead.export()], 0))
+    seen_open = orjson.loads(documents.combine([survivor.export_json(), dead.export_json()], 0))
     dead.close()  # its window never closes on its own now
     clock.t = START + 60
-    closing = orjson.loads(documents.combine([survivor.export()], seen_open["seq"]))
+    closing = orjson.loads(documents.combine([survivor.export_json()], seen_open["seq"]))
     assert [(w["rows"], w["closed"]) for w in closing["windows"]] == [(5, True)]
     survivor.close()

@@ -17,7 +17,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psutil
@@ -28,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serve.demo import write_demo_repository
 from serve.workers import ipc
+from serve.workers.messages import A, Export, Loaded, ModelStatistics, Request
 from serve.workers.worker import worker_socket
 from tests.fixtures.load import hammering, post_once
 from tests.fixtures.servers import RunningServer, serving
@@ -67,10 +67,10 @@ def run_dir(server: RunningServer) -> Path:
     return Path(found.group(1))
 
 
-def ask_each_worker(server: RunningServer, message: dict[str, Any]) -> list[tuple[dict[str, Any], bytes]]:
-    async def ask() -> list[tuple[dict[str, Any], bytes]]:
+def ask_each_worker(server: RunningServer, request: Request[A]) -> list[A]:
+    async def ask() -> list[A]:
         return list(
-            await asyncio.gather(*(ipc.call(worker_socket(run_dir(server), i), message) for i in range(WORKERS)))
+            await asyncio.gather(*(ipc.call(worker_socket(run_dir(server), i), request) for i in range(WORKERS)))
         )
 
     return asyncio.run(ask())
@@ -152,15 +152,18 @@ def scripted(two_workers: RunningServer) -> list[int]:
 
 
 def test_requests_were_served_by_both_workers(two_workers: RunningServer, scripted: list[int]) -> None:
-    counts = [reply["models"][0]["inference_count"] for reply, _ in ask_each_worker(
-        two_workers, {"op": "statistics", "name": "tabular", "version": ""})]  # fmt: skip
+    counts = [
+        json.loads(answer.document)[0]["inference_count"]
+        for answer in ask_each_worker(two_workers, ModelStatistics("tabular", ""))
+    ]
     assert sum(counts) == sum(scripted)
     assert all(count > 0 for count in counts), counts
 
 
 def test_triton_statistics_are_the_sum_over_workers(two_workers: RunningServer, scripted: list[int]) -> None:
-    per_worker = [reply["models"][0] for reply, _ in ask_each_worker(
-        two_workers, {"op": "statistics", "name": "tabular", "version": ""})]  # fmt: skip
+    per_worker = [
+        json.loads(answer.document)[0] for answer in ask_each_worker(two_workers, ModelStatistics("tabular", ""))
+    ]
     with urllib.request.urlopen(f"{two_workers.base}/v2/models/tabular/stats", timeout=10) as response:
         (merged,) = json.loads(response.read())["model_stats"]
     assert merged["inference_count"] == sum(w["inference_count"] for w in per_worker) == sum(scripted)
@@ -202,8 +205,7 @@ def test_input_statistics_are_merged_over_workers_once_per_row(two_workers: Runn
         if merged["total"]["rows"] >= sum(scripted) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    documents = [json.loads(body) for _, body in ask_each_worker(
-        two_workers, {"op": "export", "name": "tabular", "version": ""})]  # fmt: skip
+    documents = [json.loads(answer.document) for answer in ask_each_worker(two_workers, Export("tabular", ""))]
     assert merged["total"]["rows"] == sum(scripted) == sum(d["total"]["rows"] for d in documents)
     assert all(d["total"]["rows"] > 0 for d in documents)  # both workers recorded some of them
     assert merged["instance"]["id"] not in {d["instance"]["id"] for d in documents}  # one instance: the server
@@ -286,7 +288,7 @@ def test_explicit_load_and_unload_reach_every_worker(demo: Path, tmp_path: Path)
         wait_for_workers(server)
 
         def loaded() -> list[list[str]]:
-            return [reply["models"] for reply, _ in ask_each_worker(server, {"op": "loaded"})]
+            return [list(answer.models) for answer in ask_each_worker(server, Loaded())]
 
         assert loaded() == [["tabular"], ["tabular"]]
         client = httpclient.InferenceServerClient(server.http_url)

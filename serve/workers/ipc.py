@@ -1,10 +1,7 @@
 """Requests between the supervisor and its workers over Unix sockets in the server's run directory.
 
-One request per connection: a frame holds a JSON object and an optional binary body (an
-input-statistics document, a file sent with a load request), each behind a 4-byte length.
-The answer is a frame of the same shape, ``{"ok": true, ...}`` or ``{"ok": false, "error":
-..., "status": <ServeError class name>}``, so a failure on the other side is raised here as the
-same kind of ServeError it was there.
+One request per connection: a frame holds a JSON header and an optional binary body, each behind a
+4-byte length; the answer is a frame of the same shape. codec.py decides what goes in them.
 """
 
 from __future__ import annotations
@@ -13,14 +10,16 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
 import orjson
 
-from serve import errors
 from serve.errors import ServeError
+from serve.workers import codec
+from serve.workers.codec import JsonObject, MalformedMessage
+from serve.workers.messages import A, Answer, Request
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +27,7 @@ _LENGTH = struct.Struct(">I")
 # What one frame may carry: input-statistics documents of many windows can be megabytes.
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 
-Message = dict[str, Any]
-Handler = Callable[[Message, bytes], Awaitable[tuple[Message, bytes]]]
+R = TypeVar("R", bound=Request[Answer])
 
 
 class PeerUnavailable(ServeError):
@@ -39,60 +37,61 @@ class PeerUnavailable(ServeError):
     grpc_code = "UNAVAILABLE"
 
 
-async def _write(writer: asyncio.StreamWriter, message: Message, body: bytes) -> None:
-    header = orjson.dumps(message)
-    writer.write(_LENGTH.pack(len(header)) + header + _LENGTH.pack(len(body)))
+async def _write(writer: asyncio.StreamWriter, header: JsonObject, body: bytes) -> None:
+    encoded = orjson.dumps(header)
+    writer.write(_LENGTH.pack(len(encoded)) + encoded + _LENGTH.pack(len(body)))
     if body:
         writer.write(body)
     await writer.drain()
 
 
-async def _read(reader: asyncio.StreamReader) -> tuple[Message, bytes]:
+async def _read(reader: asyncio.StreamReader) -> tuple[Mapping[str, object], bytes]:
+    """One frame; a frame too long or a header that is not a JSON object is a MalformedMessage."""
     (header_length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
     if header_length > MAX_FRAME_BYTES:
-        raise ValueError(f"frame header of {header_length} bytes")
-    message = orjson.loads(await reader.readexactly(header_length))
+        raise MalformedMessage(f"frame header of {header_length} bytes")
+    try:
+        header = orjson.loads(await reader.readexactly(header_length))
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage(f"frame header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise MalformedMessage(f"frame header is a JSON {type(header).__name__}, not an object")
     (body_length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
     if body_length > MAX_FRAME_BYTES:
-        raise ValueError(f"frame body of {body_length} bytes")
+        raise MalformedMessage(f"frame body of {body_length} bytes")
     body = await reader.readexactly(body_length) if body_length else b""
-    return message, body
+    return header, body
 
 
-def _raise_for(reply: Message) -> None:
-    if reply.get("ok"):
-        return
-    kind = getattr(errors, str(reply.get("status", "")), ServeError)
-    if not (isinstance(kind, type) and issubclass(kind, ServeError)):
-        kind = ServeError
-    raise kind(str(reply.get("error", "the other process failed")))
-
-
-async def call(path: Path, message: Message, body: bytes = b"", *, timeout_s: float = 60.0) -> tuple[Message, bytes]:
+async def call(path: Path, request: Request[A], *, timeout_s: float = 60.0) -> A:
     """Send one request to the control socket at ``path`` and return its answer."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout_s)
     except (OSError, TimeoutError) as exc:
         raise PeerUnavailable(f"{path.name} is not answering ({type(exc).__name__})") from None
     try:
-        await _write(writer, message, body)
-        reply, reply_body = await asyncio.wait_for(_read(reader), timeout_s)
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-        raise PeerUnavailable(f"{path.name} went away during {message.get('op')!r} ({type(exc).__name__})") from None
+        await _write(writer, *codec.encode_request(request))
+        header, body = await asyncio.wait_for(_read(reader), timeout_s)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        raise PeerUnavailable(f"{path.name} went away during {request.kind!r} ({type(exc).__name__})") from None
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-    _raise_for(reply)
-    return reply, reply_body
+    return codec.decode_answer(request, header, body)
 
 
-class ControlServer:
-    """Answers requests on a Unix socket with ``handler``; a ServeError becomes an error answer."""
+class ControlServer(Generic[R]):
+    """Answers the requests of ``kinds`` on a Unix socket with ``answer``.
 
-    def __init__(self, path: Path, handler: Handler) -> None:
+    A ServeError becomes an error answer. A frame that is not one of ``kinds`` is logged once and
+    answered with an error; it never stops the server.
+    """
+
+    def __init__(self, path: Path, kinds: Sequence[type[R]], answer: Callable[[R], Awaitable[Answer]]) -> None:
         self.path = path
-        self._handler = handler
+        self._kinds = kinds
+        self._answer = answer
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -101,24 +100,32 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            message, body = await _read(reader)
-        except (asyncio.IncompleteReadError, ValueError, OSError):
-            writer.close()
+            header, body = await self._answer_frame(reader)
+        except (asyncio.IncompleteReadError, OSError):
+            writer.close()  # the asker went away
             return
         try:
-            reply, reply_body = await self._handler(message, body)
-            reply = {"ok": True, **reply}
-        except ServeError as exc:
-            reply, reply_body = {"ok": False, "error": exc.message, "status": type(exc).__name__}, b""
-        except Exception:
-            log.exception("control request %r failed", message.get("op"))
-            reply, reply_body = {"ok": False, "error": f"{message.get('op')!r} failed (see the log)"}, b""
-        try:
-            await _write(writer, reply, reply_body)
+            await _write(writer, header, body)
         except OSError:
             pass
         finally:
             writer.close()
+
+    async def _answer_frame(self, reader: asyncio.StreamReader) -> tuple[JsonObject, bytes]:
+        kind: object = None
+        try:
+            header, body = await _read(reader)
+            kind = header.get("op")
+            request = codec.decode_request(header, body, self._kinds)
+            return codec.encode_answer(await self._answer(request))
+        except MalformedMessage as exc:
+            log.error("%s: malformed request: %s", self.path.name, exc.message)
+            return codec.encode_error(exc), b""
+        except ServeError as exc:
+            return codec.encode_error(exc), b""
+        except Exception:
+            log.exception("control request %r failed", kind)
+            return codec.encode_error(ServeError(f"{kind!r} failed (see the log)")), b""
 
     async def close(self) -> None:
         if self._server is not None:

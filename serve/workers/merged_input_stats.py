@@ -16,21 +16,54 @@ import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 
 from serve.input_stats import schema
 from serve.input_stats.windows import ServerInstance
 
-Document = dict[str, Any]
+
+class _Model(TypedDict):
+    name: str
+    version: str
+
+
+class _Instance(TypedDict):
+    id: str
+
+
+class _Window(TypedDict):
+    start: float
+    end: float
+    closed: bool
+    seq: int
+
+
+class _MergedWindow(TypedDict):
+    start: float
+    instances: list[str]  # the worker instances that contributed
+
+
+class WorkerDocument(TypedDict):
+    """What the supervisor reads of a worker's document (input_stats/schema.py); the rest goes to schema.merge."""
+
+    model: _Model
+    instance: _Instance
+    window_s: float
+    horizon_s: float
+    counters: dict[str, int]
+    windows: list[_Window]
+    sampling: object  # the same in every worker's document: passed on as it is
+    baseline: object
+    features: object
 
 
 @dataclass
 class _Version:
     """What the supervisor holds for one model version."""
 
-    documents: dict[str, Document] = field(default_factory=dict)  # worker instance id -> newest document
+    documents: dict[str, WorkerDocument] = field(default_factory=dict)  # worker instance id -> newest document
     # window start -> (worker instance, seq, closed) of each contributor
     fingerprints: dict[float, tuple[tuple[str, int, bool], ...]] = field(default_factory=dict)
     stamps: dict[float, int] = field(default_factory=dict)  # window start -> our seq of its last change
@@ -43,11 +76,53 @@ class WorkerDocuments:
         self._seq = itertools.count(1)
         self._versions: dict[tuple[str, str], _Version] = {}
 
-    def combine(self, fetched: Iterable[Document], since: int) -> bytes:
+    def combine(self, fetched: Iterable[bytes], since: int) -> bytes:
         """Take every live worker's newest document of one model version; answer ``since`` for the server."""
-        fresh = list(fetched)
+        fresh: list[WorkerDocument] = [orjson.loads(document) for document in fetched]
         if not fresh:
             raise ValueError("no worker document to combine")
+        held = self._hold(fresh)
+        # schema.merge reads documents that it has not typed: ours go in as they are.
+        untyped: list[Any] = list(held.documents.values())
+        merged = schema.merge(untyped)
+        self._stamp_changed_windows(held, merged["windows"])
+        seq = next(self._seq)
+        since_reset = since >= seq
+        if since_reset:
+            since = 0
+        windows = [
+            {**{key: value for key, value in window.items() if key != "instances"}, "seq": held.stamps[window["start"]]}
+            for window in merged["windows"]
+            if held.stamps[window["start"]] > since
+        ]
+        counters = dict(merged["counters"])
+        for counter in ("queue_depth", "queue_size"):
+            counters[counter] = sum(d["counters"].get(counter, 0) for d in fresh)
+        total = {**merged["total"], "start": self.instance.start_time, "seq": seq}
+        return orjson.dumps(
+            {
+                "format": schema.FORMAT,
+                "format_version": schema.FORMAT_VERSION,
+                "model": fresh[0]["model"],
+                "instance": self.instance.to_json(),
+                "generated_at": self._clock(),
+                "seq": seq,
+                "since": since,
+                "since_reset": since_reset,
+                "window_s": fresh[0]["window_s"],
+                "horizon_s": merged["horizon_s"],
+                "sampling": fresh[0]["sampling"],
+                "baseline": fresh[0]["baseline"],
+                "features": fresh[0]["features"],
+                "counters": counters,
+                "total": total,
+                "windows": windows,
+                "workers": len(fresh),
+            }
+        )
+
+    def _hold(self, fresh: list[WorkerDocument]) -> _Version:
+        """Keep the fresh documents in place of their workers' older ones; bring the gone workers' up to now."""
         model = fresh[0]["model"]
         held = self._versions.setdefault((str(model["name"]), str(model["version"])), _Version())
         for document in fresh:
@@ -55,8 +130,11 @@ class WorkerDocuments:
         live = {document["instance"]["id"] for document in fresh}
         self._close_ended_windows_of_gone_workers(held, live)
         self._forget_old_windows(held, max(d["horizon_s"] for d in fresh))
-        merged = schema.merge(held.documents.values())
-        for window in merged["windows"]:
+        return held
+
+    def _stamp_changed_windows(self, held: _Version, merged_windows: Iterable[_MergedWindow]) -> None:
+        """A merged window whose contributors changed gets the next number of our sequence."""
+        for window in merged_windows:
             start = window["start"]
             # A contributor's window changes when its seq does, closing included; a merged window is closed
             # when every contributor's is, so that change too gets a stamp of its own.
@@ -66,45 +144,6 @@ class WorkerDocuments:
             if held.fingerprints.get(start) != fingerprint:
                 held.fingerprints[start] = fingerprint
                 held.stamps[start] = next(self._seq)
-        seq = next(self._seq)
-        since_reset = since >= seq
-        if since_reset:
-            since = 0
-        windows = []
-        for window in merged["windows"]:
-            stamp = held.stamps[window["start"]]
-            if stamp <= since:
-                continue
-            out = {key: value for key, value in window.items() if key != "instances"}
-            out["seq"] = stamp
-            windows.append(out)
-        counters = dict(merged["counters"])
-        counters["queue_depth"] = sum(d["counters"].get("queue_depth", 0) for d in fresh)
-        counters["queue_size"] = sum(d["counters"].get("queue_size", 0) for d in fresh)
-        total = dict(merged["total"])
-        total["start"], total["seq"] = self.instance.start_time, seq
-        first = fresh[0]
-        return orjson.dumps(
-            {
-                "format": schema.FORMAT,
-                "format_version": schema.FORMAT_VERSION,
-                "model": model,
-                "instance": self.instance.to_json(),
-                "generated_at": self._clock(),
-                "seq": seq,
-                "since": since,
-                "since_reset": since_reset,
-                "window_s": first["window_s"],
-                "horizon_s": merged["horizon_s"],
-                "sampling": first["sampling"],
-                "baseline": first["baseline"],
-                "features": first["features"],
-                "counters": counters,
-                "total": total,
-                "windows": windows,
-                "workers": len(fresh),
-            }
-        )
 
     def _close_ended_windows_of_gone_workers(self, held: _Version, live: set[str]) -> None:
         """A worker that died or was replaced closes none of its windows any more; what it recorded is final,
@@ -128,7 +167,7 @@ class WorkerDocuments:
             held.fingerprints.pop(start, None)
 
 
-def _window_state(document: Document, start: float) -> tuple[int, bool]:
+def _window_state(document: WorkerDocument, start: float) -> tuple[int, bool]:
     for window in document["windows"]:
         if window["start"] == start:
             return int(window["seq"]), bool(window["closed"])

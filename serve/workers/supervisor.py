@@ -12,15 +12,16 @@ holds a bound, not listening, socket on it so that the port is decided once (por
 The supervisor restarts a worker that dies (exit, signal, the OOM killer) with growing back-off,
 logging the cause and counting it in ``serve_worker_restarts_total``; one worker's crash never
 takes down the others. SIGTERM or SIGINT is forwarded to every worker, each drains as a single
-server does, and the supervisor exits 0 once all have stopped. It also answers the workers'
-questions about the whole server (serve/workers/worker.py): statistics summed, input statistics
-merged, and model control applied on every worker, one operation at a time.
+server does, and the supervisor exits 0 once all have stopped. That is all it does itself: the
+workers' questions about the whole server are answered by model_control.py, on the control
+socket it opens, and its own metrics are in supervisor_metrics.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -30,25 +31,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import orjson
-import uvicorn
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from serve import settings as settings_module
 from serve.cpus import resolve_workers
-from serve.errors import ModelLoadError, ServeError
 from serve.input_stats.windows import ServerInstance
-from serve.metrics.endpoint import create_metrics_app
 from serve.metrics.multiprocess import forget_process
-from serve.metrics.prometheus import PrometheusMetrics
-from serve.metrics.triton_statistics import sum_statistics
 from serve.server import bind_http_socket
 from serve.settings import ServerSettings
 from serve.workers import ipc
-from serve.workers.merged_input_stats import WorkerDocuments
+from serve.workers.messages import SUPERVISOR_REQUESTS, SupervisorRequest, answer_supervisor_request
+from serve.workers.model_control import ModelControl
 from serve.workers.rundir import METRICS_DIR_ENVIRONMENT, metrics_dir
+from serve.workers.supervisor_metrics import MetricsServer, SupervisorMetrics
 from serve.workers.worker import ENV_HTTP_FD, ENV_INDEX, ENV_RUN_DIR, supervisor_socket, worker_socket
 
 log = logging.getLogger("serve.workers")
@@ -88,8 +82,6 @@ class Supervisor:
         self.settings = settings
         self.root = repository_root
         self.count = resolve_workers(settings.workers)
-        self.instance = ServerInstance.create()
-        self.documents = WorkerDocuments(self.instance)
         self.run_dir = run_dir
         self.metrics_dir = metrics_dir(run_dir)
         self._workers: dict[int, WorkerProcess] = {}
@@ -98,27 +90,15 @@ class Supervisor:
         self._starting = True
         self._start_failure: str | None = None
         self._stop = asyncio.Event()
-        self._control_lock = asyncio.Lock()  # one model-control operation at a time, on every worker
-        self._desired: dict[str, dict[str, Any]] = {}  # explicit mode: what every worker must have loaded
-        self._generation = 0
         self._http_socket: socket.socket | None = None
         self._grpc_socket: socket.socket | None = None
-        self._control: ipc.ControlServer | None = None
-        self._metrics_server: uvicorn.Server | None = None
-        self._metrics_task: asyncio.Task[None] | None = None
+        self.model_control = ModelControl(settings, self.count, run_dir, self, ServerInstance.create())
+        self._control: ipc.ControlServer[SupervisorRequest] | None = None
+        self._metrics = SupervisorMetrics()
+        self._metrics_server = MetricsServer()
         self._watchers: set[asyncio.Task[None]] = set()
-        registry = CollectorRegistry()  # written to the shared files; scraped through the workers
-        self._restart_counter = Counter(
-            "serve_worker_restarts", "Worker processes restarted after they died, by cause", ["reason"],
-            registry=registry,
-        )  # fmt: skip
-        self._workers_gauge = Gauge(
-            "serve_workers", "Worker processes serving", registry=registry, multiprocess_mode="livemax"
-        )
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
-        if settings.model_control_mode == "explicit":
-            self._desired = {name: {"name": name, "config": None, "files": {}} for name in settings.load_models}
 
     # ---- start and stop ------------------------------------------------------------------------
     async def run(self) -> int:
@@ -139,7 +119,11 @@ class Supervisor:
             self._http_socket = None
         self._grpc_socket = _reserve_port(s.host, s.grpc_port)
         self.grpc_port = self._grpc_socket.getsockname()[1]
-        self._control = ipc.ControlServer(supervisor_socket(self.run_dir), self._handle)
+        self._control = ipc.ControlServer(
+            supervisor_socket(self.run_dir),
+            SUPERVISOR_REQUESTS,
+            functools.partial(answer_supervisor_request, self.model_control),
+        )
         await self._control.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -149,7 +133,9 @@ class Supervisor:
             await self._spawn(index)
         await self._wait_started()
         if s.metrics_port is not None:
-            await self._start_metrics(s.metrics_port)
+            await self._metrics_server.start(
+                s.host, s.metrics_port, self.metrics_dir, triton_compat=s.metrics_triton_compat
+            )
         log.info(
             "serving with %d worker processes: HTTP on %s:%d (%s socket), gRPC on %s:%d (SO_REUSEPORT); "
             "run directory %s",
@@ -170,7 +156,7 @@ class Supervisor:
         self._starting = False
         if self._start_failure is not None:
             raise OSError(self._start_failure)
-        if not self._stop.is_set() and len(self._ready()) < self.count:
+        if not self._stop.is_set() and len(self.serving()) < self.count:
             raise OSError(f"the workers did not start within {START_TIMEOUT_S:.0f} s")
 
     async def _spawn(self, index: int) -> None:
@@ -202,7 +188,7 @@ class Supervisor:
         returncode = await worker.process.wait()
         forget_process(worker.pid, self.metrics_dir)
         worker_socket(self.run_dir, worker.index).unlink(missing_ok=True)
-        self._workers_gauge.set(sum(1 for w in self._workers.values() if w.ready.is_set() and w is not worker))
+        self._metrics.serving(sum(1 for w in self._workers.values() if w.ready.is_set() and w is not worker))
         if self._stopping:
             return
         reason, words = describe_exit(returncode)
@@ -211,7 +197,7 @@ class Supervisor:
             self._start_failure = f"worker {worker.index} could not start: it {words}; see its log above"
             self._stop.set()
             return
-        self._restart_counter.labels(reason).inc()
+        self._metrics.restarted(reason)
         ran_s = time.monotonic() - worker.started_at
         restarts = 0 if ran_s >= HEALTHY_AFTER_S else self._restarts.get(worker.index, 0)
         delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2**restarts)
@@ -253,9 +239,7 @@ class Supervisor:
                     await worker.process.wait()
         for watcher in list(self._watchers):
             watcher.cancel()
-        if self._metrics_server is not None and self._metrics_task is not None:
-            self._metrics_server.should_exit = True
-            await asyncio.gather(self._metrics_task, return_exceptions=True)
+        await self._metrics_server.stop()
         if self._control is not None:
             await self._control.close()
         for sock in (self._http_socket, self._grpc_socket):
@@ -264,123 +248,20 @@ class Supervisor:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         log.info("stopped")
 
-    async def _start_metrics(self, port: int) -> None:
-        s = self.settings
-        sock = bind_http_socket(s.host, port)
-        metrics = PrometheusMetrics(
-            CollectorRegistry(), triton_compat=s.metrics_triton_compat, process_metrics=False,
-            multiprocess_dir=self.metrics_dir,
-        )  # fmt: skip
-        config = uvicorn.Config(
-            create_metrics_app(metrics), loop="none", lifespan="off", access_log=False, server_header=False,
-            log_config=None,
-        )  # fmt: skip
-        self._metrics_server = uvicorn.Server(config)
-        self._metrics_server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
-        self._metrics_task = asyncio.ensure_future(self._metrics_server.serve(sockets=[sock]))
-        log.info("metrics on %s:%d/metrics", s.host, sock.getsockname()[1])
+    # ---- what model control asks (model_control.WorkerPool) ----------------------------------------
+    def serving(self) -> list[int]:
+        return [w.index for w in self._workers.values() if w.ready.is_set() and w.process.returncode is None]
 
-    # ---- what the workers ask ------------------------------------------------------------------
-    def _ready(self) -> list[WorkerProcess]:
-        return [w for w in self._workers.values() if w.ready.is_set() and w.process.returncode is None]
+    def is_current(self, index: int, pid: int) -> bool:
+        worker = self._workers.get(index)
+        return worker is not None and worker.pid == pid
 
-    async def _ask_all(self, message: dict[str, Any], *, timeout_s: float = 60.0) -> list[tuple[dict[str, Any], bytes]]:
-        workers = self._ready()
-        if not workers:
-            raise ipc.PeerUnavailable("no worker is serving")
-        answers = await asyncio.gather(
-            *(ipc.call(worker_socket(self.run_dir, w.index), message, timeout_s=timeout_s) for w in workers)
-        )
-        return list(answers)
-
-    async def _handle(self, message: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
-        op = message.get("op")
-        if op == "startup_models":
-            return {"generation": self._generation, "models": list(self._desired.values())}, b""
-        if op == "ready":
-            return await self._worker_ready(message)
-        if op == "statistics":
-            answers = await self._ask_all(message)
-            return {"models": sum_statistics(reply["models"] for reply, _ in answers)}, b""
-        if op == "input_stats":
-            answers = await self._ask_all({"op": "export", "name": message["name"], "version": message["version"]})
-
-            documents = [orjson.loads(document) for _, document in answers]
-            return {}, self.documents.combine(documents, int(message["since"]))
-        if op == "load":
-            async with self._control_lock:
-                return await self._load(message)
-        if op == "unload":
-            async with self._control_lock:
-                return await self._unload(str(message["name"]), str(message.get("actor")))
-        raise ServeError(f"unknown control request {op!r}")
-
-    async def _worker_ready(self, message: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        worker = self._workers.get(int(message["index"]))
-        if worker is None or worker.pid != int(message["pid"]):
-            return {}, b""
-        async with self._control_lock:
-            if int(message["generation"]) != self._generation:
-                await self._sync(worker)
+    def mark_serving(self, index: int, pid: int) -> None:
+        worker = self._workers.get(index)
+        if worker is not None and worker.pid == pid:  # not replaced while model control brought it up to date
             worker.ready.set()
-        self._workers_gauge.set(len(self._ready()))
-        log.info("worker %d (pid %d) is serving", worker.index, worker.pid)
-        return {}, b""
-
-    async def _sync(self, worker: WorkerProcess) -> None:
-        """Model control changed while this worker was starting: bring it to what the others have."""
-        path = worker_socket(self.run_dir, worker.index)
-        reply, _ = await ipc.call(path, {"op": "loaded"})
-        for name in set(reply["models"]) - set(self._desired):
-            await ipc.call(path, {"op": "apply_unload", "name": name}, timeout_s=600)
-        for spec in self._desired.values():
-            await ipc.call(path, {"op": "apply_load", **spec}, timeout_s=600)
-
-    async def _apply_everywhere(self, message: dict[str, Any]) -> list[tuple[int, ServeError]]:
-        workers = self._ready()
-        if not workers:
-            raise ipc.PeerUnavailable("no worker is serving")
-
-        async def apply(worker: WorkerProcess) -> ServeError | None:
-            try:
-                await ipc.call(worker_socket(self.run_dir, worker.index), message, timeout_s=600)
-            except ServeError as exc:
-                return exc
-            return None
-
-        outcomes = await asyncio.gather(*(apply(w) for w in workers))
-        return [(w.index, e) for w, e in zip(workers, outcomes, strict=True) if e is not None]
-
-    async def _load(self, message: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        name = str(message["name"])
-        spec = {"name": name, "config": message.get("config"), "files": message.get("files") or {}}
-        failed = await self._apply_everywhere({"op": "apply_load", "actor": message.get("actor"), **spec})
-        if failed:
-            await self._restore(name)
-            reasons = "; ".join(f"worker {index}: {error.message}" for index, error in failed)
-            raise ModelLoadError(
-                f"failed to load '{name}' on {len(failed)} of {self.count} workers ({reasons}); "
-                "every worker keeps what it served before"
-            )
-        self._desired[name] = spec
-        self._generation += 1
-        return {}, b""
-
-    async def _unload(self, name: str, actor: str) -> tuple[dict[str, Any], bytes]:
-        failed = await self._apply_everywhere({"op": "apply_unload", "name": name, "actor": actor})
-        if failed:
-            index, error = failed[0]
-            raise type(error)(f"worker {index}: {error.message}")
-        self._desired.pop(name, None)
-        self._generation += 1
-        return {}, b""
-
-    async def _restore(self, name: str) -> None:
-        """After a load that failed somewhere, put every worker back to the previous state of ``name``."""
-        previous = self._desired.get(name)
-        message = {"op": "apply_load", **previous} if previous is not None else {"op": "apply_unload", "name": name}
-        for index, error in await self._apply_everywhere(message):
-            log.error("worker %d: could not restore model %s: %s", index, name, error.message)
+            self._metrics.serving(len(self.serving()))
+            log.info("worker %d (pid %d) is serving", worker.index, worker.pid)
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:

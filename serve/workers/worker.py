@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
+import functools
 import logging
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+
+import orjson
 
 from serve import settings as settings_module
 from serve.errors import ServeError
@@ -28,6 +29,26 @@ from serve.repository.repository import STARTUP
 from serve.server import Server, WorkerRole
 from serve.settings import ServerSettings
 from serve.workers import ipc
+from serve.workers.messages import (
+    WORKER_REQUESTS,
+    ApplyLoad,
+    ApplyUnload,
+    Done,
+    Export,
+    InputStats,
+    InputStatsAnswer,
+    Load,
+    Loaded,
+    LoadedAnswer,
+    ModelSpec,
+    ModelStatistics,
+    Ready,
+    StartupModels,
+    StartupModelsAnswer,
+    StatisticsAnswer,
+    Unload,
+    answer_worker_request,
+)
 
 ENV_INDEX = "SERVE_WORKER_INDEX"
 ENV_RUN_DIR = "SERVE_RUN_DIR"
@@ -44,78 +65,64 @@ def worker_socket(run_dir: Path, index: int) -> Path:
     return run_dir / f"worker-{index}.sock"
 
 
-def encode_load(name: str, config: mc.ModelConfig | None, files: dict[str, bytes] | None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "config": base64.b64encode(config.SerializeToString()).decode() if config is not None else None,
-        "files": {key: base64.b64encode(value).decode() for key, value in (files or {}).items()},
-    }
-
-
-def decode_load(message: dict[str, Any]) -> tuple[str, mc.ModelConfig | None, dict[str, bytes] | None]:
-    config = None
-    if message.get("config") is not None:
-        config = mc.ModelConfig()
-        config.ParseFromString(base64.b64decode(message["config"]))
-    files = {key: base64.b64decode(value) for key, value in (message.get("files") or {}).items()}
-    return str(message["name"]), config, files or None
-
-
 class SupervisorLink:
     """The Cluster a worker's core uses: every answer about the whole server comes from the supervisor."""
 
     def __init__(self, run_dir: Path) -> None:
         self._path = supervisor_socket(run_dir)
 
-    async def model_statistics(self, name: str, version: str) -> list[dict[str, Any]]:
-        reply, _ = await ipc.call(self._path, {"op": "statistics", "name": name, "version": version})
-        models: list[dict[str, Any]] = reply["models"]
-        return models
+    async def model_statistics(self, name: str, version: str) -> list[dict[str, object]]:
+        answer = await ipc.call(self._path, ModelStatistics(name, version))
+        entries: list[dict[str, object]] = orjson.loads(answer.document)
+        return entries
 
     async def load_model(
         self, name: str, config: mc.ModelConfig | None, files: dict[str, bytes] | None, actor: str
     ) -> None:
         # A load on every worker takes as long as the slowest one; give it the time a load can take.
-        await ipc.call(self._path, {"op": "load", "actor": actor, **encode_load(name, config, files)}, timeout_s=600)
+        await ipc.call(self._path, Load(ModelSpec.of(name, config, files), actor), timeout_s=600)
 
     async def unload_model(self, name: str, actor: str) -> None:
-        await ipc.call(self._path, {"op": "unload", "name": name, "actor": actor}, timeout_s=600)
+        await ipc.call(self._path, Unload(name, actor), timeout_s=600)
 
     async def input_stats(self, name: str, version: str, since: int) -> bytes:
-        _, body = await ipc.call(self._path, {"op": "input_stats", "name": name, "version": version, "since": since})
-        return body
+        return (await ipc.call(self._path, InputStats(name, version, since))).document
 
-    async def startup_models(self) -> tuple[int, list[dict[str, Any]]]:
-        reply, _ = await ipc.call(self._path, {"op": "startup_models"})
-        return int(reply["generation"]), list(reply["models"])
+    async def startup_models(self) -> StartupModelsAnswer:
+        return await ipc.call(self._path, StartupModels())
 
     async def ready(self, index: int, generation: int) -> None:
-        await ipc.call(self._path, {"op": "ready", "index": index, "pid": os.getpid(), "generation": generation})
+        await ipc.call(self._path, Ready(index, os.getpid(), generation))
 
 
 class WorkerControl:
-    """Answers the supervisor's requests with this worker's own state."""
+    """Answers the supervisor's requests with this worker's own state (a WorkerHandler)."""
 
     def __init__(self, server: Server) -> None:
         self._server = server
 
-    async def handle(self, message: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
-        op = message.get("op")
-        service = self._server.service
-        if op == "statistics":
-            return {"models": service.local_model_statistics(message["name"], message["version"])}, b""
-        if op == "export":
-            recorder = self._server.stats_recorder(message["name"], message["version"])
-            return {}, await asyncio.to_thread(recorder.export_json, 0)
-        if op == "apply_load":
-            await service.apply_load_model(*decode_load(message), actor=str(message.get("actor", STARTUP)))
-            return {}, b""
-        if op == "apply_unload":
-            await service.apply_unload_model(message["name"], actor=str(message.get("actor", STARTUP)))
-            return {}, b""
-        if op == "loaded":
-            return {"models": sorted({m.name for m in service.repository.loaded()})}, b""
-        raise ServeError(f"unknown control request {op!r}")
+    async def statistics(self, request: ModelStatistics) -> StatisticsAnswer:
+        entries = self._server.service.local_model_statistics(request.name, request.version)
+        return StatisticsAnswer(orjson.dumps(entries))
+
+    async def export(self, request: Export) -> InputStatsAnswer:
+        recorder = self._server.stats_recorder(request.name, request.version)
+        return InputStatsAnswer(await asyncio.to_thread(recorder.export_json, 0))
+
+    async def apply_load(self, request: ApplyLoad) -> Done:
+        await _apply_load(self._server, request.spec, request.actor)
+        return Done()
+
+    async def apply_unload(self, request: ApplyUnload) -> Done:
+        await self._server.service.apply_unload_model(request.name, actor=request.actor)
+        return Done()
+
+    async def loaded(self, request: Loaded) -> LoadedAnswer:
+        return LoadedAnswer(tuple(sorted({m.name for m in self._server.service.repository.loaded()})))
+
+
+async def _apply_load(server: Server, spec: ModelSpec, actor: str) -> None:
+    await server.service.apply_load_model(spec.name, spec.model_config(), spec.model_files(), actor=actor)
 
 
 async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: Path, http_fd: int | None) -> None:
@@ -125,18 +132,21 @@ async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: 
     http_socket = socket.socket(fileno=http_fd) if http_fd is not None else None
     server = Server(settings, root, role=WorkerRole(index, link, http_socket))
     server.capture_signals(signals=(signal.SIGTERM,))
-    control = ipc.ControlServer(worker_socket(run_dir, index), WorkerControl(server).handle)
+    handler = WorkerControl(server)
+    control = ipc.ControlServer(
+        worker_socket(run_dir, index), WORKER_REQUESTS, functools.partial(answer_worker_request, handler)
+    )
     await control.start()
     try:
-        generation, models = await link.startup_models()
+        startup = await link.startup_models()
         explicit = settings.model_control_mode == "explicit"
         await server.start(load_models=[] if explicit else None)
-        for spec in models if explicit else []:
+        for spec in startup.models if explicit else ():
             try:
-                await server.service.apply_load_model(*decode_load(spec), actor=STARTUP)
+                await _apply_load(server, spec, STARTUP)
             except ServeError as exc:
-                log.error("worker %d: model %s did not load: %s", index, spec["name"], exc.message)
-        await link.ready(index, generation)
+                log.error("worker %d: model %s did not load: %s", index, spec.name, exc.message)
+        await link.ready(index, startup.generation)
         await server.wait()
     finally:
         await server.stop()

@@ -1,0 +1,171 @@
+"""The supervisor's answers to its workers: what describes the whole server, and model control on every worker.
+
+Statistics are summed and input statistics merged over the serving workers. A load or unload is
+applied on every serving worker, one operation at a time; a load that fails anywhere is undone
+everywhere. In explicit model-control mode the supervisor remembers what every worker must have
+loaded, so that a worker started later (or restarted) loads the same, and one that started while
+an operation ran is brought up to date before it counts as serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import orjson
+
+from serve.errors import ModelLoadError, ServeError
+from serve.input_stats.windows import ServerInstance
+from serve.metrics.triton_statistics import sum_statistics
+from serve.repository.repository import STARTUP
+from serve.settings import ServerSettings
+from serve.workers import ipc
+from serve.workers.merged_input_stats import WorkerDocuments
+from serve.workers.messages import (
+    A,
+    ApplyLoad,
+    ApplyUnload,
+    Done,
+    Export,
+    InputStats,
+    InputStatsAnswer,
+    Load,
+    Loaded,
+    ModelSpec,
+    ModelStatistics,
+    Ready,
+    Request,
+    StartupModels,
+    StartupModelsAnswer,
+    StatisticsAnswer,
+    Unload,
+)
+from serve.workers.worker import worker_socket
+
+log = logging.getLogger("serve.workers")
+
+# A load on a worker can take as long as loading a model does.
+_APPLY_TIMEOUT_S = 600.0
+
+
+class WorkerPool(Protocol):
+    """What model control asks of the process supervisor."""
+
+    def serving(self) -> list[int]:
+        """The indices of the workers that are running and serving."""
+        ...
+
+    def is_current(self, index: int, pid: int) -> bool:
+        """Whether ``pid`` is worker ``index``'s running process (not one since replaced)."""
+        ...
+
+    def mark_serving(self, index: int, pid: int) -> None: ...
+
+
+class ModelControl:
+    """A SupervisorHandler (messages.py)."""
+
+    def __init__(
+        self, settings: ServerSettings, count: int, run_dir: Path, pool: WorkerPool, instance: ServerInstance
+    ) -> None:
+        self._count = count
+        self._run_dir = run_dir
+        self._pool = pool
+        self.documents = WorkerDocuments(instance)
+        self._lock = asyncio.Lock()  # one model-control operation at a time, on every worker
+        self._desired: dict[str, ModelSpec] = {}  # explicit mode: what every worker must have loaded
+        self._generation = 0
+        if settings.model_control_mode == "explicit":
+            self._desired = {name: ModelSpec(name) for name in settings.load_models}
+
+    # ---- what describes the whole server -----------------------------------------------------------
+    async def statistics(self, request: ModelStatistics) -> StatisticsAnswer:
+        answers = await self._ask_serving(request)
+        return StatisticsAnswer(orjson.dumps(sum_statistics(orjson.loads(a.document) for a in answers)))
+
+    async def input_stats(self, request: InputStats) -> InputStatsAnswer:
+        answers = await self._ask_serving(Export(request.name, request.version))
+        return InputStatsAnswer(self.documents.combine([a.document for a in answers], request.since))
+
+    async def _ask_serving(self, request: Request[A]) -> list[A]:
+        indices = self._serving()
+        return list(await asyncio.gather(*(ipc.call(self._socket(i), request) for i in indices)))
+
+    # ---- workers starting --------------------------------------------------------------------------
+    async def startup_models(self, request: StartupModels) -> StartupModelsAnswer:
+        return StartupModelsAnswer(self._generation, tuple(self._desired.values()))
+
+    async def ready(self, request: Ready) -> Done:
+        if not self._pool.is_current(request.index, request.pid):
+            return Done()
+        async with self._lock:
+            if request.generation != self._generation:
+                await self._sync(request.index)
+            self._pool.mark_serving(request.index, request.pid)
+        return Done()
+
+    async def _sync(self, index: int) -> None:
+        """Model control changed while this worker was starting: bring it to what the others have."""
+        path = self._socket(index)
+        loaded = await ipc.call(path, Loaded())
+        for name in set(loaded.models) - set(self._desired):
+            await ipc.call(path, ApplyUnload(name, STARTUP), timeout_s=_APPLY_TIMEOUT_S)
+        for spec in self._desired.values():
+            await ipc.call(path, ApplyLoad(spec, STARTUP), timeout_s=_APPLY_TIMEOUT_S)
+
+    # ---- model control -----------------------------------------------------------------------------
+    async def load(self, request: Load) -> Done:
+        async with self._lock:
+            name = request.spec.name
+            failed = await self._apply_everywhere(ApplyLoad(request.spec, request.actor))
+            if failed:
+                await self._restore(name)
+                reasons = "; ".join(f"worker {index}: {error.message}" for index, error in failed)
+                raise ModelLoadError(
+                    f"failed to load '{name}' on {len(failed)} of {self._count} workers ({reasons}); "
+                    "every worker keeps what it served before"
+                )
+            self._desired[name] = request.spec
+            self._generation += 1
+        return Done()
+
+    async def unload(self, request: Unload) -> Done:
+        async with self._lock:
+            failed = await self._apply_everywhere(ApplyUnload(request.name, request.actor))
+            if failed:
+                index, error = failed[0]
+                raise type(error)(f"worker {index}: {error.message}")
+            self._desired.pop(request.name, None)
+            self._generation += 1
+        return Done()
+
+    async def _apply_everywhere(self, request: ApplyLoad | ApplyUnload) -> list[tuple[int, ServeError]]:
+        indices = self._serving()
+
+        async def apply(index: int) -> ServeError | None:
+            try:
+                await ipc.call(self._socket(index), request, timeout_s=_APPLY_TIMEOUT_S)
+            except ServeError as exc:
+                return exc
+            return None
+
+        outcomes = await asyncio.gather(*(apply(i) for i in indices))
+        return [(i, e) for i, e in zip(indices, outcomes, strict=True) if e is not None]
+
+    async def _restore(self, name: str) -> None:
+        """After a load that failed somewhere, put every worker back to the previous state of ``name``."""
+        previous = self._desired.get(name)
+        request = ApplyLoad(previous, STARTUP) if previous is not None else ApplyUnload(name, STARTUP)
+        for index, error in await self._apply_everywhere(request):
+            log.error("worker %d: could not restore model %s: %s", index, name, error.message)
+
+    def _serving(self) -> list[int]:
+        indices = self._pool.serving()
+        if not indices:
+            raise ipc.PeerUnavailable("no worker is serving")
+        return indices
+
+    def _socket(self, index: int) -> Path:
+        return worker_socket(self._run_dir, index)
