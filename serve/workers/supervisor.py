@@ -7,7 +7,10 @@ dies loses only the connections it had accepted, and none queued behind it (with
 each socket has its own queue, and the kernel hashes connections to them whatever their load;
 ``--worker-http-socket reuseport`` selects that for comparison). gRPC: grpcio binds its own
 listener and cannot adopt one, so each worker binds the port with SO_REUSEPORT; the supervisor
-holds a bound, not listening, socket on it so that the port is decided once (port 0 included).
+holds a bound, not listening, socket on it so that the port is decided once (port 0 included). A
+client's one connection then reaches one worker. With ``--grpc-frontend native`` (and no TLS) the
+supervisor instead terminates gRPC itself and hands each ModelInfer call to the least busy worker
+(serve/grpc/handoff), so one connection's calls reach every worker.
 
 The supervisor restarts a worker that dies (exit, signal, the OOM killer) with growing back-off,
 logging the cause and counting it in ``serve_worker_restarts_total``; one worker's crash never
@@ -34,6 +37,8 @@ from pathlib import Path
 
 from serve import settings as settings_module
 from serve.cpus import resolve_workers
+from serve.grpc.handoff import fallback_socket, handoff_socket, hands_off
+from serve.grpc.handoff.front import HandoffFront
 from serve.input_stats.windows import ServerInstance
 from serve.metrics.multiprocess import forget_process
 from serve.server import bind_http_socket
@@ -43,7 +48,14 @@ from serve.workers.messages import SUPERVISOR_REQUESTS, SupervisorRequest, answe
 from serve.workers.model_control import ModelControl
 from serve.workers.rundir import METRICS_DIR_ENVIRONMENT, metrics_dir
 from serve.workers.supervisor_metrics import MetricsServer, SupervisorMetrics
-from serve.workers.worker import ENV_HTTP_FD, ENV_INDEX, ENV_RUN_DIR, supervisor_socket, worker_socket
+from serve.workers.worker import (
+    ENV_GRPC_HANDOFF,
+    ENV_HTTP_FD,
+    ENV_INDEX,
+    ENV_RUN_DIR,
+    supervisor_socket,
+    worker_socket,
+)
 
 log = logging.getLogger("serve.workers")
 
@@ -92,6 +104,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._http_socket: socket.socket | None = None
         self._grpc_socket: socket.socket | None = None
+        self._front: HandoffFront | None = None  # the gRPC port's front end, when calls are handed to workers
         self.model_control = ModelControl(settings, self.count, run_dir, self, ServerInstance.create())
         self._control: ipc.ControlServer[SupervisorRequest] | None = None
         self._metrics = SupervisorMetrics()
@@ -117,8 +130,12 @@ class Supervisor:
         if not shared:
             self._http_socket.close()  # it only chose the port: each worker binds its own
             self._http_socket = None
-        self._grpc_socket = _reserve_port(s.host, s.grpc_port)
-        self.grpc_port = self._grpc_socket.getsockname()[1]
+        if hands_off(s.grpc_frontend, self.count, tls=s.tls_cert_file is not None):
+            self._front = _bind_front(s, self.count, self.run_dir)
+            self.grpc_port = self._front.port
+        else:
+            self._grpc_socket = _reserve_port(s.host, s.grpc_port)
+            self.grpc_port = self._grpc_socket.getsockname()[1]
         self._control = ipc.ControlServer(
             supervisor_socket(self.run_dir),
             SUPERVISOR_REQUESTS,
@@ -132,14 +149,16 @@ class Supervisor:
         for index in range(self.count):
             await self._spawn(index)
         await self._wait_started()
+        if self._front is not None:
+            self._front.start()
         if s.metrics_port is not None:
             await self._metrics_server.start(
                 s.host, s.metrics_port, self.metrics_dir, triton_compat=s.metrics_triton_compat
             )
+        grpc_mode = "one front end, calls handed to every worker" if self._front else "SO_REUSEPORT"
         log.info(
-            "serving with %d worker processes: HTTP on %s:%d (%s socket), gRPC on %s:%d (SO_REUSEPORT); "
-            "run directory %s",
-            self.count, s.host, self.http_port, s.worker_http_socket, s.host, self.grpc_port, self.run_dir,
+            "serving with %d worker processes: HTTP on %s:%d (%s socket), gRPC on %s:%d (%s); run directory %s",
+            self.count, s.host, self.http_port, s.worker_http_socket, s.host, self.grpc_port, grpc_mode, self.run_dir,
         )  # fmt: skip
 
     async def _wait_started(self) -> None:
@@ -165,6 +184,8 @@ class Supervisor:
         settings["SERVE_MODEL_REPOSITORY"] = str(self.root)
         settings["SERVE_HTTP_PORT"] = str(self.http_port)
         settings["SERVE_GRPC_PORT"] = str(self.grpc_port)
+        if self._front is not None:
+            settings[ENV_GRPC_HANDOFF] = "1"
         env = {k: v for k, v in os.environ.items() if not k.startswith(settings_module.ENV_PREFIX)}
         env.update(settings)
         env[ENV_INDEX] = str(index)
@@ -221,6 +242,13 @@ class Supervisor:
                 self._http_socket.shutdown(socket.SHUT_RD)
             self._http_socket.close()
             self._http_socket = None
+        # The front end refuses new calls from now on ("shutting down") and closes its port once every call it
+        # handed over is answered; the workers answer them as they drain.
+        front_stopped = (
+            asyncio.ensure_future(asyncio.to_thread(self._front.stop, self.settings.shutdown_grace_s + 5))
+            if self._front is not None
+            else None
+        )
         workers = [w for w in self._workers.values() if w.process.returncode is None]
         for worker in workers:
             with contextlib.suppress(ProcessLookupError):
@@ -237,6 +265,8 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         worker.process.kill()
                     await worker.process.wait()
+        if front_stopped is not None:
+            await front_stopped
         for watcher in list(self._watchers):
             watcher.cancel()
         await self._metrics_server.stop()
@@ -262,6 +292,20 @@ class Supervisor:
             worker.ready.set()
             self._metrics.serving(len(self.serving()))
             log.info("worker %d (pid %d) is serving", worker.index, worker.pid)
+
+
+def _bind_front(settings: ServerSettings, workers: int, run_dir: Path) -> HandoffFront:
+    host, port = settings.host, settings.grpc_port
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return HandoffFront(
+            address,
+            [handoff_socket(run_dir, index) for index in range(workers)],
+            fallback_socket=fallback_socket(run_dir, 0),
+            max_message_bytes=settings.max_request_bytes,
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:

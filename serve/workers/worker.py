@@ -52,6 +52,8 @@ from serve.workers.messages import (
 
 ENV_INDEX = "SERVE_WORKER_INDEX"
 ENV_RUN_DIR = "SERVE_RUN_DIR"
+# Set when the supervisor runs the gRPC front end and hands ModelInfer calls to the workers (serve/grpc/handoff).
+ENV_GRPC_HANDOFF = "SERVE_WORKER_GRPC_HANDOFF"
 ENV_HTTP_FD = "SERVE_WORKER_HTTP_FD"
 
 log = logging.getLogger("serve.workers")
