@@ -36,7 +36,7 @@ from prometheus_client.process_collector import ProcessCollector
 from serve.events import Execution, Observer, RequestEvent, VersionKey
 from serve.metrics.multiprocess import RETIRED, WorkerMetrics
 from serve.metrics.triton_compat import HostCpuCollector, TritonCompatMetrics, TritonModelMetrics, failure_reason
-from serve.repository.repository import READY, LoadOutcome, ModelVersion, VersionListener
+from serve.repository.model_version import READY, LoadOutcome, ModelVersion, VersionListener
 from serve.settings import ServerSettings
 
 # (version, requests waiting, batches running) for every version that is serving.

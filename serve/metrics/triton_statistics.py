@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve.events import Execution, Observer, RequestEvent, VersionKey
-from serve.repository.repository import ModelVersion, VersionListener
+from serve.repository.model_version import ModelVersion, VersionListener
 
 
 @dataclass(slots=True)

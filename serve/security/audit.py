@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from serve.repository.repository import LoadOutcome, ModelVersion, VersionListener
+from serve.repository.model_version import LoadOutcome, ModelVersion, VersionListener
 
 log = logging.getLogger(__name__)
 
