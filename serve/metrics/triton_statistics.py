@@ -168,7 +168,7 @@ class TritonStatistics(Observer, VersionListener):
             stats.add_execution(execution)
 
     def as_dict(self, version: ModelVersion) -> dict[str, Any]:
-        # dict[str, Any] only because the core's statistics path (core/service.py) still takes that type;
+        # Untyped only because the core's statistics path (core/service.py) still takes an untyped dict;
         # once it takes ModelStatsDocument this returns the document itself.
         stats = self._by_key.get(version.key) or InferenceStatistics()
         return dict(stats.as_dict(version.name, version.version_str))
