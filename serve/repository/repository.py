@@ -15,6 +15,10 @@ The repository knows models, versions and sessions, nothing about serving them: 
 (the core's batchers, metrics, statistics) attach to a version once it is loaded and warmed,
 before it takes traffic, and detach in reverse order once it takes no more, before its
 sessions close.
+
+This module decides what loads and when (version policy, locks, replacing and retiring versions);
+where a model's files are is directories.py, building one version builder.py, the version records
+and listeners model_version.py.
 """
 
 from __future__ import annotations
