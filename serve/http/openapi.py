@@ -9,6 +9,7 @@ schemathesis (tests/test_openapi_api.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from serve import __version__
 from serve.types import JsonObject, JsonValue
@@ -70,32 +71,71 @@ def _status_only(summary: str, ok: str, not_ok: str) -> JsonObject:
     return {"get": {"summary": summary, "responses": {"200": {"description": ok}, "400": {"description": not_ok}}}}
 
 
+class _ModelRoute(NamedTuple):
+    suffix: str  # after the model's (or model version's) path
+    summary: str
+    ok: JsonObject  # the 200 answer
+    others: JsonObject  # every other answer
+    method: str = "get"
+    body: str | None = None  # the schema of its required request body
+    query: tuple[JsonObject, ...] = ()  # query parameters, after the path's
+
+
 def _model_routes(prefix: str, parameters: list[JsonValue]) -> JsonObject:
     lookup = _errors(400, 404, 503)
     anything: JsonObject = {"type": "object"}
     since: JsonObject = {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}}
     not_ready = _json(_ref("Error"), "not ready or no such model ('error' says why), or a bad version")
-    failures = _errors(400, 404, 413, 429, 499, 501, 503, 504)
-    # (path suffix, method, summary, parameters, the 200 answer, the other answers, required body's schema)
-    table: list[tuple[str, str, str, list[JsonValue], JsonObject, JsonObject, str | None]] = [
-        ("", "get", "model metadata", parameters,
-         _json(_ref("ModelMetadata"), "the model's inputs and outputs"), lookup, None),
-        ("/ready", "get", "model readiness", parameters,
-         {"description": "ready (empty body, as in Triton)"}, {"400": not_ready}, None),
-        ("/config", "get", "model configuration (Triton's ModelConfig as JSON)", parameters,
-         _json(anything, "the configuration"), lookup, None),
-        ("/stats", "get", "inference statistics (Triton's statistics extension)", parameters,
-         _json(_ref("ModelStats"), "statistics"), lookup, None),
-        ("/infer", "post", "inference (JSON; binary tensors with Inference-Header-Content-Length)", parameters,
-         _json(_ref("InferResponse"), "the outputs"), failures, "InferRequest"),
-        ("/input-stats", "get", "input and output statistics windows (MONITOR.md)", [*parameters, since],
-         _json(anything, "the statistics document"), lookup, None),
-        ("/baseline", "get", "the baseline.json the model's statistics bin against", parameters,
-         _json(anything, "the baseline, as stored"), lookup, None),
-    ]  # fmt: skip
+    routes = [
+        _ModelRoute("", "model metadata", _json(_ref("ModelMetadata"), "the model's inputs and outputs"), lookup),
+        _ModelRoute(
+            "/ready", "model readiness", {"description": "ready (empty body, as in Triton)"}, {"400": not_ready}
+        ),
+        _ModelRoute(
+            "/config",
+            "model configuration (Triton's ModelConfig as JSON)",
+            _json(anything, "the configuration"),
+            lookup,
+        ),
+        _ModelRoute(
+            "/stats",
+            "inference statistics (Triton's statistics extension)",
+            _json(_ref("ModelStats"), "statistics"),
+            lookup,
+        ),
+        _ModelRoute(
+            "/infer",
+            "inference (JSON; binary tensors with Inference-Header-Content-Length)",
+            _json(_ref("InferResponse"), "the outputs"),
+            _errors(400, 404, 413, 429, 499, 501, 503, 504),
+            method="post",
+            body="InferRequest",
+        ),
+        _ModelRoute(
+            "/input-stats",
+            "input and output statistics windows (MONITOR.md)",
+            _json(anything, "the statistics document"),
+            lookup,
+            query=(since,),
+        ),
+        _ModelRoute(
+            "/baseline",
+            "the baseline.json the model's statistics bin against",
+            _json(anything, "the baseline, as stored"),
+            lookup,
+        ),
+    ]
     return {
-        prefix + suffix: {method: _operation(summary, params, {"200": ok, **others}, body, body_required=True)}
-        for suffix, method, summary, params, ok, others, body in table
+        prefix + route.suffix: {
+            route.method: _operation(
+                route.summary,
+                [*parameters, *route.query],
+                {"200": route.ok, **route.others},
+                route.body,
+                body_required=True,
+            )
+        }
+        for route in routes
     }
 
 
