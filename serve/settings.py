@@ -5,7 +5,7 @@ Each setting is declared once, as a field here: its type, default, help text and
 that take it. The command line flag (``--http-port``) and the environment variable
 (``SERVE_HTTP_PORT``) are derived from the field, and a value from either is converted and
 checked the same way; a flag on the command line wins over the environment, which wins over the
-default. ``Literal`` types are the allowed values of an enumeration.
+default. ``Literal`` types are the allowed values of an enumeration (setting_specs.py derives all this).
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from serve.extras import missing_modules
 
-ENV_PREFIX = "SERVE_"
-RUN = ("run",)
+# ENV_PREFIX and SettingsError are re-exported: the CLI, the supervisor and the tests import them from here.
+from serve.setting_specs import ENV_PREFIX as ENV_PREFIX
+from serve.setting_specs import RUN, SettingSpec, setting, setting_specs
+from serve.setting_specs import SettingsError as SettingsError
+
 MODEL_LOADING = ("run", "validate")
 
 ModelControlMode = Literal["none", "poll", "explicit"]
@@ -31,10 +32,6 @@ ModelLoadCheck = Literal["auto", "child", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 WorkerHttpSocket = Literal["shared", "reuseport"]
 GrpcFrontend = Literal["aio", "native"]
-
-
-class SettingsError(ValueError):
-    """A flag or environment variable with a value the setting cannot take; names both."""
 
 
 def _positive(value: float) -> str | None:
@@ -75,22 +72,6 @@ def _directory_exists(value: Path) -> str | None:
 def _ascending(values: tuple[float, ...]) -> str | None:
     ok = bool(values) and all(v > 0 for v in values) and list(values) == sorted(set(values))
     return None if ok else "must be positive and strictly increasing"
-
-
-def setting(
-    default: Any = dataclasses.MISSING,
-    *,
-    help: str,
-    commands: Sequence[str] = RUN,
-    flag: str | None = None,
-    check: Callable[[Any], str | None] | None = None,
-    default_factory: Callable[[], Any] | None = None,
-) -> Any:
-    """A settings field. ``flag`` overrides the derived flag name; ``check`` returns why a value is wrong."""
-    metadata = {"help": help, "commands": tuple(commands), "flag": flag, "check": check}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass(slots=True)
@@ -262,114 +243,7 @@ class ServerSettings:
             raise SettingsError("--tls-client-ca-file: mutual TLS needs --tls-cert-file and --tls-key-file")
 
 
-# ---- deriving flags and environment variables from the fields ----------------------------------
-
-
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{raw!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
-
-
-def _int(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError("expected an integer") from None
-
-
-def _float(raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError("expected a number") from None
-
-
-def _floats(raw: str) -> tuple[float, ...]:
-    return tuple(_float(part) for part in raw.split(",") if part.strip())
-
-
-@dataclass(frozen=True, slots=True)
-class SettingSpec:
-    name: str
-    flag: str
-    env: str
-    help: str
-    commands: tuple[str, ...]
-    convert: Callable[[str], Any]
-    choices: tuple[str, ...] | None
-    is_bool: bool
-    is_list: bool
-    check: Callable[[Any], str | None] | None
-
-    def problem(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        if self.choices is not None and value not in self.choices:
-            return f"{value!r} is not one of {', '.join(self.choices)}"
-        return self.check(value) if self.check is not None else None
-
-    def parse(self, raw: str, source: str) -> Any:
-        try:
-            if self.is_list:
-                return [part.strip() for part in raw.split(",") if part.strip()]
-            value = self.convert(raw)
-        except ValueError as exc:
-            raise SettingsError(f"{source}={raw!r} is not valid: {exc}") from None
-        problem = self.problem(value)
-        if problem:
-            raise SettingsError(f"{source}={raw!r}: {problem}")
-        return value
-
-
-def _optional_inner(hint: Any) -> Any:
-    """``X | None`` -> X; anything else unchanged."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return hint
-
-
-def _spec(f: dataclasses.Field[Any], hint: Any) -> SettingSpec:
-    inner = _optional_inner(hint)
-    origin = typing.get_origin(inner)
-    choices = tuple(typing.get_args(inner)) if origin is Literal else None
-    convert: Callable[[str], Any]
-    if inner is bool:
-        convert = _bool
-    elif origin is tuple:
-        convert = _floats
-    elif choices is not None or inner is str or origin is list:
-        convert = str
-    elif inner is int:
-        convert = _int
-    elif inner is float:
-        convert = _float
-    elif inner is Path:
-        convert = Path
-    else:
-        raise TypeError(f"setting {f.name}: no conversion for {hint!r}")
-    flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
-    return SettingSpec(
-        name=f.name,
-        flag=flag,
-        env=ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_"),
-        help=f.metadata["help"],
-        commands=f.metadata["commands"],
-        convert=convert,
-        choices=choices,
-        is_bool=inner is bool,
-        is_list=origin is list,
-        check=f.metadata["check"],
-    )
-
-
-_HINTS = typing.get_type_hints(ServerSettings)
-SPECS: tuple[SettingSpec, ...] = tuple(_spec(f, _HINTS[f.name]) for f in dataclasses.fields(ServerSettings))
+SPECS = setting_specs(ServerSettings)
 
 
 def _default(spec: SettingSpec) -> Any:

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 
-Parameters = dict[str, Any]
+# Parameters as the client sent them (JSON values over HTTP, InferParameter values over gRPC): whoever
+# reads one checks its type.
+Parameters = dict[str, object]
+
+# A JSON document as ``json.loads`` returns it, for documents whose shape is a schema of its own
+# (an OpenAPI document) rather than one type.
+JsonValue: TypeAlias = "str | int | float | bool | None | list[JsonValue] | dict[str, JsonValue]"
+JsonObject: TypeAlias = "dict[str, JsonValue]"
 
 
 @dataclass(slots=True)

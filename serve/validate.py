@@ -13,7 +13,7 @@ from serve.datatypes import numpy_dtype
 from serve.errors import ServeError
 from serve.input_stats.baseline import BASELINE_FILENAME
 from serve.input_stats.wiring import read_baseline
-from serve.repository.repository import READY, ModelVersion
+from serve.repository.model_version import READY, ModelVersion
 from serve.settings import ServerSettings
 from serve.types import InferRequest, InputTensor, TensorSpec
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import orjson
@@ -20,12 +20,38 @@ from serve.codecs.json_tensors import array_to_json, json_to_array
 from serve.codecs.shapes import element_count
 from serve.datatypes import OIP_TO_NUMPY, OIP_TO_WIRE_DTYPE
 from serve.errors import InvalidInput, Unsupported
-from serve.types import InferRequest, InferResponse, InputTensor, OutputTensor, RequestedOutput, TensorSpec
+from serve.types import (
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    OutputTensor,
+    Parameters,
+    RequestedOutput,
+    TensorSpec,
+)
 
 __all__ = ["decode_infer_request", "decompress_body", "encode_error", "encode_infer_response"]
 
 _BINARY_SIZE = "binary_data_size"
 _BINARY_OUTPUT = "binary_data_output"
+
+
+class _OutputEntry(TypedDict):
+    """One output in a response's JSON header: its data inline, or its blob's size in parameters."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: NotRequired[dict[str, int]]
+    data: NotRequired[Any]  # array_to_json's value: a list, or a numpy array orjson writes
+
+
+class _ResponseHeader(TypedDict):
+    model_name: str
+    model_version: str
+    id: NotRequired[str]
+    parameters: NotRequired[Parameters]
+    outputs: NotRequired[list[_OutputEntry]]  # set last: the keys go on the wire in insertion order
 
 
 def decode_infer_request(
@@ -76,7 +102,7 @@ def decode_infer_request(
     )
 
 
-def load_json_object(raw: bytes | memoryview) -> dict[str, Any]:
+def load_json_object(raw: bytes | memoryview) -> dict[str, object]:
     """A request's JSON, which must be an object."""
     try:
         header = orjson.loads(raw)
@@ -87,7 +113,7 @@ def load_json_object(raw: bytes | memoryview) -> dict[str, Any]:
     return header
 
 
-def _object(value: Any, what: str) -> dict[str, Any]:
+def _object(value: object, what: str) -> dict[str, object]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -99,7 +125,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _request_parameters(value: Any) -> dict[str, Any]:
+def _request_parameters(value: object) -> Parameters:
     parameters = _object(value, "'parameters'")
     binary_output = parameters.get(_BINARY_OUTPUT)
     if binary_output is not None and not isinstance(binary_output, bool):
@@ -254,13 +280,13 @@ def _deduce_raw_dims(dims: list[int], nbytes: int, itemsize: int, spec: TensorSp
 def encode_infer_response(resp: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
     default_binary = request.parameters.get(_BINARY_OUTPUT) is True
     per_output = {o.name: o.binary_data for o in request.outputs} if request.outputs else {}
-    outputs: list[dict[str, Any]] = []
+    outputs: list[_OutputEntry] = []
     blobs: list[Any] = []
     for output in resp.outputs:
         binary = per_output.get(output.name)
         if binary is None:
             binary = default_binary
-        entry: dict[str, Any] = {
+        entry: _OutputEntry = {
             "name": output.name,
             "datatype": output.datatype,
             "shape": list(output.data.shape),
@@ -274,7 +300,7 @@ def encode_infer_response(resp: InferResponse, request: InferRequest) -> tuple[b
             entry["data"] = array_to_json(output.data, output.datatype, output.name)
         outputs.append(entry)
 
-    header: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
+    header: _ResponseHeader = {"model_name": resp.model_name, "model_version": resp.model_version}
     response_id = resp.id or request.id
     if response_id:
         header["id"] = response_id  # perf_analyzer --async matches responses by id

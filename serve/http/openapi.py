@@ -8,30 +8,27 @@ schemathesis (tests/test_openapi_api.py).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from serve import __version__
+from serve.types import JsonObject, JsonValue
 
 JSON = "application/json"
 
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {"type": "string", "description": "what was wrong"}},
-}
-_DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"]
+_DATATYPES: list[JsonValue] = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"]
 _DATATYPES += ["FP16", "FP32", "FP64", "BF16", "BYTES"]
 
 
-def _ref(name: str) -> dict[str, str]:
+def _ref(name: str) -> JsonObject:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+def _json(schema: JsonObject, description: str) -> JsonObject:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
+def _errors(*statuses: int) -> JsonObject:
     reasons = {
         400: "the request is invalid (the message says why)",
         404: "no such model or version",
@@ -45,247 +42,250 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _json(_ref("Error"), reasons[status]) for status in statuses}
 
 
-_MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
-_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-_REPOSITORY = {"name": "repository", "in": "path", "required": True, "schema": {"type": "string"}}
+def _path_parameter(name: str) -> JsonObject:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _status_only(summary: str, ok: str, not_ok: str) -> dict[str, Any]:
+_MODEL = _path_parameter("model")
+_VERSION = _path_parameter("version")
+_REPOSITORY = _path_parameter("repository")
+
+
+def _operation(
+    summary: str,
+    parameters: list[JsonValue],
+    responses: JsonObject,
+    body: str | None = None,
+    *,
+    body_required: bool = False,
+) -> JsonObject:
+    """One operation; ``body`` names the schema of its request body, if it takes one."""
+    operation: JsonObject = {"summary": summary, "parameters": parameters}
+    if body is not None:
+        operation["requestBody"] = {"required": body_required, "content": {JSON: {"schema": _ref(body)}}}
+    operation["responses"] = responses
+    return operation
+
+
+def _status_only(summary: str, ok: str, not_ok: str) -> JsonObject:
     return {"get": {"summary": summary, "responses": {"200": {"description": ok}, "400": {"description": not_ok}}}}
 
 
-def _model_routes(prefix: str, parameters: list[Any]) -> dict[str, Any]:
+class _ModelRoute(NamedTuple):
+    suffix: str  # after the model's (or model version's) path
+    summary: str
+    ok: JsonObject  # the 200 answer
+    others: JsonObject  # every other answer
+    method: str = "get"
+    body: str | None = None  # the schema of its required request body
+    query: tuple[JsonObject, ...] = ()  # query parameters, after the path's
+
+
+def _model_routes(prefix: str, parameters: list[JsonValue]) -> JsonObject:
     lookup = _errors(400, 404, 503)
+    anything: JsonObject = {"type": "object"}
+    since: JsonObject = {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}}
+    not_ready = _json(_ref("Error"), "not ready or no such model ('error' says why), or a bad version")
+    routes = [
+        _ModelRoute("", "model metadata", _json(_ref("ModelMetadata"), "the model's inputs and outputs"), lookup),
+        _ModelRoute(
+            "/ready", "model readiness", {"description": "ready (empty body, as in Triton)"}, {"400": not_ready}
+        ),
+        _ModelRoute(
+            "/config",
+            "model configuration (Triton's ModelConfig as JSON)",
+            _json(anything, "the configuration"),
+            lookup,
+        ),
+        _ModelRoute(
+            "/stats",
+            "inference statistics (Triton's statistics extension)",
+            _json(_ref("ModelStats"), "statistics"),
+            lookup,
+        ),
+        _ModelRoute(
+            "/infer",
+            "inference (JSON; binary tensors with Inference-Header-Content-Length)",
+            _json(_ref("InferResponse"), "the outputs"),
+            _errors(400, 404, 413, 429, 499, 501, 503, 504),
+            method="post",
+            body="InferRequest",
+        ),
+        _ModelRoute(
+            "/input-stats",
+            "input and output statistics windows (MONITOR.md)",
+            _json(anything, "the statistics document"),
+            lookup,
+            query=(since,),
+        ),
+        _ModelRoute(
+            "/baseline",
+            "the baseline.json the model's statistics bin against",
+            _json(anything, "the baseline, as stored"),
+            lookup,
+        ),
+    ]
     return {
-        prefix: {
-            "get": {
-                "summary": "model metadata",
-                "parameters": parameters,
-                "responses": {"200": _json(_ref("ModelMetadata"), "the model's inputs and outputs"), **lookup},
-            }
-        },
-        prefix + "/ready": {
-            "get": {
-                "summary": "model readiness",
-                "parameters": parameters,
-                "responses": {
-                    "200": {"description": "ready (empty body, as in Triton)"},
-                    "400": _json(_ref("Error"), "not ready or no such model ('error' says why), or a bad version"),
-                },
-            }
-        },
-        prefix + "/config": {
-            "get": {
-                "summary": "model configuration (Triton's ModelConfig as JSON)",
-                "parameters": parameters,
-                "responses": {"200": _json({"type": "object"}, "the configuration"), **lookup},
-            }
-        },
-        prefix + "/stats": {
-            "get": {
-                "summary": "inference statistics (Triton's statistics extension)",
-                "parameters": parameters,
-                "responses": {"200": _json(_ref("ModelStats"), "statistics"), **lookup},
-            }
-        },
-        prefix + "/infer": {
-            "post": {
-                "summary": "inference (JSON; binary tensors with Inference-Header-Content-Length)",
-                "parameters": parameters,
-                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("InferRequest")}}},
-                "responses": {
-                    "200": _json(_ref("InferResponse"), "the outputs"),
-                    **_errors(400, 404, 413, 429, 499, 501, 503, 504),
-                },
-            }
-        },
-        prefix + "/input-stats": {
-            "get": {
-                "summary": "input and output statistics windows (MONITOR.md)",
-                "parameters": [
-                    *parameters,
-                    {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}},
-                ],
-                "responses": {"200": _json({"type": "object"}, "the statistics document"), **lookup},
-            }
-        },
-        prefix + "/baseline": {
-            "get": {
-                "summary": "the baseline.json the model's statistics bin against",
-                "parameters": parameters,
-                "responses": {"200": _json({"type": "object"}, "the baseline, as stored"), **lookup},
-            }
-        },
+        prefix + route.suffix: {
+            route.method: _operation(
+                route.summary,
+                [*parameters, *route.query],
+                {"200": route.ok, **route.others},
+                route.body,
+                body_required=True,
+            )
+        }
+        for route in routes
     }
 
 
-def _repository_routes(prefix: str, parameters: list[Any]) -> dict[str, Any]:
+def _repository_routes(prefix: str, parameters: list[JsonValue]) -> JsonObject:
     model = [*parameters, _MODEL]
     control = _errors(400, 404, 413, 503)
+    rows = _json({"type": "array", "items": _ref("IndexEntry")}, "one row per version")
     return {
         prefix + "/index": {
-            "post": {
-                "summary": "the models in the repository and their state",
-                "parameters": parameters,
-                "requestBody": {"required": False, "content": {JSON: {"schema": _ref("IndexRequest")}}},
-                "responses": {"200": _json({"type": "array", "items": _ref("IndexEntry")}, "one row per version")}
-                | _errors(400, 413),
-            }
+            "post": _operation(
+                "the models in the repository and their state",
+                parameters,
+                {"200": rows, **_errors(400, 413)},
+                body="IndexRequest",
+            )
         },
         prefix + "/models/{model}/load": {
-            "post": {
-                "summary": "load or reload a model (--model-control-mode explicit)",
-                "parameters": model,
-                "requestBody": {"required": False, "content": {JSON: {"schema": _ref("LoadRequest")}}},
-                "responses": {"200": {"description": "loaded"}, **control},
-            }
+            "post": _operation(
+                "load or reload a model (--model-control-mode explicit)",
+                model,
+                {"200": {"description": "loaded"}, **control},
+                body="LoadRequest",
+            )
         },
         prefix + "/models/{model}/unload": {
-            "post": {
-                "summary": "unload a model (--model-control-mode explicit)",
-                "parameters": model,
-                "responses": {"200": {"description": "unloaded"}, **control},
-            }
+            "post": _operation(
+                "unload a model (--model-control-mode explicit)", model, {"200": {"description": "unloaded"}, **control}
+            )
         },
     }
 
 
-def _schemas() -> dict[str, Any]:
-    tensor_metadata = {
-        "type": "object",
-        "required": ["name", "datatype", "shape"],
-        "properties": {
-            "name": {"type": "string"},
-            "datatype": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer"}},
+def _string(description: str | None = None) -> JsonObject:
+    return {"type": "string"} if description is None else {"type": "string", "description": description}
+
+
+def _array(items: JsonObject) -> JsonObject:
+    return {"type": "array", "items": items}
+
+
+def _object(properties: JsonObject, required: Sequence[str] = ()) -> JsonObject:
+    schema: JsonObject = {"type": "object"}
+    if required:
+        schema["required"] = list(required)
+    schema["properties"] = properties
+    return schema
+
+
+def _free_form() -> JsonObject:
+    return {"type": "object", "additionalProperties": True}
+
+
+def _status_schemas() -> JsonObject:
+    unready_model = _object(
+        {
+            "name": _string(),
+            "version": _string("empty: the model as a whole"),
+            "state": _string(),
+            "reason": _string(),
         },
+        required=["name", "version", "state", "reason"],
+    )
+    not_ready: JsonObject = {
+        "ready": {"type": "boolean", "enum": [False]},
+        "error": _string("each model that is not ready, and why"),
+        "models": _array(unready_model),
     }
-    parameters = {"type": "object", "additionalProperties": True}
     return {
-        "Error": _ERROR,
-        "NotReady": {
-            "type": "object",
-            "required": ["ready", "error", "models"],
-            "properties": {
-                "ready": {"type": "boolean", "enum": [False]},
-                "error": {"type": "string", "description": "each model that is not ready, and why"},
-                "models": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "version", "state", "reason"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "version": {"type": "string", "description": "empty: the model as a whole"},
-                            "state": {"type": "string"},
-                            "reason": {"type": "string"},
-                        },
-                    },
-                },
-            },
-        },
-        "TensorMetadata": tensor_metadata,
-        "ServerMetadata": {
-            "type": "object",
-            "required": ["name", "version", "extensions"],
-            "properties": {
-                "name": {"type": "string"},
-                "version": {"type": "string"},
-                "extensions": {"type": "array", "items": {"type": "string"}},
-            },
-        },
-        "ModelMetadata": {
-            "type": "object",
-            "required": ["name", "versions", "platform", "inputs", "outputs"],
-            "properties": {
-                "name": {"type": "string"},
-                "versions": {"type": "array", "items": {"type": "string"}},
-                "platform": {"type": "string"},
-                "inputs": {"type": "array", "items": _ref("TensorMetadata")},
-                "outputs": {"type": "array", "items": _ref("TensorMetadata")},
-                "parameters": parameters,
-            },
-        },
-        "ModelStats": {
-            "type": "object",
-            "required": ["model_stats"],
-            "properties": {"model_stats": {"type": "array", "items": {"type": "object"}}},
-        },
-        "InferInput": {
-            "type": "object",
-            "required": ["name", "datatype", "shape"],
-            "properties": {
-                "name": {"type": "string"},
-                "datatype": {"type": "string", "enum": _DATATYPES},
-                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": 64},
-                "parameters": parameters,
-                "data": {"type": "array", "description": "row-major values, flat or nested as the shape"},
-            },
-        },
-        "RequestedOutput": {
-            "type": "object",
-            "required": ["name"],
-            "properties": {"name": {"type": "string"}, "parameters": parameters},
-        },
-        "InferRequest": {
-            "type": "object",
-            "required": ["inputs"],
-            "properties": {
-                "id": {"type": "string"},
-                "parameters": parameters,
-                "inputs": {"type": "array", "items": _ref("InferInput")},
-                "outputs": {"type": "array", "items": _ref("RequestedOutput")},
-            },
-        },
-        "InferOutput": {
-            "type": "object",
-            "required": ["name", "datatype", "shape"],
-            "properties": {
-                "name": {"type": "string"},
-                "datatype": {"type": "string"},
-                "shape": {"type": "array", "items": {"type": "integer"}},
-                "parameters": parameters,
-                "data": {"type": "array"},
-            },
-        },
-        "InferResponse": {
-            "type": "object",
-            "required": ["model_name", "outputs"],
-            "properties": {
-                "model_name": {"type": "string"},
-                "model_version": {"type": "string"},
-                "id": {"type": "string"},
-                "parameters": parameters,
-                "outputs": {"type": "array", "items": _ref("InferOutput")},
-            },
-        },
-        "IndexRequest": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
-        "IndexEntry": {
-            "type": "object",
-            "required": ["name", "state"],
-            "properties": {
-                "name": {"type": "string"},
-                "version": {"type": "string"},
-                "state": {"type": "string"},
-                "reason": {"type": "string"},
-            },
-        },
-        "LoadRequest": {
-            "type": "object",
-            "properties": {
-                "parameters": {
-                    "type": "object",
-                    "description": "'config': a ModelConfig as JSON; 'file:<path>': a file's bytes, base64",
-                    "properties": {"config": {"type": "string"}},
-                    "additionalProperties": {"type": "string"},
-                }
-            },
-        },
+        "Error": _object({"error": _string("what was wrong")}, required=["error"]),
+        "NotReady": _object(not_ready, required=["ready", "error", "models"]),
     }
 
 
-def openapi_document() -> dict[str, Any]:
-    paths: dict[str, Any] = {
+def _metadata_schemas() -> JsonObject:
+    tensor: JsonObject = {"name": _string(), "datatype": _string(), "shape": _array({"type": "integer"})}
+    server: JsonObject = {"name": _string(), "version": _string(), "extensions": _array(_string())}
+    model: JsonObject = {
+        "name": _string(),
+        "versions": _array(_string()),
+        "platform": _string(),
+        "inputs": _array(_ref("TensorMetadata")),
+        "outputs": _array(_ref("TensorMetadata")),
+        "parameters": _free_form(),
+    }
+    return {
+        "TensorMetadata": _object(tensor, required=["name", "datatype", "shape"]),
+        "ServerMetadata": _object(server, required=["name", "version", "extensions"]),
+        "ModelMetadata": _object(model, required=["name", "versions", "platform", "inputs", "outputs"]),
+        "ModelStats": _object({"model_stats": _array({"type": "object"})}, required=["model_stats"]),
+    }
+
+
+def _inference_schemas() -> JsonObject:
+    infer_input: JsonObject = {
+        "name": _string(),
+        "datatype": {"type": "string", "enum": _DATATYPES},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": 64},
+        "parameters": _free_form(),
+        "data": {"type": "array", "description": "row-major values, flat or nested as the shape"},
+    }
+    request: JsonObject = {
+        "id": _string(),
+        "parameters": _free_form(),
+        "inputs": _array(_ref("InferInput")),
+        "outputs": _array(_ref("RequestedOutput")),
+    }
+    infer_output: JsonObject = {
+        "name": _string(),
+        "datatype": _string(),
+        "shape": _array({"type": "integer"}),
+        "parameters": _free_form(),
+        "data": {"type": "array"},
+    }
+    response: JsonObject = {
+        "model_name": _string(),
+        "model_version": _string(),
+        "id": _string(),
+        "parameters": _free_form(),
+        "outputs": _array(_ref("InferOutput")),
+    }
+    return {
+        "InferInput": _object(infer_input, required=["name", "datatype", "shape"]),
+        "RequestedOutput": _object({"name": _string(), "parameters": _free_form()}, required=["name"]),
+        "InferRequest": _object(request, required=["inputs"]),
+        "InferOutput": _object(infer_output, required=["name", "datatype", "shape"]),
+        "InferResponse": _object(response, required=["model_name", "outputs"]),
+    }
+
+
+def _repository_schemas() -> JsonObject:
+    entry: JsonObject = {"name": _string(), "version": _string(), "state": _string(), "reason": _string()}
+    load_parameters: JsonObject = {
+        "type": "object",
+        "description": "'config': a ModelConfig as JSON; 'file:<path>': a file's bytes, base64",
+        "properties": {"config": _string()},
+        "additionalProperties": _string(),
+    }
+    return {
+        "IndexRequest": _object({"ready": {"type": "boolean"}}),
+        "IndexEntry": _object(entry, required=["name", "state"]),
+        "LoadRequest": _object({"parameters": load_parameters}),
+    }
+
+
+def _schemas() -> JsonObject:
+    return _status_schemas() | _metadata_schemas() | _inference_schemas() | _repository_schemas()
+
+
+def openapi_document() -> JsonObject:
+    paths: JsonObject = {
         "/v2/health/live": _status_only("liveness", "the server is live", "not live"),
         "/v2/health/ready": {
             "get": {

@@ -22,8 +22,10 @@ the name is client input, and labelling by it would let any client create series
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -34,7 +36,7 @@ from prometheus_client.process_collector import ProcessCollector
 from serve.events import Execution, Observer, RequestEvent, VersionKey
 from serve.metrics.multiprocess import RETIRED, WorkerMetrics
 from serve.metrics.triton_compat import HostCpuCollector, TritonCompatMetrics, TritonModelMetrics, failure_reason
-from serve.repository.repository import READY, LoadOutcome, ModelVersion, VersionListener
+from serve.repository.model_version import READY, LoadOutcome, ModelVersion, VersionListener
 from serve.settings import ServerSettings
 
 # (version, requests waiting, batches running) for every version that is serving.
@@ -42,6 +44,64 @@ QueueProbe = Callable[[], Iterable[tuple[VersionKey, int, int]]]
 
 MODEL_LABELS = ("model", "version")
 UNKNOWN_MODEL = ("", "")
+
+
+BucketsName = Literal["latency", "batch_size"]
+GaugeMode = Literal["all", "livesum", "livemin", "livemax"]  # the multiprocess_modes used here
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One serve_* metric family: the PrometheusMetrics attribute that holds it, and its declaration."""
+
+    attribute: str
+    kind: type[Counter | Histogram | Gauge]
+    name: str
+    documentation: str
+    labels: tuple[str, ...] = MODEL_LABELS
+    buckets: BucketsName | None = None  # histograms: which of the configured bucket sets
+    multiprocess_mode: GaugeMode = "all"  # gauges: how the workers' values combine
+
+    def declare(
+        self, registry: CollectorRegistry, buckets: Mapping[BucketsName, Sequence[float]]
+    ) -> Counter | Histogram | Gauge:
+        if self.kind is Histogram:
+            assert self.buckets is not None
+            return Histogram(
+                self.name, self.documentation, self.labels, registry=registry, buckets=buckets[self.buckets]
+            )
+        if self.kind is Gauge:
+            return Gauge(
+                self.name, self.documentation, self.labels, registry=registry, multiprocess_mode=self.multiprocess_mode
+            )
+        return Counter(self.name, self.documentation, self.labels, registry=registry)
+
+
+REQUEST_LABELS = (*MODEL_LABELS, "protocol", "outcome")
+# In declaration (and so exposition) order.
+FAMILIES = (
+    Family("requests", Counter, "serve_requests", "Inference requests by protocol and outcome", REQUEST_LABELS),
+    Family("request_duration", Histogram, "serve_request_duration_seconds",
+           "End-to-end inference request time inside the server", REQUEST_LABELS, buckets="latency"),
+    Family("inference_rows", Counter, "serve_inference_rows",
+           "Rows (first dimension) inferred by successful executions"),
+    Family("executions", Counter, "serve_executions", "Successful model executions (batches)"),
+    Family("queue_duration", Histogram, "serve_queue_duration_seconds",
+           "Time a request that ran waited in the queue for its batch", buckets="latency"),
+    Family("compute_duration", Histogram, "serve_compute_duration_seconds",
+           "Time of one successful execution: gathering inputs, running the model, splitting outputs",
+           buckets="latency"),
+    Family("batch_size", Histogram, "serve_batch_size", "Rows per successful execution", buckets="batch_size"),
+    Family("queue_depth", Gauge, "serve_queue_depth", "Requests waiting in the queue", multiprocess_mode="livesum"),
+    Family("in_flight", Gauge, "serve_batches_in_flight", "Batches executing now", multiprocess_mode="livesum"),
+    # livemin: with several workers, a version is ready only where every live worker has it ready.
+    Family("model_ready", Gauge, "serve_model_ready", "1 if the model version is loaded and ready, else 0",
+           multiprocess_mode="livemin"),
+    Family("load_duration", Gauge, "serve_model_load_duration_seconds",
+           "Time the last successful load of the model version took", multiprocess_mode="livemax"),
+    Family("load_failures", Counter, "serve_model_load_failures",
+           "Loads of a model version that failed (version empty: the model's config); what served before serves on"),
+)  # fmt: skip
 
 
 def batch_size_buckets(max_rows: int) -> tuple[float, ...]:
@@ -78,6 +138,20 @@ class _ModelSeries:
 
 
 class PrometheusMetrics(Observer, VersionListener):
+    # Declared by FAMILIES, one attribute each.
+    requests: Counter
+    request_duration: Histogram
+    inference_rows: Counter
+    executions: Counter
+    queue_duration: Histogram
+    compute_duration: Histogram
+    batch_size: Histogram
+    queue_depth: Gauge
+    in_flight: Gauge
+    model_ready: Gauge
+    load_duration: Gauge
+    load_failures: Counter
+
     def __init__(
         self,
         registry: CollectorRegistry,
@@ -102,88 +176,14 @@ class PrometheusMetrics(Observer, VersionListener):
             latency_buckets_s = ServerSettings().latency_buckets_s
         self.latency_buckets_s = latency = tuple(latency_buckets_s)
         self.batch_size_buckets = batch_size_buckets(max_batch_size_bucket)
-        r = registry
-        self.requests = Counter(
-            "serve_requests",
-            "Inference requests by protocol and outcome",
-            (*MODEL_LABELS, "protocol", "outcome"),
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "serve_request_duration_seconds",
-            "End-to-end inference request time inside the server",
-            (*MODEL_LABELS, "protocol", "outcome"),
-            registry=r,
-            buckets=latency,
-        )
-        self.inference_rows = Counter(
-            "serve_inference_rows",
-            "Rows (first dimension) inferred by successful executions",
-            MODEL_LABELS,
-            registry=r,
-        )
-        self.executions = Counter("serve_executions", "Successful model executions (batches)", MODEL_LABELS, registry=r)
-        self.queue_duration = Histogram(
-            "serve_queue_duration_seconds",
-            "Time a request that ran waited in the queue for its batch",
-            MODEL_LABELS,
-            registry=r,
-            buckets=latency,
-        )
-        self.compute_duration = Histogram(
-            "serve_compute_duration_seconds",
-            "Time of one successful execution: gathering inputs, running the model, splitting outputs",
-            MODEL_LABELS,
-            registry=r,
-            buckets=latency,
-        )
-        self.batch_size = Histogram(
-            "serve_batch_size",
-            "Rows per successful execution",
-            MODEL_LABELS,
-            registry=r,
-            buckets=self.batch_size_buckets,
-        )
-        self.queue_depth = Gauge(
-            "serve_queue_depth",
-            "Requests waiting in the queue",
-            MODEL_LABELS,
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.in_flight = Gauge(
-            "serve_batches_in_flight",
-            "Batches executing now",
-            MODEL_LABELS,
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        # livemin: with several workers, a version is ready only where every live worker has it ready.
-        self.model_ready = Gauge(
-            "serve_model_ready",
-            "1 if the model version is loaded and ready, else 0",
-            MODEL_LABELS,
-            registry=r,
-            multiprocess_mode="livemin",
-        )
-        self.load_duration = Gauge(
-            "serve_model_load_duration_seconds",
-            "Time the last successful load of the model version took",
-            MODEL_LABELS,
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self.load_failures = Counter(
-            "serve_model_load_failures",
-            "Loads of a model version that failed (version empty: the model's config); what served before serves on",
-            MODEL_LABELS,
-            registry=r,
-        )
-        self.triton = TritonCompatMetrics(r) if triton_compat else None
+        buckets: dict[BucketsName, tuple[float, ...]] = {"latency": latency, "batch_size": self.batch_size_buckets}
+        for family in FAMILIES:
+            setattr(self, family.attribute, family.declare(registry, buckets))
+        self.triton = TritonCompatMetrics(registry) if triton_compat else None
         if process_metrics:
-            ProcessCollector(registry=r)
-            PlatformCollector(registry=r)
-            GCCollector(registry=r)
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
         self._series: dict[tuple[str, str], _ModelSeries] = {}
         self._request_children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
         self.queue_probe: QueueProbe | None = None

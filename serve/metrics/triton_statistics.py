@@ -13,10 +13,47 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from serve.events import Execution, Observer, RequestEvent, VersionKey
-from serve.repository.repository import ModelVersion, VersionListener
+from serve.repository.model_version import ModelVersion, VersionListener
+
+
+class DurationDocument(TypedDict):
+    count: int
+    ns: int
+
+
+class InferenceStatsDocument(TypedDict):
+    success: DurationDocument
+    fail: DurationDocument
+    queue: DurationDocument
+    compute_input: DurationDocument
+    compute_infer: DurationDocument
+    compute_output: DurationDocument
+    cache_hit: DurationDocument
+    cache_miss: DurationDocument
+
+
+class BatchStatsDocument(TypedDict):
+    batch_size: int
+    compute_input: DurationDocument
+    compute_infer: DurationDocument
+    compute_output: DurationDocument
+
+
+class ModelStatsDocument(TypedDict):
+    """One model version's statistics, as Triton's statistics extension writes them in JSON."""
+
+    name: str
+    version: str
+    last_inference: int  # ms since the epoch
+    inference_count: int
+    execution_count: int
+    inference_stats: InferenceStatsDocument
+    response_stats: dict[str, DurationDocument]  # always empty: no decoupled models
+    batch_stats: list[BatchStatsDocument]
+    memory_usage: list[dict[str, str]]  # always empty
 
 
 @dataclass(slots=True)
@@ -28,7 +65,7 @@ class Duration:
         self.count += 1
         self.ns += max(0, ns)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> DurationDocument:
         return {"count": self.count, "ns": self.ns}
 
 
@@ -76,7 +113,7 @@ class InferenceStatistics:
         self.compute_infer.add(timings.compute_infer_ns)
         self.compute_output.add(timings.compute_output_ns)
 
-    def as_dict(self, name: str, version: str) -> dict[str, Any]:
+    def as_dict(self, name: str, version: str) -> ModelStatsDocument:
         empty = Duration().as_dict()
         return {
             "name": name,
@@ -92,7 +129,7 @@ class InferenceStatistics:
                 "compute_infer": self.compute_infer.as_dict(),
                 "compute_output": self.compute_output.as_dict(),
                 "cache_hit": empty,
-                "cache_miss": dict(empty),
+                "cache_miss": Duration().as_dict(),
             },
             "response_stats": {},
             "batch_stats": [
@@ -131,14 +168,16 @@ class TritonStatistics(Observer, VersionListener):
             stats.add_execution(execution)
 
     def as_dict(self, version: ModelVersion) -> dict[str, Any]:
+        # Untyped only because the core's statistics path (core/service.py) still takes an untyped dict;
+        # once it takes ModelStatsDocument this returns the document itself.
         stats = self._by_key.get(version.key) or InferenceStatistics()
-        return stats.as_dict(version.name, version.version_str)
+        return dict(stats.as_dict(version.name, version.version_str))
 
 
-def sum_statistics(per_worker: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def sum_statistics(per_worker: Iterable[list[ModelStatsDocument]]) -> list[ModelStatsDocument]:
     """Several workers' statistics documents as one: every count and duration summed per model
     version and per batch size, ``last_inference`` the latest."""
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    merged: dict[tuple[str, str], ModelStatsDocument] = {}
     for entries in per_worker:
         for entry in entries:
             key = (entry["name"], entry["version"])
@@ -147,30 +186,42 @@ def sum_statistics(per_worker: Iterable[list[dict[str, Any]]]) -> list[dict[str,
     return [merged[key] for key in sorted(merged)]
 
 
-def _add_durations(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    return {k: {"count": a[k]["count"] + b[k]["count"], "ns": a[k]["ns"] + b[k]["ns"]} for k in a}
+def _add_durations(a: DurationDocument, b: DurationDocument) -> DurationDocument:
+    return {"count": a["count"] + b["count"], "ns": a["ns"] + b["ns"]}
 
 
-def _add_entries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def _add_inference_stats(a: InferenceStatsDocument, b: InferenceStatsDocument) -> InferenceStatsDocument:
+    return {
+        "success": _add_durations(a["success"], b["success"]),
+        "fail": _add_durations(a["fail"], b["fail"]),
+        "queue": _add_durations(a["queue"], b["queue"]),
+        "compute_input": _add_durations(a["compute_input"], b["compute_input"]),
+        "compute_infer": _add_durations(a["compute_infer"], b["compute_infer"]),
+        "compute_output": _add_durations(a["compute_output"], b["compute_output"]),
+        "cache_hit": _add_durations(a["cache_hit"], b["cache_hit"]),
+        "cache_miss": _add_durations(a["cache_miss"], b["cache_miss"]),
+    }
+
+
+def _add_batch_stats(a: BatchStatsDocument, b: BatchStatsDocument) -> BatchStatsDocument:
+    return {
+        "batch_size": b["batch_size"],
+        "compute_input": _add_durations(a["compute_input"], b["compute_input"]),
+        "compute_infer": _add_durations(a["compute_infer"], b["compute_infer"]),
+        "compute_output": _add_durations(a["compute_output"], b["compute_output"]),
+    }
+
+
+def _add_entries(a: ModelStatsDocument, b: ModelStatsDocument) -> ModelStatsDocument:
     batches = {s["batch_size"]: s for s in a["batch_stats"]}
     for s in b["batch_stats"]:
         held = batches.get(s["batch_size"])
-        batches[s["batch_size"]] = (
-            s
-            if held is None
-            else {
-                "batch_size": s["batch_size"],
-                **_add_durations(
-                    {k: v for k, v in held.items() if k != "batch_size"},
-                    {k: v for k, v in s.items() if k != "batch_size"},
-                ),
-            }
-        )
+        batches[s["batch_size"]] = s if held is None else _add_batch_stats(held, s)
     return {
         **a,
         "last_inference": max(a["last_inference"], b["last_inference"]),
         "inference_count": a["inference_count"] + b["inference_count"],
         "execution_count": a["execution_count"] + b["execution_count"],
-        "inference_stats": _add_durations(a["inference_stats"], b["inference_stats"]),
+        "inference_stats": _add_inference_stats(a["inference_stats"], b["inference_stats"]),
         "batch_stats": [batches[size] for size in sorted(batches)],
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from google.protobuf import json_format, text_format
 
@@ -61,73 +62,23 @@ def parse_config_json(text: str) -> mc.ModelConfig:
 
 
 def check_supported(config: mc.ModelConfig) -> None:
-    def refuse(what: str) -> None:
-        raise ModelLoadError(f"config field {what} is not supported by this server")
-
+    """ModelLoadError for the first field this server does not honour, or a value it cannot take."""
     if config.platform not in ("", PLATFORM):
         raise ModelLoadError(f"platform '{config.platform}' is not supported; this server runs {PLATFORM}")
     if config.backend not in ("", BACKEND):
         raise ModelLoadError(f"backend '{config.backend}' is not supported; this server runs {BACKEND}")
     scheduling = config.WhichOneof("scheduling_choice")
     if scheduling in ("sequence_batching", "ensemble_scheduling"):
-        refuse(scheduling)
+        _refuse(scheduling)
     if config.batch_input:
-        refuse("batch_input")
+        _refuse("batch_input")
     if config.batch_output:
-        refuse("batch_output")
-    for tensor in config.input:
-        if tensor.HasField("reshape"):
-            refuse(f"input[{tensor.name}].reshape")
-        if tensor.is_shape_tensor:
-            refuse(f"input[{tensor.name}].is_shape_tensor")
-        if tensor.allow_ragged_batch:
-            refuse(f"input[{tensor.name}].allow_ragged_batch")
-        if tensor.optional:
-            refuse(f"input[{tensor.name}].optional")
-    for tensor in config.output:
-        if tensor.HasField("reshape"):
-            refuse(f"output[{tensor.name}].reshape")
-        if tensor.is_shape_tensor:
-            refuse(f"output[{tensor.name}].is_shape_tensor")
+        _refuse("batch_output")
+    _check_tensors(config)
     if config.HasField("dynamic_batching"):
-        db = config.dynamic_batching
-        policies = [db.default_queue_policy, *db.priority_queue_policy.values()]
-        for policy in policies:
-            if policy.timeout_action == mc.ModelQueuePolicy.DELAY:
-                refuse("dynamic_batching queue policy timeout_action DELAY")
-        if db.priority_levels and db.default_priority_level > db.priority_levels:
-            raise ModelLoadError("dynamic_batching.default_priority_level is above priority_levels")
-        for size in db.preferred_batch_size:
-            if config.max_batch_size and size > config.max_batch_size:
-                raise ModelLoadError(f"preferred_batch_size {size} is above max_batch_size")
-    for group in config.instance_group:
-        if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
-            refuse("instance_group.kind KIND_MODEL")
-        if group.HasField("rate_limiter"):
-            refuse("instance_group.rate_limiter")
-        if group.secondary_devices:
-            refuse("instance_group.secondary_devices")
-        if group.passive:
-            refuse("instance_group.passive")
-        if group.count < 0:
-            raise ModelLoadError("instance_group.count must not be negative")
-    if config.model_transaction_policy.decoupled:
-        refuse("model_transaction_policy.decoupled")
-    if config.HasField("model_repository_agents") and config.model_repository_agents.agents:
-        refuse("model_repository_agents")
-    if config.response_cache.enable:
-        refuse("response_cache")
-    if config.HasField("model_operations") and config.model_operations.op_library_filename:
-        refuse("model_operations")
-    if config.HasField("optimization"):
-        opt = config.optimization
-        if opt.cuda.graphs:
-            refuse("optimization.cuda.graphs")
-        for acc in opt.execution_accelerators.gpu_execution_accelerator:
-            if acc.name not in ("tensorrt", "cuda"):
-                refuse(f"optimization.execution_accelerators.gpu_execution_accelerator '{acc.name}'")
-        for acc in opt.execution_accelerators.cpu_execution_accelerator:
-            refuse(f"optimization.execution_accelerators.cpu_execution_accelerator '{acc.name}'")
+        _check_dynamic_batching(config)
+    _check_instance_groups(config)
+    _check_features(config)
     for key in config.parameters:
         if key not in _KNOWN_PARAMETERS and not key.startswith("session."):
             raise ModelLoadError(
@@ -137,6 +88,75 @@ def check_supported(config: mc.ModelConfig) -> None:
         for name, data in warmup.inputs.items():
             if data.WhichOneof("input_data_type") is None:
                 raise ModelLoadError(f"model_warmup '{warmup.name}' input '{name}' names no data")
+
+
+def _refuse(what: str) -> NoReturn:
+    raise ModelLoadError(f"config field {what} is not supported by this server")
+
+
+def _check_tensors(config: mc.ModelConfig) -> None:
+    for tensor in config.input:
+        if tensor.HasField("reshape"):
+            _refuse(f"input[{tensor.name}].reshape")
+        if tensor.is_shape_tensor:
+            _refuse(f"input[{tensor.name}].is_shape_tensor")
+        if tensor.allow_ragged_batch:
+            _refuse(f"input[{tensor.name}].allow_ragged_batch")
+        if tensor.optional:
+            _refuse(f"input[{tensor.name}].optional")
+    for output in config.output:
+        if output.HasField("reshape"):
+            _refuse(f"output[{output.name}].reshape")
+        if output.is_shape_tensor:
+            _refuse(f"output[{output.name}].is_shape_tensor")
+
+
+def _check_dynamic_batching(config: mc.ModelConfig) -> None:
+    db = config.dynamic_batching
+    policies = [db.default_queue_policy, *db.priority_queue_policy.values()]
+    for policy in policies:
+        if policy.timeout_action == mc.ModelQueuePolicy.DELAY:
+            _refuse("dynamic_batching queue policy timeout_action DELAY")
+    if db.priority_levels and db.default_priority_level > db.priority_levels:
+        raise ModelLoadError("dynamic_batching.default_priority_level is above priority_levels")
+    for size in db.preferred_batch_size:
+        if config.max_batch_size and size > config.max_batch_size:
+            raise ModelLoadError(f"preferred_batch_size {size} is above max_batch_size")
+
+
+def _check_instance_groups(config: mc.ModelConfig) -> None:
+    for group in config.instance_group:
+        if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
+            _refuse("instance_group.kind KIND_MODEL")
+        if group.HasField("rate_limiter"):
+            _refuse("instance_group.rate_limiter")
+        if group.secondary_devices:
+            _refuse("instance_group.secondary_devices")
+        if group.passive:
+            _refuse("instance_group.passive")
+        if group.count < 0:
+            raise ModelLoadError("instance_group.count must not be negative")
+
+
+def _check_features(config: mc.ModelConfig) -> None:
+    """Triton features this server does not have: decoupled models, agents, caching, custom ops, CUDA graphs."""
+    if config.model_transaction_policy.decoupled:
+        _refuse("model_transaction_policy.decoupled")
+    if config.HasField("model_repository_agents") and config.model_repository_agents.agents:
+        _refuse("model_repository_agents")
+    if config.response_cache.enable:
+        _refuse("response_cache")
+    if config.HasField("model_operations") and config.model_operations.op_library_filename:
+        _refuse("model_operations")
+    if config.HasField("optimization"):
+        opt = config.optimization
+        if opt.cuda.graphs:
+            _refuse("optimization.cuda.graphs")
+        for acc in opt.execution_accelerators.gpu_execution_accelerator:
+            if acc.name not in ("tensorrt", "cuda"):
+                _refuse(f"optimization.execution_accelerators.gpu_execution_accelerator '{acc.name}'")
+        for acc in opt.execution_accelerators.cpu_execution_accelerator:
+            _refuse(f"optimization.execution_accelerators.cpu_execution_accelerator '{acc.name}'")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from serve.types import JsonObject
+
 _INT64_TYPES = {
     FieldDescriptor.TYPE_INT64,
     FieldDescriptor.TYPE_UINT64,
@@ -39,8 +41,8 @@ def _is_map(field: FieldDescriptor) -> bool:
     return bool(message_type and message_type.GetOptions().map_entry)
 
 
-def message_to_json(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def message_to_json(message: Message) -> JsonObject:
+    out: JsonObject = {}
     descriptor = message.DESCRIPTOR
     for field in descriptor.fields:
         value = getattr(message, field.name)

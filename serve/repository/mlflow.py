@@ -11,6 +11,7 @@ model metadata ``parameters``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def read_mlmodel(version_dir: Path) -> MlflowModel | None:
     return MlflowModel(model_file, inputs, outputs, lineage)
 
 
-def _onnx_file(document: dict[str, Any], version_dir: Path) -> str:
+def _onnx_file(document: Mapping[str, object], version_dir: Path) -> str:
     flavors = document.get("flavors")
     if not isinstance(flavors, dict) or not isinstance(flavors.get("onnx"), dict):
         found = sorted(flavors) if isinstance(flavors, dict) else []
@@ -97,7 +98,7 @@ def _onnx_file(document: dict[str, Any], version_dir: Path) -> str:
     return data
 
 
-def _signature_json(signature: dict[str, Any], part: str) -> list[Any] | None:
+def _signature_json(signature: Mapping[str, object], part: str) -> list[Any] | None:
     text = signature.get(part)
     if not text:
         return None

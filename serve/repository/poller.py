@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 from serve.errors import ServeError
-from serve.repository.repository import POLL, ModelRepository
+from serve.repository.model_version import POLL
+from serve.repository.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 

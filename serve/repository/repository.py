@@ -15,146 +15,53 @@ The repository knows models, versions and sessions, nothing about serving them: 
 (the core's batchers, metrics, statistics) attach to a version once it is loaded and warmed,
 before it takes traffic, and detach in reverse order once it takes no more, before its
 sessions close.
+
+This module decides what loads and when (version policy, locks, replacing and retiring versions);
+where a model's files are is directories.py, building one version builder.py, the version records
+and listeners model_version.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import onnxruntime as ort
-
-from serve.cpus import resolve_workers
 from serve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServeError
-from serve.events import VersionKey
-from serve.paths import confined
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import config_file
 from serve.repository import model_config as cfg
-from serve.repository.digests import config_sha256, file_sha256
-from serve.repository.labels import read_labels
-from serve.repository.layout import (
-    ModelLayout,
-    missing_versions,
-    parse_version,
-    single_model,
-    triton_model,
+from serve.repository.builder import build_version
+from serve.repository.digests import config_sha256
+from serve.repository.directories import ModelDirectories, valid_model_name
+from serve.repository.layout import ModelLayout, missing_versions, parse_version
+from serve.repository.model_version import (
+    ANONYMOUS,
+    LOADING,
+    POLL,
+    READY,
+    SHUTDOWN,
+    STARTUP,
+    UNAVAILABLE,
+    UNLOADED,
+    UNLOADING,
+    LoadOutcome,
+    ModelVersion,
+    VersionListener,
 )
-from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
-from serve.repository.warmup import warm_up
-from serve.runtime.model_file import prepare_model
-from serve.runtime.onnx_runner import OnnxRunner
-from serve.runtime.probe import check_in_child
-from serve.runtime.providers import CUDA
+from serve.repository.uploads import write_uploaded_files
 from serve.settings import ServerSettings
-from serve.types import TensorSpec
+
+# The version records and listeners live in model_version.py; importers of this module find them here too.
+__all__ = [
+    "ANONYMOUS", "LOADING", "POLL", "READY", "SHUTDOWN", "STARTUP", "UNAVAILABLE", "UNLOADED", "UNLOADING",
+    "LoadOutcome", "ModelRepository", "ModelVersion", "VersionListener", "valid_model_name",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-# Model names: 1 to 128 of ASCII letters, digits, '_', '.', '-', not starting with '.' or '-' (so
-# never '.', '..' or a hidden file), and never a path separator (README, "Model names").
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-
-READY = "READY"
-LOADING = "LOADING"
-UNLOADING = "UNLOADING"
-UNAVAILABLE = "UNAVAILABLE"
-# The reason of a version unloaded on purpose (its policy no longer chooses it, its model was unloaded,
-# the server stops): retired, not failing, so nothing should alert on it.
-UNLOADED = "unloaded"
-
-# Who asks for a load or unload (the audit log's "actor"): a token identity, or one of these.
-STARTUP = "startup"  # the models loaded when the server starts
-ANONYMOUS = "anonymous"  # a repository API call on a server without token auth
-POLL = "poll"  # the repository poller (--model-control-mode poll)
-SHUTDOWN = "shutdown"  # the unloads of a server stopping
-
-
-@dataclass(slots=True, eq=False)
-class ModelVersion:
-    name: str
-    version: int
-    model_dir: Path
-    key: VersionKey = field(init=False)
-    state: str = LOADING
-    reason: str = ""
-    config: mc.ModelConfig | None = None
-    inputs: list[TensorSpec] = field(default_factory=list)
-    outputs: list[TensorSpec] = field(default_factory=list)
-    runner: OnnxRunner | None = None
-    load_seconds: float = 0.0
-    model_path: Path | None = None  # the ONNX file this version was loaded from
-    # Class labels by output name, for the classification extension (label_filename, ZipMap labels).
-    labels: dict[str, list[str]] = field(default_factory=dict)
-    # How the model is served, shown in model metadata "parameters" (ZipMap rewrite, MLflow lineage).
-    parameters: dict[str, str] = field(default_factory=dict)
-    # The same for people: logged at load and shown by `serve validate`.
-    notes: list[str] = field(default_factory=list)
-    actor: str = ANONYMOUS  # who loaded it, or, once it unloads, who unloaded it
-    onnx_sha256: str = ""  # of the ONNX file (model_path), hex; set before the session is built
-    config_sha256: str = ""  # of the completed config (digests.py)
-
-    def __post_init__(self) -> None:
-        self.key = VersionKey.new(self.name, str(self.version))
-
-    @property
-    def version_str(self) -> str:
-        return str(self.version)
-
-    @property
-    def retired(self) -> bool:
-        return self.state == UNAVAILABLE and self.reason == UNLOADED
-
-    @property
-    def max_batch_size(self) -> int:
-        return self.config.max_batch_size if self.config is not None else 0
-
-
-@dataclass(frozen=True, slots=True)
-class LoadOutcome:
-    """What one load of a model did, told to listeners once it ends (the audit log reads it)."""
-
-    name: str
-    actor: str
-    before: tuple[ModelVersion, ...]  # the versions serving when the load began
-    after: tuple[ModelVersion, ...]  # the versions serving when it ended
-    failed: tuple[ModelVersion, ...] = ()  # versions that failed to load: UNAVAILABLE, with their reason
-    error: str = ""  # why the model as a whole did not load (its config, no version); "" if it did
-
-
-class VersionListener:
-    """Told about every version's life; the defaults do nothing.
-
-    ``attached``: loaded and warmed, about to take traffic (raise a ServeError to fail the load).
-    ``detached``: takes no new traffic; once every listener has returned, its sessions close.
-    ``changed``: any change of state (LOADING, READY, UNLOADING, UNAVAILABLE; ``retired`` when unloaded
-    on purpose rather than failed).
-    ``load_finished``: a load of a model has ended, whatever it did (after its attaches and detaches).
-    ``ModelVersion.actor`` says who asked for the load or unload.
-    """
-
-    def attached(self, version: ModelVersion) -> None:
-        return None
-
-    async def detached(self, version: ModelVersion) -> None:
-        return None
-
-    def changed(self, version: ModelVersion) -> None:
-        return None
-
-    def load_finished(self, outcome: LoadOutcome) -> None:
-        return None
-
-
-def valid_model_name(name: str) -> bool:
-    return bool(_MODEL_NAME.match(name)) and name not in (".", "..")
 
 
 class ModelRepository:
@@ -165,7 +72,8 @@ class ModelRepository:
         *,
         listeners: Sequence[VersionListener] = (),
     ) -> None:
-        self.root = root.resolve()
+        self._directories = ModelDirectories(root, settings.model_name or None)
+        self.root = self._directories.root
         self._settings = settings
         self._listeners = list(listeners)
         check = settings.model_load_check
@@ -173,47 +81,17 @@ class ModelRepository:
         self._versions: dict[str, dict[int, ModelVersion]] = {}
         self._model_errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._overrides: dict[str, Path] = {}  # models loaded from files sent with a load request
         # A config sent with a load request holds, as in Triton, until a load sends another or an
         # unload; a plain load in between keeps it.
         self._configs: dict[str, mc.ModelConfig] = {}
-        self.only = settings.model_name or None  # --model-name: the one model served (layout.py)
 
     # ---- discovery -------------------------------------------------------------------------
     def model_names(self) -> list[str]:
-        names = set(self._versions) | set(self._model_errors)
-        if self.only is not None:
-            names.add(self.only)
-        elif self.root.is_dir():
-            for entry in self.root.iterdir():
-                if entry.is_dir() and valid_model_name(entry.name):
-                    names.add(entry.name)
-        return sorted(names)
-
-    def _layout(self, name: str) -> ModelLayout:
-        if not valid_model_name(name):
-            raise ModelNotFound(f"'{name}' is not a valid model name")
-        if name in self._overrides:
-            return triton_model(self._overrides[name])
-        if self.only is not None:
-            if name != self.only:
-                raise ModelNotFound(f"model '{name}' is not served here: this server serves only '{self.only}'")
-            return single_model(self.root, name)  # read again each time: a reload sees files as they are now
-        return triton_model(self.root / name)
+        return sorted(set(self._versions) | set(self._model_errors) | self._directories.found())
 
     def model_dir(self, name: str) -> Path:
         """The directory of model ``name`` (its config.pbtxt and baseline.json); ModelNotFound if not served."""
-        return self._layout(name).directory
-
-    def _what_is_there(self) -> str:
-        """With --model-name, what the root holds instead (a misnamed model is the usual mistake)."""
-        if self.only is None:
-            return ""
-        held = sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
-        return (
-            ": with --model-name the repository must hold a model file (model.onnx), numbered version "
-            f"directories, or a directory '{self.only}'; it holds " + (", ".join(held) or "no directory")
-        )
+        return self._directories.layout(name).directory
 
     # ---- loading ---------------------------------------------------------------------------
     async def load_all(self, names: list[str] | None = None, *, actor: str = STARTUP) -> None:
@@ -247,63 +125,23 @@ class ModelRepository:
             if config_override is None:
                 config_override = self._configs.get(name)
             if files:
-                self._overrides[name] = self._write_override(name, files, config_override)
-            layout = self._layout(name)
-            model_dir = layout.directory
-            if not model_dir.is_dir():
-                raise ModelNotFound(f"model '{name}' is not in the model repository{self._what_is_there()}")
+                if config_override is None:
+                    raise InvalidInput("loading a model from files needs the 'config' parameter too")
+                self._directories.use_uploaded(name, write_uploaded_files(name, files))
+            layout = self._directories.layout(name)
+            if not layout.directory.is_dir():
+                where = self._directories.what_is_there()
+                raise ModelNotFound(f"model '{name}' is not in the model repository{where}")
             self._model_errors.pop(name, None)
             try:
-                layout = layout.inside(self._overrides.get(name, self.root))
-                model_dir = layout.directory
-                raw, from_file = (
-                    (config_override, True) if config_override is not None else config_file.read_config(model_dir)
-                )
-                if config_override is None and not layout.named_by_directory and raw.name not in ("", name):
-                    log.info(
-                        "model %s: config.pbtxt names it '%s'; serving it as '%s' (--model-name)", name, raw.name, name
-                    )
-                    raw.name = name
-                config_file.check_supported(raw)
-                policy = config_file.version_policy(raw)
-                available = layout.versions()
-                chosen = policy.select(available)
-                if not available:
-                    raise ModelLoadError(missing_versions(model_dir, name, raw.default_model_filename))
-                if not chosen:
-                    raise ModelLoadError(f"no version directory matches the version policy (found {available})")
+                plan = self._plan(name, layout, config_override)
             except ServeError as exc:
-                if before:
-                    serving = ", ".join(v.version_str for v in before)
-                    log.error("model %s failed to reload, version(s) %s keep serving: %s", name, serving, exc.message)
-                    self._model_errors[name] = f"the last load failed: {exc.message}"
-                else:
-                    log.error("model %s failed to load: %s", name, exc.message)
-                    self._model_errors[name] = exc.message
-                outcome = LoadOutcome(name, actor, before, before, error=exc.message)
-                self._finished(outcome)
-                return outcome
+                return self._config_failed(name, actor, before, exc)
             current = self._versions.setdefault(name, {})
-            failed: list[ModelVersion] = []
-            for version in chosen:
-                old = current.get(version)
-                entry = ModelVersion(name, version, model_dir, actor=actor)
-                current[version] = entry if old is None or old.state != READY else old
-                new = await self._load_version(entry, layout, raw, from_file)
-                if new.state != READY:
-                    failed.append(new)
-                if old is not None and old.state == READY and new.state == READY:
-                    current[version] = new
-                    old.actor = actor
-                    await self._close_version(old)
-                elif new.state == READY or old is None or old.state != READY:
-                    current[version] = new
-                else:  # the reload failed: the previous load serves on, and says so
-                    old.reason = f"serving the previous load; the last reload failed: {new.reason}"
-                self._notify(current[version])
-            if any(current[v].state == READY for v in chosen):
+            failed = await self._load_chosen(plan, current, actor)
+            if any(current[v].state == READY for v in plan.chosen):
                 # Traffic has moved to what the policy chooses: now the rest retire, draining their queues.
-                await self._unload_versions(name, [v for v in current if v not in chosen], actor)
+                await self._unload_versions(name, [v for v in current if v not in plan.chosen], actor)
             elif before:
                 serving = ", ".join(v.version_str for v in before)
                 log.error("model %s: no chosen version loaded; version(s) %s keep serving", name, serving)
@@ -313,13 +151,73 @@ class ModelRepository:
             self._finished(outcome)
             return outcome
 
-    async def _load_version(
-        self, entry: ModelVersion, layout: ModelLayout, raw: mc.ModelConfig, from_file: bool
-    ) -> ModelVersion:
+    def _plan(self, name: str, layout: ModelLayout, config_override: mc.ModelConfig | None) -> _LoadPlan:
+        """The model's config, checked, and the versions its policy chooses; a ServeError says why not."""
+        layout = layout.inside(self._directories.confining(name))
+        raw, from_file = (
+            (config_override, True) if config_override is not None else config_file.read_config(layout.directory)
+        )
+        if config_override is None and not layout.named_by_directory and raw.name not in ("", name):
+            log.info("model %s: config.pbtxt names it '%s'; serving it as '%s' (--model-name)", name, raw.name, name)
+            raw.name = name
+        config_file.check_supported(raw)
+        policy = config_file.version_policy(raw)
+        available = layout.versions()
+        chosen = policy.select(available)
+        if not available:
+            raise ModelLoadError(missing_versions(layout.directory, name, raw.default_model_filename))
+        if not chosen:
+            raise ModelLoadError(f"no version directory matches the version policy (found {available})")
+        return _LoadPlan(name, layout, raw, from_file, chosen)
+
+    def _config_failed(self, name: str, actor: str, before: tuple[ModelVersion, ...], exc: ServeError) -> LoadOutcome:
+        """A load whose config or versions could not be read: what served before serves on."""
+        if before:
+            serving = ", ".join(v.version_str for v in before)
+            log.error("model %s failed to reload, version(s) %s keep serving: %s", name, serving, exc.message)
+            self._model_errors[name] = f"the last load failed: {exc.message}"
+        else:
+            log.error("model %s failed to load: %s", name, exc.message)
+            self._model_errors[name] = exc.message
+        outcome = LoadOutcome(name, actor, before, before, error=exc.message)
+        self._finished(outcome)
+        return outcome
+
+    async def _load_chosen(self, plan: _LoadPlan, current: dict[int, ModelVersion], actor: str) -> list[ModelVersion]:
+        """Load each chosen version; a new load replaces a ready one only once it is ready itself.
+        Returns the versions that failed."""
+        failed: list[ModelVersion] = []
+        for version in plan.chosen:
+            old = current.get(version)
+            entry = ModelVersion(plan.name, version, plan.layout.directory, actor=actor)
+            current[version] = entry if old is None or old.state != READY else old
+            new = await self._load_version(entry, plan)
+            if new.state != READY:
+                failed.append(new)
+            if old is not None and old.state == READY and new.state == READY:
+                current[version] = new
+                old.actor = actor
+                await self._close_version(old)
+            elif new.state == READY or old is None or old.state != READY:
+                current[version] = new
+            else:  # the reload failed: the previous load serves on, and says so
+                old.reason = f"serving the previous load; the last reload failed: {new.reason}"
+            self._notify(current[version])
+        return failed
+
+    async def _load_version(self, entry: ModelVersion, plan: _LoadPlan) -> ModelVersion:
         started = time.perf_counter()
         self._notify(entry)
         try:
-            built = await asyncio.to_thread(self._build, entry, layout, raw, from_file)
+            built = await asyncio.to_thread(
+                build_version,
+                entry,
+                plan.layout,
+                plan.raw,
+                plan.from_file,
+                self._settings,
+                load_in_child=self._check_in_child,
+            )
         except ServeError as exc:
             return self._failed(entry, exc.message)
         except Exception as exc:  # a broken file can raise anything; the server must go on
@@ -358,96 +256,6 @@ class ModelRepository:
         log.error("model %s version %d failed to load: %s", entry.name, entry.version, reason)
         return entry
 
-    def _build(self, entry: ModelVersion, layout: ModelLayout, raw: mc.ModelConfig, from_file: bool) -> _Built:
-        version_dir = layout.version_dir(entry.version)
-        mlmodel = read_mlmodel(version_dir)  # an MLflow model directory names its ONNX file
-        path = (
-            version_dir / mlmodel.model_file  # read_mlmodel checked it stays in the version directory
-            if mlmodel
-            else layout.model_file(entry.version, raw.default_model_filename)
-        )
-        if not path.is_file():
-            raise ModelLoadError(f"{path.relative_to(layout.directory).as_posix()} not found")
-        entry.onnx_sha256 = file_sha256(path)  # before the session: a file that fails to load is traced too
-        options = cfg.runtime_options(
-            raw,
-            allow_spinning=self._settings.ort_allow_spinning,
-            intra_op_threads=self._settings.ort_intra_op_threads,
-            workers=resolve_workers(self._settings.workers),
-        )
-        prepared = prepare_model(path, version_dir, rewrite_zipmap=cfg.rewrites_zipmap(raw))
-        if self._check_in_child:
-            check_in_child(path.name, prepared.graph, prepared.external_data_dir)
-        runner = OnnxRunner(
-            path,
-            options,
-            graph=prepared.graph,
-            external_data_dir=prepared.external_data_dir,
-            unknown_rank=prepared.unknown_rank,
-        )
-        try:
-            if mlmodel is not None:
-                check_signature(mlmodel, runner.inputs, runner.outputs)
-            config = cfg.complete_config(
-                raw,
-                name=entry.name,
-                from_file=from_file,
-                inputs=runner.inputs,
-                outputs=runner.outputs,
-                default_max_batch_size=self._settings.default_max_batch_size,
-                cuda_available=CUDA in ort.get_available_providers(),
-            )
-            batching = config.max_batch_size > 0
-            runner.reshape_scalars(
-                cfg.scalars_as_one(config.input, runner.inputs, batching),
-                cfg.scalars_as_one(config.output, runner.outputs, batching),
-            )
-            built = _Built(runner, config, path)
-            if mlmodel is not None:
-                _apply_mlflow(mlmodel, raw, config, built)
-            for zipmap in prepared.zipmaps:
-                built.labels[zipmap.output] = list(zipmap.labels)
-                built.notes.append(
-                    f"ZipMap output '{zipmap.output}' is served as FP32 [-1, {zipmap.classes}] "
-                    f"(its input '{zipmap.source}'), with the ZipMap's class labels"
-                )
-            if prepared.zipmaps:
-                built.parameters["zipmap_outputs"] = ",".join(z.output for z in prepared.zipmaps)
-            built.labels.update(read_labels(config, entry.model_dir))
-            warm_up(runner, config, entry.model_dir)
-        except BaseException:
-            runner.close()
-            raise
-        return built
-
-    def _write_override(self, name: str, files: dict[str, bytes], config: mc.ModelConfig | None) -> Path:
-        if config is None:
-            raise InvalidInput("loading a model from files needs the 'config' parameter too")
-        # Uploaded files never go into the repository (it may be read-only, and is the operator's): a
-        # private directory (mode 0700) per load is that model's directory, and nothing leaves it.
-        base = Path(tempfile.mkdtemp(prefix=f"serve-{name}-")).resolve()
-        try:
-            for rel, content in files.items():
-                try:
-                    target = confined(base, rel, what="file parameter", shown=f"file:{rel}")
-                except ModelLoadError as exc:
-                    raise InvalidInput(exc.message) from None
-                if target == base:
-                    raise InvalidInput(f"file parameter 'file:{rel}' names no file")
-                try:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(content)
-                except OSError as exc:  # a name too long, or a file where another needs a directory
-                    reason = exc.strerror or type(exc).__name__
-                    raise InvalidInput(f"file parameter 'file:{rel}' cannot be written: {reason}") from None
-        except BaseException:
-            shutil.rmtree(base, ignore_errors=True)
-            raise
-        previous = self._overrides.pop(name, None)
-        if previous is not None:  # the versions loaded from it hold their sessions, not its files
-            shutil.rmtree(previous, ignore_errors=True)
-        return base
-
     # ---- unloading -------------------------------------------------------------------------
     async def unload_model(self, name: str, *, actor: str = ANONYMOUS) -> None:
         if name not in self._versions and name not in self._model_errors:
@@ -458,9 +266,7 @@ class ModelRepository:
             await self._unload_versions(name, list(self._versions.get(name, {})), actor)
             self._model_errors.pop(name, None)
             self._configs.pop(name, None)
-            override = self._overrides.pop(name, None)
-            if override is not None:
-                shutil.rmtree(override, ignore_errors=True)
+            self._directories.forget_uploaded(name)
 
     async def _unload_versions(self, name: str, versions: list[int], actor: str) -> None:
         current = self._versions.get(name, {})
@@ -493,8 +299,7 @@ class ModelRepository:
     async def close(self) -> None:
         for name in list(self._versions):
             await self._unload_versions(name, list(self._versions[name]), SHUTDOWN)
-        for path in self._overrides.values():
-            shutil.rmtree(path, ignore_errors=True)
+        self._directories.remove_uploaded()
 
     def _finished(self, outcome: LoadOutcome) -> None:
         for listener in self._listeners:
@@ -570,26 +375,12 @@ class ModelRepository:
         return rows
 
 
-def _apply_mlflow(mlmodel: MlflowModel, raw: mc.ModelConfig, config: mc.ModelConfig, built: _Built) -> None:
-    config.default_model_filename = mlmodel.model_file
-    served = signature_outputs(mlmodel)
-    if served is not None and not raw.output:  # config.pbtxt outputs, where given, win
-        by_name = {o.name: o for o in config.output}
-        kept = [mc.ModelOutput() for _ in served]
-        for copy, name in zip(kept, served, strict=True):
-            copy.CopyFrom(by_name[name])
-        del config.output[:]
-        config.output.extend(kept)
-    built.parameters.update(mlmodel.lineage)
-    run = mlmodel.lineage.get("mlflow_run_id", "unknown")
-    built.notes.append(f"MLflow model from run {run}, {mlmodel.model_file}")
+@dataclass(frozen=True, slots=True)
+class _LoadPlan:
+    """What one load of a model will load: its layout, its config as read, and the versions chosen."""
 
-
-@dataclass(slots=True)
-class _Built:
-    runner: OnnxRunner
-    config: mc.ModelConfig
-    path: Path  # the ONNX file it was loaded from
-    labels: dict[str, list[str]] = field(default_factory=dict)
-    parameters: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    name: str
+    layout: ModelLayout
+    raw: mc.ModelConfig
+    from_file: bool  # whether the config came from a file (or a load request) rather than defaults
+    chosen: list[int]

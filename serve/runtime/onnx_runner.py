@@ -74,34 +74,12 @@ class OnnxRunner:
         self.model_path = model_path
         self.options = options
         self._external_data_dir = external_data_dir
-        available = ort.get_available_providers()
-        count = max(1, options.instance_count)
-        devices = list(options.gpu_ids) or [0]
         self._sessions: list[ort.InferenceSession] = []
         self._use_iobinding: list[bool] = []
         self.providers: list[str] = []
         model_bytes = graph if graph is not None else model_path.read_bytes()
         try:
-            for index in range(count * (len(devices) if options.device_kind == "gpu" else 1)):
-                device_id = devices[index % len(devices)]
-                choice = choose_providers(
-                    device_kind=options.device_kind,
-                    device_id=device_id,
-                    accelerators=options.accelerators,
-                    available=available,
-                )
-                session = ort.InferenceSession(
-                    model_bytes,
-                    sess_options=self._session_options(count),
-                    providers=choice.providers,
-                    provider_options=choice.options,
-                )
-                self._sessions.append(session)
-                used = session.get_providers()
-                # With CUDA, bind inputs once so a batch crosses to the device in one copy per tensor.
-                self._use_iobinding.append(used[0] == CUDA)
-                if not self.providers:
-                    self.providers = used
+            self._open_sessions(model_bytes)
         except ModelLoadError:
             raise
         except Exception as exc:  # onnxruntime raises many types; all mean "this model cannot load"
@@ -121,6 +99,32 @@ class OnnxRunner:
         self._executor = ThreadPoolExecutor(max_workers=len(self._sessions), thread_name_prefix="ort")
         # Starts high so that the first batches run on the executor and measure the model.
         self._recent_ns = INLINE_BELOW_NS * 2
+
+    def _open_sessions(self, model_bytes: bytes) -> None:
+        """One session per instance (per instance and GPU with kind GPU), each with its providers."""
+        options = self.options
+        available = ort.get_available_providers()
+        count = max(1, options.instance_count)
+        devices = list(options.gpu_ids) or [0]
+        for index in range(count * (len(devices) if options.device_kind == "gpu" else 1)):
+            choice = choose_providers(
+                device_kind=options.device_kind,
+                device_id=devices[index % len(devices)],
+                accelerators=options.accelerators,
+                available=available,
+            )
+            session = ort.InferenceSession(
+                model_bytes,
+                sess_options=self._session_options(count),
+                providers=choice.providers,
+                provider_options=choice.options,
+            )
+            self._sessions.append(session)
+            used = session.get_providers()
+            # With CUDA, bind inputs once so a batch crosses to the device in one copy per tensor.
+            self._use_iobinding.append(used[0] == CUDA)
+            if not self.providers:
+                self.providers = used
 
     def reshape_scalars(self, inputs: frozenset[str], outputs: frozenset[str]) -> None:
         """Tensors the graph has without a last dimension that are served with one of size 1

@@ -28,11 +28,10 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from serve.repository.repository import LoadOutcome, ModelVersion, VersionListener
+from serve.repository.model_version import LoadOutcome, ModelVersion, VersionListener
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ class AuditLog(VersionListener):
     def path(self) -> Path:
         return self._file.path
 
-    def _write(self, event: str, actor: str, model: str, **fields: Any) -> None:
+    def _write(self, event: str, actor: str, model: str, **fields: str) -> None:
         record = {"time": self._clock(), "event": event, "actor": actor, "model": model, **fields, "pid": self._pid}
         try:
             self._file.write(orjson.dumps(record) + b"\n")
@@ -102,7 +101,7 @@ class AuditLog(VersionListener):
             # Serving goes on; the operator sees why the audit log stopped.
             log.exception("cannot write the audit log %s", self._file.path)
 
-    def _version_event(self, event: str, version: ModelVersion, **fields: Any) -> None:
+    def _version_event(self, event: str, version: ModelVersion, **fields: str) -> None:
         self._write(
             event,
             version.actor,
@@ -137,7 +136,7 @@ class AuditLog(VersionListener):
 
     # ---- repository API ----------------------------------------------------------------------
     def api_call(self, action: str, actor: str, model: str, outcome: str, reason: str = "") -> None:
-        fields: dict[str, Any] = {"action": action, "outcome": outcome}
+        fields = {"action": action, "outcome": outcome}
         if reason:
             fields["reason"] = reason
         self._write("api_call", actor, model[:_MAX_NAME], **fields)

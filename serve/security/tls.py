@@ -13,13 +13,23 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn, TypedDict
 
 from serve.errors import ServeError
 
 
 class TlsError(ServeError):
     """A TLS file cannot be used; names the flag and the file."""
+
+
+class UvicornTlsOptions(TypedDict, total=False):
+    """uvicorn.Config's TLS keywords; none at all (``{}``) is a server without TLS."""
+
+    ssl_certfile: str
+    ssl_keyfile: str
+    ssl_ca_certs: str | None
+    ssl_cert_reqs: int
+    ssl_ciphers: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +45,7 @@ class TlsFiles:
     def mutual(self) -> bool:
         return self.client_ca is not None
 
-    def uvicorn_options(self) -> dict[str, Any]:
+    def uvicorn_options(self) -> UvicornTlsOptions:
         """uvicorn.Config's TLS keywords."""
         return {
             "ssl_certfile": str(self.cert_file),
