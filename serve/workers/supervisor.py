@@ -40,12 +40,13 @@ from serve import settings as settings_module
 from serve.cpus import resolve_workers
 from serve.errors import ModelLoadError, ServeError
 from serve.input_stats.windows import ServerInstance
+from serve.listening import bind_http_socket
 from serve.metrics.endpoint import create_metrics_app
 from serve.metrics.multiprocess import forget_process
 from serve.metrics.prometheus import PrometheusMetrics
 from serve.metrics.triton_statistics import sum_statistics
-from serve.server import bind_http_socket
 from serve.settings import ServerSettings
+from serve.uvicorn_server import serve_uvicorn
 from serve.workers import ipc
 from serve.workers.merged_input_stats import WorkerDocuments
 from serve.workers.rundir import METRICS_DIR_ENVIRONMENT, metrics_dir
@@ -271,13 +272,7 @@ class Supervisor:
             CollectorRegistry(), triton_compat=s.metrics_triton_compat, process_metrics=False,
             multiprocess_dir=self.metrics_dir,
         )  # fmt: skip
-        config = uvicorn.Config(
-            create_metrics_app(metrics), loop="none", lifespan="off", access_log=False, server_header=False,
-            log_config=None,
-        )  # fmt: skip
-        self._metrics_server = uvicorn.Server(config)
-        self._metrics_server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
-        self._metrics_task = asyncio.ensure_future(self._metrics_server.serve(sockets=[sock]))
+        self._metrics_server, self._metrics_task = serve_uvicorn(create_metrics_app(metrics), sock)
         log.info("metrics on %s:%d/metrics", s.host, sock.getsockname()[1])
 
     # ---- what the workers ask ------------------------------------------------------------------

@@ -25,7 +25,7 @@ from serve.errors import ServeError
 from serve.memory import return_freed_memory
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.repository import STARTUP
-from serve.server import Server, WorkerRole
+from serve.server import Server, WorkerRole, build_server
 from serve.settings import ServerSettings
 from serve.workers import ipc
 
@@ -103,15 +103,15 @@ class WorkerControl:
         op = message.get("op")
         service = self._server.service
         if op == "statistics":
-            return {"models": service.local_model_statistics(message["name"], message["version"])}, b""
+            return {"models": service.local.statistics_now(message["name"], message["version"])}, b""
         if op == "export":
             recorder = self._server.stats_recorder(message["name"], message["version"])
             return {}, await asyncio.to_thread(recorder.export_json, 0)
         if op == "apply_load":
-            await service.apply_load_model(*decode_load(message), actor=str(message.get("actor", STARTUP)))
+            await service.local.load_model(*decode_load(message), actor=str(message.get("actor", STARTUP)))
             return {}, b""
         if op == "apply_unload":
-            await service.apply_unload_model(message["name"], actor=str(message.get("actor", STARTUP)))
+            await service.local.unload_model(message["name"], actor=str(message.get("actor", STARTUP)))
             return {}, b""
         if op == "loaded":
             return {"models": sorted({m.name for m in service.repository.loaded()})}, b""
@@ -123,7 +123,7 @@ async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: 
         return_freed_memory()
     link = SupervisorLink(run_dir)
     http_socket = socket.socket(fileno=http_fd) if http_fd is not None else None
-    server = Server(settings, root, role=WorkerRole(index, link, http_socket))
+    server = build_server(settings, root, WorkerRole(index, link, http_socket))
     server.capture_signals(signals=(signal.SIGTERM,))
     control = ipc.ControlServer(worker_socket(run_dir, index), WorkerControl(server).handle)
     await control.start()
@@ -133,7 +133,7 @@ async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: 
         await server.start(load_models=[] if explicit else None)
         for spec in models if explicit else []:
             try:
-                await server.service.apply_load_model(*decode_load(spec), actor=STARTUP)
+                await server.service.local.load_model(*decode_load(spec), actor=STARTUP)
             except ServeError as exc:
                 log.error("worker %d: model %s did not load: %s", index, spec["name"], exc.message)
         await link.ready(index, generation)
