@@ -193,9 +193,14 @@ class Server:
             await self._start_metrics_http(self.settings.metrics_port)
         if self.role.metrics_dir() is not None:
             self._gauge_task = asyncio.ensure_future(self._refresh_gauges())
-        assert self._health is not None
-        await set_serving(self._health, True)
+        await set_serving(self.health, True)
         self._announce()
+
+    @property
+    def health(self) -> ServiceHealth:
+        """The gRPC health service, once start() has built the gRPC server."""
+        assert self._health is not None, "the server has not started"
+        return self._health
 
     async def _load_models(self, load_models: list[str] | None) -> None:
         s = self.settings
