@@ -152,9 +152,7 @@ def grpc_bearer(token: str) -> dict[str, str]:
 # ---- TLS with token auth -------------------------------------------------------------------------
 
 
-def test_tritonclient_over_https_with_a_token_is_answered(
-    tls_server: ThreadServer, certificates: Certificates
-) -> None:
+def test_tritonclient_over_https_with_a_token_is_answered(tls_server: ThreadServer, certificates: Certificates) -> None:
     client = https_client(tls_server, certificates)
 
     assert client.is_server_live()  # health needs no token
