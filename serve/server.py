@@ -1,5 +1,6 @@
-"""Runs HTTP (uvicorn) and gRPC (grpc.aio) in one process and one event loop, over one
-model repository, and shuts them down in a fixed order.
+"""The composition root: builds a server (registry, core, observers, HTTP on uvicorn and gRPC) from
+settings and a role, and runs it in the caller's event loop until told to stop, then shuts it
+down in a fixed order. `serve run`, each worker and the tests all build their server here.
 
 With ``--workers N`` the supervisor (serve/workers) runs N of these; each is then given a
 WorkerRole: the HTTP listening socket it shares with the others, a gRPC port it binds with
@@ -13,23 +14,25 @@ import logging
 import math
 import signal
 import socket
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import uvicorn
-from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp
 
 from serve.core import InferenceService
-from serve.core.cluster import Cluster
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
 from serve.grpc.auth import BearerAuthInterceptor
 from serve.grpc.drain import DrainGate
 from serve.grpc.frontends import choose_frontend
-from serve.grpc.server import bind_error_reason, create_grpc_server, set_serving
+from serve.grpc.handoff import hands_off
+from serve.grpc.handoff.front import HandoffFront as HandoffFront  # the supervisor runs the one grpc_front builds
+from serve.grpc.handoff.worker import HandoffListener
+from serve.grpc.health import ServiceHealth
+from serve.grpc.server import create_grpc_server, set_serving
 from serve.http.app import create_app
 from serve.http.auth import BearerAuth
 from serve.http.connection import HeaderLimits, limited_protocol
@@ -37,31 +40,21 @@ from serve.http.input_stats_routes import monitoring_routes
 from serve.input_stats.recorder import StatsRecorder
 from serve.input_stats.served_baseline import ServedBaseline
 from serve.input_stats.wiring import InputStatistics, StatsDocuments, local_documents
+from serve.listening import bind_http_socket
 from serve.memory import return_freed_memory
 from serve.metrics.endpoint import create_metrics_app, metrics_route
-from serve.metrics.multiprocess import multiprocess_dir
 from serve.metrics.prometheus import PrometheusMetrics
 from serve.repository.poller import RepositoryPoller
-from serve.security.tls import load_tls
+from serve.repository.repository import ModelRepository
+from serve.roles import SINGLE_PROCESS, Role
+from serve.roles import GrpcHandoff as GrpcHandoff  # serve/workers builds its role from here
+from serve.roles import WorkerRole as WorkerRole
+from serve.security.tls import TlsFiles, load_tls
 from serve.security.tokens import TokenStore
 from serve.settings import ServerSettings
+from serve.uvicorn_server import InLoopUvicorn, start_uvicorn
 
 log = logging.getLogger(__name__)
-
-
-class _Uvicorn(uvicorn.Server):
-    # We own the signals: uvicorn would otherwise install its own and re-raise them on exit.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets)
-        except SystemExit:
-            # uvicorn logs why and calls sys.exit(), which would skip our shutdown; report it instead.
-            raise OSError("the HTTP server failed to start") from None
-
 
 # How often a worker copies its queue gauges into the shared metric files between scrapes.
 _GAUGE_REFRESH_S = 1.0
@@ -77,67 +70,132 @@ _GRPC_QUIET_MAX_S = 2.0
 _GRPC_GOAWAY_S = 0.1
 
 
-@dataclass(frozen=True)
-class WorkerRole:
-    """What makes a Server one worker of several (serve/workers)."""
-
-    index: int
-    cluster: Cluster
-    http_socket: socket.socket | None  # listening, shared by every worker; None = bind with SO_REUSEPORT
-
-
-def bind_http_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """Bind the HTTP listening socket ourselves, so that a taken port is an OSError naming it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=4096, reuse_port=reuse_port)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen for HTTP on {host}:{port}: {bind_error_reason(exc)}") from None
-
-
 def _grpc_address(host: str, port: int) -> str:
     # gRPC wants IPv6 literals in brackets ("[::]:8001"); uvicorn takes the bare address.
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+@dataclass(frozen=True)
+class InputStatsAccess:
+    """This process's input statistics of a model version, or why there are none."""
+
+    repository: ModelRepository
+    stats: InputStatistics | None
+
+    def recorder(self, name: str, version: str) -> StatsRecorder:
+        model = self.repository.get(name, version)
+        if self.stats is None:
+            raise ModelNotFound(f"input statistics are not recorded for model '{name}' (the server runs --no-stats)")
+        return self.stats.recorder(model)
+
+    def baseline(self, name: str, version: str) -> ServedBaseline:
+        model = self.repository.get(name, version)
+        if self.stats is None:
+            raise NotFound(f"model '{name}' has no baseline loaded: the server runs --no-stats and reads none")
+        return self.stats.baseline(model)
+
+
+@dataclass(frozen=True)
+class Transports:
+    """What both transports serve, built before they listen."""
+
+    app: ASGIApp
+    interceptors: list[grpc.aio.ServerInterceptor]
+    grpc_gate: DrainGate
+    stats_documents: StatsDocuments
+    tls: TlsFiles | None
+    tokens: TokenStore | None
+
+
+def build_server(settings: ServerSettings, repository_root: Path, role: Role = SINGLE_PROCESS) -> Server:
+    """The one place a server is wired: `serve run`, each worker and the tests call this."""
+    # Before any model loads: a bad certificate or tokens file stops the start at once.
+    tls = load_tls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    tokens = TokenStore(settings.auth_tokens_file) if settings.auth_tokens_file is not None else None
+    # One registry per server, never prometheus_client's global one: tests and embedders get their own.
+    metrics = PrometheusMetrics(
+        CollectorRegistry(),
+        latency_buckets_s=settings.latency_buckets_s,
+        triton_compat=settings.metrics_triton_compat,
+        multiprocess_dir=role.metrics_dir(),
+    )
+    stats = InputStatistics(settings) if settings.stats_enabled else None
+    observers: list[Observer] = [metrics] if stats is None else [stats, metrics]
+    service = InferenceService.create(
+        repository_root,
+        settings,
+        observers,
+        server_name=settings.server_name,
+        model_control=settings.model_control_mode,
+        cluster=role.cluster,
+    )
+    metrics.queue_probe = service.queue_depths
+    access = InputStatsAccess(service.repository, stats)
+    documents = role.input_stats(local_documents(access.recorder))
+    # Registered even with --no-stats, so that a client is told why there is nothing.
+    extra_routes = [metrics_route(metrics), *monitoring_routes(documents, access.baseline)]
+    app = create_app(service, max_request_bytes=settings.max_request_bytes, extra_routes=extra_routes)
+    gate = DrainGate()
+    interceptors: list[grpc.aio.ServerInterceptor] = [gate]
+    if tokens is not None:
+        app = BearerAuth(app, tokens, protect_inference=settings.auth_inference, audit=service.audit)
+        guard = BearerAuthInterceptor(tokens, protect_inference=settings.auth_inference, audit=service.audit)
+        interceptors.append(guard)
+    transports = Transports(app, interceptors, gate, documents, tls, tokens)
+    return Server(settings, role, service, metrics, stats, access, transports)
+
+
+def grpc_front(settings: ServerSettings, workers: int, run_dir: Path) -> HandoffFront | None:
+    """The gRPC front end on the server's port that the supervisor of ``workers`` runs, bound (serve/grpc/handoff);
+    None when each worker serves gRPC on the port itself (grpc.aio, TLS, or one worker)."""
+    if not hands_off(settings.grpc_frontend, workers, tls=settings.tls_cert_file is not None):
+        return None
+    host, port = settings.host, settings.grpc_port
+    try:
+        return HandoffFront(
+            _grpc_address(host, port),
+            [GrpcHandoff.of_worker(run_dir, index).calls for index in range(workers)],
+            fallback_socket=GrpcHandoff.of_worker(run_dir, 0).fallback,
+            max_message_bytes=settings.max_request_bytes,
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}") from None
+
+
 class Server:
-    def __init__(self, settings: ServerSettings, repository_root: Path, *, role: WorkerRole | None = None) -> None:
+    """A built server: start() loads the models and listens, in the running loop; stop() drains it."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        role: Role,
+        service: InferenceService,
+        metrics: PrometheusMetrics,
+        stats: InputStatistics | None,
+        input_stats: InputStatsAccess,
+        transports: Transports,
+    ) -> None:
         self.settings = settings
         self.role = role
-        # One registry per server, never prometheus_client's global one: tests and embedders get their own.
-        self.registry = CollectorRegistry()
-        self._shared_metrics = multiprocess_dir() if role is not None else None
-        self.metrics = PrometheusMetrics(
-            self.registry,
-            latency_buckets_s=settings.latency_buckets_s,
-            triton_compat=settings.metrics_triton_compat,
-            multiprocess_dir=self._shared_metrics,
-        )
-        self.stats = InputStatistics(settings) if settings.stats_enabled else None
-        observers: list[Observer] = [self.metrics] if self.stats is None else [self.stats, self.metrics]
-        self.service = InferenceService.create(
-            repository_root,
-            settings,
-            observers,
-            server_name=settings.server_name,
-            model_control=settings.model_control_mode,
-            cluster=role.cluster if role is not None else None,
-        )
-        self.repository = self.service.repository
-        self.stats_documents: StatsDocuments = (
-            role.cluster.input_stats if role is not None else local_documents(self.stats_recorder)
-        )
+        self.service = service
+        self.repository = service.repository
+        self.metrics = metrics
+        self.registry = metrics.registry
+        self.stats = stats
+        self.input_stats = input_stats
+        self.transports = transports
+        self.stats_documents = transports.stats_documents
+        self._grpc_gate = transports.grpc_gate
+        self._stop = asyncio.Event()
         self._gauge_task: asyncio.Task[None] | None = None
         self._poller: RepositoryPoller | None = None
-        self.metrics.queue_probe = self.service.queue_depths
-        self._stop = asyncio.Event()
-        self._http: _Uvicorn | None = None
+        self._http: InLoopUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
-        self._grpc: grpc.aio.Server | None = None
-        self._grpc_gate = DrainGate()
-        self._health: health_aio.HealthServicer | None = None
         self._http_socket: socket.socket | None = None
-        self._metrics_http: _Uvicorn | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._grpc_handoff: HandoffListener | None = None
+        self._health: ServiceHealth | None = None
+        self._metrics_http: InLoopUvicorn | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self._metrics_socket: socket.socket | None = None
         self.metrics_port = settings.metrics_port
@@ -147,82 +205,100 @@ class Server:
 
     async def start(self, load_models: list[str] | None = None) -> None:
         """Load the models (``load_models``, else what the settings say) and start listening."""
+        await self._load_models(load_models)
+        self._start_poller()
+        self._http_socket = self.role.listen_http(self.settings.host, self.settings.http_port)
+        self.http_port = self._http_socket.getsockname()[1]
+        await self._start_grpc()
+        await self._start_http(self._http_socket)
+        if self.settings.metrics_port is not None and self.role.serves_metrics_port:
+            await self._start_metrics_http(self.settings.metrics_port)
+        if self.role.metrics_dir() is not None:
+            self._gauge_task = asyncio.ensure_future(self._refresh_gauges())
+        await set_serving(self.health, True)
+        self._announce()
+
+    @property
+    def health(self) -> ServiceHealth:
+        """The gRPC health service, once start() has built the gRPC server."""
+        assert self._health is not None, "the server has not started"
+        return self._health
+
+    async def _load_models(self, load_models: list[str] | None) -> None:
         s = self.settings
-        # Before any model loads: a bad certificate or tokens file stops the start at once.
-        tls = load_tls(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
-        tokens = TokenStore(s.auth_tokens_file) if s.auth_tokens_file is not None else None
         if load_models is not None:
             await self.repository.load_all(load_models)
         elif s.model_control_mode == "explicit":
             await self.repository.load_all(s.load_models)
         else:
             await self.repository.load_all()
-        if s.model_control_mode == "poll":
-            self._poller = RepositoryPoller(self.repository, s.repository_poll_secs)
+
+    def _start_poller(self) -> None:
+        if self.settings.model_control_mode == "poll":
+            self._poller = RepositoryPoller(self.repository, self.settings.repository_poll_secs)
             self._poller.mark_loaded()
             self._poller.start()
-        # Registered even with --no-stats, so that a client is told why there is nothing.
-        extra_routes = [metrics_route(self.metrics), *monitoring_routes(self.stats_documents, self.served_baseline)]
-        app = create_app(self.service, max_request_bytes=s.max_request_bytes, extra_routes=extra_routes)
-        interceptors: list[grpc.aio.ServerInterceptor] = [self._grpc_gate]
-        if tokens is not None:
-            app = BearerAuth(app, tokens, protect_inference=s.auth_inference, audit=self.service.audit)
-            interceptors.append(
-                BearerAuthInterceptor(tokens, protect_inference=s.auth_inference, audit=self.service.audit)
-            )
-        if self.role is not None and self.role.http_socket is not None:
-            self._http_socket = self.role.http_socket
-        else:
-            self._http_socket = bind_http_socket(s.host, s.http_port, reuse_port=self.role is not None)
-        self.http_port = self._http_socket.getsockname()[1]
-        frontend = choose_frontend(s.grpc_frontend, tls=tls is not None)
+
+    async def _start_grpc(self) -> None:
+        s, tls, handoff = self.settings, self.transports.tls, self.role.grpc_handoff
+        frontend = choose_frontend("aio" if handoff else s.grpc_frontend, tls=tls is not None)
         if frontend.fallback_reason:
             log.warning("%s", frontend.fallback_reason)
         self._grpc_frontend = "grpc.aio" if frontend.name == "aio" else "pygrpc-native"
-        self._grpc, self._health, self.grpc_port = create_grpc_server(
+        self._grpc, self._health, port = create_grpc_server(
             self.service,
-            address=_grpc_address(s.host, s.grpc_port),
+            address=f"unix:{handoff.fallback}" if handoff else _grpc_address(s.host, s.grpc_port),
             max_message_bytes=s.max_request_bytes,
             stats_lookup=self.stats_documents,
-            baseline_lookup=self.served_baseline,
-            reuse_port=self.role is not None,
+            baseline_lookup=self.input_stats.baseline,
+            reuse_port=self.role.reuse_port and handoff is None,
             tls=tls,
-            interceptors=interceptors,
+            interceptors=self.transports.interceptors,
             frontend=frontend,
         )
         await self._grpc.start()
-        config = uvicorn.Config(
-            app,
-            host=s.host,
-            port=s.http_port,
-            loop="none",
+        if handoff is not None:
+            await self._start_grpc_handoff(handoff)
+        else:
+            self.grpc_port = port
+
+    async def _start_grpc_handoff(self, handoff: GrpcHandoff) -> None:
+        """Take the ModelInfer calls the supervisor's front end hands over; it serves the port (grpc_front)."""
+        s = self.settings
+        self._grpc_handoff = HandoffListener(
+            self.service,
+            handoff.calls,
+            max_message_bytes=s.max_request_bytes,
+            tokens=self.transports.tokens,
+            protect_inference=s.auth_inference,
+        )
+        await self._grpc_handoff.start()
+        self._grpc_frontend = "calls handed over by the supervisor's front end"
+
+    async def _start_http(self, sock: socket.socket) -> None:
+        tls = self.transports.tls
+        self._http, self._http_task = await start_uvicorn(
+            self.transports.app,
+            sock,
+            what="HTTP server",
             http=self._http_protocol(),
-            lifespan="off",
-            access_log=False,
-            # No proxy-header rewriting or Server header: nothing here reads them, and the hot
-            # path pays for both on every request.
-            proxy_headers=False,
-            server_header=False,
-            log_config=None,
             # Counted from the signal, like the batchers' grace: it must outlast their last answers.
-            timeout_graceful_shutdown=math.ceil(s.shutdown_grace_s + _FLUSH_S),
+            timeout_graceful_shutdown=math.ceil(self.settings.shutdown_grace_s + _FLUSH_S),
             backlog=4096,
             **(tls.uvicorn_options() if tls is not None else {}),
         )
-        self._http = _Uvicorn(config)
-        self._http_task = asyncio.ensure_future(self._http.serve(sockets=[self._http_socket]))
-        while not self._http.started:
-            if self._http_task.done():
-                # uvicorn logged why; _Uvicorn.startup turned its sys.exit() into an OSError.
-                with contextlib.suppress(BaseException):
-                    self._http_task.result()
-                raise OSError(f"HTTP server could not start on {s.host}:{s.http_port}")
-            await asyncio.sleep(0.01)
-        if s.metrics_port is not None and self.role is None:  # with workers, the supervisor serves it
-            await self._start_metrics_http(s.metrics_port)
-        if self._shared_metrics is not None:
-            self._gauge_task = asyncio.ensure_future(self._refresh_gauges())
-        await set_serving(self._health, True)
+
+    async def _start_metrics_http(self, port: int) -> None:
+        """--metrics-port: a second, tiny uvicorn server in the same loop that serves only /metrics."""
+        self._metrics_socket = bind_http_socket(self.settings.host, port)
+        self.metrics_port = self._metrics_socket.getsockname()[1]
+        self._metrics_http, self._metrics_task = await start_uvicorn(
+            create_metrics_app(self.metrics), self._metrics_socket, what="metrics server", http=self._http_protocol()
+        )
+        log.info("metrics on %s:%d/metrics", self.settings.host, self.metrics_port)
+
+    def _announce(self) -> None:
+        s, tls, tokens = self.settings, self.transports.tls, self.transports.tokens
         if tls is not None:
             log.info("TLS on HTTP and gRPC%s", "; client certificates required" if tls.mutual else "")
         if tokens is not None:
@@ -242,31 +318,6 @@ class Server:
             self._grpc_frontend,
         )
 
-    async def _start_metrics_http(self, port: int) -> None:
-        """--metrics-port: a second, tiny uvicorn server in the same loop that serves only /metrics."""
-        s = self.settings
-        self._metrics_socket = bind_http_socket(s.host, port)
-        self.metrics_port = self._metrics_socket.getsockname()[1]
-        config = uvicorn.Config(
-            create_metrics_app(self.metrics),
-            host=s.host,
-            port=self.metrics_port,
-            loop="none",
-            http=self._http_protocol(),
-            lifespan="off",
-            access_log=False,
-            server_header=False,
-            log_config=None,
-        )
-        self._metrics_http = _Uvicorn(config)
-        self._metrics_task = asyncio.ensure_future(self._metrics_http.serve(sockets=[self._metrics_socket]))
-        while not self._metrics_http.started:
-            if self._metrics_task.done():
-                self._metrics_task.result()  # raises why it could not start
-                raise OSError(f"metrics server could not start on {s.host}:{port}")
-            await asyncio.sleep(0.01)
-        log.info("metrics on %s:%d/metrics", s.host, self.metrics_port)
-
     async def _refresh_gauges(self) -> None:
         # Other workers' scrapes read this worker's queue gauges from its file: keep it current.
         while True:
@@ -279,16 +330,7 @@ class Server:
         return limited_protocol(HeaderLimits(s.max_header_bytes, s.max_headers, s.header_timeout_s))
 
     def stats_recorder(self, name: str, version: str) -> StatsRecorder:
-        model = self.repository.get(name, version)
-        if self.stats is None:
-            raise ModelNotFound(f"input statistics are not recorded for model '{name}' (the server runs --no-stats)")
-        return self.stats.recorder(model)
-
-    def served_baseline(self, name: str, version: str) -> ServedBaseline:
-        model = self.repository.get(name, version)
-        if self.stats is None:
-            raise NotFound(f"model '{name}' has no baseline loaded: the server runs --no-stats and reads none")
-        return self.stats.baseline(model)
+        return self.input_stats.recorder(name, version)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -334,6 +376,8 @@ class Server:
         stops: list[Awaitable[None]] = []
         if self._grpc is not None:
             stops.append(self._stop_grpc(self._grpc))
+        if self._grpc_handoff is not None:
+            stops.append(self._grpc_handoff.stop())  # the answers to the calls handed over go out first
         if self._http_task is not None:
             stops.append(self._http_task)
         if self._metrics_task is not None:
@@ -346,7 +390,7 @@ class Server:
             self._metrics_socket.close()
         log.info("stopped")
 
-    def _stop_listening(self, http: _Uvicorn) -> None:
+    def _stop_listening(self, http: InLoopUvicorn) -> None:
         """Refuse new HTTP connections now, before any connection is told to close: uvicorn would stop
         listening only at its next tick, and clients that a ``Connection: close`` sends to reconnect
         would meanwhile queue for a listener that then closes on them (a reset, not a refusal). A
@@ -367,9 +411,10 @@ class Server:
 
 
 async def run_server(settings: ServerSettings, repository_root: Path) -> None:
+    """`serve run` without workers: until SIGTERM or SIGINT."""
     if settings.return_freed_memory:
         return_freed_memory()
-    server = Server(settings, repository_root)
+    server = build_server(settings, repository_root)
     server.capture_signals()
     try:
         await server.start()

@@ -215,10 +215,10 @@ def _served_baseline(repo: Path, tmp_path: Path) -> tuple[object, str]:
     import json
     import urllib.request
 
-    from tests.fixtures.servers import serving
+    from tests.fixtures.local_servers import serving_in_thread
 
     with (
-        serving(repo, tmp_path) as server,
+        serving_in_thread(repo, tmp_path) as server,
         urllib.request.urlopen(f"{server.base}/v2/models/{MODEL}/input-stats", timeout=10) as response,
     ):
         document = json.load(response)

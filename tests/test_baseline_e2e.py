@@ -22,7 +22,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from serve.cli import main
-from tests.fixtures.servers import RunningServer, serving
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 from tests.fixtures.sklearn_models import LABEL, WEATHER_COLUMNS, late_classifier, weather
 
 TRAIN_ROWS = 10_000
@@ -56,8 +56,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(repo / "models", tmp_path_factory.mktemp("server")) as running:
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    with serving_in_thread(repo / "models", tmp_path_factory.mktemp("server")) as running:
         yield running
 
 
@@ -70,7 +70,7 @@ def _rows(repo: Path, which: str) -> np.ndarray:
     return frame[WEATHER_COLUMNS].to_numpy().astype(np.float32)
 
 
-def _send(server: RunningServer, model: str, rows: np.ndarray) -> None:
+def _send(server: ThreadServer, model: str, rows: np.ndarray) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
     for start in range(0, len(rows), REQUEST_ROWS):
         batch = rows[start : start + REQUEST_ROWS]
@@ -80,13 +80,13 @@ def _send(server: RunningServer, model: str, rows: np.ndarray) -> None:
     client.close()
 
 
-def _recorded(server: RunningServer, model: str) -> int:
+def _recorded(server: ThreadServer, model: str) -> int:
     with urllib.request.urlopen(f"{server.base}/v2/models/{model}/input-stats", timeout=10) as response:
         return int(json.loads(response.read())["total"]["rows"])
 
 
 @pytest.fixture(scope="module")
-def verdicts(repo: Path, server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def verdicts(repo: Path, server: ThreadServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``serve monitor --once --format json`` after clean traffic to every model, by model name."""
     for name, (_, which, _) in MODELS.items():
         _send(server, name, _rows(repo, which))

@@ -17,9 +17,9 @@ from serve.baseline.model import file_sha256
 from serve.protocol import serve_monitoring_pb2 as pb
 from serve.protocol import serve_monitoring_pb2_grpc as pb_grpc
 from tests.fixtures.clients import request
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 from tests.fixtures.monitoring import MODEL, write_model
 from tests.fixtures.replicas import write_model_with_baseline
-from tests.fixtures.servers import RunningServer, serving
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(repository, tmp_path_factory.mktemp("baseline-server")) as running:
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    with serving_in_thread(repository, tmp_path_factory.mktemp("baseline-server")) as running:
         yield running
 
 
 def test_http_serves_the_exact_bytes_of_the_versions_baseline_with_their_sha256(
-    repository: Path, server: RunningServer
+    repository: Path, server: ThreadServer
 ) -> None:
     response = request(server.http_port, "GET", f"/v2/models/{MODEL}/versions/1/baseline")
     on_disk = (repository / MODEL / "baseline.json").read_bytes()
@@ -56,13 +56,13 @@ def test_http_serves_the_exact_bytes_of_the_versions_baseline_with_their_sha256(
     assert response.headers["serve-model-version"] == "1"
 
 
-def test_the_served_sha256_is_the_one_the_input_statistics_bin_against(server: RunningServer) -> None:
+def test_the_served_sha256_is_the_one_the_input_statistics_bin_against(server: ThreadServer) -> None:
     served = request(server.http_port, "GET", f"/v2/models/{MODEL}/baseline")
     stats = request(server.http_port, "GET", f"/v2/models/{MODEL}/input-stats").json()
     assert served.headers["serve-baseline-sha256"] == stats["baseline"]["sha256"]
 
 
-def test_http_without_a_version_serves_the_default_versions_baseline(server: RunningServer) -> None:
+def test_http_without_a_version_serves_the_default_versions_baseline(server: ThreadServer) -> None:
     default = request(server.http_port, "GET", f"/v2/models/{MODEL}/baseline")
     explicit = request(server.http_port, "GET", f"/v2/models/{MODEL}/versions/1/baseline")
     assert (default.status, default.body, default.headers["serve-model-version"]) == (200, explicit.body, "1")
@@ -78,7 +78,7 @@ def test_http_without_a_version_serves_the_default_versions_baseline(server: Run
     ],
 )
 def test_http_answers_404_saying_why_a_version_has_no_baseline_to_use(
-    server: RunningServer, model: str, why: str
+    server: ThreadServer, model: str, why: str
 ) -> None:
     response = request(server.http_port, "GET", f"/v2/models/{model}/versions/1/baseline")
     assert response.status == 404
@@ -86,20 +86,20 @@ def test_http_answers_404_saying_why_a_version_has_no_baseline_to_use(
     assert "serve-baseline-sha256" not in response.headers
 
 
-def test_http_answers_404_for_an_unknown_model_or_version(server: RunningServer) -> None:
+def test_http_answers_404_for_an_unknown_model_or_version(server: ThreadServer) -> None:
     assert "not found" in request(server.http_port, "GET", "/v2/models/nope/baseline").error()
     response = request(server.http_port, "GET", f"/v2/models/{MODEL}/versions/7/baseline")
     assert response.status == 404 and "version 7 is not found" in response.error()
 
 
-def _grpc_baseline(server: RunningServer, model: str, version: str = "") -> pb.BaselineResponse:
+def _grpc_baseline(server: ThreadServer, model: str, version: str = "") -> pb.BaselineResponse:
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = pb_grpc.MonitoringStub(channel)
         response: pb.BaselineResponse = stub.Baseline(pb.BaselineRequest(model_name=model, model_version=version))
         return response
 
 
-def test_grpc_serves_the_same_bytes_and_hashes_as_http(server: RunningServer) -> None:
+def test_grpc_serves_the_same_bytes_and_hashes_as_http(server: ThreadServer) -> None:
     http = request(server.http_port, "GET", f"/v2/models/{MODEL}/versions/1/baseline")
     answer = _grpc_baseline(server, MODEL)
     assert (answer.model_name, answer.model_version) == (MODEL, "1")
@@ -109,7 +109,7 @@ def test_grpc_serves_the_same_bytes_and_hashes_as_http(server: RunningServer) ->
     assert json.loads(answer.baseline)["format"] == "serve.baseline"
 
 
-def test_grpc_answers_not_found_saying_why(server: RunningServer) -> None:
+def test_grpc_answers_not_found_saying_why(server: ThreadServer) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         _grpc_baseline(server, "stale", "1")
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
@@ -117,7 +117,7 @@ def test_grpc_answers_not_found_saying_why(server: RunningServer) -> None:
 
 
 def test_without_statistics_the_server_says_it_reads_no_baselines(repository: Path, tmp_path: Path) -> None:
-    with serving(repository, tmp_path, "--no-stats") as running:
+    with serving_in_thread(repository, tmp_path, "--no-stats") as running:
         response = request(running.http_port, "GET", f"/v2/models/{MODEL}/baseline")
     assert response.status == 404
     assert "runs --no-stats and reads none" in response.error()

@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from serve.modelgen import mlp, save
-from tests.fixtures.servers import RunningServer, serving
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 
 CALLERS = 16
 # Held until 8 rows are queued (or 2 s pass): concurrent callers are batched deterministically.
@@ -35,8 +35,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(repository, tmp_path_factory.mktemp("batching-server")) as running:
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    with serving_in_thread(repository, tmp_path_factory.mktemp("batching-server")) as running:
         yield running
 
 
@@ -50,12 +50,12 @@ def caller_inputs() -> list[np.ndarray]:
     return [rng.standard_normal((1 + i % 2, 16)).astype(np.float32) for i in range(CALLERS)]
 
 
-def counts(server: RunningServer) -> tuple[int, int]:
+def counts(server: ThreadServer) -> tuple[int, int]:
     stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics("mlp")["model_stats"][0]
     return int(stats["inference_count"]), int(stats["execution_count"])
 
 
-def http_call(server: RunningServer, x: np.ndarray) -> np.ndarray:
+def http_call(server: ThreadServer, x: np.ndarray) -> np.ndarray:
     client = httpclient.InferenceServerClient(server.http_url)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
@@ -75,7 +75,7 @@ def assert_batched(before: tuple[int, int], after: tuple[int, int], rows: int) -
 
 
 def test_concurrent_http_requests_are_batched_and_each_caller_gets_its_rows(
-    server: RunningServer, reference: ort.InferenceSession
+    server: ThreadServer, reference: ort.InferenceSession
 ) -> None:
     inputs = caller_inputs()
     before = counts(server)
@@ -89,7 +89,7 @@ def test_concurrent_http_requests_are_batched_and_each_caller_gets_its_rows(
 
 
 def test_concurrent_grpc_requests_are_batched_and_each_caller_gets_its_rows(
-    server: RunningServer, reference: ort.InferenceSession
+    server: ThreadServer, reference: ort.InferenceSession
 ) -> None:
     inputs = caller_inputs()
     client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -103,7 +103,7 @@ def test_concurrent_grpc_requests_are_batched_and_each_caller_gets_its_rows(
     assert_batched(before, counts(server), sum(len(x) for x in inputs))
 
 
-def test_http_and_grpc_requests_share_batches(server: RunningServer, reference: ort.InferenceSession) -> None:
+def test_http_and_grpc_requests_share_batches(server: ThreadServer, reference: ort.InferenceSession) -> None:
     inputs = caller_inputs()
     client = grpcclient.InferenceServerClient(server.grpc_url)
     before = counts(server)
@@ -120,7 +120,7 @@ def test_http_and_grpc_requests_share_batches(server: RunningServer, reference: 
     assert_batched(before, counts(server), sum(len(x) for x in inputs))
 
 
-def test_batch_statistics_are_recorded_per_batch_size(server: RunningServer) -> None:
+def test_batch_statistics_are_recorded_per_batch_size(server: ThreadServer) -> None:
     with ThreadPoolExecutor(CALLERS) as pool:
         list(pool.map(lambda x: http_call(server, x), caller_inputs()))
 

@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from onnx import helper
 
 from serve.modelgen import build, save, tensor
-from tests.fixtures.servers import RunningServer, serving
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 
 DELAY_S = 5.0
 # "Well under the delay": a third of it, with the client's own overhead included.
@@ -33,7 +33,7 @@ instance_group [{{ count: 1 kind: KIND_CPU }}]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
     root = tmp_path_factory.mktemp("batching-rules-repo")
     # A variable second dimension, so that requests of different shapes can be sent (rule c).
     model = build(
@@ -44,11 +44,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     )
     save(model, root / "echo" / "1" / "model.onnx")
     (root / "echo" / "config.pbtxt").write_text(CONFIG)
-    with serving(root, tmp_path_factory.mktemp("batching-rules-server")) as running:
+    with serving_in_thread(root, tmp_path_factory.mktemp("batching-rules-server")) as running:
         yield running
 
 
-def infer(server: RunningServer, rows: int, width: int = 4) -> float:
+def infer(server: ThreadServer, rows: int, width: int = 4) -> float:
     """Send one request; return the seconds until its answer."""
     client = httpclient.InferenceServerClient(server.http_url, network_timeout=60)
     x = np.full((rows, width), rows, dtype=np.float32)
@@ -61,14 +61,14 @@ def infer(server: RunningServer, rows: int, width: int = 4) -> float:
     return elapsed
 
 
-def queue_depth(server: RunningServer) -> int:
+def queue_depth(server: ThreadServer) -> int:
     with urllib.request.urlopen(f"{server.base}/metrics", timeout=5) as response:
         text = response.read().decode()
     match = re.search(r'^serve_queue_depth\{[^}]*model="echo"[^}]*\} (\S+)$', text, re.MULTILINE)
     return int(float(match.group(1))) if match else 0
 
 
-def send_after_queued(pool: ThreadPoolExecutor, server: RunningServer, rows: int, width: int = 4) -> Future[float]:
+def send_after_queued(pool: ThreadPoolExecutor, server: ThreadServer, rows: int, width: int = 4) -> Future[float]:
     """Send a request in the background and return once the server holds it in its queue."""
     future = pool.submit(infer, server, rows, width)
     deadline = time.monotonic() + 10
@@ -79,12 +79,12 @@ def send_after_queued(pool: ThreadPoolExecutor, server: RunningServer, rows: int
     return future
 
 
-def test_rule_a_request_above_the_largest_preferred_size_is_answered_at_once(server: RunningServer) -> None:
+def test_rule_a_request_above_the_largest_preferred_size_is_answered_at_once(server: ThreadServer) -> None:
     assert infer(server, 7) < NO_WAIT_S
 
 
 def test_rule_b_request_that_would_pass_the_largest_preferred_size_releases_the_held_one(
-    server: RunningServer,
+    server: ThreadServer,
 ) -> None:
     with ThreadPoolExecutor(2) as pool:
         held = send_after_queued(pool, server, 3)
@@ -94,7 +94,7 @@ def test_rule_b_request_that_would_pass_the_largest_preferred_size_releases_the_
         assert big.result(timeout=30) < NO_WAIT_S
 
 
-def test_rule_c_request_of_another_shape_releases_the_held_one(server: RunningServer) -> None:
+def test_rule_c_request_of_another_shape_releases_the_held_one(server: ThreadServer) -> None:
     with ThreadPoolExecutor(2) as pool:
         held = send_after_queued(pool, server, 1, width=4)
         other = send_after_queued(pool, server, 1, width=5)
@@ -105,11 +105,11 @@ def test_rule_c_request_of_another_shape_releases_the_held_one(server: RunningSe
         assert other.result(timeout=30) < NO_WAIT_S
 
 
-def test_batch_below_every_preferred_size_waits_for_the_delay(server: RunningServer) -> None:
+def test_batch_below_every_preferred_size_waits_for_the_delay(server: ThreadServer) -> None:
     # The server holds on a monotonic clock from the moment the request arrived, which is after
     # the client started timing: this lower bound cannot flake.
     assert infer(server, 3) >= DELAY_S
 
 
-def test_preferred_size_is_answered_at_once(server: RunningServer) -> None:
+def test_preferred_size_is_answered_at_once(server: ThreadServer) -> None:
     assert infer(server, 2) < NO_WAIT_S

@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from serve.modelgen import mlp, save
-from tests.fixtures.servers import RunningServer, serving
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 
 # Held for up to 1 s waiting for a batch of 8, so requests sit in the queue long enough to be abandoned.
 CONFIG = """
@@ -27,27 +27,27 @@ dynamic_batching { preferred_batch_size: [8] max_queue_delay_microseconds: 10000
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
     root = tmp_path_factory.mktemp("cancel")
     save(mlp([4, 8, 2], seed=2), root / "models" / "held" / "1" / "model.onnx")
     (root / "models" / "held" / "config.pbtxt").write_text(CONFIG)
-    with serving(root / "models", root) as running:
+    with serving_in_thread(root / "models", root) as running:
         yield running
 
 
-def rows_inferred(server: RunningServer) -> int:
+def rows_inferred(server: ThreadServer) -> int:
     stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics("held")
     return int(stats["model_stats"][0]["inference_count"])
 
 
-def grpc_infer(server: RunningServer, rows: int, timeout_s: float | None = None) -> np.ndarray:
+def grpc_infer(server: ThreadServer, rows: int, timeout_s: float | None = None) -> np.ndarray:
     inp = grpcclient.InferInput("input", [rows, 4], "FP32")
     inp.set_data_from_numpy(np.ones((rows, 4), np.float32))
     client = grpcclient.InferenceServerClient(server.grpc_url)
     return client.infer("held", [inp], client_timeout=timeout_s).as_numpy("output")
 
 
-def test_grpc_caller_that_gives_up_is_dropped_and_its_batch_mates_answered(server: RunningServer) -> None:
+def test_grpc_caller_that_gives_up_is_dropped_and_its_batch_mates_answered(server: ThreadServer) -> None:
     before = rows_inferred(server)
     with ThreadPoolExecutor(2) as pool:
         patient = pool.submit(grpc_infer, server, 2)
@@ -60,7 +60,7 @@ def test_grpc_caller_that_gives_up_is_dropped_and_its_batch_mates_answered(serve
     assert rows_inferred(server) - before == 2  # the 3 rows of the caller who left never ran
 
 
-def test_http_client_that_disconnects_is_dropped_before_running(server: RunningServer) -> None:
+def test_http_client_that_disconnects_is_dropped_before_running(server: ThreadServer) -> None:
     before = rows_inferred(server)
     body = json.dumps({"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP32", "data": [1.0] * 12}]})
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=5)

@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serve.monitor.app import create_monitor_app
 from tests.fixtures.clients import post_json
+from tests.fixtures.local_servers import serving_in_thread
 from tests.fixtures.manifests import DEPLOY, documents, dropped
 from tests.fixtures.monitoring import AppServer, monitor_with_history
-from tests.fixtures.servers import serving
 
 DASHBOARD_PATH = DEPLOY / "grafana" / "serve.json"
 DASHBOARD: dict[str, Any] = json.loads(DASHBOARD_PATH.read_text())
@@ -52,7 +52,7 @@ def _scrape(url: str) -> str:
 @pytest.fixture(scope="module")
 def exported(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
     names: set[str] = set()
-    with serving(demo_repository, tmp_path_factory.mktemp("dashboard-server")) as server:
+    with serving_in_thread(demo_repository, tmp_path_factory.mktemp("dashboard-server")) as server:
         row = {"name": "features", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
         assert post_json(server.http_port, "/v2/models/tabular/infer", {"inputs": [row]}).status == 200
         bad = {**row, "shape": [1, 7], "data": [0.5] * 7}

@@ -19,16 +19,16 @@ import tritonclient.http as httpclient
 
 from serve.protocol import serve_monitoring_pb2 as mpb
 from serve.protocol import serve_monitoring_pb2_grpc as mpb_grpc
-from tests.fixtures.servers import RunningServer, serving
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 
 
 @pytest.fixture(scope="module")
-def server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(demo_repository, tmp_path_factory.mktemp("stats-server")) as running:
+def server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    with serving_in_thread(demo_repository, tmp_path_factory.mktemp("stats-server")) as running:
         yield running
 
 
-def fetch(server: RunningServer, path: str) -> tuple[int, dict[str, Any]]:
+def fetch(server: ThreadServer, path: str) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(server.base + path, timeout=10) as response:
             return response.status, json.load(response)
@@ -36,7 +36,7 @@ def fetch(server: RunningServer, path: str) -> tuple[int, dict[str, Any]]:
         return error.code, json.load(error)
 
 
-def wait_for_rows(server: RunningServer, rows: int) -> dict[str, Any]:
+def wait_for_rows(server: ThreadServer, rows: int) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     while True:
         status, document = fetch(server, "/v2/models/tabular/input-stats")
@@ -46,7 +46,7 @@ def wait_for_rows(server: RunningServer, rows: int) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-def test_input_statistics_match_numpy_for_traffic_over_both_protocols(server: RunningServer) -> None:
+def test_input_statistics_match_numpy_for_traffic_over_both_protocols(server: ThreadServer) -> None:
     rng = np.random.default_rng(5)
     batches = [rng.normal(3.0, 2.0, (n, 8)).astype(np.float32) for n in (5, 1, 7, 3)]
     http = httpclient.InferenceServerClient(server.http_url)
@@ -71,7 +71,7 @@ def test_input_statistics_match_numpy_for_traffic_over_both_protocols(server: Ru
         assert block["max"] == pytest.approx(values.max())
 
 
-def test_outputs_are_recorded_as_prediction_statistics(server: RunningServer) -> None:
+def test_outputs_are_recorded_as_prediction_statistics(server: ThreadServer) -> None:
     x = np.ones((4, 8), np.float32)
     inp = httpclient.InferInput("features", [4, 8], "FP32")
     inp.set_data_from_numpy(x)
@@ -83,7 +83,7 @@ def test_outputs_are_recorded_as_prediction_statistics(server: RunningServer) ->
     assert roles == {"input", "output"}
 
 
-def test_grpc_monitoring_service_returns_the_same_document(server: RunningServer) -> None:
+def test_grpc_monitoring_service_returns_the_same_document(server: ThreadServer) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         reply = mpb_grpc.MonitoringStub(channel).InputStats(mpb.InputStatsRequest(model_name="tabular"))
     document = json.loads(reply.json)
@@ -93,7 +93,7 @@ def test_grpc_monitoring_service_returns_the_same_document(server: RunningServer
     assert document["format"] == "serve.input-stats"
 
 
-def test_since_returns_only_newer_windows(server: RunningServer) -> None:
+def test_since_returns_only_newer_windows(server: ThreadServer) -> None:
     _, first = fetch(server, "/v2/models/tabular/input-stats")
 
     _, later = fetch(server, f"/v2/models/tabular/input-stats?since={first['seq']}")
@@ -102,14 +102,14 @@ def test_since_returns_only_newer_windows(server: RunningServer) -> None:
     assert all(window["seq"] > first["seq"] for window in later["windows"])
 
 
-def test_unknown_model_input_stats_is_404(server: RunningServer) -> None:
+def test_unknown_model_input_stats_is_404(server: ThreadServer) -> None:
     status, body = fetch(server, "/v2/models/nope/input-stats")
 
     assert status == 404
     assert "nope" in body["error"]
 
 
-def test_bad_since_is_400(server: RunningServer) -> None:
+def test_bad_since_is_400(server: ThreadServer) -> None:
     status, body = fetch(server, "/v2/models/tabular/input-stats?since=-3")
 
     assert status == 400
@@ -117,20 +117,20 @@ def test_bad_since_is_400(server: RunningServer) -> None:
 
 
 def test_statistics_can_be_switched_off(demo_repository: Path, tmp_path: Path) -> None:
-    with serving(demo_repository, tmp_path, "--no-stats") as running:
+    with serving_in_thread(demo_repository, tmp_path, "--no-stats") as running:
         status, body = fetch(running, "/v2/models/tabular/input-stats")
 
     assert status == 404
     assert "no-stats" in body["error"]
 
 
-def send(server: RunningServer, x: np.ndarray) -> None:
+def send(server: ThreadServer, x: np.ndarray) -> None:
     inp = httpclient.InferInput("features", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     httpclient.InferenceServerClient(server.http_url).infer("tabular", [inp])
 
 
-def document_with(server: RunningServer, rows: int) -> dict[str, Any]:
+def document_with(server: ThreadServer, rows: int) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     while True:
         _, document = fetch(server, "/v2/models/tabular/input-stats")
@@ -147,9 +147,9 @@ def test_two_servers_merged_equal_one_server_fed_both_streams(demo_repository: P
     for name in ("a", "b", "both"):
         (tmp_path / name).mkdir()
     with (
-        serving(demo_repository, tmp_path / "a") as a,
-        serving(demo_repository, tmp_path / "b") as b,
-        serving(demo_repository, tmp_path / "both") as both,
+        serving_in_thread(demo_repository, tmp_path / "a") as a,
+        serving_in_thread(demo_repository, tmp_path / "b") as b,
+        serving_in_thread(demo_repository, tmp_path / "both") as both,
     ):
         send(a, first)
         send(b, second)
@@ -173,11 +173,11 @@ def test_a_restarted_server_is_detected_and_not_double_counted(demo_repository: 
     x = np.ones((5, 8), np.float32)
     (tmp_path / "first").mkdir()
     (tmp_path / "second").mkdir()
-    with serving(demo_repository, tmp_path / "first") as running:
+    with serving_in_thread(demo_repository, tmp_path / "first") as running:
         send(running, x)
         before = document_with(running, 5)
         again = document_with(running, 5)  # polled twice: must not count twice
-    with serving(demo_repository, tmp_path / "second") as running:
+    with serving_in_thread(demo_repository, tmp_path / "second") as running:
         send(running, x[:3])
         after = document_with(running, 3)
 

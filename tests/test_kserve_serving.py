@@ -11,25 +11,25 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 from tests.fixtures.repositories import write_bare_model
-from tests.fixtures.servers import RunningServer, serving
 
 NAME = "fraud"
 
 
 @pytest.fixture(scope="module")
-def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
     mnt_models = tmp_path_factory.mktemp("mnt") / "models"
     write_bare_model(mnt_models)
-    # serving() passes --http-port and --grpc-port explicitly, as the runtime's args do.
-    with serving(mnt_models, tmp_path_factory.mktemp("kserve"), f"--model-name={NAME}") as server:
+    # serving_in_thread() passes --http-port and --grpc-port explicitly, as the runtime's args do.
+    with serving_in_thread(mnt_models, tmp_path_factory.mktemp("kserve"), f"--model-name={NAME}") as server:
         yield server
 
 
 X = np.array([[1.0, 2.0], [3.0, -4.0]], dtype=np.float32)
 
 
-def test_bare_model_directory_is_served_over_http_as_the_named_model_version_1(kserve: RunningServer) -> None:
+def test_bare_model_directory_is_served_over_http_as_the_named_model_version_1(kserve: ThreadServer) -> None:
     client = httpclient.InferenceServerClient(kserve.http_url)
     try:
         assert client.is_server_ready()
@@ -43,7 +43,7 @@ def test_bare_model_directory_is_served_over_http_as_the_named_model_version_1(k
         client.close()
 
 
-def test_bare_model_directory_is_served_over_grpc_as_the_named_model_version_1(kserve: RunningServer) -> None:
+def test_bare_model_directory_is_served_over_grpc_as_the_named_model_version_1(kserve: ThreadServer) -> None:
     client = grpcclient.InferenceServerClient(kserve.grpc_url)
     try:
         assert client.is_model_ready(NAME, "1")
@@ -55,7 +55,7 @@ def test_bare_model_directory_is_served_over_grpc_as_the_named_model_version_1(k
         client.close()
 
 
-def test_bare_model_directory_serves_no_other_model(kserve: RunningServer) -> None:
+def test_bare_model_directory_serves_no_other_model(kserve: ThreadServer) -> None:
     client = httpclient.InferenceServerClient(kserve.http_url)
     try:
         index = client.get_model_repository_index()

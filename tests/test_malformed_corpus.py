@@ -17,18 +17,18 @@ import pytest
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.fixtures.corpus import CORPUS, LIMIT, SERVER_ARGS, Malformed, Target
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 from tests.fixtures.oversize import grpc_channel
-from tests.fixtures.servers import RunningServer, serving
 
 
 @pytest.fixture(scope="module")
-def server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(demo_repository, tmp_path_factory.mktemp("corpus"), *SERVER_ARGS) as running:
+def server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    with serving_in_thread(demo_repository, tmp_path_factory.mktemp("corpus"), *SERVER_ARGS) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def target(server: RunningServer) -> Iterator[Target]:
+def target(server: ThreadServer) -> Iterator[Target]:
     with grpc_channel(server.grpc_url, LIMIT) as channel:
         yield Target(server.http_port, pb_grpc.GRPCInferenceServiceStub(channel), channel)
 
@@ -42,7 +42,7 @@ def test_the_corpus_holds_at_least_80_requests_of_at_least_20_kinds() -> None:
 
 @pytest.mark.parametrize("case", CORPUS, ids=[case.id for case in CORPUS])
 def test_a_malformed_request_is_refused_with_its_status_and_the_server_lives(
-    server: RunningServer, target: Target, case: Malformed
+    server: ThreadServer, target: Target, case: Malformed
 ) -> None:
     assert case.send(target) == case.expected
     with urllib.request.urlopen(f"{server.base}/v2/health/live", timeout=10) as response:
@@ -50,7 +50,7 @@ def test_a_malformed_request_is_refused_with_its_status_and_the_server_lives(
     assert target.grpc.ServerLive(pb.ServerLiveRequest(), timeout=10).live
 
 
-def test_no_malformed_request_left_a_traceback_in_the_log(server: RunningServer, target: Target) -> None:
+def test_no_malformed_request_left_a_traceback_in_the_log(server: ThreadServer, target: Target) -> None:
     for case in CORPUS:
         case.send(target)
     log = server.log()

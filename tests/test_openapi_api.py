@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 
 from serve.http.openapi import openapi_document
 from tests.fixtures.fuzzing import SLOW
-from tests.fixtures.servers import RunningServer, serving
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 
 SCHEMA = schemathesis.openapi.from_dict(openapi_document())
 CONTROL = SCHEMA.include(path_regex=r"/models/\{model\}/(load|unload)$")
@@ -37,31 +37,32 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="module")
-def server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(demo_repository, tmp_path_factory.mktemp("openapi")) as running:
+def server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    with serving_in_thread(demo_repository, tmp_path_factory.mktemp("openapi")) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def explicit_server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(demo_repository, tmp_path_factory.mktemp("openapi-explicit"), "--model-control-mode", "explicit") as s:
+def explicit_server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    explicit = ("--model-control-mode", "explicit")
+    with serving_in_thread(demo_repository, tmp_path_factory.mktemp("openapi-explicit"), *explicit) as s:
         yield s
 
 
-def test_the_server_serves_its_openapi_document(server: RunningServer) -> None:
+def test_the_server_serves_its_openapi_document(server: ThreadServer) -> None:
     with urllib.request.urlopen(f"{server.base}/openapi.json") as response:
         assert json.loads(response.read()) == openapi_document()
 
 
 @SERVING.parametrize()
 @settings(max_examples=EXAMPLES)
-def test_no_operation_is_answered_with_a_server_error(case: schemathesis.Case, server: RunningServer) -> None:
+def test_no_operation_is_answered_with_a_server_error(case: schemathesis.Case, server: ThreadServer) -> None:
     case.call_and_validate(base_url=server.base, checks=CHECKS)
 
 
 @CONTROL.parametrize()
 @settings(max_examples=EXAMPLES)
 def test_load_and_unload_are_never_answered_with_a_server_error(
-    case: schemathesis.Case, explicit_server: RunningServer
+    case: schemathesis.Case, explicit_server: ThreadServer
 ) -> None:
     case.call_and_validate(base_url=explicit_server.base, checks=CHECKS)

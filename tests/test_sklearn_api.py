@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 
 from serve.settings import ServerSettings
 from serve.validate import validate_repository
-from tests.fixtures.servers import RunningServer, serving
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 from tests.fixtures.sklearn_models import Exported, train_all, write_repository
 
 PROTOCOLS = ["http", "grpc"]
@@ -37,12 +37,12 @@ def repository(trained: dict[str, Exported], tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(repository, tmp_path_factory.mktemp("sklearn-server")) as running:
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    with serving_in_thread(repository, tmp_path_factory.mktemp("sklearn-server")) as running:
         yield running
 
 
-def infer(server: RunningServer, protocol: str, exported: Exported, output: str, class_count: int = 0) -> np.ndarray:
+def infer(server: ThreadServer, protocol: str, exported: Exported, output: str, class_count: int = 0) -> np.ndarray:
     module: Any = httpclient if protocol == "http" else grpcclient
     client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
     inputs = []
@@ -59,7 +59,7 @@ def infer(server: RunningServer, protocol: str, exported: Exported, output: str,
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name", MODELS)
 def test_probabilities_equal_predict_proba(
-    server: RunningServer, trained: dict[str, Exported], name: str, protocol: str
+    server: ThreadServer, trained: dict[str, Exported], name: str, protocol: str
 ) -> None:
     exported = trained[name]
 
@@ -71,7 +71,7 @@ def test_probabilities_equal_predict_proba(
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name", MODELS)
-def test_labels_equal_predict(server: RunningServer, trained: dict[str, Exported], name: str, protocol: str) -> None:
+def test_labels_equal_predict(server: ThreadServer, trained: dict[str, Exported], name: str, protocol: str) -> None:
     exported = trained[name]
 
     labels = infer(server, protocol, exported, "output_label")
@@ -83,7 +83,7 @@ def test_labels_equal_predict(server: RunningServer, trained: dict[str, Exported
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name", MODELS)
 def test_top_2_classes_are_score_index_and_class_label(
-    server: RunningServer, trained: dict[str, Exported], name: str, protocol: str
+    server: ThreadServer, trained: dict[str, Exported], name: str, protocol: str
 ) -> None:
     exported = trained[name]
     probabilities = infer(server, protocol, exported, "output_probability")
@@ -102,7 +102,7 @@ def test_top_2_classes_are_score_index_and_class_label(
 
 @pytest.mark.parametrize("name", MODELS)
 def test_metadata_shows_the_zipmap_output_as_a_probability_tensor(
-    server: RunningServer, trained: dict[str, Exported], name: str
+    server: ThreadServer, trained: dict[str, Exported], name: str
 ) -> None:
     metadata = httpclient.InferenceServerClient(server.http_url).get_model_metadata(name)
 

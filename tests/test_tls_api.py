@@ -24,7 +24,8 @@ from tritonclient.utils import InferenceServerException
 from serve.demo import write_demo_repository
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
-from tests.fixtures.servers import HOST, RunningServer, free_port, start_server
+from tests.fixtures.local_servers import ThreadServer, start_in_thread
+from tests.fixtures.servers import HOST, free_port
 from tests.fixtures.tls import Certificates, KeyPair, write_certificates
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -55,11 +56,11 @@ def client_context(certificates: Certificates, client: KeyPair | None = None) ->
 @pytest.fixture(scope="module")
 def tls_server(
     certificates: Certificates, repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
+) -> Iterator[ThreadServer]:
     tmp = tmp_path_factory.mktemp("tls")
     tokens = tmp / "tokens"
     tokens.write_text(f"deployer admin {ADMIN_TOKEN}\nfrontend inference {INFERENCE_TOKEN}\n")
-    server = start_server(
+    server = start_in_thread(
         repository,
         tmp,
         "--tls-cert-file", str(certificates.server.cert),
@@ -78,8 +79,8 @@ def tls_server(
 @pytest.fixture(scope="module")
 def mtls_server(
     certificates: Certificates, repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    server = start_server(
+) -> Iterator[ThreadServer]:
+    server = start_in_thread(
         repository,
         tmp_path_factory.mktemp("mtls"),
         "--tls-cert-file", str(certificates.server.cert),
@@ -94,7 +95,7 @@ def mtls_server(
 
 
 def https_client(
-    server: RunningServer, certificates: Certificates, client: KeyPair | None = None
+    server: ThreadServer, certificates: Certificates, client: KeyPair | None = None
 ) -> httpclient.InferenceServerClient:
     options = {"ca_certs": str(certificates.server_ca)}
     if client is not None:
@@ -105,7 +106,7 @@ def https_client(
 
 
 def grpcs_client(
-    server: RunningServer, certificates: Certificates, client: KeyPair | None = None
+    server: ThreadServer, certificates: Certificates, client: KeyPair | None = None
 ) -> grpcclient.InferenceServerClient:
     return grpcclient.InferenceServerClient(
         server.grpc_url,
@@ -130,7 +131,7 @@ def grpc_infer(client: grpcclient.InferenceServerClient, **kwargs: object) -> np
     return result.as_numpy("probabilities")
 
 
-def channel(server: RunningServer, certificates: Certificates, client: KeyPair | None = None) -> grpc.Channel:
+def channel(server: ThreadServer, certificates: Certificates, client: KeyPair | None = None) -> grpc.Channel:
     credentials = grpc.ssl_channel_credentials(
         root_certificates=certificates.server_ca.read_bytes(),
         private_key=client.key.read_bytes() if client else None,
@@ -151,9 +152,7 @@ def grpc_bearer(token: str) -> dict[str, str]:
 # ---- TLS with token auth -------------------------------------------------------------------------
 
 
-def test_tritonclient_over_https_with_a_token_is_answered(
-    tls_server: RunningServer, certificates: Certificates
-) -> None:
+def test_tritonclient_over_https_with_a_token_is_answered(tls_server: ThreadServer, certificates: Certificates) -> None:
     client = https_client(tls_server, certificates)
 
     assert client.is_server_live()  # health needs no token
@@ -162,14 +161,14 @@ def test_tritonclient_over_https_with_a_token_is_answered(
 
 
 def test_tritonclient_over_https_without_a_token_is_refused(
-    tls_server: RunningServer, certificates: Certificates
+    tls_server: ThreadServer, certificates: Certificates
 ) -> None:
     with pytest.raises(InferenceServerException, match="no bearer token was sent"):
         http_infer(https_client(tls_server, certificates))
 
 
 def test_tritonclient_over_https_with_an_inference_token_cannot_control_models(
-    tls_server: RunningServer, certificates: Certificates
+    tls_server: ThreadServer, certificates: Certificates
 ) -> None:
     client = https_client(tls_server, certificates)
 
@@ -179,7 +178,7 @@ def test_tritonclient_over_https_with_an_inference_token_cannot_control_models(
 
 
 def test_tritonclient_over_grpc_with_ssl_and_a_token_is_answered(
-    tls_server: RunningServer, certificates: Certificates
+    tls_server: ThreadServer, certificates: Certificates
 ) -> None:
     client = grpcs_client(tls_server, certificates)
 
@@ -189,7 +188,7 @@ def test_tritonclient_over_grpc_with_ssl_and_a_token_is_answered(
 
 
 def test_tritonclient_over_grpc_with_ssl_without_a_token_is_refused(
-    tls_server: RunningServer, certificates: Certificates
+    tls_server: ThreadServer, certificates: Certificates
 ) -> None:
     client = grpcs_client(tls_server, certificates)
 
@@ -200,7 +199,7 @@ def test_tritonclient_over_grpc_with_ssl_without_a_token_is_refused(
         client.load_model(MODEL, headers=grpc_bearer(INFERENCE_TOKEN))
 
 
-def test_a_plaintext_http_client_is_refused_by_the_tls_port(tls_server: RunningServer) -> None:
+def test_a_plaintext_http_client_is_refused_by_the_tls_port(tls_server: ThreadServer) -> None:
     connection = http.client.HTTPConnection(HOST, tls_server.http_port, timeout=10)
     try:
         with pytest.raises((http.client.HTTPException, OSError)):
@@ -210,7 +209,7 @@ def test_a_plaintext_http_client_is_refused_by_the_tls_port(tls_server: RunningS
         connection.close()
 
 
-def test_a_plaintext_grpc_client_is_refused_by_the_tls_port(tls_server: RunningServer) -> None:
+def test_a_plaintext_grpc_client_is_refused_by_the_tls_port(tls_server: ThreadServer) -> None:
     with grpc.insecure_channel(tls_server.grpc_url) as plain:
         with pytest.raises(grpc.RpcError) as raised:
             pb_grpc.GRPCInferenceServiceStub(plain).ServerLive(pb.ServerLiveRequest(), timeout=10)
@@ -218,7 +217,7 @@ def test_a_plaintext_grpc_client_is_refused_by_the_tls_port(tls_server: RunningS
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_a_client_that_does_not_trust_the_server_certificate_is_refused(tls_server: RunningServer) -> None:
+def test_a_client_that_does_not_trust_the_server_certificate_is_refused(tls_server: ThreadServer) -> None:
     context = ssl.create_default_context()  # the system's CAs, which never signed a trustme certificate
     connection = http.client.HTTPSConnection(HOST, tls_server.http_port, timeout=10, context=context)
     try:
@@ -229,7 +228,7 @@ def test_a_client_that_does_not_trust_the_server_certificate_is_refused(tls_serv
 
 
 def test_a_client_offering_only_cbc_sha1_suites_is_refused(
-    tls_server: RunningServer, certificates: Certificates
+    tls_server: ThreadServer, certificates: Certificates
 ) -> None:
     context = client_context(certificates)
     context.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 suites are not chosen with set_ciphers
@@ -240,7 +239,7 @@ def test_a_client_offering_only_cbc_sha1_suites_is_refused(
     assert https_live(tls_server, client_context(certificates)) == 200
 
 
-def test_the_server_log_never_shows_a_token(tls_server: RunningServer, certificates: Certificates) -> None:
+def test_the_server_log_never_shows_a_token(tls_server: ThreadServer, certificates: Certificates) -> None:
     with pytest.raises(InferenceServerException):
         http_infer(https_client(tls_server, certificates), headers=bearer("a-wrong-token-0123456789abcdef"))
 
@@ -253,7 +252,7 @@ def test_the_server_log_never_shows_a_token(tls_server: RunningServer, certifica
 
 
 def test_mtls_a_client_with_a_certificate_from_the_client_ca_is_answered(
-    mtls_server: RunningServer, certificates: Certificates
+    mtls_server: ThreadServer, certificates: Certificates
 ) -> None:
     http_client = https_client(mtls_server, certificates, certificates.client)
     grpc_client = grpcs_client(mtls_server, certificates, certificates.client)
@@ -262,7 +261,7 @@ def test_mtls_a_client_with_a_certificate_from_the_client_ca_is_answered(
     assert grpc_infer(grpc_client).shape == (1, 3)
 
 
-def https_live(server: RunningServer, context: ssl.SSLContext) -> int:
+def https_live(server: ThreadServer, context: ssl.SSLContext) -> int:
     connection = http.client.HTTPSConnection(HOST, server.http_port, timeout=10, context=context)
     try:
         connection.request("GET", "/v2/health/live")
@@ -273,7 +272,7 @@ def https_live(server: RunningServer, context: ssl.SSLContext) -> int:
 
 @pytest.mark.parametrize("who", ["no certificate", "a certificate from another CA"])
 def test_mtls_an_https_client_without_an_accepted_certificate_is_refused(
-    mtls_server: RunningServer, certificates: Certificates, who: str
+    mtls_server: ThreadServer, certificates: Certificates, who: str
 ) -> None:
     context = client_context(certificates, None if who == "no certificate" else certificates.stranger)
 
@@ -285,7 +284,7 @@ def test_mtls_an_https_client_without_an_accepted_certificate_is_refused(
 
 @pytest.mark.parametrize("who", ["no certificate", "a certificate from another CA"])
 def test_mtls_a_grpc_client_without_an_accepted_certificate_is_refused(
-    mtls_server: RunningServer, certificates: Certificates, who: str
+    mtls_server: ThreadServer, certificates: Certificates, who: str
 ) -> None:
     client = None if who == "no certificate" else certificates.stranger
     with channel(mtls_server, certificates, client) as refused:
@@ -363,7 +362,7 @@ def test_a_key_without_its_certificate_is_a_settings_error(tmp_path: Path, certi
 def test_grpc_frontend_native_with_tls_serves_grpc_over_tls_with_grpc_aio_and_says_why(
     certificates: Certificates, repository: Path, tmp_path: Path
 ) -> None:
-    server = start_server(
+    server = start_in_thread(
         repository,
         tmp_path,
         "--tls-cert-file", str(certificates.server.cert),

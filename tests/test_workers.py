@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import psutil
 import pytest
@@ -26,6 +27,8 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.demo import write_demo_repository
+from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.workers import ipc
 from serve.workers.messages import A, Export, Loaded, ModelStatistics, Request
 from serve.workers.worker import worker_socket
@@ -302,13 +305,31 @@ def test_explicit_load_and_unload_reach_every_worker(demo: Path, tmp_path: Path)
             client.close()
 
 
-def test_two_workers_serve_grpc_on_one_port_with_the_native_front_end(demo: Path, tmp_path: Path) -> None:
+def test_one_grpc_connection_reaches_every_worker_with_the_native_front_end(demo: Path, tmp_path: Path) -> None:
+    """perf_analyzer and tritonclient send every call over one connection: the supervisor's front end hands each
+    call to a worker, where SO_REUSEPORT would give the whole connection to one (serve/grpc/handoff)."""
+    request = pb.ModelInferRequest(model_name="tabular")
+    request.inputs.add(name="features", datatype="FP32", shape=[2, 8])
+    request.raw_input_contents.append(_features(2).tobytes())
+
+    async def one_connection(url: str) -> list[pb.ModelInferResponse]:
+        async with grpc.aio.insecure_channel(url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def caller() -> list[pb.ModelInferResponse]:
+                return [await stub.ModelInfer(request) for _ in range(40)]
+
+            return [reply for replies in await asyncio.gather(*(caller() for _ in range(64))) for reply in replies]
+
     with serving(demo, tmp_path, "--workers", str(WORKERS), "--grpc-frontend", "native") as server:
         wait_for_workers(server)
-        for _ in range(8):  # new channels: SO_REUSEPORT hashes their connections over the workers
-            with grpcclient.InferenceServerClient(server.grpc_url) as client:
-                tensor = grpcclient.InferInput("features", [2, 8], "FP32")
-                tensor.set_data_from_numpy(_features(2))
-                assert client.infer("tabular", [tensor]).as_numpy("label").shape == (2, 1)
+        workers = psutil.Process(server.process.pid).children()
+        before = [sum(worker.cpu_times()[:2]) for worker in workers]
+        replies = asyncio.run(one_connection(server.grpc_url))
+        used = [sum(worker.cpu_times()[:2]) - start for worker, start in zip(workers, before, strict=True)]
         log = server.log()
-    assert log.count("(pygrpc-native)") == WORKERS, log
+
+    assert len(workers) == WORKERS and len(replies) == 64 * 40
+    assert all("label" in {output.name for output in reply.outputs} for reply in replies)
+    assert "gRPC on 127.0.0.1" in log and "one front end, calls handed to every worker" in log
+    assert min(used) >= 0.25 * sum(used), used  # both workers ran calls of the one connection

@@ -1,15 +1,18 @@
-"""What the core asks of the other worker processes when it is one of several behind one port.
+"""Where the core's server-wide answers come from: this process alone, or every worker.
 
 With ``--workers N`` everything a client reads must describe the whole server, and model control
-must reach every worker: the supervisor (serve/workers) answers these by asking every worker.
-Without workers there is no Cluster and the core answers from this process alone.
+must reach every worker: the supervisor (serve/workers) answers these by asking every worker, and
+each worker applies them on its LocalCluster. Without workers the LocalCluster answers directly.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+from serve.errors import ModelLoadError
+from serve.metrics.triton_statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
+from serve.repository.repository import ModelRepository
 
 
 class Cluster(Protocol):
@@ -27,6 +30,38 @@ class Cluster(Protocol):
         """Unload on every worker."""
         ...
 
-    async def input_stats(self, name: str, version: str, since: int) -> bytes:
-        """The model version's statistics document, merged over the workers."""
-        ...
+
+class LocalCluster:
+    """This process's own repository and statistics: the whole server when there are no workers,
+    and what a worker applies when the supervisor asks it."""
+
+    def __init__(self, repository: ModelRepository, statistics: TritonStatistics) -> None:
+        self._repository = repository
+        self._statistics = statistics
+
+    async def model_statistics(self, name: str, version: str) -> list[dict[str, Any]]:
+        return self.statistics_now(name, version)
+
+    def statistics_now(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        if name:
+            if version:
+                models = [self._repository.get(name, version)]
+            else:
+                self._repository.get(name)  # raises for an unknown or unready model
+                models = self._repository.ready_versions(name)
+        else:
+            models = self._repository.loaded()
+        return [self._statistics.as_dict(m) for m in models]
+
+    async def load_model(
+        self, name: str, config: mc.ModelConfig | None, files: dict[str, bytes] | None, actor: str
+    ) -> None:
+        outcome = await self._repository.load_model(name, config_override=config, files=files, actor=actor)
+        if outcome.error or outcome.failed:
+            reasons = [outcome.error] if outcome.error else [f"version {v.version}: {v.reason}" for v in outcome.failed]
+            serving = ", ".join(v.version_str for v in outcome.after)
+            kept = f"; version(s) {serving} keep serving" if serving else ""
+            raise ModelLoadError(f"failed to load '{name}': {'; '.join(reasons)}{kept}")
+
+    async def unload_model(self, name: str, actor: str) -> None:
+        await self._repository.unload_model(name, actor=actor)

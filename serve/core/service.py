@@ -14,11 +14,11 @@ from typing import Any
 
 from serve import __version__
 from serve.core.classification import classify
-from serve.core.cluster import Cluster
+from serve.core.cluster import Cluster, LocalCluster
 from serve.core.readiness import SHUTTING_DOWN, Readiness, ReadinessSignal
 from serve.core.served_versions import ServedVersions
 from serve.core.validation import validate
-from serve.errors import ModelControlDisabled, ModelLoadError, ModelNotFound, ModelNotReady, ServeError, ShuttingDown
+from serve.errors import ModelControlDisabled, ModelNotFound, ModelNotReady, ServeError, ShuttingDown
 from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
 from serve.metrics.triton_statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
@@ -65,11 +65,12 @@ class InferenceService:
         self.server_name = server_name
         self.model_control = model_control
         self._served = served
-        self._statistics = statistics
         self._observer = observer
         self._clock = clock
-        # The other workers, when this process is one of several behind one port (serve/workers).
-        self.cluster = cluster
+        # This process's own answers; and where the server-wide ones come from: the same, or every
+        # worker when this process is one of several behind one port (serve/workers).
+        self.local = LocalCluster(repository, statistics)
+        self.cluster: Cluster = cluster or self.local
         self._shutting_down = False
 
     @classmethod
@@ -153,23 +154,9 @@ class InferenceService:
 
     async def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Triton's statistics extension, for the whole server."""
-        if self.cluster is not None:
-            if version:
-                parse_version(version)  # refused here, as in one process, not as each worker's failure
-            return await self.cluster.model_statistics(name, version)
-        return self.local_model_statistics(name, version)
-
-    def local_model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
-        """The same, for this process only."""
-        if name:
-            if version:
-                models = [self.repository.get(name, version)]
-            else:
-                self.repository.get(name)  # raises for an unknown or unready model
-                models = self.repository.ready_versions(name)
-        else:
-            models = self.repository.loaded()
-        return [self._statistics.as_dict(m) for m in models]
+        if version:
+            parse_version(version)  # refused here, as in one process, not as each worker's failure
+        return await self.cluster.model_statistics(name, version)
 
     def queue_depths(self) -> Iterator[tuple[VersionKey, int, int]]:
         """(version, requests waiting, batches running) of every serving version, for the metrics."""
@@ -258,37 +245,11 @@ class InferenceService:
         actor: str = ANONYMOUS,
     ) -> None:
         self._check_model_control()
-        if self.cluster is not None:
-            await self.cluster.load_model(name, config, files, actor)
-            return
-        await self.apply_load_model(name, config, files, actor=actor)
-
-    async def apply_load_model(
-        self,
-        name: str,
-        config: mc.ModelConfig | None = None,
-        files: dict[str, bytes] | None = None,
-        *,
-        actor: str = ANONYMOUS,
-    ) -> None:
-        """Load in this process (the supervisor calls this on every worker)."""
-        outcome = await self.repository.load_model(name, config_override=config, files=files, actor=actor)
-        if outcome.error or outcome.failed:
-            reasons = [outcome.error] if outcome.error else [f"version {v.version}: {v.reason}" for v in outcome.failed]
-            serving = ", ".join(v.version_str for v in outcome.after)
-            kept = f"; version(s) {serving} keep serving" if serving else ""
-            raise ModelLoadError(f"failed to load '{name}': {'; '.join(reasons)}{kept}")
+        await self.cluster.load_model(name, config, files, actor)
 
     async def unload_model(self, name: str, *, actor: str = ANONYMOUS) -> None:
         self._check_model_control()
-        if self.cluster is not None:
-            await self.cluster.unload_model(name, actor)
-            return
-        await self.apply_unload_model(name, actor=actor)
-
-    async def apply_unload_model(self, name: str, *, actor: str = ANONYMOUS) -> None:
-        """Unload in this process (the supervisor calls this on every worker)."""
-        await self.repository.unload_model(name, actor=actor)
+        await self.cluster.unload_model(name, actor)
 
     async def close(self) -> None:
         try:

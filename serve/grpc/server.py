@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from collections.abc import Sequence
 
@@ -20,6 +19,7 @@ from serve.grpc.input_stats_service import add_monitoring_servicer
 from serve.grpc.service import InferenceServicer
 from serve.input_stats.served_baseline import BaselineLookup
 from serve.input_stats.wiring import StatsDocuments
+from serve.listening import bind_error_reason
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.protocol._pool import POOL
@@ -104,11 +104,6 @@ def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
         [(tls.key, tls.cert)], root_certificates=tls.client_ca, require_client_auth=tls.mutual
     )
-
-
-def bind_error_reason(exc: OSError) -> str:
-    """'address already in use' rather than '[Errno 98] Address already in use'."""
-    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
 
 
 def _why_not(address: str) -> str:

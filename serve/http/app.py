@@ -101,95 +101,101 @@ def _unsupported_extensions() -> list[BaseRoute]:
     return routes
 
 
-def create_app(
-    service: InferenceService, *, max_request_bytes: int, extra_routes: list[BaseRoute] | None = None
-) -> ASGIApp:
-    """The HTTP app; ``service`` carries all state (no globals)."""
+class _Routes:
+    """The handlers of every route but inference; ``service`` carries all state (no globals)."""
 
-    async def body_of(request: Request) -> bytes:
-        return await read_body(request.headers, request.receive, max_request_bytes)
+    def __init__(self, service: InferenceService, max_request_bytes: int) -> None:
+        self.service = service
+        self.max_request_bytes = max_request_bytes
+        self.described = orjson.dumps(openapi_document())
 
-    async def live(request: Request) -> Response:
-        return Response(status_code=200 if service.server_live() else 400)
+    async def body_of(self, request: Request) -> bytes:
+        return await read_body(request.headers, request.receive, self.max_request_bytes)
 
-    async def ready(request: Request) -> Response:
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200 if self.service.server_live() else 400)
+
+    async def ready(self, request: Request) -> Response:
         # Triton's 400 and empty 200; not ready also says which model and why (serve/core/readiness.py).
-        readiness = service.readiness()
+        readiness = self.service.readiness()
         return Response(status_code=200) if readiness.ready else json_response(readiness.as_json(), 400)
 
-    async def server_metadata(request: Request) -> Response:
-        return json_response(service.server_metadata())
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.service.server_metadata())
 
-    async def model_metadata(request: Request) -> Response:
-        return json_response(service.model_metadata(request.path_params["model"], _version(request)))
+    async def model_metadata(self, request: Request) -> Response:
+        return json_response(self.service.model_metadata(request.path_params["model"], _version(request)))
 
-    async def model_ready(request: Request) -> Response:
-        why = service.model_not_ready(request.path_params["model"], _version(request))
+    async def model_ready(self, request: Request) -> Response:
+        why = self.service.model_not_ready(request.path_params["model"], _version(request))
         return json_response({"ready": False, "error": why}, 400) if why else Response(status_code=200)
 
-    async def model_config(request: Request) -> Response:
-        config = service.model_config(request.path_params["model"], _version(request))
+    async def model_config(self, request: Request) -> Response:
+        config = self.service.model_config(request.path_params["model"], _version(request))
         return json_response(message_to_json(config))
 
-    async def model_stats(request: Request) -> Response:
-        stats = await service.model_statistics(request.path_params.get("model", ""), _version(request))
+    async def model_stats(self, request: Request) -> Response:
+        stats = await self.service.model_statistics(request.path_params.get("model", ""), _version(request))
         return json_response({"model_stats": stats})
 
-    async def repository_index(request: Request) -> Response:
-        with service.audited("index", actor_of(request.scope), ""):
-            body = _json_object(await body_of(request))
+    async def repository_index(self, request: Request) -> Response:
+        with self.service.audited("index", actor_of(request.scope), ""):
+            body = _json_object(await self.body_of(request))
             ready_only = body.get("ready", False)
             if not isinstance(ready_only, bool):
                 raise InvalidInput("'ready' must be a boolean")
-            return json_response(service.repository_index(ready_only))
+            return json_response(self.service.repository_index(ready_only))
 
-    async def repository_load(request: Request) -> Response:
+    async def repository_load(self, request: Request) -> Response:
         name, actor = request.path_params["model"], actor_of(request.scope)
-        with service.audited("load", actor, name):
-            config, files = _load_parameters(_json_object(await body_of(request)))
-            await service.load_model(name, config, files or None, actor=actor)
+        with self.service.audited("load", actor, name):
+            config, files = _load_parameters(_json_object(await self.body_of(request)))
+            await self.service.load_model(name, config, files or None, actor=actor)
             return Response(status_code=200)
 
-    async def repository_unload(request: Request) -> Response:
+    async def repository_unload(self, request: Request) -> Response:
         name, actor = request.path_params["model"], actor_of(request.scope)
-        with service.audited("unload", actor, name):
-            await body_of(request)
-            await service.unload_model(name, actor=actor)
+        with self.service.audited("unload", actor, name):
+            await self.body_of(request)
+            await self.service.unload_model(name, actor=actor)
             return Response(status_code=200)
 
-    described = orjson.dumps(openapi_document())
+    async def openapi(self, request: Request) -> Response:
+        return Response(self.described, media_type=JSON)
 
-    async def openapi(request: Request) -> Response:
-        return Response(described, media_type=JSON)
-
-    async def not_an_inference(request: Request) -> Response:
+    async def not_an_inference(self, request: Request) -> Response:
         # InferEndpoint answers every POST to an inference path; the route exists so that other
         # methods get 405 rather than 404.
         raise AssertionError("unreachable: InferEndpoint answers inference POSTs")
 
-    model = "/v2/models/{model}"
-    versioned = "/v2/models/{model}/versions/{version}"
-    routes: list[BaseRoute] = [
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/models/stats", model_stats, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-    ]
-    for prefix in (model, versioned):
-        routes += [
-            Route(prefix, model_metadata, methods=["GET"]),
-            Route(prefix + "/ready", model_ready, methods=["GET"]),
-            Route(prefix + "/config", model_config, methods=["GET"]),
-            Route(prefix + "/stats", model_stats, methods=["GET"]),
-            Route(prefix + "/infer", not_an_inference, methods=["POST"]),
+    def table(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = [
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/models/stats", self.model_stats, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
-    for repo in ("/v2/repository", "/v2/repository/{repository}"):
-        routes += [
-            Route(repo + "/index", repository_index, methods=["POST"]),
-            Route(repo + "/models/{model}/load", repository_load, methods=["POST"]),
-            Route(repo + "/models/{model}/unload", repository_unload, methods=["POST"]),
-        ]
-    routes += _unsupported_extensions()
-    routes += extra_routes or []
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            routes += [
+                Route(prefix, self.model_metadata, methods=["GET"]),
+                Route(prefix + "/ready", self.model_ready, methods=["GET"]),
+                Route(prefix + "/config", self.model_config, methods=["GET"]),
+                Route(prefix + "/stats", self.model_stats, methods=["GET"]),
+                Route(prefix + "/infer", self.not_an_inference, methods=["POST"]),
+            ]
+        for repo in ("/v2/repository", "/v2/repository/{repository}"):
+            routes += [
+                Route(repo + "/index", self.repository_index, methods=["POST"]),
+                Route(repo + "/models/{model}/load", self.repository_load, methods=["POST"]),
+                Route(repo + "/models/{model}/unload", self.repository_unload, methods=["POST"]),
+            ]
+        return routes
+
+
+def create_app(
+    service: InferenceService, *, max_request_bytes: int, extra_routes: list[BaseRoute] | None = None
+) -> ASGIApp:
+    """The HTTP app; ``service`` carries all state (no globals)."""
+    routes = _Routes(service, max_request_bytes).table() + _unsupported_extensions() + (extra_routes or [])
     return ErrorBoundary(InferEndpoint(Router(routes=routes), service, max_request_bytes=max_request_bytes))

@@ -37,11 +37,10 @@ from pathlib import Path
 
 from serve import settings as settings_module
 from serve.cpus import resolve_workers
-from serve.grpc.handoff import fallback_socket, handoff_socket, hands_off
-from serve.grpc.handoff.front import HandoffFront
 from serve.input_stats.windows import ServerInstance
+from serve.listening import bind_http_socket
 from serve.metrics.multiprocess import forget_process
-from serve.server import bind_http_socket
+from serve.server import HandoffFront, grpc_front
 from serve.settings import ServerSettings
 from serve.workers import ipc
 from serve.workers.messages import SUPERVISOR_REQUESTS, SupervisorRequest, answer_supervisor_request
@@ -130,8 +129,8 @@ class Supervisor:
         if not shared:
             self._http_socket.close()  # it only chose the port: each worker binds its own
             self._http_socket = None
-        if hands_off(s.grpc_frontend, self.count, tls=s.tls_cert_file is not None):
-            self._front = _bind_front(s, self.count, self.run_dir)
+        self._front = grpc_front(s, self.count, self.run_dir)
+        if self._front is not None:
             self.grpc_port = self._front.port
         else:
             self._grpc_socket = _reserve_port(s.host, s.grpc_port)
@@ -292,20 +291,6 @@ class Supervisor:
             worker.ready.set()
             self._metrics.serving(len(self.serving()))
             log.info("worker %d (pid %d) is serving", worker.index, worker.pid)
-
-
-def _bind_front(settings: ServerSettings, workers: int, run_dir: Path) -> HandoffFront:
-    host, port = settings.host, settings.grpc_port
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        return HandoffFront(
-            address,
-            [handoff_socket(run_dir, index) for index in range(workers)],
-            fallback_socket=fallback_socket(run_dir, 0),
-            max_message_bytes=settings.max_request_bytes,
-        )
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:

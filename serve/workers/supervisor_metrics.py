@@ -8,16 +8,15 @@ which stays up while workers restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
-import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from serve.listening import bind_http_socket
 from serve.metrics.endpoint import create_metrics_app
 from serve.metrics.prometheus import PrometheusMetrics
-from serve.server import bind_http_socket
+from serve.uvicorn_server import InLoopUvicorn, serve_uvicorn
 
 log = logging.getLogger("serve.workers")
 
@@ -44,7 +43,7 @@ class MetricsServer:
     """Every process's metrics, merged from the shared files, on a port of their own."""
 
     def __init__(self) -> None:
-        self._server: uvicorn.Server | None = None
+        self._server: InLoopUvicorn | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int, metrics_dir: Path, *, triton_compat: bool) -> None:
@@ -52,13 +51,7 @@ class MetricsServer:
         metrics = PrometheusMetrics(
             CollectorRegistry(), triton_compat=triton_compat, process_metrics=False, multiprocess_dir=metrics_dir
         )
-        config = uvicorn.Config(
-            create_metrics_app(metrics), loop="none", lifespan="off", access_log=False, server_header=False,
-            log_config=None,
-        )  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
-        self._task = asyncio.ensure_future(self._server.serve(sockets=[sock]))
+        self._server, self._task = serve_uvicorn(create_metrics_app(metrics), sock)
         log.info("metrics on %s:%d/metrics", host, sock.getsockname()[1])
 
     async def stop(self) -> None:

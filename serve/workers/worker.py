@@ -26,7 +26,7 @@ from serve.errors import ServeError
 from serve.memory import return_freed_memory
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.repository import STARTUP
-from serve.server import Server, WorkerRole
+from serve.server import GrpcHandoff, Server, WorkerRole, build_server
 from serve.settings import ServerSettings
 from serve.workers import ipc
 from serve.workers.messages import (
@@ -104,7 +104,7 @@ class WorkerControl:
         self._server = server
 
     async def statistics(self, request: ModelStatistics) -> StatisticsAnswer:
-        entries = self._server.service.local_model_statistics(request.name, request.version)
+        entries = self._server.service.local.statistics_now(request.name, request.version)
         return StatisticsAnswer(orjson.dumps(entries))
 
     async def export(self, request: Export) -> InputStatsAnswer:
@@ -116,7 +116,7 @@ class WorkerControl:
         return Done()
 
     async def apply_unload(self, request: ApplyUnload) -> Done:
-        await self._server.service.apply_unload_model(request.name, actor=request.actor)
+        await self._server.service.local.unload_model(request.name, actor=request.actor)
         return Done()
 
     async def loaded(self, request: Loaded) -> LoadedAnswer:
@@ -124,7 +124,7 @@ class WorkerControl:
 
 
 async def _apply_load(server: Server, spec: ModelSpec, actor: str) -> None:
-    await server.service.apply_load_model(spec.name, spec.model_config(), spec.model_files(), actor=actor)
+    await server.service.local.load_model(spec.name, spec.model_config(), spec.model_files(), actor=actor)
 
 
 async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: Path, http_fd: int | None) -> None:
@@ -132,7 +132,8 @@ async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: 
         return_freed_memory()
     link = SupervisorLink(run_dir)
     http_socket = socket.socket(fileno=http_fd) if http_fd is not None else None
-    server = Server(settings, root, role=WorkerRole(index, link, http_socket))
+    handoff = GrpcHandoff.of_worker(run_dir, index) if os.environ.get(ENV_GRPC_HANDOFF) else None
+    server = build_server(settings, root, WorkerRole(index, link, http_socket, handoff))
     server.capture_signals(signals=(signal.SIGTERM,))
     handler = WorkerControl(server)
     control = ipc.ControlServer(

@@ -3,22 +3,10 @@ each ModelInfer call's bytes go to a worker over a Unix socket, so one client co
 (bench/README.md, "HTTP/2 terminated once, calls handed to workers").
 
 ``serve run --workers N --grpc-frontend native`` (N > 1, no TLS) runs it: the supervisor's front.py on the gRPC
-port, and in each worker a worker.py listener on ``handoff_socket`` plus a grpc.aio server on
-``fallback_socket`` for every other method (worker 0's takes them)."""
+port, and in each worker a worker.py listener plus a grpc.aio server for every other method, on the Unix sockets
+that serve/roles.py's GrpcHandoff names (worker 0's grpc.aio server takes the other methods)."""
 
 from __future__ import annotations
-
-from pathlib import Path
-
-
-def handoff_socket(run_dir: Path, index: int) -> Path:
-    """Where worker ``index`` takes the ModelInfer calls that the front end hands over."""
-    return run_dir / f"grpc-handoff-{index}.sock"
-
-
-def fallback_socket(run_dir: Path, index: int) -> Path:
-    """Where worker ``index`` serves every other gRPC method, on grpc.aio."""
-    return run_dir / f"grpc-{index}.sock"
 
 
 def hands_off(frontend: str, workers: int, tls: bool) -> bool:

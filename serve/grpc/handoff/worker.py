@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from pathlib import Path
+from typing import cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -88,8 +89,7 @@ class _Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a stream transport (uvloop's is no subclass)
         self.listener._links.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
