@@ -591,13 +591,17 @@ async def client(demo_server: RunningServer) -> AsyncIterator[aioclient.Inferenc
         await c.close()
 
 
+async def test_tritonclient_sees_the_server_and_the_model_ready(client: aioclient.InferenceServerClient) -> None:
+    assert await client.is_server_live()
+    assert await client.is_server_ready()
+    assert await client.is_model_ready("tabular")
+    assert await client.is_model_ready("tabular", model_version="1")
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 async def test_tritonclient_infers_over_a_socket(
     client: aioclient.InferenceServerClient, demo_repository: Path, binary: bool
 ) -> None:
-    assert await client.is_server_live()
-    assert await client.is_server_ready()
-    assert await client.is_model_ready("tabular")
     x = features(3)
     outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("probabilities", "label")]
     result = await client.infer("tabular", [infer_input("features", x, "FP32", binary)], outputs=outputs)
