@@ -321,7 +321,7 @@ async def test_requested_outputs_are_the_only_outputs_returned(stub: Stub) -> No
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
-async def test_compressed_requests_are_inflated(
+async def test_compressed_messages_are_accepted(
     client: Client, demo_repository: Path, frontend: GrpcFrontend, algorithm: str
 ) -> None:
     x = features(4)
