@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypedDict
 
 import grpc
 import numpy as np
@@ -392,10 +392,18 @@ async def test_a_message_over_grpcs_default_4_mib_is_accepted(stub: Stub) -> Non
 # ---- streaming -----------------------------------------------------------------------------------
 
 
-async def stream_answers(client: Client, requests: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
-    """tritonclient's stream: each request dict (async_stream_infer's arguments) in order, one answer each."""
+class StreamRequest(TypedDict, total=False):
+    """One request on tritonclient.grpc.aio's stream: async_stream_infer's arguments, as it takes them."""
 
-    async def each() -> AsyncIterator[dict[str, Any]]:
+    model_name: str
+    inputs: list[grpcclient.InferInput]
+    request_id: str
+
+
+async def stream_answers(client: Client, requests: list[StreamRequest]) -> list[tuple[Any, Any]]:
+    """tritonclient's stream: each request in order, one answer each."""
+
+    async def each() -> AsyncIterator[StreamRequest]:
         for request in requests:
             yield request
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 import mlflow.onnx
@@ -78,9 +78,24 @@ def http(server: InProcess) -> httpx.AsyncClient:
     return server.http
 
 
-async def metadata(http: httpx.AsyncClient, name: str, version: str = "") -> dict[str, Any]:
+class Tensor(TypedDict):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(TypedDict):
+    """The model metadata document (GET /v2/models/{name}), as far as these tests read it."""
+
+    name: str
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    parameters: dict[str, str]
+
+
+async def metadata(http: httpx.AsyncClient, name: str, version: str = "") -> ModelMetadata:
     path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
-    document: dict[str, Any] = (await http.get(path)).json()
+    document: ModelMetadata = (await http.get(path)).json()
     return document
 
 

@@ -99,17 +99,20 @@ async def reason(http: httpx.AsyncClient, name: str) -> str:
     return str(row["reason"])
 
 
-def http_request(x: np.ndarray, output: str = "y", class_count: int = 0) -> dict[str, Any]:
+def http_request(
+    x: np.ndarray, output: str = "y", class_count: int = 0
+) -> tuple[list[httpclient.InferInput], list[httpclient.InferRequestedOutput]]:
     """tritonclient.http's InferInput and InferRequestedOutput for ``x`` (binary both ways)."""
     inp = httpclient.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    return {"inputs": [inp], "outputs": [httpclient.InferRequestedOutput(output, class_count=class_count)]}
+    return [inp], [httpclient.InferRequestedOutput(output, class_count=class_count)]
 
 
 async def http_infer(
     http: httpx.AsyncClient, model: str, x: np.ndarray, output: str = "y", class_count: int = 0
 ) -> np.ndarray:
-    result = (await triton_http.infer(http, model, **http_request(x, output, class_count))).as_numpy(output)
+    inputs, outputs = http_request(x, output, class_count)
+    result = (await triton_http.infer(http, model, inputs, outputs=outputs)).as_numpy(output)
     assert result is not None
     return result
 
@@ -202,7 +205,8 @@ async def test_label_file_outside_the_model_directory_is_refused(http: httpx.Asy
 
 
 async def test_bad_class_count_is_invalid_argument(http: httpx.AsyncClient) -> None:
-    response = await triton_http.send(http, "labelled", **http_request(SCORES, class_count=-1))
+    inputs, outputs = http_request(SCORES, class_count=-1)
+    response = await triton_http.send(http, "labelled", inputs, outputs=outputs)
 
     assert response.status_code == 400
     assert "'classification' must be a non-negative integer" in response.json()["error"]
