@@ -1,21 +1,24 @@
-"""Prometheus metrics: units on a fresh registry, then a real server fed a known sequence of requests."""
+"""Prometheus metrics: units on a fresh registry, then a server fed a known sequence of requests: in-process
+for what serve counts, and a real server for what needs its flags (--metrics-triton-compat, --metrics-port)
+or its process (process metrics, workers)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
+import pytest_asyncio
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,9 +27,12 @@ from serve.events import UNKNOWN_VERSION, BatchTimings, Execution, RequestEvent
 from serve.metrics.prometheus import PrometheusMetrics, batch_size_buckets
 from serve.metrics.triton_compat import HostCpuCollector
 from serve.modelgen import to_bytes
+from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.repository.repository import READY, UNAVAILABLE, UNLOADED, ModelVersion
 from serve.settings import ServerSettings
-from tests.fixtures.servers import RunningServer, free_port, start_server
+from tests.fixtures.inprocess import in_process
+from tests.fixtures.servers import free_port, start_server
 
 LATENCY_BUCKETS = ServerSettings().latency_buckets_s
 Key = tuple[str, frozenset[tuple[str, str]]]
@@ -227,25 +233,25 @@ def _features(rows: int) -> np.ndarray:
     return np.arange(rows * 8, dtype=np.float32).reshape(rows, 8)
 
 
-def _post(server: RunningServer, model: str, body: dict[str, Any]) -> int:
-    url = f"{server.base}/v2/models/{model}/infer"
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def _infer_body(rows: int, **extra: Any) -> dict[str, Any]:
     data = _features(rows)
     tensor = {"name": "features", "datatype": "FP32", "shape": [rows, 8], "data": data.ravel().tolist()}
     return {"inputs": [tensor], **extra}
 
 
-def _scrape(url: str) -> dict[Key, float]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return parse(response.read().decode())
+def _grpc_request(rows: int) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="tabular")
+    request.inputs.add(name="features", datatype="FP32", shape=[rows, 8])
+    request.raw_input_contents.append(_features(rows).tobytes())
+    return request
+
+
+async def _post(http: httpx.AsyncClient, model: str, body: dict[str, Any]) -> int:
+    return (await http.post(f"/v2/models/{model}/infer", content=json.dumps(body).encode())).status_code
+
+
+async def _scrape(http: httpx.AsyncClient) -> dict[Key, float]:
+    return parse((await http.get("/metrics")).text)
 
 
 @dataclass
@@ -253,57 +259,48 @@ class Scenario:
     statuses: dict[str, int]
     during_hold: dict[Key, float]
     final: dict[Key, float]
-    metrics_port_final: dict[Key, float]
 
 
-def _run_sequence(server: RunningServer, metrics_url: str) -> Scenario:
+async def _run_sequence(http: httpx.AsyncClient, grpc_stub: pb_grpc.GRPCInferenceServiceStub) -> Scenario:
     statuses: dict[str, int] = {}
     for rows in HTTP_ROWS:
-        assert _post(server, "tabular", _infer_body(rows)) == 200
-    with grpcclient.InferenceServerClient(server.grpc_url) as client:
-        for rows in GRPC_ROWS:
-            tensor = grpcclient.InferInput("features", [rows, 8], "FP32")
-            tensor.set_data_from_numpy(_features(rows))
-            client.infer("tabular", [tensor])
+        assert await _post(http, "tabular", _infer_body(rows)) == 200
+    for rows in GRPC_ROWS:
+        await grpc_stub.ModelInfer(_grpc_request(rows))
     # Well-formed on the wire, wrong for the model: the core rejects it, so it is counted.
     wrong_shape = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 7], "data": [0.0] * 7}]}
-    statuses["invalid_input"] = _post(server, "tabular", wrong_shape)
-    statuses["unknown_output"] = _post(server, "tabular", _infer_body(1, outputs=[{"name": "nope"}]))
-    statuses["unknown_model"] = _post(server, "no_such_model", _infer_body(1))
+    statuses["invalid_input"] = await _post(http, "tabular", wrong_shape)
+    statuses["unknown_output"] = await _post(http, "tabular", _infer_body(1, outputs=[{"name": "nope"}]))
+    statuses["unknown_model"] = await _post(http, "no_such_model", _infer_body(1))
 
     timeout = {"parameters": {"timeout": HELD_TIMEOUT_US}}
-    with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(_post, server, "held", _infer_body(1, **timeout))
-        deadline = time.monotonic() + 10
-        while True:
-            during_hold = _scrape(f"{server.base}/metrics")
-            if value(during_hold, "serve_queue_depth", model="held", version="1") == 1:
-                break
-            assert time.monotonic() < deadline and not held.done(), "the held request never queued"
-            time.sleep(0.02)
-        statuses["rejected"] = _post(server, "held", _infer_body(1, **timeout))
-        statuses["timeout"] = held.result(timeout=30)
-    return Scenario(statuses, during_hold, _scrape(f"{server.base}/metrics"), _scrape(f"{metrics_url}/metrics"))
+    held = asyncio.ensure_future(_post(http, "held", _infer_body(1, **timeout)))
+    deadline = time.monotonic() + 10
+    while True:
+        during_hold = await _scrape(http)
+        if value(during_hold, "serve_queue_depth", model="held", version="1") == 1:
+            break
+        assert time.monotonic() < deadline and not held.done(), "the held request never queued"
+        await asyncio.sleep(0.02)
+    statuses["rejected"] = await _post(http, "held", _infer_body(1, **timeout))
+    async with asyncio.timeout(30):
+        statuses["timeout"] = await held
+    return Scenario(statuses, during_hold, await _scrape(http))
 
 
-@pytest.fixture(scope="module")
-def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
-    tmp = tmp_path_factory.mktemp("metrics")
-    metrics_port = free_port()
-    server = start_server(
-        _write_repository(tmp / "repo"), tmp, "--metrics-triton-compat", "--metrics-port", str(metrics_port)
-    )
-    try:
-        yield _run_sequence(server, f"http://127.0.0.1:{metrics_port}")
-    finally:
-        server.stop()
+# The sequence in-process: what serve counts (serve_*), on the server's own registry.
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def scenario(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scenario]:
+    async with in_process(_write_repository(tmp_path_factory.mktemp("metrics") / "repo")) as server:
+        yield await _run_sequence(server.http, server.grpc)
 
 
 TAB = {"model": "tabular", "version": "1"}
 HELD = {"model": "held", "version": "1"}
 
 
-def test_the_sequence_got_the_expected_statuses(scenario: Scenario) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_sequence_got_the_expected_statuses(scenario: Scenario) -> None:
     assert scenario.statuses == {
         "invalid_input": 400,
         "unknown_output": 400,
@@ -313,7 +310,8 @@ def test_the_sequence_got_the_expected_statuses(scenario: Scenario) -> None:
     }
 
 
-def test_requests_are_counted_by_protocol_and_outcome(scenario: Scenario) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_requests_are_counted_by_protocol_and_outcome(scenario: Scenario) -> None:
     got = {
         (labels["model"], labels["protocol"], labels["outcome"]): scenario.final[
             ("serve_requests_total", frozenset(labels.items()))
@@ -330,7 +328,8 @@ def test_requests_are_counted_by_protocol_and_outcome(scenario: Scenario) -> Non
     }
 
 
-def test_rows_executions_and_batch_sizes_match_the_requests(scenario: Scenario) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_rows_executions_and_batch_sizes_match_the_requests(scenario: Scenario) -> None:
     f = scenario.final
     rows = HTTP_ROWS + GRPC_ROWS
     assert value(f, "serve_inference_rows_total", **TAB) == sum(rows)
@@ -342,7 +341,8 @@ def test_rows_executions_and_batch_sizes_match_the_requests(scenario: Scenario) 
     assert value(f, "serve_batch_size_bucket", **TAB, le="+Inf") == len(rows)
 
 
-def test_latency_histograms_count_what_ran(scenario: Scenario) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_latency_histograms_count_what_ran(scenario: Scenario) -> None:
     f = scenario.final
     ran = len(HTTP_ROWS) + len(GRPC_ROWS)
     assert value(f, "serve_queue_duration_seconds_count", **TAB) == ran
@@ -354,36 +354,74 @@ def test_latency_histograms_count_what_ran(scenario: Scenario) -> None:
     assert value(f, "serve_request_duration_seconds_sum", **timed_out) >= HELD_TIMEOUT_US / 1e6
 
 
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize(
     "name",
     [f"serve_{kind}_duration_seconds_bucket" for kind in ("request", "queue", "compute")],
 )
-def test_latency_histograms_have_the_configured_buckets(scenario: Scenario, name: str) -> None:
+async def test_latency_histograms_have_the_configured_buckets(scenario: Scenario, name: str) -> None:
     les = {float(labels["le"]) for labels in series(scenario.final, name) if labels["model"] == "tabular"}
     assert les == {*LATENCY_BUCKETS, math.inf}
 
 
-def test_queue_depth_shows_the_waiting_request_and_drops_after(scenario: Scenario) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_queue_depth_shows_the_waiting_request_and_drops_after(scenario: Scenario) -> None:
     assert value(scenario.during_hold, "serve_queue_depth", **HELD) == 1
     assert value(scenario.during_hold, "serve_batches_in_flight", **HELD) == 0
-    assert value(scenario.during_hold, "nv_inference_pending_request_count", **HELD) == 1
     assert value(scenario.final, "serve_queue_depth", **HELD) == 0
 
 
-def test_model_state_and_load_time_are_exported(scenario: Scenario) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_model_state_and_load_time_are_exported(scenario: Scenario) -> None:
     for model in (TAB, HELD):
         assert value(scenario.final, "serve_model_ready", **model) == 1
         assert value(scenario.final, "serve_model_load_duration_seconds", **model) > 0
 
 
-def test_process_metrics_are_exported(scenario: Scenario) -> None:
-    assert value(scenario.final, "process_cpu_seconds_total") > 0
-    assert series(scenario.final, "python_info")
+@pytest.mark.asyncio(loop_scope="module")
+async def test_triton_names_appear_only_with_the_flag(scenario: Scenario) -> None:
+    assert value(scenario.final, "serve_model_ready", model="tabular", version="1") == 1
+    assert not [name for name, _ in scenario.final if name.startswith("nv_")]
 
 
-def test_triton_compat_counts_match_triton_semantics(scenario: Scenario) -> None:
-    f = scenario.final
+# ---- the same sequence against a real server started with the metrics flags ---------------------
+
+
+@dataclass
+class FlaggedScenario(Scenario):
+    metrics_port_final: dict[Key, float]  # what --metrics-port served at the end
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def flagged(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FlaggedScenario]:
+    tmp = tmp_path_factory.mktemp("metrics-flags")
+    metrics_port = free_port()
+    server = start_server(
+        _write_repository(tmp / "repo"), tmp, "--metrics-triton-compat", "--metrics-port", str(metrics_port)
+    )
+    try:
+        async with (
+            httpx.AsyncClient(base_url=server.base, timeout=30) as http,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}", timeout=30) as metrics_port_http,
+            grpc.aio.insecure_channel(server.grpc_url) as channel,
+        ):
+            ran = await _run_sequence(http, pb_grpc.GRPCInferenceServiceStub(channel))
+            yield FlaggedScenario(ran.statuses, ran.during_hold, ran.final, await _scrape(metrics_port_http))
+    finally:
+        server.stop()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_process_metrics_are_exported(flagged: FlaggedScenario) -> None:
+    assert value(flagged.final, "process_cpu_seconds_total") > 0
+    assert series(flagged.final, "python_info")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_triton_compat_counts_match_triton_semantics(flagged: FlaggedScenario) -> None:
+    f = flagged.final
     rows = HTTP_ROWS + GRPC_ROWS
+    assert value(flagged.during_hold, "nv_inference_pending_request_count", **HELD) == 1
     assert value(f, "nv_inference_request_success", **TAB) == len(rows)
     assert value(f, "nv_inference_count", **TAB) == sum(rows)
     assert value(f, "nv_inference_exec_count", **TAB) == len(rows)
@@ -398,28 +436,28 @@ def test_triton_compat_counts_match_triton_semantics(scenario: Scenario) -> None
     assert 0 <= value(f, "nv_cpu_utilization") <= 1
 
 
-def test_metrics_port_serves_the_same_metrics(scenario: Scenario) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_metrics_port_serves_the_same_metrics(flagged: FlaggedScenario) -> None:
     def ours(samples: dict[Key, float]) -> dict[Key, float]:
         return {k: v for k, v in samples.items() if k[0].startswith(("serve_", "nv_inference_", "nv_model_"))}
 
-    assert ours(scenario.metrics_port_final) == ours(scenario.final)
-    assert len(ours(scenario.final)) > 100
-
-
-def test_triton_names_appear_only_with_the_flag(demo_server: RunningServer) -> None:
-    samples = _scrape(f"{demo_server.base}/metrics")
-    assert value(samples, "serve_model_ready", model="tabular", version="1") == 1
-    assert not [name for name, _ in samples if name.startswith("nv_")]
+    assert ours(flagged.metrics_port_final) == ours(flagged.final)
+    assert len(ours(flagged.final)) > 100
 
 
 # ---- a rollout across worker processes ---------------------------------------------------------
+
+
+def _scrape_url(url: str) -> dict[Key, float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return parse(response.read().decode())
 
 
 def _ready_series(url: str, model: str) -> dict[str, float]:
     """serve_model_ready of ``model`` by version, as the supervisor merges it from every worker."""
     return {
         dict(labels)["version"]: v
-        for (name, labels), v in _scrape(url).items()
+        for (name, labels), v in _scrape_url(url).items()
         if name == "serve_model_ready" and dict(labels)["model"] == model
     }
 

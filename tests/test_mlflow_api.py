@@ -1,20 +1,25 @@
-"""MLflow model directories (written by MLflow itself, mlflow-skinny) are served as model versions,
+"""MLflow model directories (written by MLflow itself, mlflow-skinny) are served as model versions (in-process),
 with their signature checked against the graph and their lineage in model metadata."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
+import httpx
 import mlflow.onnx
 import numpy as np
 import pytest
+import pytest_asyncio
 import tritonclient.http as httpclient
 from mlflow.models import Model, infer_signature
 
-from tests.fixtures.servers import RunningServer, serving
+from tests.fixtures import triton_http
+from tests.fixtures.inprocess import InProcess, in_process
 from tests.fixtures.sklearn_models import Exported, iris_logreg, pipeline
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 RUN_ID = "4f1c2d3e5a6b7c8d9e0f1a2b3c4d5e6f"
 
@@ -62,68 +67,87 @@ def repository(iris: Exported, tmp_path_factory: pytest.TempPathFactory) -> Path
     return root
 
 
-@pytest.fixture(scope="module")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(repository, tmp_path_factory.mktemp("mlflow-server")) as running:
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def server(repository: Path) -> AsyncIterator[InProcess]:
+    async with in_process(repository) as running:
         yield running
 
 
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> httpclient.InferenceServerClient:
-    return httpclient.InferenceServerClient(server.http_url)
+@pytest.fixture()
+def http(server: InProcess) -> httpx.AsyncClient:
+    return server.http
 
 
-def reason(client: httpclient.InferenceServerClient, name: str) -> str:
-    (row,) = [row for row in client.get_model_repository_index() if row["name"] == name]
+class Tensor(TypedDict):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(TypedDict):
+    """The model metadata document (GET /v2/models/{name}), as far as these tests read it."""
+
+    name: str
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    parameters: dict[str, str]
+
+
+async def metadata(http: httpx.AsyncClient, name: str, version: str = "") -> ModelMetadata:
+    path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
+    document: ModelMetadata = (await http.get(path)).json()
+    return document
+
+
+async def reason(http: httpx.AsyncClient, name: str) -> str:
+    (row,) = [row for row in (await http.post("/v2/repository/index")).json() if row["name"] == name]
     assert row["state"] == "UNAVAILABLE"
     return str(row["reason"])
 
 
-def test_mlflow_model_is_served_and_answers_like_the_model(
-    client: httpclient.InferenceServerClient, iris: Exported
-) -> None:
+async def test_mlflow_model_is_served_and_answers_like_the_model(http: httpx.AsyncClient, iris: Exported) -> None:
     inp = httpclient.InferInput("X", list(iris.inputs["X"].shape), "FP32")
     inp.set_data_from_numpy(iris.inputs["X"])
 
-    result = client.infer("iris", [inp], model_version="1")
+    result = await triton_http.infer(http, "iris", [inp], model_version="1")
 
     np.testing.assert_allclose(result.as_numpy("output_probability"), iris.predict_proba(), atol=1e-5)
 
 
-def test_metadata_names_the_training_run_and_the_signature(client: httpclient.InferenceServerClient) -> None:
-    parameters = client.get_model_metadata("iris", "1")["parameters"]
+async def test_metadata_names_the_training_run_and_the_signature(http: httpx.AsyncClient) -> None:
+    parameters = (await metadata(http, "iris", "1"))["parameters"]
 
     assert parameters["mlflow_run_id"] == RUN_ID
     assert len(parameters["mlflow_model_uuid"]) == 32
     assert '"name":"X"' in parameters["mlflow_signature"]
 
 
-def test_each_version_directory_is_a_version_with_its_own_run(client: httpclient.InferenceServerClient) -> None:
-    runs = {v: client.get_model_metadata("iris", v)["parameters"]["mlflow_run_id"] for v in ("1", "2")}
+async def test_each_version_directory_is_a_version_with_its_own_run(http: httpx.AsyncClient) -> None:
+    runs = {v: (await metadata(http, "iris", v))["parameters"]["mlflow_run_id"] for v in ("1", "2")}
 
     assert runs == {"1": RUN_ID, "2": "newer" + RUN_ID[5:]}
 
 
-def test_model_without_signature_is_served_from_its_graph(client: httpclient.InferenceServerClient) -> None:
-    metadata = client.get_model_metadata("unsigned")
+async def test_model_without_signature_is_served_from_its_graph(http: httpx.AsyncClient) -> None:
+    unsigned = await metadata(http, "unsigned")
 
-    assert [i["name"] for i in metadata["inputs"]] == ["X"]
-    assert metadata["parameters"]["mlflow_run_id"] == RUN_ID
-    assert "mlflow_signature" not in metadata["parameters"]
+    assert [i["name"] for i in unsigned["inputs"]] == ["X"]
+    assert unsigned["parameters"]["mlflow_run_id"] == RUN_ID
+    assert "mlflow_signature" not in unsigned["parameters"]
 
 
-def test_signature_listing_some_outputs_serves_those(client: httpclient.InferenceServerClient) -> None:
-    outputs = client.get_model_metadata("probabilities_only")["outputs"]
+async def test_signature_listing_some_outputs_serves_those(http: httpx.AsyncClient) -> None:
+    outputs = (await metadata(http, "probabilities_only"))["outputs"]
 
     assert [o["name"] for o in outputs] == ["output_probability"]
 
 
-def test_column_signature_is_checked_by_name_and_type(client: httpclient.InferenceServerClient) -> None:
-    assert client.is_model_ready("columns")
+async def test_column_signature_is_checked_by_name_and_type(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/v2/models/columns/ready")).status_code == 200
 
 
-def test_unnamed_output_signature_describes_the_first_outputs(client: httpclient.InferenceServerClient) -> None:
-    outputs = client.get_model_metadata("label_only")["outputs"]
+async def test_unnamed_output_signature_describes_the_first_outputs(http: httpx.AsyncClient) -> None:
+    outputs = (await metadata(http, "label_only"))["outputs"]
 
     assert [o["name"] for o in outputs] == ["output_label", "output_probability"]
 
@@ -137,7 +161,7 @@ def test_unnamed_output_signature_describes_the_first_outputs(client: httpclient
         ("not_onnx", "MLmodel has no onnx flavor (flavors: ['sklearn'])"),
     ],
 )
-def test_mlflow_model_that_does_not_fit_is_refused_saying_what_differs(
-    client: httpclient.InferenceServerClient, name: str, says: str
+async def test_mlflow_model_that_does_not_fit_is_refused_saying_what_differs(
+    http: httpx.AsyncClient, name: str, says: str
 ) -> None:
-    assert says in reason(client, name)
+    assert says in await reason(http, name)

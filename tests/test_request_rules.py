@@ -163,7 +163,9 @@ CASES: dict[str, Case] = {
     "unknown version": Case(
         [features()], "version 7 is not found", version="7", http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND
     ),
-    "a version that is not ASCII digits": Case([features()], "versions are non-negative integers", version="²"),
+    "a version that is not ASCII digits": Case(
+        [features()], "model version '²' is not a version: versions are non-negative integers", version="²"
+    ),
     "a version in Arabic-Indic digits": Case([features()], "versions are non-negative integers", version="١"),
     "a version in fullwidth digits": Case([features()], "versions are non-negative integers", version="１"),
     "a version of thousands of digits": Case([features()], "versions are non-negative integers", version="9" * 5000),
@@ -175,9 +177,19 @@ CASES: dict[str, Case] = {
         [Tensor("features", "FP64", [1, 8], ROW)],
         "inference input 'features' data-type is 'FP64', but model 'tabular' expects 'FP32'",
     ),
-    "wrong inner shape": Case([features(width=7)], "unexpected shape for input 'features' for model 'tabular'"),
-    "missing batch dimension": Case([Tensor("features", "FP32", [8], ROW)], "Expected [-1, 8], got [8]"),
-    "empty batch": Case([Tensor("features", "FP32", [0, 8], [])], "empty batch"),
+    "wrong inner shape": Case(
+        [features(width=7)],
+        "unexpected shape for input 'features' for model 'tabular'. Expected [-1, 8], got [1, 7]",
+    ),
+    "wrong shape for a model that does not batch": Case(
+        [Tensor("x", "FP32", [1, 2, 3], [0.5] * 6)],
+        "unexpected shape for input 'x' for model 'fixed_shape'. Expected [2, 3], got [1, 2, 3]",
+        model="fixed_shape",
+    ),
+    "missing batch dimension": Case(
+        [Tensor("features", "FP32", [8], ROW)], "input 'features' for model 'tabular'. Expected [-1, 8], got [8]"
+    ),
+    "empty batch": Case([Tensor("features", "FP32", [0, 8], [])], "input 'features' has an empty batch"),
     "a shape with a zero and a huge dimension": Case([Tensor("features", "FP32", [2**62, 0], [])], "is too large"),
     "a shape whose element count is past int64": Case([Tensor("features", "FP32", [2**40, 2**40], [])], "is too large"),
     "a BYTES shape with a zero and a huge dimension": Case(
@@ -189,6 +201,7 @@ CASES: dict[str, Case] = {
     "batch above max_batch_size": Case([features(rows=65)], "batch-size must be <= 64 for 'tabular'"),
     "no inputs": Case([], "expected 1 inputs but got 0 inputs for model 'tabular'"),
     "missing input": Case(MULTI_IO_ROW[:3], "missing ['values']", model="multi_io"),
+    "several missing inputs": Case([MULTI_IO_ROW[1]], "missing ['text', 'flag', 'values']", model="multi_io"),
     "inputs disagreeing on rows": Case(
         [*MULTI_IO_ROW[:3], Tensor("values", "FP64", [2, 4], [0.5] * 8)],
         "disagree on the batch size",
@@ -217,7 +230,7 @@ CASES: dict[str, Case] = {
     "timeout as text": Case([features()], "parameter 'timeout'", parameters={"timeout": "soon"}),
     "BYTES that are not UTF-8 for a string model": Case(
         [Tensor("text", "BYTES", [1, 1], [b"\xff\xfe"]), *MULTI_IO_ROW[1:]],
-        "'text'",
+        "input 'text': a BYTES element is not valid UTF-8",
         model="multi_io",
         protocols=("binary", "grpc"),
     ),
@@ -303,9 +316,21 @@ async def test_an_unknown_model_is_not_found_over_grpc_whatever_the_message(
         (b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8]}]}', {}, "has neither 'data'"),
         (b'{"inputs": [{"name": "features", "datatype": "FLOAT", "shape": [1, 8], "data": []}]}', {}, "FLOAT"),
         (b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, -8], "data": []}]}', {}, "'shape'"),
-        (b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8], "data": [1]}]}', {}, "8"),
-        (b'{"inputs": []}', {"Inference-Header-Content-Length": "x"}, "is not an integer"),
-        (b'{"inputs": []}', {"Inference-Header-Content-Length": "99"}, "is outside the body"),
+        (
+            b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8], "data": [1]}]}',
+            {},
+            "input 'features': data has 1 elements but shape [1, 8] needs 8",
+        ),
+        (
+            b'{"inputs": []}',
+            {"Inference-Header-Content-Length": "x"},
+            "Inference-Header-Content-Length 'x' is not an integer",
+        ),
+        (
+            b'{"inputs": []}',
+            {"Inference-Header-Content-Length": "99"},
+            "Inference-Header-Content-Length 99 is outside the body",
+        ),
         (b'{"inputs": []}', {"Content-Encoding": "br"}, "unsupported Content-Encoding 'br'"),
         (b"\x1f\x8bnot gzip", {"Content-Encoding": "gzip"}, "gzip"),
     ],
@@ -348,7 +373,7 @@ async def test_a_body_over_the_limit_is_413(server: InProcess) -> None:
                 model_name="tabular",
                 inputs=[pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 8])],
             ),
-            "has no data",
+            "input 'features' has no data",
         ),
         (
             pb.ModelInferRequest(
@@ -356,7 +381,7 @@ async def test_a_body_over_the_limit_is_413(server: InProcess) -> None:
                 inputs=[pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 8])],
                 raw_input_contents=[b"\x00" * 31],
             ),
-            "raw data has 31 bytes",
+            "input 'features': raw data has 31 bytes, but shape [1, 8] of FP32 needs 32",
         ),
         (
             pb.ModelInferRequest(model_name="tabular", raw_input_contents=[b"\x00" * 32]),
@@ -374,7 +399,7 @@ async def test_a_body_over_the_limit_is_413(server: InProcess) -> None:
                     )
                 ],
             ),
-            "contents hold 1 elements",
+            "input 'features': contents hold 1 elements, but shape [1, 8] needs 8",
         ),
     ],
     ids=["no data", "raw size", "raw without inputs", "typed element count"],
