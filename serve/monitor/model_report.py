@@ -57,9 +57,10 @@ class MeasureEntry:
 
     @classmethod
     def of(cls, m: MeasureResult) -> MeasureEntry:
-        bound = None if m.bound is None else (round6(m.bound) if math.isfinite(m.bound) else math.nan)
         noise = None if m.noise is None else m.noise.to_json()
-        return cls(round6(m.value), m.threshold, m.drifted, m.state, noise, m.rows_needed, m.min_samples, bound)
+        return cls(
+            round6(m.value), m.threshold, m.drifted, m.state, noise, m.rows_needed, m.min_samples, _bound(m.bound)
+        )
 
     def to_json(self) -> MeasureJson:
         out: MeasureJson = {"value": self.value, "threshold": self.threshold, "drifted": self.drifted}
@@ -77,13 +78,20 @@ class MeasureEntry:
 
     @classmethod
     def from_json(cls, doc: MeasureJson) -> MeasureEntry:
-        bound = doc.get("error_bound", None) if "error_bound" in doc else None
-        if "error_bound" in doc and bound is None:
-            bound = math.nan
+        bound = None
+        if "error_bound" in doc:
+            written = doc["error_bound"]
+            bound = math.nan if written is None else written
         return cls(
             doc["value"], doc["threshold"], doc["drifted"], doc.get("state"), doc.get("noise"),
             doc.get("rows_needed"), doc.get("min_samples"), bound,
         )  # fmt: skip
+
+
+def _bound(value: float | None) -> float | None:
+    if value is None:
+        return None
+    return round6(value) if math.isfinite(value) else math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,19 +235,19 @@ class ModelReport:
         return replace(self, features=entries, slo=slo, findings=findings)
 
     def to_json(self) -> ModelReportJson:
-        head = (self.model, self.version, self.evaluated_at, self.baseline, list(self.problems))
         features = [f.to_json() for f in self.features]
         f = self.findings
         if f is None:
             return {
-                "model": head[0], "version": head[1], "evaluated_at": head[2], "baseline": head[3],
-                "problems": head[4], "features": features, "slo": self.slo.to_json(), "window": None,
+                "model": self.model, "version": self.version, "evaluated_at": self.evaluated_at,
+                "baseline": self.baseline, "problems": list(self.problems), "features": features,
+                "slo": self.slo.to_json(), "window": None,
             }  # fmt: skip
         out: ModelReportJson = {
-            "model": head[0], "version": head[1], "evaluated_at": head[2], "baseline": head[3],
-            "problems": head[4], "features": features, "slo": self.slo.to_json(), "replicas": list(f.replicas),
-            "restarts": list(f.restarts), "window": f.window, "drifted_share": f.drifted_share,
-            "dataset_drift": f.dataset_drift, "prediction_drift": f.prediction_drift,
+            "model": self.model, "version": self.version, "evaluated_at": self.evaluated_at,
+            "baseline": self.baseline, "problems": list(self.problems), "features": features,
+            "slo": self.slo.to_json(), "replicas": list(f.replicas), "restarts": list(f.restarts), "window": f.window,
+            "drifted_share": f.drifted_share, "dataset_drift": f.dataset_drift, "prediction_drift": f.prediction_drift,
             "drift_share_threshold": f.drift_share_threshold, "persistence": f.persistence,
         }  # fmt: skip
         if f.states is not None:
