@@ -15,10 +15,12 @@ import html
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from serve.monitor.model_report import FeatureEntry, MeasureEntry, ModelReport
-from serve.monitor.model_report_json import History
-from serve.monitor.polling import ServerJson
+if TYPE_CHECKING:  # the page reads the documents; it needs none of the modules that make them
+    from serve.monitor.model_report import FeatureEntry, MeasureEntry, ModelReport
+    from serve.monitor.model_report_json import History
+    from serve.monitor.polling import ServerJson
 
 COLUMNS = ("psi", "js", "ks", "wasserstein", "missing_rate", "out_of_range", "linf", "unseen")
 _BASELINE_COLOUR = "#7f8c8d"
