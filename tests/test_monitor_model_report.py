@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from serve.monitor.baselines import BaselineJson
+from serve.monitor.config import MonitorSettings
 from serve.monitor.evaluate import MeasureResult
 from serve.monitor.model_report import MeasureEntry, ModelReport, SloStatus, build_report
 from serve.monitor.service import Monitor
@@ -92,3 +93,14 @@ def test_a_history_row_stores_its_verdict_as_0_1_or_null() -> None:
     row = HistoryRow(1.0, MODEL, "1", "age", "input", "psi", 0.3, 0.25, False, 900, 0.0, 1.0)
     assert row.to_sql()[8] == 0
     assert HistoryRow.from_sql(row.to_sql()) == row
+
+
+def test_a_stored_report_the_monitor_cannot_read_is_left_for_the_next_evaluation(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "monitor.db")
+    store.save_latest(MODEL, "1", 1.0, {"model": MODEL, "version": "1"})  # type: ignore[typeddict-item]
+    store.close()
+    monitor = Monitor(MonitorSettings(servers=[], db_path=str(tmp_path / "monitor.db")))
+    try:
+        assert monitor.latest == {}
+    finally:
+        monitor.close()

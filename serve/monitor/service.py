@@ -63,9 +63,7 @@ class Monitor:
         self.slo = SloTracker(settings.horizon_s)
         self.poller = Poller(settings, self.collector, self.registry, self.slo, clock, resolver)
         self.recorder = Recorder(self.store, self.alerter, clock, settings.policy.persistence)
-        self.latest: dict[tuple[str, str], ModelReport] = {
-            key: ModelReport.from_json(payload) for key, (_, payload) in self.store.load_latest().items()
-        }
+        self.latest: dict[tuple[str, str], ModelReport] = _stored_reports(self.store)
         self.last_evaluation: float | None = None
         self.evaluations = 0
         # Called on the event loop after each evaluation is recorded (the report app draws its plots then).
@@ -177,3 +175,15 @@ class Monitor:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _stored_reports(store: HistoryStore) -> dict[tuple[str, str], ModelReport]:
+    """The last report of every model version the store kept, for the report page right after a restart."""
+    reports = {}
+    for (model, version), (_, payload) in store.load_latest().items():
+        try:
+            reports[(model, version)] = ModelReport.from_json(payload)
+        except (KeyError, TypeError, AttributeError) as exc:  # written by an older monitor: the next one replaces it
+            log.warning("the stored report of %s version %s is not read (%r); shown after the next evaluation",
+                        model, version, exc)  # fmt: skip
+    return reports
