@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,14 @@ import numpy as np
 from serve.input_stats.baseline import Baseline, build_baseline_features, make_baseline_document
 from serve.input_stats.blocks import NumericSpec
 from serve.monitor.app import create_monitor_app
+from serve.monitor.baselines import BaselineJson
 from serve.monitor.config import MonitorSettings
 from serve.monitor.evaluate import evaluate_model
+from serve.monitor.model_report import Findings, ModelReport, build_report, slo_status
 from serve.monitor.plots import PlotCache
 from serve.monitor.service import Monitor
-from serve.monitor.store import Row
+from serve.monitor.slo import SloFigures
+from serve.monitor.store import HistoryRow
 from serve.types import TensorSpec
 
 MODEL, VERSION = "wide", "1"
@@ -77,40 +81,39 @@ def live_window(baseline: Baseline, names: Sequence[str], rows: np.ndarray, star
     return {"features": dict(zip(names, blocks, strict=True)), "rows": len(rows), "start": start, "end": end}
 
 
-def latest_report(monitor: Monitor, baseline: Baseline, names: Sequence[str], now: float) -> dict[str, Any]:
-    """An evaluation of a live window as ``Monitor._evaluate_model`` reports it (what the page shows)."""
+def latest_report(monitor: Monitor, baseline: Baseline, names: Sequence[str], now: float) -> ModelReport:
+    """An evaluation of a live window as ``Monitor`` reports it (what the page shows)."""
     rng = np.random.default_rng(1)
     window = live_window(baseline, names, _rows(rng, 2_000, len(names), shift=0.5), now - 60.0, now)
     policy = monitor.settings.policy_for(MODEL)
     ev = evaluate_model(MODEL, VERSION, baseline, [window], policy)
-    return {
-        "model": MODEL, "version": VERSION, "evaluated_at": now,
-        "baseline": {"status": "ok", "source": "file", "path": "baseline.json"}, "problems": [], "slo": {},
-        "replicas": [], "restarts": [],
-        "window": {"start": ev.window_start, "end": ev.window_end, "rows": ev.rows,
-                   "horizon_s": monitor.settings.horizon_s, "include_open": False, "windows": 1},
-        "drifted_share": ev.drifted_share, "dataset_drift": ev.dataset_verdict,
-        "prediction_drift": ev.prediction_verdict, "drift_share_threshold": policy.drift_share,
-        "persistence": policy.persistence,
-        "features": [{**f.to_json(), "view": f.view, "state": "ok"} for f in ev.features],
-    }  # fmt: skip
+    findings = Findings(
+        (), (),
+        {"start": ev.window_start, "end": ev.window_end, "rows": ev.rows, "horizon_s": monitor.settings.horizon_s,
+         "include_open": False, "windows": 1, "pool_s": policy.pool_s, "pool_windows": 0},
+        ev.drifted_share, ev.dataset_verdict, ev.prediction_verdict, policy.drift_share, policy.persistence,
+    )  # fmt: skip
+    slo = slo_status(SloFigures(0.0, None, None), policy.slo)
+    base: BaselineJson = {"status": "ok", "source": "file", "path": "baseline.json", "sha256": None, "problems": []}
+    report = build_report(MODEL, VERSION, now, base, [], slo, ev, findings)
+    return report.with_states({f.name: "ok" for f in report.features}, slo, None)
 
 
-def fill_history(monitor: Monitor, report: dict[str, Any], days: float, interval_s: float, now: float) -> int:
+def fill_history(monitor: Monitor, report: ModelReport, days: float, interval_s: float, now: float) -> int:
     """``days`` of evaluation rows every ``interval_s``: each measure of each feature, a slow random walk."""
     rng = np.random.default_rng(2)
     evaluations = int(days * 86400 / interval_s)
     times = now - interval_s * np.arange(evaluations, 0, -1)
     written = 0
     chunk = max(1, int(86400 / interval_s) // 4)  # a quarter of a day per transaction
-    for f in report["features"]:
-        for measure, m in f["measures"].items():
-            threshold = m.get("threshold")
+    for f in report.features:
+        for measure, m in f.measures.items():
+            threshold = m.threshold
             walk = np.abs(np.cumsum(rng.normal(0.0, 0.01, evaluations)) + (threshold or 0.1) * 0.5)
             for lo in range(0, evaluations, chunk):
-                rows: list[Row] = [
-                    (float(t), MODEL, VERSION, f["name"], f["role"], measure, float(v), threshold,
-                     None if threshold is None else int(v >= threshold), 2_000, float(t) - 900.0, float(t))
+                rows = [
+                    HistoryRow(float(t), MODEL, VERSION, f.name, f.role, measure, float(v), threshold,
+                               None if threshold is None else bool(v >= threshold), 2_000, float(t) - 900.0, float(t))
                     for t, v in zip(times[lo : lo + chunk], walk[lo : lo + chunk], strict=True)
                 ]  # fmt: skip
                 monitor.store.add_evaluations(rows, now)
@@ -134,7 +137,7 @@ class Clock:
         return self.t
 
 
-async def measure(monitor: Monitor, clock: Clock, report: dict[str, Any], repeats: int) -> dict[str, list[float]]:
+async def measure(monitor: Monitor, clock: Clock, report: ModelReport, repeats: int) -> dict[str, list[float]]:
     plots = PlotCache(monitor)
     app = create_monitor_app(monitor, plots)
     await asyncio.to_thread(plots.wait_drawn, 600.0)
@@ -157,10 +160,10 @@ async def measure(monitor: Monitor, clock: Clock, report: dict[str, Any], repeat
     return results
 
 
-def evaluate_again(monitor: Monitor, clock: Clock, report: dict[str, Any]) -> None:
+def evaluate_again(monitor: Monitor, clock: Clock, report: ModelReport) -> None:
     """What ``Monitor.record`` leaves behind: a newer latest evaluation, and its listeners told."""
     clock.t += monitor.settings.interval_s
-    monitor.latest[(MODEL, VERSION)] = {**report, "evaluated_at": clock.t}
+    monitor.latest[(MODEL, VERSION)] = replace(report, evaluated_at=clock.t)
     monitor.last_evaluation = clock.t
     for listener in monitor.evaluation_listeners:
         listener()

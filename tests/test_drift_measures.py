@@ -19,6 +19,7 @@ from serve.drift import measures as ms
 from serve.input_stats.baseline import Baseline, build_baseline_features, make_baseline_document
 from serve.input_stats.blocks import NumericSpec
 from serve.monitor.evaluate import evaluate_feature, evaluate_model
+from serve.monitor.model_report import FeatureEntry
 from serve.monitor.policy import Policy, StateTracker, chi2_quantile
 from serve.types import TensorSpec
 from tests.fixtures.monitoring import live_block
@@ -138,7 +139,8 @@ def test_without_drift_a_smaller_window_is_undecided_with_the_rows_still_needed(
     assert result.rows_needed is not None and result.rows_needed > 0
     undecided = [m for m in result.measures.values() if m.state == "undecided"]
     assert undecided and all(m.rows_needed is not None for m in undecided)
-    assert result.to_json()["verdict"] == "undecided" and result.to_json()["rows_needed"] == result.rows_needed
+    document = FeatureEntry.of(result).to_json()
+    assert document["verdict"] == "undecided" and document["rows_needed"] == result.rows_needed
 
 
 def test_the_rows_needed_are_enough_for_a_stable_verdict_without_drift() -> None:

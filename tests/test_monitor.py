@@ -17,6 +17,7 @@ from serve.cli import main
 from serve.input_stats.baseline import Baseline, write_baseline
 from serve.monitor.alerts import Alerter
 from serve.monitor.config import MonitorSettings
+from serve.monitor.model_report_json import FeatureJson, ModelReportJson
 from serve.monitor.policy import Policy
 from serve.monitor.service import Monitor
 from serve.monitor.slo import parse_metrics, quantile
@@ -91,9 +92,13 @@ def _window(
     clock.t += 60.0
 
 
-def _features(monitor: Monitor) -> dict[str, dict]:
+def _report(monitor: Monitor) -> ModelReportJson:
     (report,) = monitor.latest.values()
-    return {f["name"]: f for f in report["features"]}
+    return report.to_json()
+
+
+def _features(monitor: Monitor) -> dict[str, FeatureJson]:
+    return {f["name"]: f for f in _report(monitor)["features"]}
 
 
 def _drifted_inputs(monitor: Monitor) -> set[str]:
@@ -200,9 +205,9 @@ async def test_a_server_restart_is_not_double_counted(
     _window(replica, predict, clock, rng, 400)
     await monitor.cycle()
     await monitor.cycle()
-    (report,) = monitor.latest.values()
+    report = _report(monitor)
     assert _features(monitor)["age"]["samples"] == 1000
-    assert report["restarts"] and report["restarts"][0]["replica"] == "r1"
+    assert report.get("restarts") and report["restarts"][0]["replica"] == "r1"
     monitor.close()
 
 
@@ -221,7 +226,7 @@ async def test_history_and_alert_state_survive_a_monitor_restart(
     second = _monitor(repo, [replica.url], clock, tmp_path, policy=Policy(thresholds={}, persistence=2))
     assert second.store.count_evaluations() == rows > 0
     assert len(second.store.history(MODEL, "1", "age")["wasserstein"]) == 3
-    assert second.latest[(MODEL, "1")]["features"]  # the report has the last evaluation before any poll
+    assert second.latest[(MODEL, "1")].features  # the report has the last evaluation before any poll
     alerts_before = len(second.store.alerts())
     _window(replica, predict, clock, rng, 800, "mean")
     await second.cycle()
@@ -280,7 +285,12 @@ async def test_webhook_receives_exactly_one_alert_per_state_change(
 async def test_webhook_calls_beyond_the_rate_limit_are_suppressed() -> None:
     receiver = WebhookReceiver()
     alerter = Alerter(receiver.url, rate_per_minute=2)
-    sent = [alerter.emit({"key": f"k{i}", "state": "firing", "message": "m"}) for i in range(5)]
+    sent = [
+        alerter.emit(
+            {"kind": "dataset_drift", "model": "m", "version": "1", "key": f"k{i}", "state": "firing", "message": "m"}
+        )
+        for i in range(5)
+    ]
     await alerter.drain()
     await alerter.close()
     receiver.close()
@@ -291,7 +301,7 @@ async def test_webhook_calls_beyond_the_rate_limit_are_suppressed() -> None:
 async def test_webhook_is_retried_until_it_gives_up() -> None:
     receiver = WebhookReceiver(status=500)
     alerter = Alerter(receiver.url, retries=2, backoff_s=0.01)
-    alerter.emit({"key": "k", "state": "firing", "message": "m"})
+    alerter.emit({"kind": "dataset_drift", "model": "m", "version": "1", "key": "k", "state": "firing", "message": "m"})
     await alerter.drain()
     await alerter.close()
     receiver.close()
@@ -331,7 +341,7 @@ async def test_a_stale_baseline_is_reported_and_not_used(baseline: Baseline, clo
     monitor = _monitor(repo, [rep.url], clock, tmp_path)
     await monitor.cycle()
     rep.close()
-    (report,) = monitor.latest.values()
+    report = _report(monitor)
     assert report["baseline"]["status"] == "stale"
     assert any("stale" in p for p in report["problems"]) and report["features"] == []
     monitor.close()
@@ -389,7 +399,7 @@ async def test_slo_violation_alerts_after_persistence(
         clock.t += 30.0
         await monitor.cycle()
     rep.close()
-    slo = monitor.latest[(MODEL, "1")]["slo"]
+    slo = monitor.latest[(MODEL, "1")].to_json()["slo"]
     assert slo["requests"] == 2 * 1005 and slo["p99_latency_s"] == pytest.approx(0.118)
     assert slo["latency_violated"] is True and slo["errors_violated"] is False
     assert slo["latency_state"] == "drifted"
@@ -483,8 +493,8 @@ async def test_low_traffic_is_pooled_past_the_horizon_until_a_verdict_and_the_sp
     assert age["verdict"] == "stable" and age["window"]["pooled"] is True
     assert age["samples"] > 2 * 120  # more than the horizon's two windows
     assert age["window"]["end"] - age["window"]["start"] > 120.0
-    (report,) = monitor.latest.values()
-    assert report["window"]["rows"] == 240  # the horizon itself
+    window = _report(monitor)["window"]
+    assert window is not None and window["rows"] == 240  # the horizon itself
     monitor.close()
 
 

@@ -94,7 +94,7 @@ def test_report_page_embeds_one_plot_per_feature(served: tuple[Any, str]) -> Non
     status, body = _get(url + "/")
     page = body.decode()
     assert status == 200
-    features = monitor.latest[(MODEL, "1")]["features"]
+    features = monitor.latest[(MODEL, "1")].features
     assert page.count('<img src="data:image/png;base64,') == len(features)
     assert page.index(">age</a>") < page.index(">score</a>")  # sorted by drift: the shifted feature first
 

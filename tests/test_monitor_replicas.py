@@ -11,7 +11,6 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ import trustme
 
 from serve.cli import main
 from serve.monitor.config import MonitorSettings
+from serve.monitor.model_report_json import ModelReportJson
 from serve.monitor.service import Monitor
 from tests.fixtures.monitoring import MODEL, sample
 from tests.fixtures.replicas import REPLICA_HOSTS, shared_ports, start_replica, write_model_with_baseline
@@ -104,7 +104,7 @@ def _send(server: RunningServer, rows: int, seed: int) -> None:
     assert _recorded(server) == before + rows
 
 
-def _age_samples(report: dict[str, Any]) -> int:
+def _age_samples(report: ModelReportJson) -> int:
     return int({f["name"]: f for f in report["features"]}["age"]["samples"])
 
 
@@ -118,33 +118,35 @@ async def test_one_name_finds_every_replica_and_the_merge_counts_each_row_once(f
             _send(fleet.start(host), rows, seed=len(host) + rows)
         names.addresses = ["127.0.0.1", "127.0.0.2"]
         results = await monitor.cycle(include_open=True)
-        report = results[(MODEL, "1")][0]
+        report = results[(MODEL, "1")].report.to_json()
         assert sorted(monitor.servers) == [fleet.url("127.0.0.1"), fleet.url("127.0.0.2")]
         assert all(s.up for s in monitor.servers.values())
         for key in ((MODEL, "1"), (SECOND, "1")):  # each model's baseline, from the servers
-            baseline = results[key][0]["baseline"]
-            assert (baseline["status"], baseline["source"]) == ("ok", "server"), results[key][0]["problems"]
-            assert baseline["path"].endswith(f"/v2/models/{key[0]}/versions/1/baseline")
+            baseline = results[key].report.baseline
+            assert (baseline["status"], baseline["source"]) == ("ok", "server"), results[key].report.problems
+            assert baseline["path"] is not None and baseline["path"].endswith(
+                f"/v2/models/{key[0]}/versions/1/baseline"
+            )
         assert _age_samples(report) == 800 == sum(_recorded(s) for s in fleet.running.values())
-        assert len(report["replicas"]) == 2
+        assert len(report.get("replicas", [])) == 2
 
         # A third replica starts and joins the name: picked up on the next poll.
         _send(fleet.start("127.0.0.3"), 200, seed=7)
         names.addresses = list(REPLICA_HOSTS)
-        report = (await monitor.cycle(include_open=True))[(MODEL, "1")][0]
+        report = (await monitor.cycle(include_open=True))[(MODEL, "1")].report.to_json()
         assert monitor.servers[fleet.url("127.0.0.3")].up
         assert _age_samples(report) == 1000 == sum(_recorded(s) for s in fleet.running.values())
 
         # Polling again adds nothing.
-        report = (await monitor.cycle(include_open=True))[(MODEL, "1")][0]
+        report = (await monitor.cycle(include_open=True))[(MODEL, "1")].report.to_json()
         assert _age_samples(report) == 1000
 
         # One replica stops (still in the name): stale, and what it sent still counts, once.
         fleet.stop("127.0.0.2")
-        report = (await monitor.cycle(include_open=True))[(MODEL, "1")][0]
+        report = (await monitor.cycle(include_open=True))[(MODEL, "1")].report.to_json()
         stopped = monitor.servers[fleet.url("127.0.0.2")]
         assert (stopped.up, stopped.stale) == (False, True) and stopped.last_error
-        assert {r["source"]: r["stale"] for r in report["replicas"]} == {
+        assert {r["source"]: r["stale"] for r in report.get("replicas", [])} == {
             fleet.url("127.0.0.1"): False,
             fleet.url("127.0.0.2"): True,
             fleet.url("127.0.0.3"): False,

@@ -7,7 +7,6 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -17,6 +16,7 @@ from serve.baseline.model import file_sha256
 from serve.input_stats.baseline import Baseline
 from serve.monitor.app import _models_summary, render_report
 from serve.monitor.config import MonitorSettings
+from serve.monitor.model_report_json import ModelReportJson
 from serve.monitor.service import Monitor
 from tests.fixtures.monitoring import MODEL, Clock, FakeReplica, Predictor, feed, recorder, sample
 from tests.fixtures.replicas import write_model_with_baseline
@@ -72,13 +72,13 @@ def served(tmp_path: Path) -> Iterator[Served]:
     s.replica.rec.close()
 
 
-async def _report(monitor: Monitor) -> dict[str, Any]:
+async def _report(monitor: Monitor) -> ModelReportJson:
     try:
         results = await monitor.cycle(include_open=True)
     finally:
         monitor.close()
-    ((report, _),) = results.values()
-    return report
+    (outcome,) = results.values()
+    return outcome.report.to_json()
 
 
 async def test_without_a_repository_the_monitor_evaluates_against_the_servers_baseline(served: Served) -> None:
@@ -154,12 +154,12 @@ async def test_a_failed_baseline_fetch_leaves_the_replica_up_and_is_tried_again(
     served.replica.baseline = (500, b'{"error": "disk on fire"}', {})
     monitor = served.monitor()
     try:
-        first = (await monitor.cycle(include_open=True))[(MODEL, "1")][0]
+        first = (await monitor.cycle(include_open=True))[(MODEL, "1")].report
         (status,) = monitor.servers.values()
         up_after_failure = status.up
         served.serve()
-        second = (await monitor.cycle(include_open=True))[(MODEL, "1")][0]
+        second = (await monitor.cycle(include_open=True))[(MODEL, "1")].report
     finally:
         monitor.close()
-    assert up_after_failure and first["baseline"]["status"] == "missing"
-    assert second["baseline"]["status"] == "ok" and served.baseline_requests() == 2
+    assert up_after_failure and first.baseline["status"] == "missing"
+    assert second.baseline["status"] == "ok" and served.baseline_requests() == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from serve.monitor.app import create_monitor_app
+from serve.monitor.model_report import FeatureEntry
+from serve.monitor.model_report_json import History
 from serve.monitor.plots import PlotCache
-from serve.monitor.report import History, _thin, feature_plot
+from serve.monitor.report import _thin, feature_plot
 from tests.fixtures.monitoring import MODEL, Predictor, feed, monitor_with_history, sample
 
 
@@ -23,7 +25,7 @@ class CountingDraw:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, feature: Mapping[str, Any], history: History) -> bytes:
+    def __call__(self, feature: FeatureEntry, history: History) -> bytes:
         self.calls += 1
         return feature_plot(feature, history)
 
@@ -55,7 +57,7 @@ async def test_plots_are_drawn_after_each_evaluation_without_a_page_request(
     plots = PlotCache(monitor, draw)
     create_monitor_app(monitor, plots)
     assert await asyncio.to_thread(plots.wait_drawn, 60.0)
-    features = len(next(iter(monitor.latest.values()))["features"])
+    features = len(next(iter(monitor.latest.values())).features)
     assert draw.calls == features  # the evaluation made before the app existed
     feed(replica.rec, sample(np.random.default_rng(1), 500), Predictor(root / MODEL))
     monitor.clock.t += 60.0
@@ -81,7 +83,7 @@ async def test_a_page_asked_for_while_a_newer_evaluation_is_drawn_shows_the_last
     monitor, replica, root = evaluated
     blocked, release = threading.Event(), threading.Event()
 
-    def draw(feature: Mapping[str, Any], history: History) -> bytes:
+    def draw(feature: FeatureEntry, history: History) -> bytes:
         if blocked.is_set():
             release.wait(60)  # the newer evaluation's drawing, held until the page has been answered
         return feature_plot(feature, history)

@@ -20,11 +20,32 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import orjson
 
+from serve.monitor.model_report_json import MeasureJson
+
 log = logging.getLogger("serve.monitor.alerts")
+
+
+class AlertJson(TypedDict):
+    """An alert as logged, stored and POSTed: the condition's details, then its key, state, time and message."""
+
+    kind: str  # input_drift | output_drift | dataset_drift | slo_latency | slo_errors
+    model: str
+    version: str
+    feature: NotRequired[str]  # *_drift of one feature
+    role: NotRequired[str]
+    samples: NotRequired[int]
+    measures: NotRequired[dict[str, MeasureJson]]
+    value: NotRequired[float | None]  # slo_*
+    drifted_share: NotRequired[float | None]  # dataset_drift
+    threshold: NotRequired[float | None]  # slo_* and dataset_drift
+    key: NotRequired[str]
+    state: NotRequired[str]  # firing | resolved
+    time: NotRequired[float]
+    message: NotRequired[str]
 
 
 @dataclass(slots=True)
@@ -35,7 +56,7 @@ class AlertCounters:
     suppressed: int = 0
 
 
-def post_json(url: str, payload: dict[str, Any], timeout_s: float) -> int:
+def post_json(url: str, payload: AlertJson, timeout_s: float) -> int:
     request = urllib.request.Request(
         url, data=orjson.dumps(payload), headers={"Content-Type": "application/json"}, method="POST"
     )
@@ -53,7 +74,7 @@ class Alerter:
         backoff_s: float = 0.5,
         timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
-        on_result: Callable[[dict[str, Any], bool], None] | None = None,
+        on_result: Callable[[AlertJson, bool], None] | None = None,
     ) -> None:
         self.webhook = webhook
         self.rate_per_minute = rate_per_minute
@@ -63,7 +84,7 @@ class Alerter:
         self._clock = clock
         self._tokens = rate_per_minute
         self._refilled = clock()
-        self._queue: asyncio.Queue[dict[str, Any]] | None = None
+        self._queue: asyncio.Queue[AlertJson] | None = None
         self._task: asyncio.Task[None] | None = None
         self._on_result = on_result
         self.counters = AlertCounters()
@@ -77,7 +98,7 @@ class Alerter:
             return True
         return False
 
-    def emit(self, alert: dict[str, Any]) -> bool:
+    def emit(self, alert: AlertJson) -> bool:
         """Log the alert and queue it for the webhook; False when the rate limit suppressed the webhook call."""
         self.counters.emitted += 1
         level = logging.WARNING if alert.get("state") == "firing" else logging.INFO
@@ -116,7 +137,7 @@ class Alerter:
             finally:
                 self._queue.task_done()
 
-    async def _deliver(self, alert: dict[str, Any]) -> bool:
+    async def _deliver(self, alert: AlertJson) -> bool:
         assert self.webhook is not None
         delay = self.backoff_s
         for attempt in range(self.retries + 1):

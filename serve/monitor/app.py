@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any
+from typing import TypedDict
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -23,6 +23,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from serve.monitor.baselines import BaselineJson
+from serve.monitor.collector import RestartJson
+from serve.monitor.model_report import ModelReport
+from serve.monitor.model_report_json import ModelReportJson, ReplicaJson, ReportWindow, SloJson
 from serve.monitor.plots import PlotCache
 from serve.monitor.prom import DriftCollector
 from serve.monitor.report import render_page
@@ -30,27 +34,49 @@ from serve.monitor.service import Monitor
 from serve.repository.layout import is_version_number
 
 
-def _json(payload: Any, status: int = 200) -> Response:
+class ModelSummary(TypedDict):
+    """One model version in ``/api/models``."""
+
+    model: str
+    version: str
+    evaluated_at: float
+    baseline: BaselineJson
+    window: ReportWindow | None
+    drifted_share: float | None
+    drifted_state_share: float | None
+    dataset_drift: bool | None
+    dataset_state: str | None
+    prediction_drift: bool | None
+    prediction_drift_state: str | None
+    slo: SloJson
+    features: int
+    drifted_features: list[str]
+    problems: list[str]
+    replicas: list[ReplicaJson]
+    restarts: list[RestartJson]
+
+
+def _json(payload: object, status: int = 200) -> Response:
     return Response(
         orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
         status_code=status, media_type="application/json",
     )  # fmt: skip
 
 
-def _models_summary(monitor: Monitor) -> list[dict[str, Any]]:
-    out = []
-    for (model, version), r in sorted(monitor.latest.items()):
-        features = r.get("features", [])
-        out.append({
-            "model": model, "version": version, "evaluated_at": r.get("evaluated_at"), "baseline": r.get("baseline"),
-            "window": r.get("window"), "drifted_share": r.get("drifted_share"),
-            "drifted_state_share": r.get("drifted_state_share"), "dataset_drift": r.get("dataset_drift"),
-            "dataset_state": r.get("dataset_state"), "prediction_drift": r.get("prediction_drift"),
-            "prediction_drift_state": r.get("prediction_drift_state"), "slo": r.get("slo"),
-            "features": len(features), "drifted_features": [f["name"] for f in features if f.get("drifted")],
-            "problems": r.get("problems", []), "replicas": r.get("replicas", []), "restarts": r.get("restarts", []),
-        })  # fmt: skip
-    return out
+def _models_summary(monitor: Monitor) -> list[ModelSummary]:
+    return [_model_summary(r.to_json()) for _, r in sorted(monitor.latest.items())]
+
+
+def _model_summary(r: ModelReportJson) -> ModelSummary:
+    return {
+        "model": r["model"], "version": r["version"], "evaluated_at": r["evaluated_at"], "baseline": r["baseline"],
+        "window": r["window"], "drifted_share": r.get("drifted_share"),
+        "drifted_state_share": r.get("drifted_state_share"), "dataset_drift": r.get("dataset_drift"),
+        "dataset_state": r.get("dataset_state"), "prediction_drift": r.get("prediction_drift"),
+        "prediction_drift_state": r.get("prediction_drift_state"), "slo": r["slo"],
+        "features": len(r["features"]), "drifted_features": [f["name"] for f in r["features"] if f["drifted"]],
+        "problems": r["problems"], "replicas": r.get("replicas", []), "restarts": r.get("restarts", []),
+    }  # fmt: skip
 
 
 def render_report(monitor: Monitor, plots: PlotCache | None = None) -> str:
@@ -65,6 +91,37 @@ def render_report(monitor: Monitor, plots: PlotCache | None = None) -> str:
 
 def _clock(t: float) -> str:
     return dt.datetime.fromtimestamp(t).strftime("%H:%M:%S")
+
+
+def _newest_version(monitor: Monitor, model: str, version: str | None) -> ModelReport | None:
+    """The latest report of ``model`` ``version``; of its highest version when ``version`` is None."""
+    matches = [r for (m, v), r in monitor.latest.items() if m == model and (version is None or v == version)]
+    if not matches:
+        return None
+    return max(matches, key=lambda r: int(r.version) if is_version_number(r.version) else -1)
+
+
+def _drift(monitor: Monitor, request: Request) -> Response:
+    model = request.query_params.get("model")
+    if not model:
+        return _json({"error": "query parameter 'model' is required"}, 400)
+    version = request.query_params.get("version")
+    report = _newest_version(monitor, model, version)
+    if report is None:
+        return _json({"error": f"no evaluation for model '{model}'" + (f" version {version}" if version else "")}, 404)
+    document = report.to_json()
+    raw_history = request.query_params.get("history")
+    if raw_history:
+        try:
+            seconds = float(raw_history)
+        except ValueError:
+            return _json({"error": "'history' is a number of seconds"}, 400)
+        since = (monitor.last_evaluation or 0) - seconds
+        document["features"] = [
+            {**f, "history": monitor.store.history(report.model, report.version, f["name"], None, since)}
+            for f in document["features"]
+        ]
+    return _json(document)
 
 
 def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Starlette:
@@ -83,29 +140,7 @@ def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Star
         return _json({"models": _models_summary(monitor), "servers": [s.to_json() for s in monitor.servers.values()]})
 
     async def drift(request: Request) -> Response:
-        model = request.query_params.get("model")
-        if not model:
-            return _json({"error": "query parameter 'model' is required"}, 400)
-        version = request.query_params.get("version")
-        matches = [r for (m, v), r in monitor.latest.items() if m == model and (version is None or v == version)]
-        if not matches:
-            return _json(
-                {"error": f"no evaluation for model '{model}'" + (f" version {version}" if version else "")},
-                404,
-            )
-        report = max(matches, key=lambda r: int(r["version"]) if is_version_number(r["version"]) else -1)
-        raw_history = request.query_params.get("history")
-        if raw_history:
-            try:
-                seconds = float(raw_history)
-            except ValueError:
-                return _json({"error": "'history' is a number of seconds"}, 400)
-            since = (monitor.last_evaluation or 0) - seconds
-            report = {**report, "features": [
-                {**f, "history": monitor.store.history(report["model"], report["version"], f["name"], None, since)}
-                for f in report["features"]
-            ]}  # fmt: skip
-        return _json(report)
+        return _drift(monitor, request)
 
     async def servers(request: Request) -> Response:
         return _json(

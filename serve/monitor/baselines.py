@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from serve.errors import ServeError
 from serve.input_stats.baseline import BASELINE_FILENAME, Baseline, BaselineError
@@ -37,6 +38,14 @@ FILE = "file"  # BaselineEntry.source: a --baseline file or the repository's bas
 SERVER = "server"  # served by a replica (GET /v2/models/{m}/versions/{v}/baseline)
 
 
+class BaselineJson(TypedDict):
+    status: str
+    source: str | None
+    path: str | None
+    sha256: str | None
+    problems: list[str]
+
+
 @dataclass(slots=True)
 class BaselineEntry:
     status: str
@@ -49,7 +58,7 @@ class BaselineEntry:
     def usable(self) -> bool:
         return self.status == OK and self.baseline is not None
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> BaselineJson:
         return {
             "status": self.status,
             "source": self.source,

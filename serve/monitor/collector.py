@@ -15,19 +15,78 @@ counted once. Across instances, ``serve.input_stats.schema.merge`` adds the wind
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 from serve.input_stats import schema
+from serve.input_stats.blocks import Block
 
 Key = tuple[str, str]  # (model, version)
 
 
+class InstanceJson(TypedDict):
+    """A server process (serve.input_stats.windows.ServerInstance)."""
+
+    id: str
+    replica: str
+    start_time: float
+
+
+class InstanceSeen(InstanceJson):
+    source: str  # the server URL it answered at
+    seq: int  # the newest document's
+
+
+class StatsWindow(TypedDict):
+    """A window of the statistics document (serve.input_stats.schema), as far as the monitor reads it."""
+
+    start: float
+    end: float
+    seq: int
+    closed: NotRequired[bool]
+    rows: int
+    features: dict[str, Block]
+
+
+class BaselineRef(TypedDict):
+    sha256: NotRequired[str]
+
+
+class StatsDocument(TypedDict):
+    """The statistics document of one server process (serve.input_stats.schema), as far as the monitor reads it."""
+
+    model: dict[str, str]
+    instance: InstanceJson
+    generated_at: float
+    seq: int
+    since: NotRequired[int]
+    since_reset: NotRequired[bool]
+    baseline: BaselineRef | None
+    features: list[object]
+    window_s: float
+    windows: list[StatsWindow]
+
+
+class MergedWindow(TypedDict):
+    """A window summed across instances (schema.merge), as far as the evaluation reads it."""
+
+    start: float
+    end: float
+    rows: int
+    features: dict[str, Block]
+
+
+class RestartJson(TypedDict):
+    replica: str
+    instances: list[str]
+    start_times: list[float]
+
+
 @dataclass(slots=True)
 class _Instance:
-    header: dict[str, Any]  # the newest document without its windows
-    windows: dict[float, dict[str, Any]] = field(default_factory=dict)
+    header: StatsDocument  # the newest document, its windows left out
+    windows: dict[float, StatsWindow] = field(default_factory=dict)
     source: str = ""  # the server URL it came from
 
 
@@ -35,9 +94,8 @@ class _Instance:
 class Collected:
     """The merged live view of one model version over a time range."""
 
-    windows: list[dict[str, Any]]  # merged across instances, by start time
-    instances: list[dict[str, Any]]
-    restarts: list[dict[str, Any]]
+    windows: list[MergedWindow]  # merged across instances, by start time
+    restarts: list[RestartJson]
     baseline_sha256: str | None
     problems: list[str]
 
@@ -51,10 +109,11 @@ class StatsCollector:
         held = self._since.get((url, model, version))
         return held[1] if held else 0
 
-    def ingest(self, url: str, document: dict[str, Any]) -> bool:
-        """Take one server document (answer to ``since=...``). True when the URL now answers from a new
+    def ingest(self, url: str, raw: Any) -> bool:
+        """Take one server document (answer to ``since=...``, as parsed). True when the URL now answers from a new
         instance that may have skipped windows (its seq passed our ``since``): ask again with ``since=0``."""
-        schema.check_document(document)
+        schema.check_document(raw)
+        document = cast(StatsDocument, raw)  # checked: an input-stats document of a version we read
         model = document["model"]["name"]
         version = str(document["model"]["version"])
         iid = document["instance"]["id"]
@@ -65,8 +124,7 @@ class StatsCollector:
             # The process that was here is gone and will close none of its windows: what it sent is final.
             _close_ended(instances[previous[0]], float(document["generated_at"]))
         inst = instances.get(iid)
-        header = {k: v for k, v in document.items() if k != "windows"}
-        header["windows"] = []
+        header: StatsDocument = {**document, "windows": []}
         if inst is None:
             inst = instances[iid] = _Instance(header, source=url)
         elif document["seq"] >= inst.header["seq"]:
@@ -106,9 +164,9 @@ class StatsCollector:
         from instances binning against ``baseline_sha256`` (others are reported, not mixed in)."""
         instances = self._instances.get((model, version), {})
         problems: list[str] = []
-        docs = []
+        docs: list[StatsDocument] = []
         for iid, inst in instances.items():
-            served = (inst.header.get("baseline") or {}).get("sha256")
+            served = _baseline_sha256(inst.header)
             if served != baseline_sha256:
                 replica = inst.header["instance"].get("replica", iid)
                 problems.append(
@@ -120,23 +178,28 @@ class StatsCollector:
             windows = [w for w in inst.windows.values() if w["end"] > start and (include_open or w.get("closed", True))]
             docs.append({**inst.header, "windows": windows})
         if not docs:
-            return Collected([], [], [], baseline_sha256, problems)
+            return Collected([], [], baseline_sha256, problems)
         merged = _merge_compatible(docs, problems)
-        return Collected(merged["windows"], merged["instances"], merged["restarts"], baseline_sha256, problems)
+        return Collected(merged["windows"], merged["restarts"], baseline_sha256, problems)
 
     def baseline_shas(self, model: str, version: str) -> list[str]:
         """Hashes of the baselines this version's instances bin against: the most common first, newest on ties."""
         seen: dict[str, tuple[int, float]] = {}
         for inst in self._instances.get((model, version), {}).values():
-            sha = (inst.header.get("baseline") or {}).get("sha256")
+            sha = _baseline_sha256(inst.header)
             if sha:
                 count, newest = seen.get(sha, (0, 0.0))
                 seen[sha] = (count + 1, max(newest, float(inst.header["generated_at"])))
         return sorted(seen, key=lambda s: seen[s], reverse=True)
 
-    def instances(self, model: str, version: str) -> Iterable[dict[str, Any]]:
+    def instances(self, model: str, version: str) -> Iterable[InstanceSeen]:
         for inst in self._instances.get((model, version), {}).values():
             yield {**inst.header["instance"], "source": inst.source, "seq": inst.header["seq"]}
+
+
+def _baseline_sha256(document: StatsDocument) -> str | None:
+    baseline = document.get("baseline")
+    return baseline.get("sha256") if baseline else None
 
 
 def _close_ended(inst: _Instance, now: float) -> None:
@@ -145,14 +208,24 @@ def _close_ended(inst: _Instance, now: float) -> None:
             inst.windows[start] = {**w, "closed": True}
 
 
-def _merge_compatible(docs: list[dict[str, Any]], problems: list[str]) -> dict[str, Any]:
+class _Merged(TypedDict):
+    windows: list[MergedWindow]
+    restarts: list[RestartJson]
+
+
+def _merge_compatible(docs: Sequence[StatsDocument], problems: list[str]) -> _Merged:
     """schema.merge, leaving out instances whose feature lists or window sizes disagree with the newest one."""
     try:
-        return schema.merge(docs)
+        return _merge(docs)
     except ValueError:
         newest = max(docs, key=lambda d: d["generated_at"])
         keep = [d for d in docs if d["features"] == newest["features"] and d["window_s"] == newest["window_s"]]
         for d in docs:
             if d not in keep:
                 problems.append(f"replica {d['instance'].get('replica')} records other features or windows; left out")
-        return schema.merge(keep)
+        return _merge(keep)
+
+
+def _merge(docs: Sequence[StatsDocument]) -> _Merged:
+    # schema.merge reads and writes the documents as plain JSON; the monitor reads back the windows and restarts.
+    return cast(_Merged, schema.merge(cast(list[Any], docs)))

@@ -10,12 +10,25 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serve.monitor.config import MonitorSettings
+    from serve.monitor.model_report_json import ModelReportJson
+    from serve.monitor.service import OnceDocument
 
 log = logging.getLogger("serve.monitor")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_server_arguments(parser)
+    _add_schedule_arguments(parser)
+    _add_policy_arguments(parser)
+    _add_output_arguments(parser)
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which replicas to poll, how to reach them, and where the baselines are."""
     parser.add_argument(
         "--server",
         action="append",
@@ -54,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a baseline.json to use for the model version it names (repeatable)",
     )
+
+
+def _add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """When to poll, what each evaluation covers, how long history is kept, and the monitor's own port."""
     parser.add_argument("--interval", default="30s", help="time between polls [default 30s]")
     parser.add_argument("--horizon", default="15m", help="rolling window each evaluation covers [default 15m]")
     parser.add_argument("--timeout", default="10s", help="per-request timeout towards a server [default 10s]")
@@ -65,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention", default="7d", help="how long history is kept [default 7d]")
     parser.add_argument("--host", default="127.0.0.1", help="address of the monitor's own port")
     parser.add_argument("--port", type=int, default=8010, help="port of the report, JSON API and /metrics [8010]")
+
+
+def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """When a measure counts as drift, an SLO as violated, and where alerts go."""
     parser.add_argument(
         "--config", type=Path, default=None, help="TOML file with per-model/feature thresholds and SLOs"
     )
@@ -99,6 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-error-rate", type=float, default=None, help="error-rate SLO per model (0..1)")
     parser.add_argument("--webhook", default=None, metavar="URL", help="POST every alert as JSON to this URL")
     parser.add_argument("--alert-rate", type=float, default=30.0, help="webhook calls per minute at most [30]")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--once",
         action="store_true",
@@ -118,7 +142,7 @@ def _read_token(path: Path | None) -> str | None:
     return token
 
 
-def settings_from_args(args: argparse.Namespace) -> Any:
+def settings_from_args(args: argparse.Namespace) -> MonitorSettings:
     from serve.monitor.config import MonitorSettings, load_config_file, parse_duration, parse_threshold_flags
     from serve.monitor.discovery import parse_target
     from serve.monitor.policy import Policy, SloPolicy
@@ -151,7 +175,7 @@ EXIT_NO_BASELINE = 3
 EXIT_SERVER_UNREACHABLE = 4
 
 
-def once_exit_code(document: dict[str, Any]) -> int:
+def once_exit_code(document: OnceDocument) -> int:
     """1 when any model version drifted (dataset, prediction or any input feature); else 4 when a server could
     not be read; else 3 when a model version could not be judged for want of a usable baseline; else 0."""
     models = document["models"]
@@ -164,7 +188,7 @@ def once_exit_code(document: dict[str, Any]) -> int:
     return EXIT_NO_DRIFT
 
 
-def _drifted(model: dict[str, Any]) -> bool:
+def _drifted(model: ModelReportJson) -> bool:
     return bool(
         model.get("dataset_drift")
         or model.get("prediction_drift")
@@ -176,7 +200,7 @@ def _verdict(value: bool | None) -> str:
     return "undecided" if value is None else ("DRIFT" if value else "stable")
 
 
-def _print_text(document: dict[str, Any]) -> None:
+def _print_text(document: OnceDocument) -> None:
     for s in document["servers"]:
         print(f"server {s['url']}: {'up' if s['up'] else 'STALE: ' + str(s['last_error'])}")
     if not document["models"]:
@@ -211,7 +235,7 @@ def _print_text(document: dict[str, Any]) -> None:
             print(f"  {f['role']:6} {f['name']:24} N={f['samples']:<8} {verdict}")
 
 
-async def _once(settings: Any, fmt: str) -> int:
+async def _once(settings: MonitorSettings, fmt: str) -> int:
     import orjson
 
     from serve.monitor.service import Monitor
@@ -233,7 +257,7 @@ async def _once(settings: Any, fmt: str) -> int:
     return once_exit_code(document)
 
 
-async def _serve(settings: Any) -> int:
+async def _serve(settings: MonitorSettings) -> int:
     import uvicorn
 
     from serve.monitor.app import create_monitor_app

@@ -31,7 +31,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 from serve.monitor.policy import DEFAULT_THRESHOLDS, MEASURES, Policy, SloPolicy
 
@@ -47,6 +47,27 @@ def parse_duration(text: str | float | int) -> float:
     if not match:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 15m, 1h, 7d)")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class FeatureOverrides(TypedDict, total=False):
+    thresholds: dict[str, float | None]
+
+
+class SloOverrides(TypedDict, total=False):
+    p99_latency_s: float | None
+    error_rate: float | None
+    min_requests: int
+
+
+class ModelOverrides(TypedDict, total=False):
+    """``[models.<name>]`` of the config file."""
+
+    thresholds: dict[str, float | None]
+    features: dict[str, FeatureOverrides]
+    slo: SloOverrides
+    drift_share: float
+    persistence: int
+    min_samples: int
 
 
 @dataclass(slots=True)
@@ -70,15 +91,15 @@ class MonitorSettings:
     max_series_features: int = 500  # per model in /metrics (top by score); serve_drift_inputs_truncated says so
     # thresholds here are only explicit overrides (flags, file); policy_for() layers them over the defaults
     policy: Policy = field(default_factory=lambda: Policy(thresholds={}))
-    model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_overrides: dict[str, ModelOverrides] = field(default_factory=dict)
 
-    def policy_for(self, model: str, baseline_thresholds: Mapping[str, Any] | None = None) -> Policy:
+    def policy_for(self, model: str, baseline_thresholds: Mapping[str, float | None] | None = None) -> Policy:
         base = self.policy
         thresholds = {**DEFAULT_THRESHOLDS, **_thresholds(baseline_thresholds or {}), **base.thresholds}
-        over = self.model_overrides.get(model, {})
+        over = self.model_overrides.get(model, ModelOverrides())
         thresholds.update(_thresholds(over.get("thresholds", {})))
         features = {name: _thresholds(f.get("thresholds", {})) for name, f in over.get("features", {}).items()}
-        slo = over.get("slo", {})
+        slo = over.get("slo", SloOverrides())
         return replace(
             base,
             thresholds=thresholds,
@@ -94,11 +115,11 @@ class MonitorSettings:
         )
 
 
-def _opt_float(value: Any) -> float | None:
+def _opt_float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _thresholds(raw: Mapping[str, Any]) -> dict[str, float | None]:
+def _thresholds(raw: Mapping[str, float | None]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for measure, value in raw.items():
         if measure not in MEASURES:
@@ -108,7 +129,7 @@ def _thresholds(raw: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def parse_threshold_flags(flags: list[str]) -> dict[str, float | None]:
-    raw: dict[str, Any] = {}
+    raw: dict[str, float | None] = {}
     for flag in flags:
         if "=" not in flag:
             raise ValueError(f"--threshold takes MEASURE=VALUE, not {flag!r}")
@@ -130,19 +151,12 @@ def load_config_file(path: Path, settings: MonitorSettings) -> MonitorSettings:
         model_false_alarm=float(data.get("model_false_alarm", policy.model_false_alarm)),
         pool_s=parse_duration(data.get("pool", policy.pool_s)),
         drift_share=float(data.get("drift_share", policy.drift_share)),
-        slo=SloPolicy(**{**_slo_dict(policy.slo), **data.get("slo", {})}),
+        slo=replace(policy.slo, **data.get("slo", {})),
     )
-    models = data.get("models", {})
+    # TOML as read: thresholds are checked here, the other values converted where used (float(), int()).
+    models = cast(dict[str, ModelOverrides], data.get("models", {}))
     for over in models.values():
         _thresholds(over.get("thresholds", {}))  # fail early on typos
         for feature in over.get("features", {}).values():
             _thresholds(feature.get("thresholds", {}))
     return replace(settings, policy=policy, model_overrides=models)
-
-
-def _slo_dict(slo: SloPolicy) -> dict[str, Any]:
-    return {
-        "p99_latency_s": slo.p99_latency_s,
-        "error_rate": slo.error_rate,
-        "min_requests": slo.min_requests,
-    }

@@ -23,6 +23,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 Resolver = Callable[[str], Sequence[str]]
 
@@ -105,6 +106,12 @@ def parse_target(url: str) -> Target:
     return Target(url, parts.scheme, parts.hostname, port, parts.path)
 
 
+class TargetJson(TypedDict):
+    server: str
+    replicas: list[str]
+    error: str | None
+
+
 @dataclass(slots=True)
 class TargetState:
     target: Target
@@ -112,7 +119,7 @@ class TargetState:
     error: str | None = None  # why the last resolution failed (replicas are then the ones before)
     resolved: bool = False  # resolved successfully at least once
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> TargetJson:
         return {"server": self.target.url, "replicas": list(self.replicas), "error": self.error}
 
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -25,6 +25,24 @@ from serve.input_stats.baseline import Baseline, BaselineFeature
 from serve.input_stats.blocks import Block, merge_blocks
 from serve.monitor import verdicts as vd
 from serve.monitor.policy import NullContext, Policy, categorical_context, numeric_context
+
+
+class FeatureWindow(TypedDict):
+    """The rows and time span a feature was judged on (pooling may reach past the horizon)."""
+
+    start: float | None
+    end: float | None
+    windows: int
+    rows: int
+    pooled: bool
+
+
+class PlotView(TypedDict):
+    """Baseline against live shares per plotted group (20 quantile groups, or the categories)."""
+
+    labels: list[str]
+    baseline: list[float]
+    live: list[float]
 
 
 @dataclass(slots=True)
@@ -41,24 +59,6 @@ class MeasureResult:
     def drifted(self) -> bool | None:
         return None if self.state in (None, vd.UNDECIDED) else self.state == vd.DRIFTED
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "value": _round(self.value),
-            "threshold": self.threshold,
-            "drifted": self.drifted,
-        }
-        if self.state is not None:
-            out["state"] = self.state
-        if self.noise is not None:
-            out["noise"] = self.noise.to_json()
-        if self.state == vd.UNDECIDED:
-            out["rows_needed"] = self.rows_needed
-        if self.min_samples is not None:
-            out["min_samples"] = self.min_samples
-        if self.bound is not None:
-            out["error_bound"] = _round(self.bound)
-        return out
-
 
 @dataclass(slots=True)
 class FeatureResult:
@@ -71,34 +71,17 @@ class FeatureResult:
     measures: dict[str, MeasureResult] = field(default_factory=dict)
     state: str | None = None  # drifted | stable | undecided; None: nothing to judge (a problem, or no data)
     rows_needed: int | None = None  # undecided: values still needed (None: no window size would do)
-    detectable: dict[str, Any] | None = None
-    window: dict[str, Any] | None = None  # the rows and time span judged (pooling may reach past the horizon)
+    detectable: vd.DetectableShift | None = None
+    window: FeatureWindow | None = None
     score: float = 0.0  # max over deciding measures of value / threshold: the sort key
-    rates: dict[str, tuple[float, float]] = field(default_factory=dict)
-    view: dict[str, Any] | None = None  # baseline vs live shares for the plot
+    rates: dict[str, tuple[float, float]] = field(default_factory=dict)  # (baseline, live)
+    view: PlotView | None = None
     problem: str | None = None
 
     @property
     def verdict(self) -> bool | None:
         """True drifted, False stable, None undecided: what the persistent state tracker is fed."""
         return None if self.state in (None, vd.UNDECIDED) else self.state == vd.DRIFTED
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "role": self.role, "tensor": self.tensor, "kind": self.kind,
-            "samples": self.samples, "min_samples": self.min_samples, "drifted": self.verdict,
-            "verdict": self.state, "rows_needed": self.rows_needed,
-            "detectable": self.detectable, "window": self.window,
-            "score": _round(self.score), "measures": {k: m.to_json() for k, m in self.measures.items()},
-            "rates": {k: {"baseline": _round(b), "live": _round(v)} for k, (b, v) in self.rates.items()},
-            "problem": self.problem,
-        }  # fmt: skip
-
-
-def _round(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return float(f"{value:.6g}")
 
 
 def merge_windows(windows: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Block], int]:
@@ -133,12 +116,23 @@ def noise_model(feature: BaselineFeature) -> vd.NoiseModel | None:
     return vd.NoiseModel(ctx, NullTable.parse(feature.null_calibration))
 
 
+@dataclass(slots=True)
+class _Comparison:
+    """A feature's measures on its live block, before any verdict."""
+
+    values: dict[str, float]
+    thresholds: dict[str, float]  # the deciding measures
+    sizes: dict[str, int]  # live values behind a measure, where not ``size``
+    size: int  # live values behind the other measures
+    bounds: dict[str, float | None]
+    rates: dict[str, tuple[float, float]]
+    view: Mapping[str, Any] | None
+
+
 def evaluate_feature(
     feature: BaselineFeature, live: Block | None, policy: Policy, *, alpha: float | None = None
 ) -> FeatureResult:
     """One feature against its baseline; ``alpha`` is its false-alarm budget (default ``policy.false_alarm``)."""
-    stats = feature.stats or {}
-    thresholds = policy.for_feature(feature.name, feature.kind)
     result = FeatureResult(feature.name, feature.role, feature.tensor, feature.kind, 0, policy.min_samples)
     model = noise_model(feature)
     if model is None:
@@ -148,53 +142,71 @@ def evaluate_feature(
         result.problem = "no live statistics for this feature"
         return result
     result.samples = int(live["count"])
+    result.problem = _bins_problem(feature, live)
+    if result.problem is not None:
+        return result
+    comparison = _compare(feature, live, policy.for_feature(feature.name, feature.kind))
+    result.rates = comparison.rates
+    budget = policy.false_alarm if alpha is None else alpha
+    level = 1.0 - budget / max(1, len(comparison.thresholds))
+    _judge(result, comparison, model, policy, level)
+    result.detectable = vd.detectable_shift(feature.kind, comparison.thresholds, model, comparison.size, level)
+    if comparison.view is not None:
+        result.view = _plot_view(feature, comparison.view)
+    return result
+
+
+def _bins_problem(feature: BaselineFeature, live: Block) -> str | None:
+    """Why a numeric feature's live bins cannot be compared with the baseline's (None: they can)."""
+    if feature.kind != "numeric":
+        return None
+    if "bins" not in live:
+        return "the server bins this feature without the baseline's edges (baseline not loaded there)"
+    if len(live["bins"]["counts"]) != len((feature.stats or {})["bins"]["counts"]):
+        return "the server's bins differ from the baseline's (another baseline?)"
+    return None
+
+
+def _compare(feature: BaselineFeature, live: Block, thresholds: dict[str, float]) -> _Comparison:
+    stats = feature.stats or {}
     if feature.kind == "numeric":
-        if "bins" not in live:
-            result.problem = "the server bins this feature without the baseline's edges (baseline not loaded there)"
-            return result
-        if len(live["bins"]["counts"]) != len(stats["bins"]["counts"]):
-            result.problem = "the server's bins differ from the baseline's (another baseline?)"
-            return result
         p, q = ms.Binned.from_block(stats), ms.Binned.from_block(live)
         raw = ms.numeric_measures(p, q, feature.edges if feature.edges is not None else np.empty(0))
         if p.std == 0:
             # Constant in training: W1 has no σ to be measured in (a single other value would score in the
             # hundreds), so it is shown, not deciding; KS and out_of_range judge the share of changed values.
             thresholds.pop("wasserstein", None)
-        sub_n = {"missing_rate": q.count, "out_of_range": q.n + q.infinite}
-        default_n = q.n
+        sizes = {"missing_rate": q.count, "out_of_range": q.n + q.infinite}
+        size = q.n
     else:
         p_c, q_c = ms.Categories.from_block(stats), ms.Categories.from_block(live)
         raw = ms.categorical_measures(p_c, q_c)
-        sub_n = {"missing_rate": q_c.count}
-        default_n = q_c.count - q_c.missing
-    result.rates = raw.pop("rates", {})
+        sizes = {"missing_rate": q_c.count}
+        size = q_c.count - q_c.missing
+    rates = raw.pop("rates", {})
     view = raw.pop("view", None)
     bounds = {"ks": raw.pop("ks_bound", None), "wasserstein": raw.pop("wasserstein_bound", None)}
     raw.pop("mean_shift", None)
     deciding = {m: t for m, t in thresholds.items() if m in raw}
-    budget = policy.false_alarm if alpha is None else alpha
-    level = 1.0 - budget / max(1, len(deciding))
+    return _Comparison(raw, deciding, sizes, size, bounds, rates, view)
+
+
+def _judge(result: FeatureResult, comparison: _Comparison, model: vd.NoiseModel, policy: Policy, level: float) -> None:
+    """Each measure's verdict (against its threshold and no-drift noise), then the feature's."""
     enough = result.samples >= policy.min_samples
     states: dict[str, str] = {}
     leanings: dict[str, tuple[bool, int | None]] = {}
     stable_at: list[int | None] = []
-    for name, value in raw.items():
-        threshold = thresholds.get(name)
-        m = MeasureResult(float(value), threshold, bound=bounds.get(name))
+    for name, value in comparison.values.items():
+        threshold = comparison.thresholds.get(name)
+        m = MeasureResult(float(value), threshold, bound=comparison.bounds.get(name))
         if threshold is not None:
-            n = int(sub_n.get(name, default_n))
-            m.noise = model.at(name, n, level)
-            m.min_samples = vd.stable_from(threshold, model, name, level)
+            n = int(comparison.sizes.get(name, comparison.size))
+            leaning = _judge_measure(m, threshold, model, name, n, level, policy.min_samples, enough)
+            if leaning is not None:
+                leanings[name] = leaning
             stable_at.append(m.min_samples)
-            m.state = vd.decide(float(value), threshold, m.noise) if enough else vd.UNDECIDED
-            if m.state == vd.UNDECIDED:
-                lean, window = vd.window_for_verdict(float(value), threshold, m.noise, model, name, n)
-                if not enough:
-                    window = max(window or 0, policy.min_samples) if window is not None else None
-                leanings[name] = (lean, window)
-                m.rows_needed = None if window is None else max(1, window - n)
-            states[name] = m.state
+            states[name] = str(m.state)
             result.score = max(result.score, abs(value) / threshold if threshold > 0 else 0.0)
         result.measures[name] = m
     reachable = [s for s in stable_at if s is not None]
@@ -202,14 +214,33 @@ def evaluate_feature(
     result.state = vd.combine(states)
     if result.state == vd.UNDECIDED:
         window = vd.rows_for_feature(leanings)
-        result.rows_needed = None if window is None else max(1, window - default_n)
-    result.detectable = vd.detectable_shift(feature.kind, deciding, model, default_n, level)
-    if view is not None:
-        result.view = _plot_view(feature, view)
-    return result
+        result.rows_needed = None if window is None else max(1, window - comparison.size)
 
 
-def _plot_view(feature: BaselineFeature, view: Mapping[str, Any]) -> dict[str, Any]:
+def _judge_measure(
+    m: MeasureResult,
+    threshold: float,
+    model: vd.NoiseModel,
+    name: str,
+    n: int,
+    level: float,
+    min_samples: int,
+    enough: bool,
+) -> tuple[bool, int | None] | None:
+    """Set one deciding measure's noise, verdict and rows needed; its leaning when undecided."""
+    m.noise = model.at(name, n, level)
+    m.min_samples = vd.stable_from(threshold, model, name, level)
+    m.state = vd.decide(m.value, threshold, m.noise) if enough else vd.UNDECIDED
+    if m.state != vd.UNDECIDED:
+        return None
+    lean, window = vd.window_for_verdict(m.value, threshold, m.noise, model, name, n)
+    if not enough:
+        window = max(window or 0, min_samples) if window is not None else None
+    m.rows_needed = None if window is None else max(1, window - n)
+    return lean, window
+
+
+def _plot_view(feature: BaselineFeature, view: Mapping[str, Any]) -> PlotView:
     if feature.kind == "categorical":
         labels = [str(v) for v in (feature.vocabulary or ())] + ["(other)"]
         return {"labels": labels, "baseline": view["baseline"].tolist(), "live": view["live"].tolist()}

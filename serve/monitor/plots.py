@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from serve.monitor.report import History, data_uri, feature_plot
+from serve.monitor.model_report import FeatureEntry, ModelReport
+from serve.monitor.model_report_json import History
+from serve.monitor.report import data_uri, feature_plot
 
 if TYPE_CHECKING:
     from serve.monitor.service import Monitor
@@ -27,8 +29,8 @@ Plots = dict[tuple[str, str], dict[str, str]]  # (model, version) â†’ feature â†
 Key = tuple[tuple[str, str, float], ...]  # the evaluation a set of plots belongs to: (model, version, evaluated_at)
 
 
-def evaluation_key(reports: Sequence[Mapping[str, Any]]) -> Key:
-    return tuple((r["model"], r["version"], float(r["evaluated_at"])) for r in reports)
+def evaluation_key(reports: Sequence[ModelReport]) -> Key:
+    return tuple((r.model, r.version, float(r.evaluated_at)) for r in reports)
 
 
 @dataclass(frozen=True)
@@ -36,20 +38,20 @@ class Drawn:
     """An evaluation's reports and their plots, shown together."""
 
     key: Key
-    reports: list[Mapping[str, Any]]
+    reports: list[ModelReport]
     plots: Plots
 
 
 class PlotCache:
-    def __init__(self, monitor: Monitor, draw: Callable[[Mapping[str, Any], History], bytes] = feature_plot) -> None:
+    def __init__(self, monitor: Monitor, draw: Callable[[FeatureEntry, History], bytes] = feature_plot) -> None:
         self._monitor = monitor
         self._draw = draw
         self._changed = threading.Condition()
         self._drawn: Drawn | None = None
-        self._pending: tuple[Key, list[Mapping[str, Any]]] | None = None
+        self._pending: tuple[Key, list[ModelReport]] | None = None
         self._drawing: Key | None = None
 
-    def latest_reports(self) -> list[Mapping[str, Any]]:
+    def latest_reports(self) -> list[ModelReport]:
         return [r for _, r in sorted(self._monitor.latest.items())]
 
     def evaluated(self) -> None:
@@ -73,7 +75,7 @@ class PlotCache:
         with self._changed:
             return self._changed.wait_for(lambda: self._drawing is None and self._pending is None, timeout_s)
 
-    def _schedule(self, key: Key, reports: Sequence[Mapping[str, Any]]) -> None:
+    def _schedule(self, key: Key, reports: Sequence[ModelReport]) -> None:
         with self._changed:
             if key in (self._drawing, self._drawn.key if self._drawn else None):
                 return
@@ -99,16 +101,16 @@ class PlotCache:
                 self._drawn, self._drawing = Drawn(key, reports, plots), None
                 self._changed.notify_all()
 
-    def _draw_all(self, reports: Sequence[Mapping[str, Any]]) -> Plots:
+    def _draw_all(self, reports: Sequence[ModelReport]) -> Plots:
         monitor = self._monitor
         # The drift-over-time plot shows the recent past: 8 horizons, at least 6 hours.
         span_s = max(monitor.settings.horizon_s * 8, 6 * 3600)
         plots: Plots = {}
         for r in reports:
-            own = plots[(r["model"], r["version"])] = {}
-            since = float(r["evaluated_at"]) - span_s
-            for f in r.get("features", [])[: monitor.settings.max_plot_features]:
-                deciding = [m for m, v in f["measures"].items() if v.get("threshold") is not None]
-                history = monitor.store.history(r["model"], r["version"], f["name"], deciding, since)
-                own[f["name"]] = data_uri(self._draw(f, history))
+            own = plots[r.key] = {}
+            since = float(r.evaluated_at) - span_s
+            for f in r.features[: monitor.settings.max_plot_features]:
+                deciding = [m for m, v in f.measures.items() if v.threshold is not None]
+                history = monitor.store.history(r.model, r.version, f.name, deciding, since)
+                own[f.name] = data_uri(self._draw(f, history))
         return plots

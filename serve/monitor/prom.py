@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from serve.monitor.model_report import FeatureEntry, MeasureEntry, ModelReport
 
 if TYPE_CHECKING:
     from serve.monitor.service import Monitor
@@ -129,54 +131,54 @@ class DriftCollector(Collector):
         yield from series.families.values()
 
 
-def _add_model(series: Series, mv: list[str], report: dict[str, Any], limit: int) -> None:
-    base = report.get("baseline") or {}
-    series.add("serve_baseline_info", [*mv, f"sha256:{base.get('sha256') or ''}", str(base.get("status"))], 1)
-    series.add("serve_drift_last_evaluation_timestamp_seconds", mv, float(report.get("evaluated_at") or 0))
-    if report.get("drifted_share") is not None:
-        series.add("serve_drifted_inputs_ratio", mv, report["drifted_share"])
-    if report.get("prediction_drift") is not None:
-        series.add("serve_prediction_drift_detected", mv, float(report["prediction_drift"]))
-    slo = report.get("slo") or {}
-    if slo.get("p99_latency_s") is not None:
-        series.add("serve_slo_latency_p99_seconds", mv, slo["p99_latency_s"])
-    if slo.get("error_rate") is not None:
-        series.add("serve_slo_error_ratio", mv, slo["error_rate"])
-    features = report.get("features", [])
+def _add_model(series: Series, mv: list[str], report: ModelReport, limit: int) -> None:
+    base = report.baseline
+    series.add("serve_baseline_info", [*mv, f"sha256:{base['sha256'] or ''}", str(base["status"])], 1)
+    series.add("serve_drift_last_evaluation_timestamp_seconds", mv, float(report.evaluated_at or 0))
+    findings = report.findings
+    if findings is not None and findings.drifted_share is not None:
+        series.add("serve_drifted_inputs_ratio", mv, findings.drifted_share)
+    if findings is not None and findings.prediction_drift is not None:
+        series.add("serve_prediction_drift_detected", mv, float(findings.prediction_drift))
+    if report.slo.p99_latency_s is not None:
+        series.add("serve_slo_latency_p99_seconds", mv, report.slo.p99_latency_s)
+    if report.slo.error_rate is not None:
+        series.add("serve_slo_error_ratio", mv, report.slo.error_rate)
+    features = report.features
     series.add("serve_drift_inputs_truncated", mv, max(0, len(features) - limit))
     for f in features[:limit]:  # already sorted by score
-        _add_feature(series, [*mv, f["name"]], f)
+        _add_feature(series, [*mv, f.name], f)
 
 
-def _add_feature(series: Series, fl: list[str], f: dict[str, Any]) -> None:
-    role = f["role"]
-    series.add("serve_drift_window_samples", fl, f["samples"])
-    if f.get("min_samples") is not None:
-        series.add("serve_drift_min_samples", fl, f["min_samples"])
-    series.add("serve_drift_state", [*fl, role], 1.0 if f.get("state") == "drifted" else 0.0)
-    current = f.get("verdict")  # None: nothing judged (the feature has a problem)
-    if current is not None:
+def _add_feature(series: Series, fl: list[str], f: FeatureEntry) -> None:
+    series.add("serve_drift_window_samples", fl, f.samples)
+    if f.min_samples is not None:
+        series.add("serve_drift_min_samples", fl, f.min_samples)
+    series.add("serve_drift_state", [*fl, f.role], 1.0 if f.state == "drifted" else 0.0)
+    if f.verdict is not None:  # None: nothing judged (the feature has a problem)
         for v in VERDICTS:
-            series.add("serve_drift_verdict", [*fl, role, v], 1.0 if v == current else 0.0)
-        needed = f.get("rows_needed") if current == "undecided" else 0
+            series.add("serve_drift_verdict", [*fl, f.role, v], 1.0 if v == f.verdict else 0.0)
+        needed = f.rows_needed if f.verdict == "undecided" else 0
         series.add("serve_drift_rows_needed", fl, math.inf if needed is None else float(needed))
-    if f.get("detectable"):
-        series.add("serve_drift_detectable_shift", fl, f["detectable"]["shift"])
-    window = f.get("window") or {}
-    if window.get("start") is not None and window.get("end") is not None:
+    if f.detectable:
+        series.add("serve_drift_detectable_shift", fl, f.detectable["shift"])
+    window = f.window
+    if window is not None and window["start"] is not None and window["end"] is not None:
         series.add("serve_drift_window_seconds", fl, window["end"] - window["start"])
-    for method, r in f["measures"].items():
-        if r["value"] is None:
-            continue
-        labels = [*fl, role, method]
-        series.add("serve_drift_score", labels, r["value"])
-        if r["threshold"] is not None:
-            series.add("serve_drift_threshold", labels, r["threshold"])
-        if r["drifted"] is not None:
-            series.add("serve_drift_detected", labels, float(r["drifted"]))
-        if (r.get("noise") or {}).get("ceiling") is not None:
-            series.add("serve_drift_noise_ceiling", labels, r["noise"]["ceiling"])
-    rates = f.get("rates", {})
+    for method, m in f.measures.items():
+        _add_measure(series, [*fl, f.role, method], m)
     for rate, name in RATES:
-        if rate in rates:
-            series.add(name, fl, rates[rate]["live"] or 0.0)
+        if rate in f.rates:
+            series.add(name, fl, f.rates[rate]["live"] or 0.0)
+
+
+def _add_measure(series: Series, labels: list[str], m: MeasureEntry) -> None:
+    if m.value is None:
+        return
+    series.add("serve_drift_score", labels, m.value)
+    if m.threshold is not None:
+        series.add("serve_drift_threshold", labels, m.threshold)
+    if m.drifted is not None:
+        series.add("serve_drift_detected", labels, float(m.drifted))
+    if m.noise is not None and m.noise["ceiling"] is not None:
+        series.add("serve_drift_noise_ceiling", labels, m.noise["ceiling"])

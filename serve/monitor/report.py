@@ -15,17 +15,20 @@ import html
 import io
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the page reads the documents; it needs none of the modules that make them
+    from serve.monitor.model_report import FeatureEntry, MeasureEntry, ModelReport
+    from serve.monitor.model_report_json import History
+    from serve.monitor.polling import ServerJson
 
 COLUMNS = ("psi", "js", "ks", "wasserstein", "missing_rate", "out_of_range", "linf", "unseen")
 _BASELINE_COLOUR = "#7f8c8d"
 _LIVE_COLOUR = "#e67e22"
 MAX_POINTS = 300  # per measure on the drift-over-time plot
 
-History = Mapping[str, Sequence[tuple[float, float | None, float | None]]]
 
-
-def feature_plot(feature: Mapping[str, Any], history: History) -> bytes:
+def feature_plot(feature: FeatureEntry, history: History) -> bytes:
     """PNG: baseline vs live shares (left) and each deciding measure / its threshold over time (right)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -33,7 +36,7 @@ def feature_plot(feature: Mapping[str, Any], history: History) -> bytes:
     fig = Figure(figsize=(8.4, 2.5), dpi=80)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
-    view = feature.get("view")
+    view = feature.view
     if view:
         n = len(view["baseline"])
         xs = list(range(n))
@@ -42,10 +45,10 @@ def feature_plot(feature: Mapping[str, Any], history: History) -> bytes:
         left.bar([x + width / 2 for x in xs], view["live"], width, color=_LIVE_COLOUR, label="live")
         step = max(1, n // 10)
         left.set_xticks(xs[::step])
-        left.set_xticklabels(view["labels"][::step], fontsize=7, rotation=30 if feature["kind"] == "categorical" else 0)
+        left.set_xticklabels(view["labels"][::step], fontsize=7, rotation=30 if feature.kind == "categorical" else 0)
         left.set_ylabel("share", fontsize=8)
         left.set_title(
-            "share per baseline ventile (lower edge)" if feature["kind"] == "numeric" else "share per category",
+            "share per baseline ventile (lower edge)" if feature.kind == "numeric" else "share per category",
             fontsize=8,
         )
         left.legend(fontsize=7, frameon=False, loc="upper right")
@@ -88,7 +91,7 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def _fmt(value: object, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -125,34 +128,34 @@ def _count(n: float) -> str:
     return str(int(n))
 
 
-def _detectable(f: Mapping[str, Any]) -> str:
-    d = f.get("detectable")
+def _detectable(f: FeatureEntry) -> str:
+    d = f.detectable
     if not d:
         return "–"
-    if d.get("unit") == "σ":
+    if d["unit"] == "σ":
         return f"≥ {d['shift']:.2g}σ in mean"
-    return f"≥ {d['shift']:.2g} in {html.escape(str(d.get('of', 'a share')))}"
+    return f"≥ {d['shift']:.2g} in {html.escape(str(d['of']))}"
 
 
-def _span(f: Mapping[str, Any]) -> str:
-    w = f.get("window") or {}
-    if w.get("start") is None or w.get("end") is None:
+def _span(f: FeatureEntry) -> str:
+    w = f.window
+    if w is None or w["start"] is None or w["end"] is None:
         return "–"
     minutes = (w["end"] - w["start"]) / 60
     text = f"{minutes:.0f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
-    return f"{text}, pooled {w.get('windows')} windows" if w.get("pooled") else text
+    return f"{text}, pooled {w['windows']} windows" if w["pooled"] else text
 
 
-def _measure_cell(r: Mapping[str, Any]) -> str:
-    noise = r.get("noise") or {}
+def _measure_cell(m: MeasureEntry) -> str:
+    noise = m.noise
     title = ""
-    if noise.get("ceiling") is not None:
+    if noise is not None and noise["ceiling"] is not None:
         title = (
-            f' title="no drift: typically {_fmt(noise.get("typical"))}, at most {_fmt(noise.get("ceiling"))} '
-            f'({noise.get("source")}); threshold {_fmt(r.get("threshold"))}"'
+            f' title="no drift: typically {_fmt(noise["typical"])}, at most {_fmt(noise["ceiling"])} '
+            f'({noise["source"]}); threshold {_fmt(m.threshold)}"'
         )
-    cls = {"drifted": ' class="hit"', "undecided": ' class="undecided"'}.get(str(r.get("state")), "")
-    return f"<td{cls}{title}>{_fmt(r['value'])}</td>"
+    cls = {"drifted": ' class="hit"', "undecided": ' class="undecided"'}.get(str(m.state), "")
+    return f"<td{cls}{title}>{_fmt(m.value)}</td>"
 
 
 CSS = """
@@ -170,82 +173,97 @@ figcaption{font-size:12px;color:#333}
 """
 
 
-def _model_section(report: Mapping[str, Any], plots: Mapping[str, str]) -> str:
-    model, version = report["model"], report["version"]
-    base = report.get("baseline") or {}
-    window = report.get("window") or {}
+_VERDICT_NOTE = (
+    '<p class="meta">verdict: <b>drifted</b> when a measure reaches its threshold and exceeds what no drift '
+    "produces at this window and baseline size; <b>stable</b> when every measure stays below its threshold "
+    "with that noise added; otherwise <b>undecided</b>, with the values still needed. State: the verdict "
+    "after persistence (alerts follow it). Hover a value for its no-drift range.</p>"
+)
+
+
+def _model_section(report: ModelReport, plots: Mapping[str, str]) -> str:
+    model, version = report.model, report.version
     parts = [f'<section id="{html.escape(model)}-{html.escape(version)}">']
     parts.append(f"<h2>{html.escape(model)} <small>version {html.escape(version)}</small></h2>")
-    badges = [
-        _badge(f"baseline {base.get('status')}", "good" if base.get("status") == "ok" else "bad"),
-    ]
-    if report.get("dataset_state") == "drifted":
-        badges.append(_badge("dataset drift", "bad"))
-    if report.get("prediction_drift_state") == "drifted":
-        badges.append(_badge("prediction drift", "bad"))
-    parts.append(" ".join(badges))
-    share = report.get("drifted_share")
-    when = dt.datetime.fromtimestamp(report["evaluated_at"]).strftime("%Y-%m-%d %H:%M:%S")
-    parts.append(
-        f'<p class="meta">evaluated {when} · {window.get("rows", 0)} rows in {window.get("windows", 0)} window(s) '
-        f"over the last {_fmt((window.get('horizon_s') or 0) / 60)} min · drifted inputs "
-        f"{'–' if share is None else f'{share:.0%}'} (model threshold {_fmt(report.get('drift_share_threshold'))}) · "
-        f"replicas {len(report.get('replicas') or [])} · baseline from {html.escape(str(base.get('path') or '–'))}</p>"
-    )
-    slo = report.get("slo") or {}
-    if slo.get("requests"):
-        parts.append(
-            f'<p class="meta">SLO: {int(slo["requests"])} requests, p99 {_fmt(slo.get("p99_latency_s"))} s '
-            f"(max {_fmt(slo.get('p99_latency_threshold_s'))}), error rate {_fmt(slo.get('error_rate'))} "
-            f"(max {_fmt(slo.get('error_rate_threshold'))})</p>"
-        )
-    problems = report.get("problems") or []
-    if problems:
-        parts.append('<p class="problems">' + "<br>".join(html.escape(p) for p in problems) + "</p>")
+    parts += _model_summary(report)
     header = "".join(f"<th>{c}</th>" for c in COLUMNS)
-    parts.append(
-        '<p class="meta">verdict: <b>drifted</b> when a measure reaches its threshold and exceeds what no drift '
-        "produces at this window and baseline size; <b>stable</b> when every measure stays below its threshold "
-        "with that noise added; otherwise <b>undecided</b>, with the values still needed. State: the verdict "
-        "after persistence (alerts follow it). Hover a value for its no-drift range.</p>"
-    )
+    parts.append(_VERDICT_NOTE)
     parts.append(
         '<table><tr><th class="name">feature</th><th>role</th><th>kind</th><th>values</th><th>span</th>'
         f"<th>verdict</th><th>state</th><th>detectable at this window</th><th>score</th>{header}</tr>"
     )
-    for f in report.get("features", []):
-        cells = []
-        for c in COLUMNS:
-            r = f["measures"].get(c)
-            cells.append("<td></td>" if r is None else _measure_cell(r))
-        problem = f'<br><span class="problems">{html.escape(f["problem"])}</span>' if f.get("problem") else ""
-        verdict = "–" if f.get("problem") else _verdict_badge(f.get("verdict"), f.get("rows_needed"))
-        parts.append(
-            f'<tr><td class="name"><a href="#plot-{html.escape(model)}-{html.escape(f["name"])}">'
-            f"{html.escape(f['name'])}</a>{problem}</td><td>{f['role']}</td><td>{f['kind']}</td>"
-            f'<td>{f["samples"]}</td><td class="nowrap">{_span(f)}</td><td>{verdict}</td>'
-            f"<td>{_state_badge(f.get('state'))}</td><td>{_detectable(f)}</td>"
-            f"<td>{_fmt(f['score'])}</td>{''.join(cells)}</tr>"
-        )
+    parts += [_feature_row(model, f) for f in report.features]
     parts.append("</table>")
-    for f in report.get("features", []):
-        uri = plots.get(f["name"])
-        if uri is None:
-            continue
-        parts.append(
-            f'<figure id="plot-{html.escape(model)}-{html.escape(f["name"])}"><img src="{uri}" '
-            f'alt="baseline vs live and drift over time for {html.escape(f["name"])}" width="672" height="200">'
-            f"<figcaption>{html.escape(f['name'])} ({f['role']}, {f['kind']}) — score {_fmt(f['score'])}"
-            f"</figcaption></figure>"
-        )
+    parts += [_feature_figure(model, f, plots[f.name]) for f in report.features if f.name in plots]
     parts.append("</section>")
     return "\n".join(parts)
 
 
+def _model_summary(report: ModelReport) -> list[str]:
+    """Badges, the window, the SLO and the problems of a model version."""
+    base = report.baseline
+    findings = report.findings
+    states = findings.states if findings is not None else None
+    badges = [_badge(f"baseline {base['status']}", "good" if base["status"] == "ok" else "bad")]
+    if states is not None and states.dataset_state == "drifted":
+        badges.append(_badge("dataset drift", "bad"))
+    if states is not None and states.prediction_drift_state == "drifted":
+        badges.append(_badge("prediction drift", "bad"))
+    parts = [" ".join(badges)]
+    share = findings.drifted_share if findings is not None else None
+    window = findings.window if findings is not None else None
+    rows, windows = (window["rows"], window["windows"]) if window is not None else (0, 0)
+    horizon_s = window["horizon_s"] if window is not None else 0
+    threshold = findings.drift_share_threshold if findings is not None else None
+    when = dt.datetime.fromtimestamp(report.evaluated_at).strftime("%Y-%m-%d %H:%M:%S")
+    parts.append(
+        f'<p class="meta">evaluated {when} · {rows} rows in {windows} window(s) '
+        f"over the last {_fmt((horizon_s or 0) / 60)} min · drifted inputs "
+        f"{'–' if share is None else f'{share:.0%}'} (model threshold {_fmt(threshold)}) · "
+        f"replicas {len(findings.replicas) if findings is not None else 0} · "
+        f"baseline from {html.escape(str(base['path'] or '–'))}</p>"
+    )
+    slo = report.slo
+    if slo.requests:
+        parts.append(
+            f'<p class="meta">SLO: {int(slo.requests)} requests, p99 {_fmt(slo.p99_latency_s)} s '
+            f"(max {_fmt(slo.p99_latency_threshold_s)}), error rate {_fmt(slo.error_rate)} "
+            f"(max {_fmt(slo.error_rate_threshold)})</p>"
+        )
+    if report.problems:
+        parts.append('<p class="problems">' + "<br>".join(html.escape(p) for p in report.problems) + "</p>")
+    return parts
+
+
+def _feature_row(model: str, f: FeatureEntry) -> str:
+    cells = []
+    for c in COLUMNS:
+        m = f.measures.get(c)
+        cells.append("<td></td>" if m is None else _measure_cell(m))
+    problem = f'<br><span class="problems">{html.escape(f.problem)}</span>' if f.problem else ""
+    verdict = "–" if f.problem else _verdict_badge(f.verdict, f.rows_needed)
+    return (
+        f'<tr><td class="name"><a href="#plot-{html.escape(model)}-{html.escape(f.name)}">'
+        f"{html.escape(f.name)}</a>{problem}</td><td>{f.role}</td><td>{f.kind}</td>"
+        f'<td>{f.samples}</td><td class="nowrap">{_span(f)}</td><td>{verdict}</td>'
+        f"<td>{_state_badge(f.state)}</td><td>{_detectable(f)}</td>"
+        f"<td>{_fmt(f.score)}</td>{''.join(cells)}</tr>"
+    )
+
+
+def _feature_figure(model: str, f: FeatureEntry, uri: str) -> str:
+    return (
+        f'<figure id="plot-{html.escape(model)}-{html.escape(f.name)}"><img src="{uri}" '
+        f'alt="baseline vs live and drift over time for {html.escape(f.name)}" width="672" height="200">'
+        f"<figcaption>{html.escape(f.name)} ({f.role}, {f.kind}) — score {_fmt(f.score)}"
+        f"</figcaption></figure>"
+    )
+
+
 def render_page(
-    reports: Sequence[Mapping[str, Any]],
+    reports: Sequence[ModelReport],
     plots: Mapping[tuple[str, str], Mapping[str, str]],
-    servers: Sequence[Any],
+    servers: Sequence[ServerJson],
     note: str | None = None,
 ) -> str:
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -264,6 +282,6 @@ def render_page(
     if not reports:
         body.append("<p>No evaluation yet: the monitor has not reached a server with models.</p>")
     for report in reports:
-        body.append(_model_section(report, plots.get((report["model"], report["version"]), {})))
+        body.append(_model_section(report, plots.get(report.key, {})))
     body.append("</body></html>")
     return "\n".join(body)

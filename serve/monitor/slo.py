@@ -43,6 +43,15 @@ class ModelCounters:
         return ModelCounters(self.requests + other.requests, self.errors + other.errors, buckets)
 
 
+@dataclass(frozen=True, slots=True)
+class SloFigures:
+    """One model version over the horizon, all replicas."""
+
+    requests: float
+    error_rate: float | None  # None: no request
+    p99_latency_s: float | None  # None: no successful request
+
+
 Snapshot = dict[tuple[str, str], ModelCounters]
 
 
@@ -111,10 +120,8 @@ class SloTracker:
             total = total.plus(last.minus(first) if first is not None else last)
         return total
 
-    def figures(self, model: str, version: str) -> dict[str, float | None]:
+    def figures(self, model: str, version: str) -> SloFigures:
         inc = self.increase(model, version)
-        return {
-            "requests": inc.requests,
-            "error_rate": inc.errors / inc.requests if inc.requests > 0 else None,
-            "p99_latency_s": quantile(inc.buckets, 0.99),
-        }
+        return SloFigures(
+            inc.requests, inc.errors / inc.requests if inc.requests > 0 else None, quantile(inc.buckets, 0.99)
+        )

@@ -12,10 +12,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 import orjson
+
+from serve.monitor.alerts import AlertJson
+from serve.monitor.model_report_json import ModelReportJson
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -38,7 +42,48 @@ CREATE TABLE IF NOT EXISTS latest (
 );
 """
 
-Row = tuple[float, str, str, str, str, str, float | None, float | None, int | None, int, float | None, float | None]
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One measure at one evaluation: of a feature, or of the model (``feature`` "", ``role`` "model")."""
+
+    ts: float
+    model: str
+    version: str
+    feature: str
+    role: str
+    measure: str
+    value: float | None
+    threshold: float | None
+    drifted: bool | None  # None: not deciding, or undecided
+    samples: int
+    window_start: float | None
+    window_end: float | None
+
+    def to_sql(self) -> tuple[object, ...]:
+        """The ``evaluations`` row, its columns in table order (``drifted`` as 0 / 1 / NULL)."""
+        row = astuple(self)
+        return (*row[:8], None if self.drifted is None else int(self.drifted), *row[9:])
+
+    @classmethod
+    def from_sql(cls, row: Sequence[object]) -> HistoryRow:
+        ts, model, version, feature, role, measure, value, threshold, drifted, samples, start, end = row
+        return cls(
+            cast(float, ts), str(model), str(version), str(feature), str(role), str(measure),
+            cast(float | None, value), cast(float | None, threshold), None if drifted is None else bool(drifted),
+            cast(int, samples), cast(float | None, start), cast(float | None, end),
+        )  # fmt: skip
+
+
+_COLUMNS = ", ".join(f.name for f in fields(HistoryRow))
+
+
+class StoredAlert(TypedDict):
+    ts: float
+    key: str
+    state: str
+    alert: AlertJson
+    delivered: int | None
 
 
 class HistoryStore:
@@ -56,11 +101,13 @@ class HistoryStore:
         with self._lock:
             self._db.close()
 
-    def add_evaluations(self, rows: Sequence[Row], now: float) -> None:
+    def add_evaluations(self, rows: Sequence[HistoryRow], now: float) -> None:
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.executemany("INSERT INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                self._db.executemany(
+                    f"INSERT INTO evaluations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [r.to_sql() for r in rows]
+                )
                 cutoff = now - self.retention_s
                 self._db.execute("DELETE FROM evaluations WHERE ts < ?", (cutoff,))
                 self._db.execute("DELETE FROM alerts WHERE ts < ?", (cutoff,))
@@ -92,6 +139,14 @@ class HistoryStore:
                 out.setdefault(measure, []).append((ts, value, threshold))
         return out
 
+    def rows(self, model: str, version: str) -> list[HistoryRow]:
+        """Every row of a model version, in time order."""
+        with self._lock:
+            cur = self._db.execute(
+                f"SELECT {_COLUMNS} FROM evaluations WHERE model=? AND version=? ORDER BY ts", (model, version)
+            )
+            return [HistoryRow.from_sql(row) for row in cur.fetchall()]
+
     def count_evaluations(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0])
@@ -110,7 +165,7 @@ class HistoryStore:
                 list(states),
             )
 
-    def add_alert(self, ts: float, key: str, state: str, payload: dict[str, Any], delivered: bool | None) -> None:
+    def add_alert(self, ts: float, key: str, state: str, payload: AlertJson, delivered: bool | None) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO alerts VALUES (?,?,?,?,?)",
@@ -123,18 +178,18 @@ class HistoryStore:
                 ),
             )
 
-    def alerts(self, limit: int = 100) -> list[dict[str, Any]]:
+    def alerts(self, limit: int = 100) -> list[StoredAlert]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT ts, key, state, payload, delivered FROM alerts ORDER BY ts DESC LIMIT ?", (limit,)
             ).fetchall()
         return [
-            {"ts": ts, "key": key, "state": state, "alert": orjson.loads(payload), "delivered": delivered}
+            StoredAlert(ts=ts, key=key, state=state, alert=orjson.loads(payload), delivered=delivered)
             for ts, key, state, payload, delivered in rows
         ]
 
     # ---- latest evaluation per model version -----------------------------------------------
-    def save_latest(self, model: str, version: str, ts: float, payload: dict[str, Any]) -> None:
+    def save_latest(self, model: str, version: str, ts: float, payload: ModelReportJson) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO latest VALUES (?,?,?,?) ON CONFLICT(model, version) DO UPDATE SET "
@@ -142,7 +197,8 @@ class HistoryStore:
                 (model, version, ts, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY).decode()),
             )
 
-    def load_latest(self) -> dict[tuple[str, str], tuple[float, dict[str, Any]]]:
+    def load_latest(self) -> dict[tuple[str, str], tuple[float, ModelReportJson]]:
         with self._lock:
             rows = self._db.execute("SELECT model, version, ts, payload FROM latest").fetchall()
-        return {(m, v): (ts, orjson.loads(p)) for m, v, ts, p in rows}
+        # What save_latest wrote: the store is the monitor's own file.
+        return {(m, v): (ts, cast(ModelReportJson, orjson.loads(p))) for m, v, ts, p in rows}

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -49,6 +50,19 @@ _Z95 = 1.6449
 _GRID = np.unique(np.ceil(_GRID_STEP ** np.arange(int(math.log(MAX_ROWS) / math.log(_GRID_STEP)) + 2))).astype(np.int64)
 
 
+class NoiseJson(TypedDict):
+    typical: float | None
+    ceiling: float | None
+    level: float | None
+    source: str
+
+
+class DetectableShift(TypedDict):
+    shift: float
+    unit: str  # "σ" (baseline standard deviations) or "share"
+    of: str
+
+
 @dataclass(frozen=True, slots=True)
 class Noise:
     typical: float
@@ -56,7 +70,7 @@ class Noise:
     level: float
     source: str  # "calibrated" (the baseline's table) or "closed form"
 
-    def to_json(self) -> dict[str, float | str | None]:
+    def to_json(self) -> NoiseJson:
         return {
             "typical": _round(self.typical), "ceiling": _round(self.ceiling), "level": _round(self.level),
             "source": self.source,
@@ -164,7 +178,7 @@ def rows_for_feature(leanings: Mapping[str, tuple[bool, int | None]]) -> int | N
 
 def detectable_shift(
     kind: str, thresholds: Mapping[str, float], model: NoiseModel, n: int, level: float
-) -> dict[str, float | str] | None:
+) -> DetectableShift | None:
     """The smallest shift this window flags in ≈ 95 % of windows (module docstring); None without the measure."""
     measure = "wasserstein" if kind == "numeric" else "linf"
     if measure not in thresholds or n <= 0 or model.ctx.m <= 0:
