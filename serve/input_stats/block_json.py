@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Sequence
 from typing import Any, Required, TypedDict
 
 import numpy as np
@@ -113,20 +114,35 @@ class MomentArrays:
         np.minimum(self.min, other.min, out=self.min)
         np.maximum(self.max, other.max, out=self.max)
 
-    def read(self, j: int, moments: MomentsJson) -> None:
-        """Feature ``j`` from its JSON (an empty one has mean 0, as ``chan_merge`` needs)."""
-        self.n[j] = moments["n"]
-        self.mean[j] = moments["mean"] if moments["mean"] is not None else 0.0
-        self.m2[j] = moments["m2"]
-        self.min[j] = moments["min"] if moments["min"] is not None else np.inf
-        self.max[j] = moments["max"] if moments["max"] is not None else -np.inf
+    @classmethod
+    def from_json(cls, moments: Sequence[MomentsJson]) -> MomentArrays:
+        """One feature per entry (an empty one gets mean 0, as ``chan_merge`` needs)."""
+        arrays = cls.__new__(cls)
+        arrays.n = np.array([m["n"] for m in moments], np.int64)
+        floats = np.array(
+            [
+                (
+                    m["mean"] if m["mean"] is not None else 0.0,
+                    m["m2"],
+                    m["min"] if m["min"] is not None else np.inf,
+                    m["max"] if m["max"] is not None else -np.inf,
+                )
+                for m in moments
+            ],
+            np.float64,
+        )
+        arrays.mean, arrays.m2, arrays.min, arrays.max = floats.reshape(-1, 4).T.copy()
+        return arrays
 
-    def to_json(self, j: int) -> MomentsJson:
-        n = int(self.n[j])
-        return {
-            "n": n,
-            "mean": float(self.mean[j]) if n else None,
-            "m2": float(self.m2[j]),
-            "min": finite_or_none(self.min[j]),
-            "max": finite_or_none(self.max[j]),
-        }
+    def to_json(self) -> list[MomentsJson]:
+        n, mean, m2 = self.n.tolist(), self.mean.tolist(), self.m2.tolist()
+        return [
+            {
+                "n": n[j],
+                "mean": mean[j] if n[j] else None,
+                "m2": m2[j],
+                "min": finite_or_none(lo),
+                "max": finite_or_none(hi),
+            }
+            for j, (lo, hi) in enumerate(zip(self.min.tolist(), self.max.tolist(), strict=True))
+        ]

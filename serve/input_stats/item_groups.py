@@ -153,11 +153,13 @@ class CategoricalGroup:
     @classmethod
     def from_json(cls, spec: CategoricalSpec, blocks: Sequence[Block]) -> CategoricalGroup:
         """The group ``to_json`` wrote these blocks of (one per feature of ``spec``)."""
-        group = cls(spec)
-        for j, block in enumerate(blocks):
-            group.count[j], group.missing[j], group.other[j] = block["count"], block["missing"], block["other"]
-            group.counts[j][:] = block["counts"]
-            group.frequent[j] = _frequent_from_json(block["other_items"])
+        group = cls.__new__(cls)  # arrays made from the lists at once (numeric_group.py says why)
+        group.spec = spec
+        group.count = np.array([b["count"] for b in blocks], np.int64)
+        group.missing = np.array([b["missing"] for b in blocks], np.int64)
+        group.other = np.array([b["other"] for b in blocks], np.int64)
+        group.counts = [np.array(b["counts"], np.int64) for b in blocks]
+        group.frequent = [_frequent_from_json(b["other_items"]) for b in blocks]
         return group
 
     def update(self, values: np.ndarray) -> None:
@@ -226,13 +228,14 @@ class CategoricalGroup:
         return twin
 
     def to_json(self) -> list[Block]:
+        count, missing, other = self.count.tolist(), self.missing.tolist(), self.other.tolist()
         return [
             {
                 "kind": "categorical",
-                "count": int(self.count[j]),
-                "missing": int(self.missing[j]),
+                "count": count[j],
+                "missing": missing[j],
                 "counts": self.counts[j].tolist(),
-                "other": int(self.other[j]),
+                "other": other[j],
                 "other_items": _frequent_json(self.frequent[j], self.spec.lg),
             }
             for j in range(len(self.spec.names))
@@ -289,11 +292,12 @@ class BytesGroup:
     @classmethod
     def from_json(cls, spec: BytesSpec, blocks: Sequence[Block]) -> BytesGroup:
         """The group ``to_json`` wrote these blocks of (one per feature of ``spec``)."""
-        group = cls(spec)
-        for j, block in enumerate(blocks):
-            group.count[j], group.missing[j] = block["count"], block["missing"]
-            group.length.read(j, block["length"])
-            group.frequent[j] = _frequent_from_json(block["items"])
+        group = cls.__new__(cls)  # arrays made from the lists at once (numeric_group.py says why)
+        group.spec = spec
+        group.count = np.array([b["count"] for b in blocks], np.int64)
+        group.missing = np.array([b["missing"] for b in blocks], np.int64)
+        group.length = MomentArrays.from_json([b["length"] for b in blocks])
+        group.frequent = [_frequent_from_json(b["items"]) for b in blocks]
         return group
 
     def update(self, values: np.ndarray) -> None:
@@ -339,13 +343,14 @@ class BytesGroup:
         return twin
 
     def to_json(self) -> list[Block]:
+        count, missing = self.count.tolist(), self.missing.tolist()
         return [
             {
                 "kind": "bytes",
-                "count": int(self.count[j]),
-                "missing": int(self.missing[j]),
-                "length": self.length.to_json(j),
+                "count": count[j],
+                "missing": missing[j],
+                "length": length,
                 "items": _frequent_json(self.frequent[j], self.spec.lg),
             }
-            for j in range(len(self.spec.names))
+            for j, length in enumerate(self.length.to_json())
         ]

@@ -104,18 +104,22 @@ class NumericGroup:
     @classmethod
     def from_json(cls, spec: NumericSpec, blocks: Sequence[Block]) -> NumericGroup:
         """The group ``to_json`` wrote these blocks of (one per feature of ``spec``)."""
-        group = cls(spec)
-        for j, block in enumerate(blocks):
-            group.count[j], group.missing[j] = block["count"], block["missing"]
-            group.nan[j], group.posinf[j], group.neginf[j] = block["nan"], block["posinf"], block["neginf"]
-            group.moments.read(j, _moments_of(block))
-        layout = spec.layout
-        for i, j in enumerate(spec.binned.tolist()):
-            assert layout is not None
-            bins = blocks[j]["bins"]
-            at = slice(int(layout.offsets[i]), int(layout.offsets[i] + layout.sizes[i]))
-            group.bin_counts[at], group.bin_sums[at] = bins["counts"], bins["sums"]
-            group.tail_sumsq[i] = bins["tail_sumsq"]
+        # Arrays made from the lists at once, not filled in element by element: merges of many small
+        # blocks (the monitor's, window by window) pay this per block.
+        group = cls.__new__(cls)
+        group.spec = spec
+        counters = np.array([(b["count"], b["missing"], b["nan"], b["posinf"], b["neginf"]) for b in blocks], np.int64)
+        group.count, group.missing, group.nan, group.posinf, group.neginf = counters.reshape(-1, 5).T.copy()
+        group.moments = MomentArrays.from_json([_moments_of(b) for b in blocks])
+        bins = [blocks[j]["bins"] for j in spec.binned.tolist()]
+        group.bin_counts = np.array(_chained([b["counts"] for b in bins]), np.int64)
+        group.bin_sums = np.array(_chained([b["sums"] for b in bins]), np.float64)
+        group.tail_sumsq = np.array([b["tail_sumsq"] for b in bins], np.float64).reshape(len(bins), 2)
+        if group.bin_counts.size != (spec.layout.total if spec.layout is not None else 0):
+            raise ValueError("blocks with other bins than the spec's")
+        group.kll = (
+            ds.vector_of_kll_floats_sketches(spec.kll_k, int(spec.sketched.size)) if spec.sketched.size else None
+        )
         for i, j in enumerate(spec.sketched.tolist()):
             assert group.kll is not None
             group.kll.deserialize(unb64(blocks[j]["kll"]["sketch"]), i)
@@ -209,23 +213,13 @@ class NumericGroup:
         binned_pos = {int(j): i for i, j in enumerate(spec.binned)}
         sketched_pos = {int(j): i for i, j in enumerate(spec.sketched)}
         sketches = self.kll.serialize() if self.kll is not None else []
-        for j in range(len(spec.names)):
+        count, missing, nan = self.count.tolist(), self.missing.tolist(), self.nan.tolist()
+        posinf, neginf = self.posinf.tolist(), self.neginf.tolist()
+        for j, m in enumerate(self.moments.to_json()):
             block: Block = {
-                "kind": "numeric",
-                "count": int(self.count[j]),
-                "missing": int(self.missing[j]),
-                "nan": int(self.nan[j]),
-                "posinf": int(self.posinf[j]),
-                "neginf": int(self.neginf[j]),
-            }
-            m = self.moments.to_json(j)
-            block["n"], block["mean"], block["m2"], block["min"], block["max"] = (
-                m["n"],
-                m["mean"],
-                m["m2"],
-                m["min"],
-                m["max"],
-            )
+                "kind": "numeric", "count": count[j], "missing": missing[j], "nan": nan[j], "posinf": posinf[j],
+                "neginf": neginf[j], "n": m["n"], "mean": m["mean"], "m2": m["m2"], "min": m["min"], "max": m["max"],
+            }  # fmt: skip
             if j in binned_pos:
                 i = binned_pos[j]
                 block["bins"] = {
@@ -237,6 +231,10 @@ class NumericGroup:
                 block["kll"] = {"k": spec.kll_k, "sketch": b64(sketches[sketched_pos[j]])}
             blocks.append(block)
         return blocks
+
+
+def _chained(lists: list[list[Any]]) -> list[Any]:
+    return lists[0] if len(lists) == 1 else [x for part in lists for x in part]
 
 
 def _moments_of(block: Block) -> MomentsJson:
