@@ -1,8 +1,43 @@
-"""Baseline features from training arrays, with the server's own extractors, edges and accumulators.
+"""The baseline file (``baseline.json`` next to a model's ``config.pbtxt``): its layout, and building its features.
 
-The file's layout, its JSON types and reading it are in baseline_file.py; its names are
-importable from here too, where the server, the monitor and ``serve baseline`` have always
-found them.
+Schema, ``format_version`` 1 (MONITOR.md §4.2)::
+
+    {
+      "format": "serve.baseline",
+      "format_version": 1,
+      "model": {"name": "churn", "version": "3", "onnx_sha256": "…"},
+      "created_at": "2025-01-01T00:00:00Z",
+      "source": {"dataset": "train.parquet", "rows": 200000, "split": "holdout", "sampling": "all"},
+      "binning": {"side": "right", "quantile_method": "inverted_cdf", "n_quantiles": 100,
+                  "tail_levels": [0.001, 0.005, 0.995, 0.999]},
+      "smoothing": {"pseudo_count": 0.5},
+      "tensors": [                       # optional per-tensor overrides (views.py)
+        {"name": "x", "role": "input", "view": "columns", "feature_names": ["age", "income", "country"]}
+      ],
+      "features": [
+        {"name": "age", "role": "input", "tensor": "x", "column": 0, "view": null, "kind": "numeric",
+         "missing_values": [-1], "edges": [18.0, 19.0, …], "quantiles": {"0.5": 41.0, …},
+         "std": 12.1, "stats": {<numeric block, exactly as the server writes it>},
+         "null_calibration": {<optional: no-drift quantiles per measure and window size>}},
+        {"name": "country", "role": "input", "tensor": "x", "column": 2, "view": null, "kind": "categorical",
+         "vocabulary": [3, 7, 9], "stats": {<categorical block>}}
+      ],
+      "thresholds": {},                  # optional, per method; read by the monitor
+      "dataset_rule": {"drift_share": 0.5}
+    }
+
+A feature is identified by ``(role, tensor, column, view)``; ``name`` is for people.
+``edges`` follow binning.py; ``stats`` holds the training counts, sums, moments and
+vocabulary counts in the same block format as the server's windows (blocks.py), so
+the monitor compares like with like. ``kind`` is declared (numeric, categorical or
+bytes), never guessed. Unknown top-level keys are kept and written back unchanged.
+
+``null_calibration`` (optional, written by ``serve baseline``, read only by the monitor:
+serve/drift/calibration.py) is kept as the raw mapping it is in the file: the server
+never looks at it, so loading a baseline costs no more with it, and files without it
+(older ones) are as valid as before.
+
+Its JSON types and reading it are in baseline_file.py; every name is importable from here too.
 """
 
 from __future__ import annotations
