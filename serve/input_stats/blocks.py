@@ -37,7 +37,7 @@ truncated to ``ITEM_MAX_CHARS`` characters to bound their memory.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import datasketches as ds
 import numpy as np
@@ -65,9 +65,9 @@ __all__ = [
 class Group(Protocol):
     def update(self, values: np.ndarray) -> None: ...
 
-    def merge(self, other: Any) -> None: ...
+    def merge(self, other: Self) -> None: ...
 
-    def copy(self) -> Any: ...
+    def copy(self) -> Self: ...
 
     def to_json(self) -> list[Block]: ...
 
