@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from serve.baseline.builder import BaselineOptions, build_baseline
+from serve.baseline.columns import map_columns
 from serve.baseline.model import BaselineInputError, check_baseline, load_model_info
-from serve.baseline.sources import map_columns, open_source
+from serve.baseline.sources import open_source
 from serve.cli import main
-from serve.input_stats.baseline import Baseline
+from serve.input_stats.baseline import Baseline, BaselineDocument, BaselineFeatureJson
 from serve.types import TensorSpec
 from tests.fixtures.monitoring import FEATURES, INPUTS, MODEL, sample, write_model
 
@@ -43,7 +44,7 @@ def _write_csv(path: Path, x: np.ndarray, header: list[str]) -> Path:
     return path
 
 
-def _build(repo: Path, data: str, **options: object) -> dict:
+def _build(repo: Path, data: str, **options: object) -> BaselineDocument:
     info = load_model_info(repo, MODEL)
     # No calibration table unless a test asks: it is tested in test_drift_calibration.py and costs seconds here.
     defaults = {"categorical": ["x[2]"], "calibration_replicates": 0}
@@ -51,7 +52,7 @@ def _build(repo: Path, data: str, **options: object) -> dict:
     return build_baseline(info, [open_source(data, info.inputs)], opts)
 
 
-def _inputs(document: dict) -> dict[str, dict]:
+def _inputs(document: BaselineDocument) -> dict[str, BaselineFeatureJson]:
     return {f["name"]: f for f in document["features"] if f["role"] == "input"}
 
 

@@ -13,7 +13,13 @@ from serve.baseline.model import load_model_info
 from serve.baseline.sources import open_source
 from serve.drift import calibration as cal
 from serve.drift import measures as ms
-from serve.input_stats.baseline import Baseline, build_baseline_features, make_baseline_document
+from serve.input_stats.baseline import (
+    Baseline,
+    BaselineDocument,
+    BaselineFeatureJson,
+    build_baseline_features,
+    make_baseline_document,
+)
 from serve.monitor.evaluate import evaluate_feature, noise_model
 from serve.monitor.policy import Policy
 from serve.types import TensorSpec
@@ -22,14 +28,14 @@ from tests.fixtures.monitoring import FEATURES, MODEL, Clock, live_block, record
 LEVEL = 1 - 0.01 / 6  # a numeric feature's measure level at the default budget
 
 
-def _features(train: np.ndarray, categorical: tuple[str, ...] = ()) -> list[dict]:
+def _features(train: np.ndarray, categorical: tuple[str, ...] = ()) -> list[BaselineFeatureJson]:
     features, _ = build_baseline_features(
         {"x": train[:, None]}, [TensorSpec("x", "FP64", (1,))], categorical=categorical
     )
     return features
 
 
-def _baseline(features: list[dict]) -> Baseline:
+def _baseline(features: list[BaselineFeatureJson]) -> Baseline:
     return Baseline.from_dict(make_baseline_document({"name": "m", "version": "1"}, features, []))
 
 
@@ -41,7 +47,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _build(repo: Path, **options: object) -> dict:
+def _build(repo: Path, **options: object) -> BaselineDocument:
     info = load_model_info(repo, MODEL)
     opts = BaselineOptions(categorical=["x[2]"], feature_names={"x": FEATURES}, progress=False, **options)  # type: ignore[arg-type]
     return build_baseline(info, [open_source(str(repo / "train.npy"), info.inputs)], opts)

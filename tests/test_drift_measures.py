@@ -17,7 +17,7 @@ from scipy.spatial.distance import jensenshannon
 
 from serve.drift import measures as ms
 from serve.input_stats.baseline import Baseline, build_baseline_features, make_baseline_document
-from serve.input_stats.blocks import NumericSpec
+from serve.input_stats.blocks import Block, NumericSpec
 from serve.monitor.evaluate import evaluate_feature, evaluate_model
 from serve.monitor.model_report import FeatureEntry
 from serve.monitor.policy import Policy, StateTracker, chi2_quantile
@@ -45,7 +45,7 @@ def _baseline(train: np.ndarray, categorical: tuple[str, ...] = ()) -> Baseline:
     return Baseline.from_dict(make_baseline_document({"name": "m", "version": "1"}, features, tensors))
 
 
-def _case(name: str, seed: int = 7) -> tuple[np.ndarray, np.ndarray, Baseline, dict]:
+def _case(name: str, seed: int = 7) -> tuple[np.ndarray, np.ndarray, Baseline, Block]:
     rng = np.random.default_rng(seed)
     make_train, make_live = SCENARIOS[name]
     train, live = make_train(rng, M), make_live(rng, N)

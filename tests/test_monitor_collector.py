@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 
 from serve.input_stats.recorder import StatsRecorder
 from serve.input_stats.windows import ServerInstance
@@ -26,8 +27,9 @@ def _record(recorder: StatsRecorder, rows: int) -> None:
 
 
 def _poll(collector: StatsCollector, recorder: StatsRecorder) -> None:
-    if collector.ingest(URL, recorder.export(collector.since(URL, "m", "1"))):
-        collector.ingest(URL, recorder.export(0))
+    # As the monitor receives documents: JSON over HTTP.
+    if collector.ingest(URL, orjson.loads(recorder.export_json(collector.since(URL, "m", "1")))):
+        collector.ingest(URL, orjson.loads(recorder.export_json(0)))
 
 
 def _closed_rows(collector: StatsCollector) -> int:

@@ -10,6 +10,7 @@ import pytest
 
 from serve.input_stats.baseline import (
     Baseline,
+    BaselineDocument,
     BaselineError,
     baseline_mismatches,
     build_baseline_features,
@@ -33,7 +34,7 @@ def _training(rows: int = 5000) -> dict[str, np.ndarray]:
     return {"x": x, "city": city}
 
 
-def _build(data: dict[str, np.ndarray]) -> dict:
+def _build(data: dict[str, np.ndarray]) -> BaselineDocument:
     features, tensors = build_baseline_features(
         data,
         SPECS,

@@ -8,12 +8,15 @@ import pytest
 
 from serve.input_stats.binning import BinLayout, assign_bins, compute_edges
 from serve.input_stats.blocks import (
+    Block,
     BytesSpec,
     CategoricalSpec,
     NumericSpec,
+    Spec,
     frequent_from_block,
     kll_from_block,
     merge_blocks,
+    merge_feature_blocks,
 )
 
 RNG = np.random.default_rng(7)
@@ -173,6 +176,54 @@ def test_merging_a_binned_block_with_a_sketched_one_is_refused() -> None:
     sketched = _feed(NumericSpec(["a"]), [np.ones((1, 3))]).to_json()[0]
     with pytest.raises(ValueError, match="binned"):
         merge_blocks(binned, sketched)
+
+
+def _kll_n_instead_of_sketch(block: Block) -> Block:
+    """KLL merges are randomised: compare what the sketch holds, not its bytes."""
+    if "kll" not in block:
+        return block
+    return {**block, "kll": {"k": block["kll"]["k"], "sketch": str(kll_from_block(block).n)}}
+
+
+@pytest.mark.parametrize(
+    "spec, values",
+    [
+        (NumericSpec(["a", "b", "c"], [np.linspace(-2, 2, 9), None, np.array([0.0])], [[], [], [-1]]), None),
+        (CategoricalSpec(["c"], [[1, 2, 3]]), np.array([[1.0, 2.0, 7.0, 7.0, np.nan]])),
+        (BytesSpec(["s"]), np.array([[b"aa", b"", b"bbb", b"aa"]], dtype=object)),
+    ],
+    ids=["numeric", "categorical", "bytes"],
+)
+def test_a_group_read_back_from_its_blocks_writes_the_same_blocks(spec: Spec, values: np.ndarray | None) -> None:
+    if values is None:
+        values = RNG.normal(size=(3, 300))
+        values[0, :4] = np.nan
+        values[2, 5] = -1
+    blocks = _feed(spec, [values]).to_json()
+    assert spec.group_from_json(blocks).to_json() == blocks
+
+
+def test_merging_a_window_of_features_at_once_equals_merging_them_pair_by_pair() -> None:
+    numeric = NumericSpec(["a", "b"], [np.linspace(-2, 2, 9), None])
+    categorical = CategoricalSpec(["c"], [[1, 2]])
+    windows = []
+    for _ in range(3):
+        features = dict(zip(["a", "b"], _feed(numeric, [RNG.normal(size=(2, 50))]).to_json(), strict=True))
+        features["c"] = _feed(categorical, [RNG.integers(0, 4, size=(1, 50)).astype(float)]).to_json()[0]
+        windows.append(features)
+    at_once = merge_feature_blocks(windows)
+    pairwise = {
+        name: merge_blocks(merge_blocks(windows[0][name], windows[1][name]), windows[2][name]) for name in "abc"
+    }
+    assert list(at_once) == ["a", "b", "c"]
+    for name in "abc":
+        assert _kll_n_instead_of_sketch(at_once[name]) == _kll_n_instead_of_sketch(pairwise[name])
+
+
+def test_merging_windows_that_list_different_features_is_refused() -> None:
+    block = _feed(NumericSpec(["a"], kll_k=0), [np.ones((1, 3))]).to_json()[0]
+    with pytest.raises(ValueError, match="different features"):
+        merge_feature_blocks([{"a": block}, {"b": block}])
 
 
 # ---------------------------------------------------------------- categorical and BYTES

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pytest
 
 from serve.input_stats import schema
 from serve.input_stats.baseline import Baseline, BaselineFeature
 from serve.input_stats.blocks import kll_from_block
+from serve.input_stats.document import MergedTotal, MergedWindow, TotalJson, WindowJson
 from serve.input_stats.recorder import StatsRecorder
 from serve.input_stats.windows import ServerInstance
 from serve.types import TensorSpec
@@ -61,12 +65,12 @@ STREAM_A = [(START + 1, 1), (START + 30, 2), (START + 61, 3), (START + 130, 4)]
 STREAM_B = [(START + 5, 11), (START + 65, 12), (START + 70, 13)]
 
 
-def _comparable(block: dict) -> dict:
+def _comparable(block: Mapping[str, Any]) -> dict[str, Any]:
     """A block with float fields rounded and sketches replaced by what they summarise."""
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in block.items():
         if key == "kll":
-            out[key] = kll_from_block(block).n
+            out[key] = kll_from_block({"kind": "numeric", "count": 0, "missing": 0, "kll": value}).n
         elif key in ("other_items", "items"):
             out[key] = value["top"]
         elif isinstance(value, float):
@@ -80,7 +84,7 @@ def _comparable(block: dict) -> dict:
     return out
 
 
-def _features(window: dict) -> dict:
+def _features(window: WindowJson | TotalJson | MergedWindow | MergedTotal) -> dict[str, Any]:
     return {name: _comparable(block) for name, block in window["features"].items()}
 
 

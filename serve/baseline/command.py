@@ -28,6 +28,19 @@ def _number_or_text(raw: str) -> float | str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    _add_data_arguments(parser)
+    _add_pass_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only check the existing baseline against the model (stale ONNX hash, features); exit 1 if unusable",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", type=Path, required=True, help="Triton-layout model repository")
     parser.add_argument("--model", required=True, help="model name (a directory of the repository)")
     parser.add_argument("--version", type=int, default=None, help="model version [default: the latest served]")
@@ -46,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="output file [default: <model>/baseline.json, where the server reads it]",
     )
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the data's columns are: kinds, names, missing values, columns to leave out."""
     parser.add_argument(
         "--categorical",
         action="append",
@@ -76,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a data column (or .npz array) that is not a model input, e.g. the label",
     )
     parser.add_argument("--no-header", action="store_true", help="CSV files have no header row (map by order)")
+
+
+def _add_pass_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the data are read, sampled for the outputs, and calibrated."""
     parser.add_argument(
         "--holdout",
         type=float,
@@ -105,13 +126,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="time budget of the calibration; features not reached keep the closed form [default 300]",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="only check the existing baseline against the model (stale ONNX hash, features); exit 1 if unusable",
-    )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
 
 
 def run(args: argparse.Namespace) -> int:

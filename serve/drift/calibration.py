@@ -43,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 
@@ -58,6 +58,33 @@ TAIL_LEVEL = 0.95
 DEFAULT_REPLICATES = 2000
 NUMERIC_MEASURES = ("psi", "js", "ks", "wasserstein")
 CATEGORICAL_MEASURES = ("linf", "psi", "js")
+
+
+class NullCalibrationJson(TypedDict):
+    """One feature's table (the module docstring); per measure one row per window: q50, q90, q95, share, excess."""
+
+    method: str
+    replicates: int
+    seed: int
+    baseline_values: int
+    windows: list[int]
+    levels: list[float]
+    measures: dict[str, list[list[float]]]
+
+
+class CalibrationSummaryJson(TypedDict):
+    """What a calibration did, for baseline.json's ``source``."""
+
+    method: str
+    replicates: int
+    seed: int
+    windows: list[int]
+    features: int
+    calibrated: int
+    skipped: list[str]
+    seconds: float
+
+
 SQUARED = frozenset({"psi"})  # scale 1/N + 1/M; the others scale with its square root
 OUTER_VALUES = 5  # the outermost values whose mean sets how far beyond the range the tail points lie
 
@@ -224,7 +251,7 @@ def calibrate_feature(
     replicates: int = DEFAULT_REPLICATES,
     windows: Sequence[int] = WINDOWS,
     seed: int = 0,
-) -> dict[str, Any] | None:
+) -> NullCalibrationJson | None:
     """The ``null_calibration`` entry of one feature (None when it has no bins or counts to resample)."""
     sampler = _sampler(kind, stats)
     if sampler is None or replicates < 100:
@@ -255,7 +282,7 @@ class CalibrationReport:
     skipped: list[str] = field(default_factory=list)  # left to the closed form: the time budget ran out
     seconds: float = 0.0
 
-    def to_json(self, replicates: int, seed: int) -> dict[str, Any]:
+    def to_json(self, replicates: int, seed: int) -> CalibrationSummaryJson:
         return {
             "method": "bootstrap", "replicates": replicates, "seed": seed, "windows": list(WINDOWS),
             "features": self.features, "calibrated": self.calibrated, "skipped": self.skipped,
@@ -264,7 +291,7 @@ class CalibrationReport:
 
 
 def calibrate_features(
-    features: Sequence[MutableMapping[str, Any]],
+    features: Sequence[Mapping[str, Any]],
     *,
     replicates: int = DEFAULT_REPLICATES,
     seed: int = 0,
@@ -291,7 +318,9 @@ def calibrate_features(
             continue
         table = calibrate_feature(entry["kind"], entry.get("stats"), replicates=replicates, seed=seed + i)
         if table is not None:
-            entry["null_calibration"] = table
+            # The entries are baseline.json's (TypedDicts of serve.input_stats, a package this one must not
+            # import), read here as mappings; the table is the one key this adds.
+            cast(MutableMapping[str, Any], entry)["null_calibration"] = table
             report.calibrated += 1
     bar.close()
     report.seconds = clock() - started

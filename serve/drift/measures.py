@@ -31,6 +31,7 @@ Categorical features also get ``psi`` and ``js`` over their categories (vocabula
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +58,7 @@ class Binned:
     m2: float
 
     @classmethod
-    def from_block(cls, block: dict[str, Any]) -> Binned:
+    def from_block(cls, block: Mapping[str, Any]) -> Binned:
         bins = block["bins"]
         return cls(
             count=int(block["count"]),
@@ -83,7 +84,7 @@ class Categories:
     counts: np.ndarray  # vocabulary counts followed by "other"
 
     @classmethod
-    def from_block(cls, block: dict[str, Any]) -> Categories:
+    def from_block(cls, block: Mapping[str, Any]) -> Categories:
         counts = np.asarray([*block["counts"], block["other"]], dtype=np.float64)
         return cls(int(block["count"]), int(block["missing"]), counts)
 

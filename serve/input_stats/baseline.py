@@ -1,4 +1,4 @@
-"""The baseline file (``baseline.json`` next to a model's ``config.pbtxt``): reading, writing, building.
+"""The baseline file (``baseline.json`` next to a model's ``config.pbtxt``): its layout, and building its features.
 
 Schema, ``format_version`` 1 (MONITOR.md §4.2)::
 
@@ -36,6 +36,8 @@ bytes), never guessed. Unknown top-level keys are kept and written back unchange
 serve/drift/calibration.py) is kept as the raw mapping it is in the file: the server
 never looks at it, so loading a baseline costs no more with it, and files without it
 (older ones) are as valid as before.
+
+Its JSON types and reading it are in baseline_file.py; every name is importable from here too.
 """
 
 from __future__ import annotations
@@ -44,205 +46,42 @@ import datetime as _dt
 import hashlib
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import orjson
 
 from serve.datatypes import numpy_dtype
-from serve.input_stats.binning import DEFAULT_QUANTILES, DEFAULT_TAIL_LEVELS, compute_edges, validate_edges
-from serve.input_stats.blocks import BytesSpec, CategoricalSpec, NumericSpec, item_key
-from serve.input_stats.views import VIEWS, FeatureInfo, ViewOptions, build_extractors
+from serve.input_stats.baseline_file import (
+    BASELINE_FILENAME,
+    BASELINE_FORMAT,
+    BASELINE_FORMAT_VERSION,
+    KINDS,
+    ROLES,
+    Baseline,
+    BaselineDocument,
+    BaselineError,
+    BaselineFeature,
+    BaselineFeatureJson,
+    BaselineSourceJson,
+    BaselineTensor,
+    BaselineTensorJson,
+    baseline_mismatches,
+)
+from serve.input_stats.binning import DEFAULT_QUANTILES, DEFAULT_TAIL_LEVELS, compute_edges
+from serve.input_stats.blocks import Block, BytesSpec, CategoricalSpec, NumericSpec, Spec, item_key
+from serve.input_stats.document import BaselineModel
+from serve.input_stats.views import Extractor, FeatureInfo, ViewOptions, build_extractors
 from serve.types import TensorSpec
 
-BASELINE_FORMAT = "serve.baseline"
-BASELINE_FORMAT_VERSION = 1
-BASELINE_FILENAME = "baseline.json"
-KINDS = ("numeric", "categorical", "bytes")
-ROLES = ("input", "output")
-
-
-class BaselineError(ValueError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class BaselineTensor:
-    name: str
-    role: str
-    view: str | None = None
-    feature_names: tuple[str, ...] | None = None
-    classifier: bool | None = None
-    layout: str | None = None  # images: "channels_first" | "channels_last"
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class BaselineFeature:
-    name: str
-    role: str
-    tensor: str
-    column: int | None
-    view: str | None
-    kind: str
-    edges: np.ndarray | None = None
-    vocabulary: tuple[Any, ...] | None = None
-    missing_values: tuple[Any, ...] = ()
-    stats: dict[str, Any] | None = None
-    null_calibration: Mapping[str, Any] | None = None  # the monitor's; passed through untouched
-
-
-def _feature_from_dict(raw: Mapping[str, Any]) -> BaselineFeature:
-    try:
-        name, role, tensor, kind = raw["name"], raw["role"], raw["tensor"], raw["kind"]
-    except KeyError as exc:
-        raise BaselineError(f"baseline feature {raw.get('name', '?')!r} lacks {exc.args[0]!r}") from None
-    if role not in ROLES:
-        raise BaselineError(f"feature {name!r}: role must be one of {ROLES}")
-    if kind not in KINDS:
-        raise BaselineError(f"feature {name!r}: kind must be one of {KINDS}")
-    edges = None
-    if raw.get("edges") is not None:
-        try:
-            edges = validate_edges(raw["edges"], name)
-        except ValueError as exc:
-            raise BaselineError(str(exc)) from None
-    vocabulary = tuple(raw["vocabulary"]) if raw.get("vocabulary") is not None else None
-    if kind == "categorical" and vocabulary is None:
-        raise BaselineError(f"feature {name!r}: a categorical feature needs a vocabulary")
-    stats = raw.get("stats")
-    if stats is not None and edges is not None and "bins" in stats:
-        if len(stats["bins"]["counts"]) != edges.size + 1:
-            raise BaselineError(f"feature {name!r}: {len(stats['bins']['counts'])} bin counts for {edges.size} edges")
-    column = raw.get("column")
-    return BaselineFeature(
-        name=name,
-        role=role,
-        tensor=tensor,
-        column=int(column) if column is not None else None,
-        view=raw.get("view"),
-        kind=kind,
-        edges=edges,
-        vocabulary=vocabulary,
-        missing_values=tuple(raw.get("missing_values") or ()),
-        stats=stats,
-        null_calibration=raw.get("null_calibration"),
-    )
-
-
-def _tensor_from_dict(raw: Mapping[str, Any]) -> BaselineTensor:
-    view = raw.get("view")
-    if view is not None and view not in VIEWS:
-        raise BaselineError(f"tensor {raw.get('name')!r}: unknown view {view!r}")
-    names = raw.get("feature_names")
-    return BaselineTensor(
-        name=raw["name"],
-        role=raw.get("role", "input"),
-        view=view,
-        feature_names=tuple(names) if names else None,
-        classifier=raw.get("classifier"),
-        layout=raw.get("layout"),
-    )
-
-
-@dataclass(slots=True)
-class Baseline:
-    model: dict[str, Any]
-    features: list[BaselineFeature]
-    tensors: list[BaselineTensor] = field(default_factory=list)
-    document: dict[str, Any] = field(default_factory=dict)  # the whole file as read
-    sha256: str | None = None  # of the file's bytes; reported by the server, checked by the monitor
-
-    @classmethod
-    def from_dict(cls, document: Mapping[str, Any], sha256: str | None = None) -> Baseline:
-        if document.get("format") != BASELINE_FORMAT:
-            raise BaselineError(f"not a baseline file (format {document.get('format')!r}, want {BASELINE_FORMAT!r})")
-        version = document.get("format_version")
-        if version != BASELINE_FORMAT_VERSION:
-            raise BaselineError(
-                f"baseline format_version {version!r} is not supported (want {BASELINE_FORMAT_VERSION})"
-            )
-        features = [_feature_from_dict(f) for f in document.get("features", [])]
-        seen: set[tuple[Any, ...]] = set()
-        for f in features:
-            key = (f.role, f.tensor, f.column, f.view)
-            if key in seen:
-                raise BaselineError(f"feature {f.name!r} is declared twice")
-            seen.add(key)
-        return cls(
-            model=dict(document.get("model") or {}),
-            features=features,
-            tensors=[_tensor_from_dict(t) for t in document.get("tensors", [])],
-            document=dict(document),
-            sha256=sha256,
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> Baseline:
-        return cls.from_bytes(Path(path).read_bytes(), str(path))
-
-    @classmethod
-    def from_bytes(cls, data: bytes, origin: str) -> Baseline:
-        """Parse a baseline file's exact bytes; ``sha256`` is theirs (``origin`` names them in errors)."""
-        try:
-            document = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise BaselineError(f"{origin}: not valid JSON: {exc}") from None
-        if not isinstance(document, dict):
-            raise BaselineError(f"{origin}: not a baseline file (a JSON {type(document).__name__}, not an object)")
-        return cls.from_dict(document, sha256=hashlib.sha256(data).hexdigest())
-
-    def feature(self, role: str, tensor: str, column: int | None, view: str | None) -> BaselineFeature | None:
-        for f in self.features:
-            if f.role == role and f.tensor == tensor and f.column == column and f.view == view:
-                return f
-        return None
-
-    def tensor(self, role: str, name: str) -> BaselineTensor | None:
-        for t in self.tensors:
-            if t.role == role and t.name == name:
-                return t
-        return None
-
-    def summary(self) -> dict[str, Any]:
-        """What the statistics document says about the baseline it bins against."""
-        return {"sha256": self.sha256, "format_version": BASELINE_FORMAT_VERSION, "model": self.model}
-
-
-def baseline_mismatches(
-    baseline: Baseline,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-    options: ViewOptions | None = None,
-) -> list[str]:
-    """What in the baseline the model does not match: a stale baseline must be reported, not used silently.
-
-    Empty when every baseline tensor and feature names something the model yields; otherwise
-    one message per problem (the repository logs them and decides whether to load the baseline).
-    """
-    problems: list[str] = []
-    yielded: set[tuple[str, str, int | None, str | None]] = set()
-    for role, specs in (("input", inputs), ("output", outputs)):
-        try:
-            extractors = build_extractors(specs, role, baseline, options)
-        except ValueError as exc:
-            problems.append(str(exc))
-            continue
-        known = {s.name for s in specs}
-        problems += [
-            f"baseline {role} tensor '{t.name}' is not a {role} of the model"
-            for t in baseline.tensors
-            if t.role == role and t.name not in known
-        ]
-        yielded |= {(f.role, f.tensor, f.column, f.view) for ex in extractors for f in ex.features}
-    problems += [
-        f"baseline feature '{f.name}' ({f.role} '{f.tensor}', column {f.column}, view {f.view}) "
-        "is not a feature of the model"
-        for f in baseline.features
-        if (f.role, f.tensor, f.column, f.view) not in yielded
-    ]
-    return problems
+__all__ = [
+    "BASELINE_FILENAME", "BASELINE_FORMAT", "BASELINE_FORMAT_VERSION", "KINDS", "ROLES", "Baseline",
+    "BaselineDocument", "BaselineError", "BaselineFeature", "BaselineFeatureJson", "BaselineSourceJson",
+    "BaselineTensor", "BaselineTensorJson", "FittedFeature", "as_sent", "baseline_mismatches",
+    "build_baseline_features", "declared_baseline", "edge_dtype", "feature_entry", "make_baseline_document",
+    "write_baseline",
+]  # fmt: skip
 
 
 def _now_iso() -> str:
@@ -298,6 +137,33 @@ def _display_quantiles(values: np.ndarray) -> dict[str, float]:
     return {str(level): float(v) for level, v in zip(levels, q, strict=True)}
 
 
+class FittedFeature(TypedDict, total=False):
+    """What fitting a feature to its training values adds to its entry: edges or a vocabulary."""
+
+    edges: list[float]
+    quantiles: dict[str, float]
+    vocabulary: list[Any]
+
+
+def declared_baseline(
+    specs: Sequence[TensorSpec],
+    role: str,
+    feature_names: Mapping[str, Sequence[str]],
+    categorical: Collection[str],
+    options: ViewOptions | None = None,
+) -> Baseline:
+    """A baseline that only names columns and declares features categorical (vocabularies still empty): what
+    the extractors need to yield the features a baseline will have."""
+    tensors = [BaselineTensor(name, role, feature_names=tuple(names) or None) for name, names in feature_names.items()]
+    provisional = Baseline(model={}, features=[], tensors=tensors)
+    for ex in build_extractors(specs, role, provisional, options):
+        for f in ex.features:
+            if f.name in categorical or f.tensor in categorical:
+                declared = BaselineFeature(f.name, role, f.tensor, f.column, f.view, "categorical", vocabulary=())
+                provisional.features.append(declared)
+    return provisional
+
+
 def build_baseline_features(
     arrays: Mapping[str, np.ndarray],
     specs: Sequence[TensorSpec],
@@ -310,7 +176,7 @@ def build_baseline_features(
     tail_levels: Sequence[float] = DEFAULT_TAIL_LEVELS,
     max_vocabulary: int = 1000,
     options: ViewOptions | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[BaselineFeatureJson], list[BaselineTensorJson]]:
     """Baseline ``features`` and ``tensors`` entries from in-memory training arrays (rows on axis 0).
 
     Uses the server's own extractors and accumulators, so the views, edges and bin
@@ -321,91 +187,100 @@ def build_baseline_features(
     memory: compute edges in a first pass (``binning.edges_from_quantiles``), then update
     the specs' groups chunk by chunk.
     """
-    tensors = [
-        {"name": name, "role": role, "feature_names": list(names)} for name, names in (feature_names or {}).items()
-    ]
-    missing_values = dict(missing_values or {})
-    # First pass: which features exist, with categorical declarations (vocabulary filled in later).
-    provisional = Baseline(model={}, features=[], tensors=[_tensor_from_dict(t) for t in tensors])
-    plain = build_extractors(specs, role, provisional, options)
-    declared: list[BaselineFeature] = []
-    for ex in plain:
-        for f in ex.features:
-            if f.name in categorical or f.tensor in categorical:
-                declared.append(BaselineFeature(f.name, role, f.tensor, f.column, f.view, "categorical", vocabulary=()))
-    provisional.features = declared
-    out: list[dict[str, Any]] = []
+    names = dict(feature_names or {})
+    tensors: list[BaselineTensorJson] = [{"name": n, "role": role, "feature_names": list(v)} for n, v in names.items()]
+    sentinels = dict(missing_values or {})
     datatypes = {s.name: s.datatype for s in specs}
-    for ex in build_extractors(specs, role, provisional, options):
-        if ex.tensor not in arrays:
-            raise BaselineError(f"no training data for {role} '{ex.tensor}'")
-        array = as_sent(np.asarray(arrays[ex.tensor]), datatypes[ex.tensor])
-        if not ex.accepts(array):
-            raise BaselineError(
-                f"{role} '{ex.tensor}': data shape {array.shape} does not match dims {list(ex.row_dims)}"
-            )
-        values = ex.extract(array)
-        names = [f.name for f in ex.features]
-        missing = [list(missing_values.get(f.name, missing_values.get(f.tensor, ()))) for f in ex.features]
-        entries: list[dict[str, Any]] = []
-        if isinstance(ex.spec, NumericSpec):
-            edges = []
-            for j in range(len(names)):
-                v = values[j][np.isfinite(values[j])]
-                if missing[j]:
-                    v = v[~np.isin(v, missing[j])]
-                dtype = edge_dtype(ex.features[j], datatypes[ex.tensor])
-                edges.append(compute_edges(v, n_quantiles, tail_levels, dtype))
-                entries.append({"edges": edges[-1].tolist(), "quantiles": _display_quantiles(v)})
-            spec: Any = NumericSpec(names, edges, missing, kll_k=0)
-        elif isinstance(ex.spec, CategoricalSpec):
-            vocab = [
-                list(ex.spec.vocabularies[j]) or _vocabulary(values[j], missing[j], max_vocabulary)
-                for j in range(len(names))
-            ]
-            entries = [{"vocabulary": v} for v in vocab]
-            spec = CategoricalSpec(names, vocab, missing, lg_max_map_size=ex.spec.lg)
-        else:
-            spec = BytesSpec(names, missing, lg_max_map_size=ex.spec.lg)
-            entries = [{} for _ in names]
+    out: list[BaselineFeatureJson] = []
+    for ex in build_extractors(specs, role, declared_baseline(specs, role, names, categorical, options), options):
+        values = _training_values(ex, arrays, datatypes[ex.tensor], role)
+        missing = [list(sentinels.get(f.name, sentinels.get(f.tensor, ()))) for f in ex.features]
+        datatype = datatypes[ex.tensor]
+        spec, fitted = _fit(ex, values, missing, datatype, (n_quantiles, tail_levels), max_vocabulary)
         group = spec.new_group()
         group.update(values)
         out += [
             feature_entry(f, role, entry, stats, miss)
-            for f, entry, stats, miss in zip(ex.features, entries, group.to_json(), missing, strict=True)
+            for f, entry, stats, miss in zip(ex.features, fitted, group.to_json(), missing, strict=True)
         ]
     return out, tensors
 
 
+def _training_values(ex: Extractor, arrays: Mapping[str, np.ndarray], datatype: str, role: str) -> np.ndarray:
+    """The extractor's feature values (features × rows) of the training data, as clients will send them."""
+    if ex.tensor not in arrays:
+        raise BaselineError(f"no training data for {role} '{ex.tensor}'")
+    array = as_sent(np.asarray(arrays[ex.tensor]), datatype)
+    if not ex.accepts(array):
+        raise BaselineError(f"{role} '{ex.tensor}': data shape {array.shape} does not match dims {list(ex.row_dims)}")
+    return ex.extract(array)
+
+
+def _fit(
+    ex: Extractor,
+    values: np.ndarray,
+    missing: list[list[Any]],
+    datatype: str,
+    quantiles: tuple[int, Sequence[float]],
+    max_vocabulary: int,
+) -> tuple[Spec, list[FittedFeature]]:
+    """The spec that bins these features as the baseline will (edges at the training quantiles, the most
+    frequent values as vocabulary), and what each feature's entry says of it."""
+    names = [f.name for f in ex.features]
+    if isinstance(ex.spec, NumericSpec):
+        edges: list[np.ndarray] = []
+        fitted: list[FittedFeature] = []
+        for j, f in enumerate(ex.features):
+            v = values[j][np.isfinite(values[j])]
+            if missing[j]:
+                v = v[~np.isin(v, missing[j])]
+            edges.append(compute_edges(v, *quantiles, edge_dtype(f, datatype)))
+            fitted.append({"edges": edges[-1].tolist(), "quantiles": _display_quantiles(v)})
+        return NumericSpec(names, edges, missing, kll_k=0), fitted
+    if isinstance(ex.spec, CategoricalSpec):
+        vocab = [
+            list(ex.spec.vocabularies[j]) or _vocabulary(values[j], missing[j], max_vocabulary)
+            for j in range(len(names))
+        ]
+        return CategoricalSpec(names, vocab, missing, lg_max_map_size=ex.spec.lg), [{"vocabulary": v} for v in vocab]
+    return BytesSpec(names, missing, lg_max_map_size=ex.spec.lg), [{} for _ in names]
+
+
 def feature_entry(
-    feature: Any, role: str, entry: Mapping[str, Any], stats: dict[str, Any], missing_values: Any
-) -> dict[str, Any]:
+    feature: FeatureInfo, role: str, fitted: FittedFeature, stats: Block, missing_values: list[Any]
+) -> BaselineFeatureJson:
     """One feature of baseline.json: identity, bins or vocabulary, and its training statistics."""
-    item = {
+    item: BaselineFeatureJson = {
         "name": feature.name, "role": role, "tensor": feature.tensor, "column": feature.column,
-        "view": feature.view, "kind": feature.kind, "missing_values": missing_values, **entry, "stats": stats,
+        "view": feature.view, "kind": feature.kind, "missing_values": missing_values,
     }  # fmt: skip
+    # Bins or vocabulary between identity and statistics, as files have always listed them.
+    if "edges" in fitted:
+        item["edges"], item["quantiles"] = fitted["edges"], fitted["quantiles"]
+    if "vocabulary" in fitted:
+        item["vocabulary"] = fitted["vocabulary"]
+    item["stats"] = stats
     if feature.kind == "numeric" and stats["n"] > 1:
         item["std"] = float(np.sqrt(stats["m2"] / (stats["n"] - 1)))
     return item
 
 
 def make_baseline_document(
-    model: Mapping[str, Any],
-    features: Sequence[Mapping[str, Any]],
-    tensors: Sequence[Mapping[str, Any]] = (),
+    model: BaselineModel,
+    features: Sequence[BaselineFeatureJson],
+    tensors: Sequence[BaselineTensorJson] = (),
     *,
-    source: Mapping[str, Any] | None = None,
+    source: BaselineSourceJson | None = None,
     n_quantiles: int = DEFAULT_QUANTILES,
     tail_levels: Sequence[float] = DEFAULT_TAIL_LEVELS,
-) -> dict[str, Any]:
+) -> BaselineDocument:
     """A complete baseline document (validated by parsing it back)."""
-    document = {
+    document: BaselineDocument = {
         "format": BASELINE_FORMAT,
         "format_version": BASELINE_FORMAT_VERSION,
-        "model": dict(model),
+        "model": model.copy(),
         "created_at": _now_iso(),
-        "source": dict(source or {}),
+        "source": source.copy() if source is not None else {},
         "binning": {
             "side": "right",
             "quantile_method": "inverted_cdf",
@@ -413,8 +288,8 @@ def make_baseline_document(
             "tail_levels": list(tail_levels),
         },
         "smoothing": {"pseudo_count": 0.5},
-        "tensors": [dict(t) for t in tensors],
-        "features": [dict(f) for f in features],
+        "tensors": [t.copy() for t in tensors],
+        "features": [f.copy() for f in features],
         "thresholds": {},
         "dataset_rule": {"drift_share": 0.5},
     }
@@ -422,7 +297,7 @@ def make_baseline_document(
     return document
 
 
-def write_baseline(document: Mapping[str, Any], path: str | Path) -> str:
+def write_baseline(document: Mapping[str, object], path: str | Path) -> str:
     """Write the document; returns the sha256 of the bytes written (what ``Baseline.load`` reports)."""
     data = orjson.dumps(document, option=orjson.OPT_INDENT_2)
     Path(path).write_bytes(data)

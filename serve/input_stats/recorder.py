@@ -10,23 +10,7 @@ ONE background thread drains the queue: it samples rows (``sample_rate``,
 applies vectorised numpy updates to the window's groups (views.py, blocks.py). It starts
 at most one update per ``min_update_interval_s`` unless the queue is half full, which
 bounds the fixed per-update cost it pays while holding the GIL the event loop needs.
-
-Memory per model version, bounded by the configuration:
-
-    windows  = ceil(horizon_s / window_s) + 2          (ring, current, total since start)
-    memory  ≈ windows × Σ_features size(feature) + queue_size × bytes(one batch's inputs + outputs)
-
-    size(numeric, baseline with E edges)  = 11 × 8 + (E + 1) × 16 + 16 bytes
-    size(numeric, no baseline)            = 11 × 8 bytes + KLL(k)  (KLL(200) ≤ ~3 KB at any n;
-                                             600 retained floats at n = 10^5, grows ~log n)
-    size(categorical, V vocabulary items) = (V + 3) × 8 bytes + FI(lg)
-    size(bytes)                           = 7 × 8 bytes + FI(lg)
-    FI(lg) ≤ 0.75 × 2^lg × (ITEM_MAX_CHARS + ~60) bytes, allocated on the first unseen value
-           (lg = 7: ≤ 96 items, ~12 KB)
-
-For example 100 baseline-binned numeric columns with 104 edges, 1 h of 60 s windows:
-62 × 100 × 1.8 KB ≈ 11 MB; without a baseline, 62 × 100 × ~3 KB ≈ 19 MB at most.
-An export builds a JSON document of the same order in size; ``since`` keeps it small.
+What that costs in memory is in options.py; the document an export writes is in schema.py.
 """
 
 from __future__ import annotations
@@ -39,16 +23,21 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from serve.input_stats import schema
 from serve.input_stats.baseline import Baseline
+from serve.input_stats.batches import coalesce, rows_of, sample_rows
 from serve.input_stats.blocks import Block, Group
-from serve.input_stats.views import Extractor, ViewOptions, build_extractors
+from serve.input_stats.document import Counters, StatsDocument, TotalJson, WindowJson
+from serve.input_stats.drops import DroppedBatches, Drops
+from serve.input_stats.options import StatsOptions
+from serve.input_stats.schema import FORMAT, FORMAT_VERSION, encode
+from serve.input_stats.views import Extractor, build_extractors
 from serve.input_stats.windows import ServerInstance, Window, WindowRing, window_start
 from serve.types import TensorSpec
+
+__all__ = ["COALESCE_ROWS", "StatsOptions", "StatsRecorder"]
 
 log = logging.getLogger(__name__)
 
@@ -57,48 +46,11 @@ log = logging.getLogger(__name__)
 COALESCE_ROWS = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class StatsOptions:
-    window_s: float = 60.0
-    horizon_s: float = 3600.0
-    sample_rate: float = 1.0  # Bernoulli row sampling in (0, 1]
-    max_rows_per_batch: int | None = None  # then a uniform sample of this many rows
-    queue_size: int = 256  # batches waiting for the worker; beyond it batches are dropped and counted
-    # The worker starts at most one update per interval (unless the queue is half full), so under
-    # load queued batches are coalesced and the fixed cost per update, paid holding the GIL that
-    # the event loop needs, is bounded: at 0.1 s, 10 updates/s at most (measured at concurrency 64 on
-    # the small bench model: the worker thread's CPU fell from 6% to 2% of a core going from 0.02 s to 0.1 s).
-    min_update_interval_s: float = 0.1
-    kll_k: int = 200
-    frequent_lg: int = 7
-    max_columns: int = 256
-    max_classes: int = 1000
-
-    def __post_init__(self) -> None:
-        if not 0 < self.sample_rate <= 1:
-            raise ValueError("sample_rate must be in (0, 1]")
-        if self.queue_size < 1:
-            raise ValueError("queue_size must be at least 1")
-        if self.max_rows_per_batch is not None and self.max_rows_per_batch < 1:
-            raise ValueError("max_rows_per_batch must be at least 1")
-        if self.min_update_interval_s < 0:
-            raise ValueError("min_update_interval_s must not be negative")
-
-    def views(self) -> ViewOptions:
-        return ViewOptions(self.max_columns, self.max_classes, self.kll_k, self.frequent_lg)
-
-
 @dataclass(slots=True)
 class _Item:
     t: float
     rows: int
     tensors: dict[str, np.ndarray]  # inputs and outputs, keyed "input:<name>" / "output:<name>"
-
-
-def _rows(tensors: Mapping[str, np.ndarray]) -> int:
-    for array in tensors.values():
-        return int(array.shape[0]) if array.ndim else 1
-    return 0
 
 
 class StatsRecorder:
@@ -147,14 +99,12 @@ class StatsRecorder:
         self._hurry = threading.Event()  # cuts the worker's pause short: closing, or the queue half full
         self._urgent_depth = max(1, options.queue_size // 2)
         self._seq = itertools.count(1)
-        self._drops: dict[float, list[int]] = {}  # window start → [batches, rows, seq, closed]
+        self._drops = DroppedBatches(options.window_s, options.horizon_s)
         self._applying_from: float | None = None  # the oldest time among the items the worker has taken
-        self._max_drop_windows = math.ceil(options.horizon_s / options.window_s) + 2
-        self._counters = dict.fromkeys(
-            ("batches_submitted", "rows_submitted", "batches_dropped", "rows_dropped", "batches_recorded",
-             "rows_recorded", "rows_sampled_out", "tensors_skipped", "errors"),
-            0,
-        )  # fmt: skip
+        self._counters: Counters = {
+            "batches_submitted": 0, "rows_submitted": 0, "batches_dropped": 0, "rows_dropped": 0,
+            "batches_recorded": 0, "rows_recorded": 0, "rows_sampled_out": 0, "tensors_skipped": 0, "errors": 0,
+        }  # fmt: skip
         self._thread = threading.Thread(target=self._run, name=f"stats-{model_name}-{self.version}", daemon=True)
         if start:
             self._thread.start()
@@ -166,7 +116,7 @@ class StatsRecorder:
         tensors = {keys.get(("input", k)) or self._tensor_key("input", k): v for k, v in inputs.items()}
         for k, v in outputs.items():
             tensors[keys.get(("output", k)) or self._tensor_key("output", k)] = v
-        rows = _rows(tensors)
+        rows = rows_of(tensors)
         c = self._counters
         with self._lock:
             # Stamped under the lock, so an export that finds the queue without a row of a window knows
@@ -177,13 +127,7 @@ class StatsRecorder:
             if self._closing or len(self._queue) >= self.options.queue_size:
                 c["batches_dropped"] += 1
                 c["rows_dropped"] += rows
-                start = window_start(t, self.options.window_s)
-                if start not in self._drops and len(self._drops) >= self._max_drop_windows:
-                    del self._drops[next(iter(self._drops))]  # the oldest: past the horizon by now
-                drop = self._drops.setdefault(start, [0, 0, 0, 0])
-                drop[0] += 1
-                drop[1] += rows
-                drop[2] = next(self._seq)
+                self._drops.add(window_start(t, self.options.window_s), rows, next(self._seq))
                 return
             self._queue.append(_Item(t, rows, tensors))
             self._pending += 1
@@ -237,24 +181,11 @@ class StatsRecorder:
                     if self._pending == 0:
                         self._drained.notify_all()
 
-    def _sample(self, item: _Item) -> tuple[dict[str, np.ndarray], int]:
-        o = self.options
-        n = item.rows
-        if o.sample_rate >= 1 and (o.max_rows_per_batch is None or n <= o.max_rows_per_batch):
-            return item.tensors, n
-        keep = np.arange(n)
-        if o.sample_rate < 1:
-            keep = np.flatnonzero(self._rng.random(n) < o.sample_rate)
-        if o.max_rows_per_batch is not None and keep.size > o.max_rows_per_batch:
-            keep = np.sort(self._rng.choice(keep, o.max_rows_per_batch, replace=False))
-        sampled = {k: (v[keep] if v.ndim and v.shape[0] == n else v) for k, v in item.tensors.items()}
-        return sampled, int(keep.size)
-
     def _apply(self, items: list[_Item]) -> None:
         # Sample, then group consecutive items by window; each group becomes one update.
         groups: list[tuple[float, list[dict[str, np.ndarray]], int, int]] = []
         for item in items:
-            tensors, kept = self._sample(item)
+            tensors, kept = sample_rows(item.tensors, item.rows, self.options, self._rng)
             start = window_start(item.t, self.options.window_s)
             if groups and groups[-1][0] == start:
                 _, batch, rows, out = groups[-1]
@@ -263,7 +194,7 @@ class StatsRecorder:
             else:
                 groups.append((start, [tensors], kept, item.rows - kept))
         for start, batches, rows, sampled_out in groups:
-            updates = self._extract(_coalesce(batches))
+            updates = self._extract(coalesce(batches))
             with self._state:
                 window = self._ring.window_for(start)
                 for i, values in updates:
@@ -320,10 +251,10 @@ class StatsRecorder:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> Counters:
         """Monotonic counters since start (for Prometheus: rows recorded, sampled out, dropped, …)."""
         with self._lock:
-            snapshot = dict(self._counters)
+            snapshot = self._counters.copy()
             snapshot["queue_depth"] = len(self._queue)
         return snapshot
 
@@ -335,64 +266,21 @@ class StatsRecorder:
             out.update(zip(names, group.to_json(), strict=True))
         return out
 
-    def export(self, since: int = 0) -> dict[str, Any]:
+    def export(self, since: int = 0) -> StatsDocument:
         """The statistics document (schema.py); only windows changed after sequence ``since``."""
         now = self._clock()
         o = self.options
         with self._state:
-            self._ring.evict(now)
-            with self._lock:
-                cutoff = now - o.horizon_s
-                for start in [s for s in self._drops if s + o.window_s <= cutoff]:
-                    del self._drops[start]
-                self._close_settled(self._settled_until(now))
-                seq = next(self._seq)
-                drops = {s: list(d) for s, d in self._drops.items()}
-                counters = dict(self._counters)
-                counters["queue_depth"] = len(self._queue)
+            seq, drops, counters = self._settle(now)
             since_reset = since >= seq
             if since_reset:
                 since = 0
-            by_start = {w.start: w for w in self._ring.windows()}
-            windows = []
-            for start in sorted(by_start.keys() | drops.keys()):
-                window = by_start.get(start)
-                drop = drops.get(start, [0, 0, 0])
-                if window is None:
-                    window = Window(start, start + o.window_s, self._new_groups())
-                w_seq = max(window.seq, drop[2])
-                if w_seq <= since:
-                    continue
-                windows.append(
-                    {
-                        "start": window.start,
-                        "end": window.end,
-                        "closed": window.closed if start in by_start else bool(drop[3]),
-                        "seq": w_seq,
-                        "batches": window.batches,
-                        "rows": window.rows,
-                        "rows_sampled_out": window.rows_sampled_out,
-                        "batches_dropped": drop[0],
-                        "rows_dropped": drop[1],
-                        "features": self._features(window),
-                    }
-                )
-            total = self._ring.total(now)
-            total_json = {
-                "start": self.instance.start_time,
-                "end": now,
-                "seq": seq,
-                "batches": total.batches,
-                "rows": total.rows,
-                "rows_sampled_out": total.rows_sampled_out,
-                "batches_dropped": counters["batches_dropped"],
-                "rows_dropped": counters["rows_dropped"],
-                "features": self._features(total),
-            }
+            windows = self._windows_json(drops, since)
+            total = self._total_json(now, seq, counters)
         counters["queue_size"] = o.queue_size
         return {
-            "format": schema.FORMAT,
-            "format_version": schema.FORMAT_VERSION,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
             "model": {"name": self.model_name, "version": self.version},
             "instance": self.instance.to_json(),
             "generated_at": now,
@@ -405,8 +293,61 @@ class StatsRecorder:
             "baseline": self.baseline.summary() if self.baseline is not None else None,
             "features": self._features_meta,
             "counters": counters,
-            "total": total_json,
+            "total": total,
             "windows": windows,
+        }
+
+    def _settle(self, now: float) -> tuple[int, dict[float, Drops], Counters]:
+        """Evict, close what has settled, and take the sequence number and counters the export shows.
+        Call holding ``_state``."""
+        self._ring.evict(now)
+        with self._lock:
+            self._drops.evict(now - self.options.horizon_s)
+            self._close_settled(self._settled_until(now))
+            counters = self._counters.copy()
+            counters["queue_depth"] = len(self._queue)
+            return next(self._seq), self._drops.snapshot(), counters
+
+    def _windows_json(self, drops: dict[float, Drops], since: int) -> list[WindowJson]:
+        """Windows changed after ``since``, with those that hold only drops. Call holding ``_state``."""
+        by_start = {w.start: w for w in self._ring.windows()}
+        windows: list[WindowJson] = []
+        for start in sorted(by_start.keys() | drops.keys()):
+            window = by_start.get(start)
+            drop = drops.get(start, Drops())
+            if window is None:
+                window = Window(start, start + self.options.window_s, self._new_groups())
+            w_seq = max(window.seq, drop.seq)
+            if w_seq <= since:
+                continue
+            windows.append(
+                {
+                    "start": window.start,
+                    "end": window.end,
+                    "closed": window.closed if start in by_start else drop.closed,
+                    "seq": w_seq,
+                    "batches": window.batches,
+                    "rows": window.rows,
+                    "rows_sampled_out": window.rows_sampled_out,
+                    "batches_dropped": drop.batches,
+                    "rows_dropped": drop.rows,
+                    "features": self._features(window),
+                }
+            )
+        return windows
+
+    def _total_json(self, now: float, seq: int, counters: Counters) -> TotalJson:
+        total = self._ring.total(now)
+        return {
+            "start": self.instance.start_time,
+            "end": now,
+            "seq": seq,
+            "batches": total.batches,
+            "rows": total.rows,
+            "rows_sampled_out": total.rows_sampled_out,
+            "batches_dropped": counters["batches_dropped"],
+            "rows_dropped": counters["rows_dropped"],
+            "features": self._features(total),
         }
 
     def _settled_until(self, now: float) -> float:
@@ -427,25 +368,7 @@ class StatsRecorder:
             if not window.closed and window.end <= settled:
                 window.closed = True
                 window.seq = next(self._seq)
-        for start, drop in self._drops.items():
-            if not drop[3] and start + self.options.window_s <= settled:
-                drop[3] = 1
-                drop[2] = next(self._seq)
+        self._drops.close_settled(settled, lambda: next(self._seq))
 
     def export_json(self, since: int = 0) -> bytes:
-        return schema.encode(self.export(since))
-
-
-def _coalesce(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """One concatenated batch when every batch has the same tensors with the same row shapes."""
-    if len(batches) == 1:
-        return batches
-    first = batches[0]
-    for b in batches[1:]:
-        if b.keys() != first.keys():
-            return batches
-        for k, v in b.items():
-            f = first[k]
-            if v.ndim == 0 or v.shape[1:] != f.shape[1:] or v.dtype != f.dtype:
-                return batches
-    return [{k: np.concatenate([b[k] for b in batches]) for k in first}]
+        return encode(self.export(since))

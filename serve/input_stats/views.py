@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from serve.input_stats import extracts
 from serve.input_stats.blocks import (
     DEFAULT_FREQUENT_LG,
     DEFAULT_KLL_K,
@@ -55,6 +56,7 @@ from serve.input_stats.blocks import (
     NumericSpec,
     Spec,
 )
+from serve.input_stats.document import FeatureMeta
 from serve.types import TensorSpec
 
 
@@ -123,11 +125,11 @@ class Extractor:
             return False
         return all(d < 0 or d == s for d, s in zip(self.row_dims, array.shape[1:], strict=True))
 
-    def metadata(self) -> list[dict[str, Any]]:
+    def metadata(self) -> list[FeatureMeta]:
         """Per-feature description for the statistics document."""
         out = []
         for j, f in enumerate(self.features):
-            meta: dict[str, Any] = {
+            meta: FeatureMeta = {
                 "name": f.name, "role": f.role, "tensor": f.tensor, "column": f.column, "view": f.view,
                 "kind": f.kind,
             }  # fmt: skip
@@ -140,41 +142,6 @@ class Extractor:
                 meta["vocabulary"] = spec.vocabularies[j]
             out.append(meta)
         return out
-
-
-def _float(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float64, copy=False)
-
-
-def _as_probabilities(x: np.ndarray) -> np.ndarray:
-    """Rows that are distributions (non-negative, sum within 1e-3 of 1) as they are, others softmaxed."""
-    is_prob = (x.min(axis=1) >= 0) & (np.abs(x.sum(axis=1) - 1.0) <= 1e-3)
-    if is_prob.all():
-        return x
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return np.where(is_prob[:, None], x, e / e.sum(axis=1, keepdims=True))
-
-
-def _classifier_views(a: np.ndarray) -> np.ndarray:
-    p = _as_probabilities(_float(a))
-    ranked = np.sort(p, axis=1)  # K is small; a sort beats partition at these sizes
-    top1, top2 = ranked[:, -1], ranked[:, -2]
-    # 0 · log(tiny) = 0: the 0 log 0 = 0 convention without a branch.
-    entropy = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
-    return np.stack([top1, top1 - top2, entropy])
-
-
-def _predicted_class(a: np.ndarray) -> np.ndarray:
-    cls = np.argmax(a, axis=1).astype(np.float64)
-    if a.dtype.kind == "f":
-        cls[np.isnan(a).any(axis=1)] = np.nan
-    out: np.ndarray = cls[None, :]
-    return out
-
-
-def _row_moments(flat: np.ndarray) -> list[np.ndarray]:
-    x = _float(flat)
-    return [np.sqrt(np.einsum("ij,ij->i", x, x)), x.mean(axis=1), x.std(axis=1)]
 
 
 class _Builder:
@@ -280,7 +247,7 @@ def _add_tensor(b: _Builder, spec: TensorSpec, bt: TensorHints | None) -> None:
         return f"{name}::{v}"
 
     if view == "scalar":
-        b.add(spec, [name], [None], [None], _scalar_extract(bytes_like), bytes_like)
+        b.add(spec, [name], [None], [None], extracts.scalar_extract(bytes_like), bytes_like)
     elif view == "columns":
         if len(dims) != 1 or dims[0] <= 0:
             raise ValueError(f"tensor '{name}': view 'columns' needs a fixed (D,) row, not {list(dims)}")
@@ -288,20 +255,20 @@ def _add_tensor(b: _Builder, spec: TensorSpec, bt: TensorHints | None) -> None:
         names = list(bt.feature_names) if bt is not None and bt.feature_names else [f"{name}[{i}]" for i in range(d)]
         if len(names) != d:
             raise ValueError(f"tensor '{name}': {len(names)} feature names for {d} columns")
-        b.add(spec, names, list(range(d)), [None] * d, _columns_extract(bytes_like), bytes_like)
+        b.add(spec, names, list(range(d)), [None] * d, extracts.columns_extract(bytes_like), bytes_like)
     elif view == "flatten":
-        b.add(spec, [name], [None], [None], _flatten_extract(bytes_like), bytes_like)
+        b.add(spec, [name], [None], [None], extracts.flatten_extract(bytes_like), bytes_like)
     elif view == "embedding":
         views = ["l2_norm", "mean", "std"]
-        b.add(spec, [named(v) for v in views], [None] * 3, views, _embedding)
+        b.add(spec, [named(v) for v in views], [None] * 3, views, extracts.embedding)
     elif view == "sequence":
         views = ["length", "nonzero"]
-        b.add(spec, [named(v) for v in views], [None] * 2, views, _sequence)
+        b.add(spec, [named(v) for v in views], [None] * 2, views, extracts.sequence)
     elif view == "image":
         _add_image(b, spec, bt)
     elif view == "generic":
         views = ["l2_norm", "mean", "std"] + (["length"] if dims and dims[0] < 0 else [])
-        b.add(spec, [named(v) for v in views], [None] * len(views), views, _generic(len(views) == 4))
+        b.add(spec, [named(v) for v in views], [None] * len(views), views, extracts.generic(len(views) == 4))
     if not bytes_like and _is_classifier(spec, b.role, bt, b.options):
         k = dims[0]
         b.add(
@@ -309,7 +276,7 @@ def _add_tensor(b: _Builder, spec: TensorSpec, bt: TensorHints | None) -> None:
             [named("predicted_class")],
             [None],
             ["predicted_class"],
-            _predicted_class,
+            extracts.predicted_class,
             kinds=["categorical"],
         )
         cat = b.extractors[-1]
@@ -317,44 +284,7 @@ def _add_tensor(b: _Builder, spec: TensorSpec, bt: TensorHints | None) -> None:
         if not cat.spec.vocabularies[0]:
             cat.spec = CategoricalSpec(cat.spec.names, [list(range(k))], cat.spec.missing_values, cat.spec.lg)
         views = ["confidence", "margin", "entropy"]
-        b.add(spec, [named(v) for v in views], [None] * 3, views, _classifier_views, kinds=["numeric"] * 3)
-
-
-def _scalar_extract(bytes_like: bool) -> Callable[[np.ndarray], np.ndarray]:
-    if bytes_like:
-        return lambda a: a.reshape(1, -1)
-    return lambda a: _float(a).reshape(1, -1)
-
-
-def _columns_extract(bytes_like: bool) -> Callable[[np.ndarray], np.ndarray]:
-    if bytes_like:
-        return lambda a: a.T
-    return lambda a: np.ascontiguousarray(a.T, dtype=np.float64)
-
-
-def _flatten_extract(bytes_like: bool) -> Callable[[np.ndarray], np.ndarray]:
-    if bytes_like:
-        return lambda a: a.reshape(1, -1)
-    return lambda a: _float(a).reshape(1, -1)
-
-
-def _embedding(a: np.ndarray) -> np.ndarray:
-    return np.stack(_row_moments(a))
-
-
-def _sequence(a: np.ndarray) -> np.ndarray:
-    rows = a.shape[0]
-    return np.stack([np.full(rows, a.shape[1], dtype=np.float64), np.count_nonzero(a, axis=1).astype(np.float64)])
-
-
-def _generic(with_length: bool) -> Callable[[np.ndarray], np.ndarray]:
-    def extract(a: np.ndarray) -> np.ndarray:
-        views = _row_moments(a.reshape(a.shape[0], -1))
-        if with_length:
-            views.append(np.full(a.shape[0], a.shape[1], dtype=np.float64))
-        return np.stack(views)
-
-    return extract
+        b.add(spec, [named(v) for v in views], [None] * 3, views, extracts.classifier_views, kinds=["numeric"] * 3)
 
 
 def _add_image(b: _Builder, spec: TensorSpec, bt: TensorHints | None) -> None:

@@ -20,9 +20,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from serve.input_stats.blocks import Group
+from serve.input_stats.document import InstanceJson
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,7 @@ class ServerInstance:
     def create(cls, replica: str | None = None, clock: Callable[[], float] = time.time) -> ServerInstance:
         return cls(uuid.uuid4().hex, replica or socket.gethostname(), clock())
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> InstanceJson:
         return {"id": self.instance_id, "replica": self.replica, "start_time": self.start_time}
 
 
