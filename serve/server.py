@@ -145,21 +145,21 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
     return Server(settings, role, service, metrics, stats, access, transports)
 
 
-def grpc_front(settings: ServerSettings, workers: int, run_dir: Path) -> HandoffFront | None:
-    """The gRPC front end on the server's port that the supervisor of ``workers`` runs, bound (serve/grpc/handoff);
-    None when each worker serves gRPC on the port itself (grpc.aio, TLS, or one worker)."""
-    if not hands_off(settings.grpc_frontend, workers, tls=settings.tls_cert_file is not None):
-        return None
-    host, port = settings.host, settings.grpc_port
-    try:
-        return HandoffFront(
-            _grpc_address(host, port),
-            [GrpcHandoff.of_worker(run_dir, index).calls for index in range(workers)],
-            fallback_socket=GrpcHandoff.of_worker(run_dir, 0).fallback,
-            max_message_bytes=settings.max_request_bytes,
-        )
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}") from None
+def grpc_handed_off(settings: ServerSettings, workers: int) -> bool:
+    """Whether the supervisor of ``workers`` serves the gRPC port with the hand-off front end (serve/grpc/handoff),
+    rather than each worker serving it (grpc.aio, TLS, or one worker)."""
+    return hands_off(settings.grpc_frontend, workers, tls=settings.tls_cert_file is not None)
+
+
+def grpc_front(settings: ServerSettings, workers: int, run_dir: Path, port: int) -> HandoffFront:
+    """The hand-off front end on ``port``, which the supervisor has reserved with SO_REUSEPORT."""
+    return HandoffFront(
+        _grpc_address(settings.host, port),
+        [GrpcHandoff.of_worker(run_dir, index).calls for index in range(workers)],
+        fallback_socket=GrpcHandoff.of_worker(run_dir, 0).fallback,
+        max_message_bytes=settings.max_request_bytes,
+        reuse_port=True,
+    )
 
 
 class Server:

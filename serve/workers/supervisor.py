@@ -40,7 +40,7 @@ from serve.cpus import resolve_workers
 from serve.input_stats.windows import ServerInstance
 from serve.listening import bind_http_socket
 from serve.metrics.multiprocess import forget_process
-from serve.server import HandoffFront, grpc_front
+from serve.server import HandoffFront, grpc_front, grpc_handed_off
 from serve.settings import ServerSettings
 from serve.workers import ipc
 from serve.workers.messages import SUPERVISOR_REQUESTS, SupervisorRequest, answer_supervisor_request
@@ -103,7 +103,8 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._http_socket: socket.socket | None = None
         self._grpc_socket: socket.socket | None = None
-        self._front: HandoffFront | None = None  # the gRPC port's front end, when calls are handed to workers
+        self._hands_off = False  # whether the supervisor serves the gRPC port, handing calls to the workers
+        self._front: HandoffFront | None = None  # the front end that does, once every worker serves
         self.model_control = ModelControl(settings, self.count, run_dir, self, ServerInstance.create())
         self._control: ipc.ControlServer[SupervisorRequest] | None = None
         self._metrics = SupervisorMetrics()
@@ -129,12 +130,9 @@ class Supervisor:
         if not shared:
             self._http_socket.close()  # it only chose the port: each worker binds its own
             self._http_socket = None
-        self._front = grpc_front(s, self.count, self.run_dir)
-        if self._front is not None:
-            self.grpc_port = self._front.port
-        else:
-            self._grpc_socket = _reserve_port(s.host, s.grpc_port)
-            self.grpc_port = self._grpc_socket.getsockname()[1]
+        self._grpc_socket = _reserve_port(s.host, s.grpc_port)
+        self.grpc_port = self._grpc_socket.getsockname()[1]
+        self._hands_off = grpc_handed_off(s, self.count)
         self._control = ipc.ControlServer(
             supervisor_socket(self.run_dir),
             SUPERVISOR_REQUESTS,
@@ -148,7 +146,9 @@ class Supervisor:
         for index in range(self.count):
             await self._spawn(index)
         await self._wait_started()
-        if self._front is not None:
+        if self._hands_off:
+            # Bound only now, so that until every worker serves a client is refused, not left waiting.
+            self._front = grpc_front(s, self.count, self.run_dir, self.grpc_port)
             self._front.start()
         if s.metrics_port is not None:
             await self._metrics_server.start(
@@ -183,7 +183,7 @@ class Supervisor:
         settings["SERVE_MODEL_REPOSITORY"] = str(self.root)
         settings["SERVE_HTTP_PORT"] = str(self.http_port)
         settings["SERVE_GRPC_PORT"] = str(self.grpc_port)
-        if self._front is not None:
+        if self._hands_off:
             settings[ENV_GRPC_HANDOFF] = "1"
         env = {k: v for k, v in os.environ.items() if not k.startswith(settings_module.ENV_PREFIX)}
         env.update(settings)

@@ -87,6 +87,8 @@ class _Link(asyncio.Protocol):
         self.reader = FrameReader(listener.max_frame_bytes)
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.transport: asyncio.Transport | None = None
+        # Answers that finish in one turn of the loop go out in one write (one system call, not one each).
+        self._unsent: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # a stream transport (uvloop's is no subclass)
@@ -129,8 +131,16 @@ class _Link(asyncio.Protocol):
         except Exception as exc:  # every call gets an answer, whatever went wrong
             number, message = status_of(exc, "ModelInfer")
             status, body = code(number), message.encode()
+        if self.transport is None:
+            return
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._unsent.append(encode_answer(call.call_id, status, body))
+
+    def _flush(self) -> None:
+        unsent, self._unsent = self._unsent, []
         if self.transport is not None:
-            self.transport.write(encode_answer(call.call_id, status, body))
+            self.transport.write(b"".join(unsent))
 
     async def _run(self, call: Call) -> tuple[int, bytes]:
         refusal = self.listener.refusal(call.token)
@@ -157,4 +167,6 @@ class _Link(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            if self._unsent:
+                self._flush()
             self.transport.close()
