@@ -20,9 +20,10 @@ import trustme
 from serve.cli import main
 from serve.monitor.config import MonitorSettings
 from serve.monitor.service import Monitor
+from tests.fixtures.local_servers import start_in_thread
 from tests.fixtures.monitoring import MODEL, sample
 from tests.fixtures.replicas import REPLICA_HOSTS, shared_ports, start_replica, write_model_with_baseline
-from tests.fixtures.servers import RunningServer, start_server
+from tests.fixtures.servers import RunningServer
 
 NAME = "replicas.serve.test"  # .test never resolves in DNS: only the test's resolver knows it
 SECOND = "churn_b"
@@ -205,9 +206,9 @@ def test_serve_monitor_once_polls_every_tls_replica_behind_one_https_name(
     hosts = ("127.0.0.1", "127.0.0.2")
     ports = shared_ports(hosts)
     context = ssl.create_default_context(cafile=str(ca_file))
-    context.check_hostname = False  # start_server probes the address; the monitor checks the name
+    context.check_hostname = False  # the test probes the address; the monitor checks the name
     servers = [
-        start_server(repository, tmp_path, "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        start_in_thread(repository, tmp_path, "--tls-cert-file", str(cert), "--tls-key-file", str(key),
                      host=host, ports=ports, tls=context)
         for host in hosts
     ]  # fmt: skip
