@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from serve.demo import write_demo_repository
-from tests.fixtures.servers import RunningServer, serving
+from tests.fixtures.local_servers import ThreadServer, serving_in_thread
 
 SLOW_TESTS = os.environ.get("SERVE_SLOW_TESTS") == "1"
 
@@ -32,6 +32,7 @@ def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo_server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(demo_repository, tmp_path_factory.mktemp("demo-server")) as server:
+def demo_server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    # The real server on loopback ports, in a thread of the test process: its clients need sockets, not a process.
+    with serving_in_thread(demo_repository, tmp_path_factory.mktemp("demo-server")) as server:
         yield server

@@ -28,6 +28,7 @@ from serve.grpc.server import SERVICE_NAME, set_serving
 from serve.modelgen import save
 from serve.protocol import grpc_service_pb2 as pb
 from tests.fixtures.inprocess import InProcess, in_process
+from tests.fixtures.local_servers import serving_in_thread
 from tests.fixtures.servers import serving
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -153,14 +154,14 @@ async def test_a_drain_from_the_grpc_side_is_told_by_every_door(healthy: InProce
     assert await every_answer(healthy) == NOT_READY
 
 
-# ---- a real `serve run`: its start-up and its SIGTERM ------------------------------------------
+# ---- the real server on sockets (a thread of this process), and a real `serve run` for its SIGTERM --------
 
 
 def test_a_real_server_with_a_failed_model_says_not_serving_and_why(tmp_path: Path) -> None:
     root = tmp_path / "models"
     write_demo_repository(root)
     write_broken_model(root)
-    with serving(root, tmp_path) as server, grpc.insecure_channel(server.grpc_url) as channel:
+    with serving_in_thread(root, tmp_path) as server, grpc.insecure_channel(server.grpc_url) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         statuses = [health.Check(health_pb2.HealthCheckRequest(service=s)).status for s in ("", SERVICE_NAME)]
         with pytest.raises(urllib.error.HTTPError) as refused:

@@ -9,7 +9,7 @@ import pytest
 
 from serve.cli import main
 from serve.demo import write_demo_repository
-from tests.fixtures.servers import serving
+from tests.fixtures.local_servers import serving_in_thread
 
 TOKEN = "monitor-token-0123456789abcdef"
 
@@ -22,7 +22,7 @@ def test_the_monitor_reads_a_server_with_token_auth_using_an_inference_token(
     tokens.write_text(f"drift-monitor inference {TOKEN}\n")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    with serving(tmp_path / "models", tmp_path, "--auth-tokens-file", str(tokens)) as server:
+    with serving_in_thread(tmp_path / "models", tmp_path, "--auth-tokens-file", str(tokens)) as server:
         args = ["monitor", "--server", server.base, "--once", "--format", "json", "--db", str(tmp_path / "m.db")]
         without = main(args)
         refused = json.loads(capsys.readouterr().out)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from serve.cli import main
+from tests.fixtures.local_servers import ThreadServer, start_in_thread
 from tests.fixtures.monitoring import FEATURES, MODEL, sample, write_model
-from tests.fixtures.servers import RunningServer, start_server
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def replicas(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RunningServer]]:
-    servers = [start_server(repo / "models", tmp_path_factory.mktemp(f"replica{i}")) for i in range(2)]
+def replicas(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ThreadServer]]:
+    servers = [start_in_thread(repo / "models", tmp_path_factory.mktemp(f"replica{i}")) for i in range(2)]
     yield servers
     for s in servers:
         s.stop()
 
 
-def _infer(server: RunningServer, x: np.ndarray) -> None:
+def _infer(server: ThreadServer, x: np.ndarray) -> None:
     body = json.dumps(
         {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
     ).encode()
@@ -64,13 +64,13 @@ def _infer(server: RunningServer, x: np.ndarray) -> None:
         assert response.status == 200
 
 
-def _recorded(server: RunningServer) -> int:
+def _recorded(server: ThreadServer) -> int:
     with urllib.request.urlopen(f"{server.base}/v2/models/{MODEL}/input-stats", timeout=10) as response:
         return int(json.loads(response.read())["total"]["rows"])
 
 
 def test_monitor_once_flags_the_shifted_feature_across_two_real_replicas(
-    repo: Path, replicas: list[RunningServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    repo: Path, replicas: list[ThreadServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     probe = urllib.request.urlopen(f"{replicas[0].base}/v2/models/{MODEL}/input-stats", timeout=10)
     stats = json.loads(probe.read())

@@ -20,9 +20,9 @@ from serve.cli import main
 from serve.monitor.config import MonitorSettings
 from serve.monitor.model_report_json import ModelReportJson
 from serve.monitor.service import Monitor
+from tests.fixtures.local_servers import ThreadServer, start_in_thread
 from tests.fixtures.monitoring import MODEL, sample
-from tests.fixtures.replicas import REPLICA_HOSTS, shared_ports, start_replica, write_model_with_baseline
-from tests.fixtures.servers import RunningServer, start_server
+from tests.fixtures.replicas import REPLICA_HOSTS, shared_ports, write_model_with_baseline
 
 NAME = "replicas.serve.test"  # .test never resolves in DNS: only the test's resolver knows it
 SECOND = "churn_b"
@@ -43,10 +43,10 @@ class Fleet:
     def __init__(self, repository: Path, tmp_path: Path) -> None:
         self.repository, self.tmp_path = repository, tmp_path
         self.ports = shared_ports(REPLICA_HOSTS)
-        self.running: dict[str, RunningServer] = {}
+        self.running: dict[str, ThreadServer] = {}
 
-    def start(self, host: str) -> RunningServer:
-        self.running[host] = start_replica(self.repository, self.tmp_path, host, self.ports)
+    def start(self, host: str) -> ThreadServer:
+        self.running[host] = start_in_thread(self.repository, self.tmp_path, host=host, ports=self.ports)
         return self.running[host]
 
     def stop(self, host: str) -> None:
@@ -75,7 +75,7 @@ def fleet(repository: Path, tmp_path: Path) -> Iterator[Fleet]:
     f.close()
 
 
-def _infer(server: RunningServer, x: np.ndarray) -> None:
+def _infer(server: ThreadServer, x: np.ndarray) -> None:
     body = json.dumps(
         {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
     )
@@ -86,12 +86,12 @@ def _infer(server: RunningServer, x: np.ndarray) -> None:
         assert response.status == 200
 
 
-def _recorded(server: RunningServer) -> int:
+def _recorded(server: ThreadServer) -> int:
     with urllib.request.urlopen(f"{server.base}/v2/models/{MODEL}/input-stats", timeout=10) as response:
         return int(json.loads(response.read())["total"]["rows"])
 
 
-def _send(server: RunningServer, rows: int, seed: int) -> None:
+def _send(server: ThreadServer, rows: int, seed: int) -> None:
     """``rows`` rows in requests of 50, then wait until the server's statistics hold them (recorded off
     the request path)."""
     rng = np.random.default_rng(seed)
@@ -207,9 +207,9 @@ def test_serve_monitor_once_polls_every_tls_replica_behind_one_https_name(
     hosts = ("127.0.0.1", "127.0.0.2")
     ports = shared_ports(hosts)
     context = ssl.create_default_context(cafile=str(ca_file))
-    context.check_hostname = False  # start_server probes the address; the monitor checks the name
+    context.check_hostname = False  # the test probes the address; the monitor checks the name
     servers = [
-        start_server(repository, tmp_path, "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        start_in_thread(repository, tmp_path, "--tls-cert-file", str(cert), "--tls-key-file", str(key),
                      host=host, ports=ports, tls=context)
         for host in hosts
     ]  # fmt: skip

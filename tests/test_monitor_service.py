@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.fixtures.local_servers import ThreadServer, start_in_thread
 from tests.fixtures.monitoring import MODEL, sample
 from tests.fixtures.replicas import write_model_with_baseline
 from tests.fixtures.servers import RunningServer, free_port, start_server
 
 WINDOW_S = 2.0
+# A server in a thread of the test, or a `serve run` process where the test asks for --workers.
+Server = ThreadServer | RunningServer
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def _get(url: str) -> Any:
         return json.loads(response.read())
 
 
-def _infer(server: RunningServer, x: np.ndarray) -> None:
+def _infer(server: Server, x: np.ndarray) -> None:
     body = json.dumps(
         {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
     ).encode()
@@ -65,7 +68,7 @@ class RunningMonitor:
             self.process.wait()
 
 
-def _start_monitor(server: RunningServer, repository: Path, db: Path, log_path: Path) -> RunningMonitor:
+def _start_monitor(server: Server, repository: Path, db: Path, log_path: Path) -> RunningMonitor:
     port = free_port()
     args = [sys.executable, "-m", "serve", "monitor", "--server", server.base, "--model-repository", str(repository),
             "--interval", "1s", "--horizon", "5m", "--port", str(port), "--db", str(db)]  # fmt: skip
@@ -85,9 +88,11 @@ def _start_monitor(server: RunningServer, repository: Path, db: Path, log_path: 
 
 
 @pytest.fixture
-def monitored(repo: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[RunningServer, Any]]:
+def monitored(repo: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Server, Any]]:
     """A server with 2 s statistics windows (extra flags from the test's parameter) and a way to start monitors."""
-    server = start_server(repo, tmp_path, "--stats-window-s", str(WINDOW_S), *getattr(request, "param", ()))
+    args = ("--stats-window-s", str(WINDOW_S), *getattr(request, "param", ()))
+    start = start_server if "--workers" in args else start_in_thread
+    server: Server = start(repo, tmp_path, *args)
     started: list[RunningMonitor] = []
 
     def monitor() -> RunningMonitor:
@@ -102,7 +107,7 @@ def monitored(repo: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Ite
         server.stop()
 
 
-def _send_traffic(server: RunningServer, windows: int, seed: int) -> int:
+def _send_traffic(server: Server, windows: int, seed: int) -> int:
     """A burst of requests (1–8 rows each) early in each of ``windows`` consecutive windows of the real clock,
     then quiet until the next: the monitor's 1 s polls see every window open, after its last row; the rows sent."""
     rng = np.random.default_rng(seed)
@@ -116,7 +121,7 @@ def _send_traffic(server: RunningServer, windows: int, seed: int) -> int:
     return rows
 
 
-def _server_closed_rows(server: RunningServer, sent: int) -> int:
+def _server_closed_rows(server: Server, sent: int) -> int:
     """Wait until every window holding the rows sent is closed on the server; the rows in its closed windows."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from serve.cli import build_parser
-from tests.fixtures.servers import RunningServer, start_server
+from tests.fixtures.local_servers import ThreadServer, start_in_thread
 from tests.fixtures.tls import write_certificates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_readme_markers_are_known_and_every_skip_says_why() -> None:
     assert sum(b.runs for b in BLOCKS) >= 6, "the README's examples are no longer found: is the fence syntax new?"
 
 
-def localise(code: str, server: RunningServer) -> str:
+def localise(code: str, server: ThreadServer) -> str:
     code = re.sub(r"\blocalhost:8000\b", f"localhost:{server.http_port}", code)
     return re.sub(r"\blocalhost:8001\b", f"localhost:{server.grpc_port}", code)
 
@@ -121,11 +121,11 @@ def block_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server_for(
     demo_repository: Path, block_directory: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[str], RunningServer]]:
+) -> Iterator[Callable[[str], ThreadServer]]:
     """One demo server per distinct `test-server` argument list, started on first need."""
-    servers: dict[str, RunningServer] = {}
+    servers: dict[str, ThreadServer] = {}
 
-    def get(arguments: str) -> RunningServer:
+    def get(arguments: str) -> ThreadServer:
         if arguments not in servers:
             args = [str(block_directory / a) if (block_directory / a).is_file() else a for a in shlex.split(arguments)]
             tls = None
@@ -133,7 +133,7 @@ def server_for(
                 tls = ssl.create_default_context(cafile=str(block_directory / "ca.pem"))
                 tls.load_cert_chain(block_directory / "client.pem", block_directory / "client.key")
             logs = tmp_path_factory.mktemp("readme-server")
-            servers[arguments] = start_server(demo_repository, logs, *args, tls=tls)
+            servers[arguments] = start_in_thread(demo_repository, logs, *args, tls=tls)
         return servers[arguments]
 
     try:
@@ -145,7 +145,7 @@ def server_for(
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.runs], ids=block_id)
 def test_readme_block_runs_as_written(
-    block: Block, block_directory: Path, server_for: Callable[[str], RunningServer]
+    block: Block, block_directory: Path, server_for: Callable[[str], ThreadServer]
 ) -> None:
     if (tool := block.markers.get("test-needs")) and shutil.which(tool) is None:
         pytest.skip(f"README.md line {block.line} needs {tool}, which is not installed")
