@@ -36,3 +36,15 @@ def demo_server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory)
     # The real server on loopback ports, in a thread of the test process: its clients need sockets, not a process.
     with serving_in_thread(demo_repository, tmp_path_factory.mktemp("demo-server")) as server:
         yield server
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # pytest-xdist writes "bringing up nodes..." and a blank line at -q when the terminal is not a tty (CI); the
+    # output is the tests' results and nothing else. Before xdist starts its workers, so it has nothing to say.
+    dist = session.config.pluginmanager.get_plugin("dsession")
+    if dist is not None and session.config.option.verbose < 0:
+        dist.terminal = None
+        reporter = session.config.pluginmanager.get_plugin("terminaldistreporter")
+        if reporter is not None:
+            session.config.pluginmanager.unregister(reporter)
