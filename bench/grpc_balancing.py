@@ -200,30 +200,40 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
-    points: list[Point] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        repo = tmp / "models"
-        save(mlp(DIMS, seed=1), repo / MODEL / "1" / "model.onnx")
-        (repo / MODEL / "config.pbtxt").write_text(CONFIG.format(model=MODEL, batching=""))
-        x = np.random.default_rng(0).standard_normal((1, DIMS[0])).astype(np.float32)
-        message = grpc_request_bytes(MODEL, "input", x, "FP32")
-        body = tmp / "body.bin"
-        body.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+        repo, message, body = workspace(tmp)
         targets = start_targets(repo, tmp, args.frontend, args.envoy_threads, message)
-        try:
-            print(
-                f"one connection, 64 streams, --grpc-frontend {args.frontend}, envoy --concurrency {args.envoy_threads}"
-            )
-            for _ in range(args.rounds):
-                for target in targets:
-                    point = load(target, body, args.duration)
-                    points.append(point)
-                    print(format_point(point), flush=True)
-        finally:
-            for target in targets:
-                target.stop()
+        print(f"one connection, 64 streams, --grpc-frontend {args.frontend}, envoy --concurrency {args.envoy_threads}")
+        points = run_rounds(targets, body, args.duration, args.rounds)
     print(summary(points))
+
+
+def workspace(tmp: Path) -> tuple[Path, bytes, Path]:
+    """The bench model's repository, one encoded ModelInferRequest, and h2load's body file (gRPC-framed)."""
+    repo = tmp / "models"
+    save(mlp(DIMS, seed=1), repo / MODEL / "1" / "model.onnx")
+    (repo / MODEL / "config.pbtxt").write_text(CONFIG.format(model=MODEL, batching=""))
+    x = np.random.default_rng(0).standard_normal((1, DIMS[0])).astype(np.float32)
+    message = grpc_request_bytes(MODEL, "input", x, "FP32")
+    body = tmp / "body.bin"
+    body.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+    return repo, message, body
+
+
+def run_rounds(targets: list[Target], body: Path, duration: float, rounds: int) -> list[Point]:
+    """Every target once per round, in turn, so that the machine's noise falls on all; stops them after."""
+    points: list[Point] = []
+    try:
+        for _ in range(rounds):
+            for target in targets:
+                point = load(target, body, duration)
+                points.append(point)
+                print(format_point(point), flush=True)
+    finally:
+        for target in targets:
+            target.stop()
+    return points
 
 
 def format_point(point: Point) -> str:

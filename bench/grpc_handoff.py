@@ -24,12 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from bench._harness import free_port, grpc_request_bytes
-from bench.grpc_balancing import Point, Target, format_point, load, serve, summary
-from bench.grpc_servicer import CONFIG, DIMS, MODEL, check_answer, wait_for_grpc
-from serve.modelgen import mlp, save
+from bench._harness import free_port
+from bench.grpc_balancing import Target, run_rounds, serve, summary, workspace
+from bench.grpc_servicer import check_answer, wait_for_grpc
 
 
 def start_handoff(name: str, repo: Path, tmp: Path, workers: int, message: bytes) -> Target:
@@ -69,16 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
-    points: list[Point] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        repo = tmp / "models"
-        save(mlp(DIMS, seed=1), repo / MODEL / "1" / "model.onnx")
-        (repo / MODEL / "config.pbtxt").write_text(CONFIG.format(model=MODEL, batching=""))
-        x = np.random.default_rng(0).standard_normal((1, DIMS[0])).astype(np.float32)
-        message = grpc_request_bytes(MODEL, "input", x, "FP32")
-        body = tmp / "body.bin"
-        body.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+        repo, message, body = workspace(tmp)
         targets: list[Target] = []
         try:
             process, port = serve(repo, "native")
@@ -86,15 +76,12 @@ def main() -> None:
             wait_for_grpc(port, process, message)
             targets.append(start_handoff("handoff x1", repo, tmp, 1, message))
             targets.append(start_handoff("handoff x2", repo, tmp, 2, message))
-            print("one connection, 64 streams")
-            for _ in range(args.rounds):
-                for target in targets:
-                    point = load(target, body, args.duration)
-                    points.append(point)
-                    print(format_point(point), flush=True)
-        finally:
+        except BaseException:
             for target in targets:
                 target.stop()
+            raise
+        print("one connection, 64 streams")
+        points = run_rounds(targets, body, args.duration, args.rounds)
     print(summary(points))
 
 
