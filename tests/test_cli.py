@@ -297,3 +297,20 @@ def test_run_without_a_repository_serves_the_demo_models(tmp_path: Path) -> None
     finally:
         assert server.stop() == 0
     assert any((tmp_path / "cache" / "serve").iterdir())
+
+
+def test_monitor_with_a_missing_baseline_file_fails_clearly(tmp_path: Path) -> None:
+    missing = tmp_path / "baseline.json"
+
+    result = serve("monitor", "--server", "http://127.0.0.1:1", "--baseline", str(missing), "--port", "0")
+
+    assert result.returncode == 2
+    assert f"{missing}: cannot read the baseline (no such file or directory)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_monitor_on_a_taken_port_fails_clearly(tmp_path: Path, taken_port: int) -> None:
+    result = serve("monitor", "--server", "http://127.0.0.1:1", "--host", HOST, "--port", str(taken_port), timeout=60)
+
+    assert result.returncode != 0
+    assert str(taken_port) in result.stderr and "Traceback" not in result.stderr, result.stderr

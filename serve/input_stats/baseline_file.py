@@ -209,7 +209,14 @@ class Baseline:
 
     @classmethod
     def load(cls, path: str | Path) -> Baseline:
-        return cls.from_bytes(Path(path).read_bytes(), str(path))
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            reason = exc.strerror.lower() if exc.strerror else str(exc)
+            raise BaselineError(
+                f"{path}: cannot read the baseline ({reason}); give the file `serve baseline` wrote"
+            ) from None
+        return cls.from_bytes(data, str(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: str) -> Baseline:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -258,37 +256,22 @@ async def _once(settings: MonitorSettings, fmt: str) -> int:
 
 
 async def _serve(settings: MonitorSettings) -> int:
-    import uvicorn
-
+    from serve.listening import bind_http_socket
     from serve.monitor.app import create_monitor_app
     from serve.monitor.service import Monitor
+    from serve.uvicorn_server import start_uvicorn
 
     monitor = Monitor(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    config = uvicorn.Config(
-        create_monitor_app(monitor),
-        host=settings.host,
-        port=settings.port,
-        loop="none",
-        log_level="warning",
-        lifespan="off",
-    )
-
-    class QuietSignalsServer(uvicorn.Server):
-        # The monitor's loop owns SIGINT/SIGTERM; uvicorn would install its own and re-raise them on exit.
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    server = QuietSignalsServer(config)
-    web = asyncio.create_task(server.serve())
+        loop.add_signal_handler(sig, stop.set)  # the monitor's loop owns the signals, not uvicorn
+    sock = bind_http_socket(settings.host, settings.port)
+    server, web = await start_uvicorn(create_monitor_app(monitor), sock, what="monitor", log_level="warning")
     log.info(
         "monitor on http://%s:%d polling %s every %.0fs",
         settings.host,
-        settings.port,
+        sock.getsockname()[1],
         ", ".join(settings.servers),
         settings.interval_s,
     )
@@ -297,6 +280,7 @@ async def _serve(settings: MonitorSettings) -> int:
     finally:
         server.should_exit = True
         await web
+        sock.close()
         await monitor.alerter.close()
         monitor.close()
     return 0
@@ -318,3 +302,6 @@ def run(args: argparse.Namespace) -> int:
     except BaselineError as exc:
         print(f"serve monitor: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # its port cannot be listened on
+        print(f"serve monitor: {exc.strerror or exc}", file=sys.stderr)
+        return 1
