@@ -13,7 +13,7 @@ import orjson
 
 from serve.input_stats.binning import validate_edges
 from serve.input_stats.block_json import Block
-from serve.input_stats.document import BaselineModel, BaselineRef
+from serve.input_stats.document import BaselineModel, BaselineRef, FeatureIdentity
 from serve.input_stats.views import VIEWS, ViewOptions, build_extractors
 from serve.types import TensorSpec
 
@@ -37,13 +37,7 @@ class BaselineTensorJson(TypedDict, total=False):
     layout: str | None
 
 
-class BaselineFeatureJson(TypedDict, total=False):
-    name: Required[str]
-    role: Required[str]
-    tensor: Required[str]
-    column: Required[int | None]
-    view: Required[str | None]
-    kind: Required[str]
+class BaselineFeatureJson(FeatureIdentity, total=False):
     missing_values: list[Any]
     edges: list[float]  # numeric
     quantiles: dict[str, float]  # numeric, for people

@@ -6,7 +6,7 @@ monitor, the supervisor and servers of other releases, so their keys and key ord
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, Required, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from serve.input_stats.block_json import Block
 
@@ -41,13 +41,18 @@ class BaselineRef(TypedDict):
     model: BaselineModel
 
 
-class FeatureMeta(TypedDict, total=False):
-    name: Required[str]
-    role: Required[str]
-    tensor: Required[str]
-    column: Required[int | None]
-    view: Required[str | None]
-    kind: Required[str]
+class FeatureIdentity(TypedDict):
+    """Which feature a document's entry is about; the statistics document and baseline.json both start so."""
+
+    name: str
+    role: str
+    tensor: str
+    column: int | None
+    view: str | None
+    kind: str
+
+
+class FeatureMeta(FeatureIdentity, total=False):
     edges: list[float] | None  # numeric
     sketch: str | None  # numeric: "kll" when it has no edges and a sketch
     vocabulary: list[Any]  # categorical
@@ -67,19 +72,6 @@ class Counters(TypedDict):
     queue_size: NotRequired[int]
 
 
-class WindowJson(TypedDict):
-    start: float
-    end: float
-    closed: bool
-    seq: int
-    batches: int
-    rows: int
-    rows_sampled_out: int
-    batches_dropped: int
-    rows_dropped: int
-    features: dict[str, Block]
-
-
 class TotalJson(TypedDict):
     start: float
     end: float
@@ -90,6 +82,10 @@ class TotalJson(TypedDict):
     batches_dropped: int
     rows_dropped: int
     features: dict[str, Block]
+
+
+class WindowJson(TotalJson):
+    closed: bool
 
 
 class StatsDocument(TypedDict):
