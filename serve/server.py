@@ -28,7 +28,6 @@ from serve.events import Observer
 from serve.grpc.auth import BearerAuthInterceptor
 from serve.grpc.drain import DrainGate
 from serve.grpc.frontends import choose_frontend
-from serve.grpc.handoff import hands_off
 from serve.grpc.handoff.front import HandoffFront as HandoffFront  # the supervisor runs the one grpc_front builds
 from serve.grpc.handoff.worker import HandoffListener
 from serve.grpc.health import ServiceHealth
@@ -148,7 +147,8 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
 def grpc_handed_off(settings: ServerSettings, workers: int) -> bool:
     """Whether the supervisor of ``workers`` serves the gRPC port with the hand-off front end (serve/grpc/handoff),
     rather than each worker serving it (grpc.aio, TLS, or one worker)."""
-    return hands_off(settings.grpc_frontend, workers, tls=settings.tls_cert_file is not None)
+    # The Rust front end has no TLS yet: with TLS each worker serves the port on grpc.aio.
+    return settings.grpc_frontend == "native" and workers > 1 and settings.tls_cert_file is None
 
 
 def grpc_front(settings: ServerSettings, workers: int, run_dir: Path, port: int) -> HandoffFront:

@@ -17,6 +17,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+import grpc
+
 _HEAD = struct.Struct("<IBQ")  # length of what follows the length, kind, call id
 _CALL = struct.Struct("<dH")  # deadline, token length
 _STATUS = struct.Struct("<B")
@@ -27,6 +29,12 @@ class Kind(IntEnum):
     CALL = 1
     CANCEL = 2
     ANSWER = 3
+
+
+def status_number(status: grpc.StatusCode) -> int:
+    """The number an ANSWER frame (and NativeGrpcFront.fail) carries for ``status``."""
+    number: int = status.value[0]
+    return number
 
 
 class FrameError(Exception):

@@ -10,6 +10,7 @@ answered UNAVAILABLE, and is used again once it is back; if none is running, a c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from serve.grpc.handoff.frames import Answer, Frame, FrameError, FrameReader, encode_call, encode_cancel
+from serve.grpc.handoff.frames import Answer, Frame, FrameError, FrameReader, encode_call, encode_cancel, status_number
 from serve.security.tokens import bearer_token
 
 # What NativeGrpcFront's call details hold: (metadata, peer, seconds left before the deadline or None).
@@ -32,13 +33,8 @@ _RECONNECT_S = 0.05
 _BURST = 256  # calls taken from the front end at once
 
 
-def _code(status: grpc.StatusCode) -> int:
-    number: int = status.value[0]
-    return number
-
-
-UNAVAILABLE = _code(grpc.StatusCode.UNAVAILABLE)
-RESOURCE_EXHAUSTED = _code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+UNAVAILABLE = status_number(grpc.StatusCode.UNAVAILABLE)
+RESOURCE_EXHAUSTED = status_number(grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class _Worker:
@@ -160,18 +156,18 @@ class HandoffFront:
         return None
 
     def _least_busy(self) -> _Worker | None:
-        running = [worker for worker in self._workers if worker.sock is not None]
-        return min(running, key=lambda worker: len(worker.outstanding)) if running else None
+        running = (worker for worker in self._workers if worker.sock is not None)
+        return min(running, key=lambda worker: len(worker.outstanding), default=None)
 
     def _send(self, worker: _Worker, data: bytes) -> None:
         sock = worker.sock
+        if sock is None:  # lost since the burst was split: its reader has answered its calls UNAVAILABLE
+            return
         try:
-            if sock is None:
-                raise OSError("not connected")
             sock.sendall(data)
         except OSError:
             # The worker stopped: its reader answers every call it had (UNAVAILABLE) once it sees the end.
-            if sock is not None:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
     # ---- answers, from one worker back to the front end ----

@@ -21,18 +21,13 @@ from google.protobuf.message import DecodeError
 from serve.codecs import grpc_codec
 from serve.core import InferenceService
 from serve.grpc.errors import status_of
-from serve.grpc.handoff.frames import Answer, Call, Cancel, FrameError, FrameReader, encode_answer
+from serve.grpc.handoff.frames import Answer, Call, Cancel, FrameError, FrameReader, encode_answer, status_number
 from serve.protocol import grpc_service_pb2 as pb
 from serve.security.tokens import TokenStore
 
 log = logging.getLogger("serve.grpc")
 
 OK = 0
-
-
-def code(status: grpc.StatusCode) -> int:
-    number: int = status.value[0]
-    return number
 
 
 class HandoffListener:
@@ -76,7 +71,7 @@ class HandoffListener:
             return None
         why = "the bearer token is not valid" if token else "no bearer token was sent"
         needs = "this method needs 'authorization: Bearer <token>' metadata with a token of scope inference"
-        return code(grpc.StatusCode.UNAUTHENTICATED), f"{why}: {needs}"
+        return status_number(grpc.StatusCode.UNAUTHENTICATED), f"{why}: {needs}"
 
 
 class _Link(asyncio.Protocol):
@@ -130,7 +125,7 @@ class _Link(asyncio.Protocol):
             status, body = await self._run(call)
         except Exception as exc:  # every call gets an answer, whatever went wrong
             number, message = status_of(exc, "ModelInfer")
-            status, body = code(number), message.encode()
+            status, body = status_number(number), message.encode()
         if self.transport is None:
             return
         if not self._unsent:
@@ -150,7 +145,7 @@ class _Link(asyncio.Protocol):
             request = pb.ModelInferRequest.FromString(call.payload)
         except DecodeError as exc:
             message = f"the request is not a valid inference.ModelInferRequest message: {exc}"
-            return code(grpc.StatusCode.INVALID_ARGUMENT), message.encode()
+            return status_number(grpc.StatusCode.INVALID_ARGUMENT), message.encode()
         service = self.listener.service
         infer = service.infer_decoding(
             request.model_name, request.model_version, lambda _: grpc_codec.decode_infer_request(request), "grpc"
@@ -162,7 +157,7 @@ class _Link(asyncio.Protocol):
                 async with asyncio.timeout(call.deadline - time.monotonic()):
                     response = await infer
             except TimeoutError:
-                return code(grpc.StatusCode.DEADLINE_EXCEEDED), b"Deadline Exceeded"
+                return status_number(grpc.StatusCode.DEADLINE_EXCEEDED), b"Deadline Exceeded"
         return OK, grpc_codec.encode_infer_response(response).SerializeToString()
 
     def close(self) -> None:
