@@ -92,6 +92,9 @@ class RequestEvent:
     outcome: str  # see outcome_of
     duration_ns: int  # received by the core -> answered
     timings: BatchTimings | None = None  # set when the request ran in a batch
+    # The arm of the model's rollout that answered (serve/rollout/spec.py Role): "" without a rollout;
+    # "shadow" for a mirrored copy, which no client sees and client-facing series leave out.
+    role: str = ""
 
 
 class Observer:

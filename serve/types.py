@@ -50,6 +50,9 @@ class InferRequest:
     # Transport probe: True once the caller has gone away; the batcher then drops the request
     # before it runs. None where the transport cancels the caller's task instead (gRPC).
     client_gone: Callable[[], bool] | None = None
+    # Transport probe: a request header (HTTP) or metadata value (gRPC) by lower-case name, None when
+    # absent. A rollout's routing key is read here when no request parameter carries it.
+    header: Callable[[str], str | None] | None = None
 
 
 @dataclass(slots=True)
