@@ -288,3 +288,32 @@ def _bounded(flips: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
         pair = (p if p in kept else OTHER_CLASS, s if s in kept else OTHER_CLASS)
         bounded[pair] = bounded.get(pair, 0) + count
     return bounded
+
+
+def comparison_key(primary_version: str, shadow_version: str) -> str:
+    """How a model's comparisons are keyed in its document: "1->3"."""
+    return f"{primary_version}->{shadow_version}"
+
+
+class ShadowDocument(TypedDict):
+    """A model's shadow comparisons, from one worker or several merged (``merge_shadow_documents``)."""
+
+    model: str
+    comparisons: dict[str, ComparisonDocument]  # by comparison_key(primary version, shadow version)
+    dropped: dict[str, int]  # shadow version -> copies shed instead of run
+
+
+def merge_shadow_documents(model: str, documents: list[ShadowDocument]) -> ShadowDocument:
+    """Several workers' or replicas' documents of ``model`` as one: every count summed."""
+    comparisons: dict[str, OutputComparison] = {}
+    dropped: dict[str, int] = {}
+    for document in documents:
+        for key, held in document["comparisons"].items():
+            comparisons.setdefault(key, OutputComparison()).merge(OutputComparison.from_json(held))
+        for version, count in document["dropped"].items():
+            dropped[version] = dropped.get(version, 0) + int(count)
+    return {
+        "model": model,
+        "comparisons": {key: comparisons[key].to_json() for key in sorted(comparisons)},
+        "dropped": dict(sorted(dropped.items())),
+    }
