@@ -140,3 +140,12 @@ def test_json_round_trip_of_a_regression() -> None:
     comparison = compare({"y": np.array([[1.0], [2.0]])}, {"y": np.array([[1.5], [2.0]])})
     document = orjson.loads(orjson.dumps(comparison.to_json()))
     assert OutputComparison.from_json(document) == comparison
+
+
+def test_since_a_snapshot_is_the_comparison_of_what_came_after() -> None:
+    first = compare({"label": np.array([1, 2, 3])}, {"label": np.array([1, 3, 3])})
+    later = compare({"label": np.array([2, 2])}, {"label": np.array([2, 1])})
+    later.add_latency(10, 30)
+    snapshot = first.copy()
+    first.merge(later)
+    assert first.since(snapshot) == later

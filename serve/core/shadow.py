@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -31,7 +31,7 @@ from serve.batching.config import batching_policy
 from serve.batching.policy import BatchingPolicy
 from serve.core.served_versions import ServedVersion
 from serve.errors import QueueFull
-from serve.events import Observer, RequestEvent, VersionKey, outcome_of
+from serve.events import BatchTimings, Observer, RequestEvent, VersionKey, outcome_of
 from serve.rollout.comparison import OutputComparison, ShadowDocument, compare, comparison_key
 
 DEFAULT_MAX_IN_FLIGHT = 64
@@ -218,27 +218,28 @@ class ShadowMirror:
             return
         except BaseException as exc:
             # A cancellation (close() ran out of grace) is observed too, and still ends the task.
-            self._observe(copy, RequestEvent(key, copy.protocol, outcome_of(exc), self._clock() - started))
+            self._observe(copy, outcome_of(exc), self._clock() - started)
             if not isinstance(exc, Exception):
                 raise
             return
         duration_ns = self._clock() - started
-        self._observe(copy, RequestEvent(key, copy.protocol, "success", duration_ns, result.timings))
+        self._observe(copy, "success", duration_ns, result.timings)
         self._compare(copy, result.outputs, duration_ns)
 
-    def _observe(self, copy: _Copy, event: RequestEvent) -> None:
+    def _observe(self, copy: _Copy, outcome: str, duration_ns: int, timings: BatchTimings | None = None) -> None:
+        key = copy.shadow.model.key
+        event = RequestEvent(key, copy.protocol, outcome, duration_ns, timings, role="shadow", rows=copy.rows)
         try:
-            self._observer.on_request(replace(event, role="shadow", rows=copy.rows))
+            self._observer.on_request(event)
         except Exception:  # the observer's own failure (Observers logs and skips those already)
             pass
 
     def _compare(self, copy: _Copy, shadow_outputs: Mapping[str, np.ndarray], shadow_ns: int) -> None:
-        name = copy.primary.name
         key = comparison_key(copy.primary.version, copy.shadow.model.key.version)
-        held = self._comparisons.setdefault(name, {}).setdefault(key, OutputComparison())
+        held = self._comparisons.setdefault(copy.primary.name, {}).setdefault(key, OutputComparison())
         try:
             measured = compare(copy.primary_outputs, shadow_outputs)
-        except Exception:  # outputs this module does not understand: counted, never raised
+        except Exception:  # outputs compare() does not understand: counted, never raised or logged per request
             measured = OutputComparison(incomparable=1)
         measured.add_latency(copy.primary_ns, shadow_ns)
         held.merge(measured)

@@ -68,6 +68,10 @@ class ComparisonDocument(TypedDict):
     latency: LatencyDocument
 
 
+# The name the rollout evidence (serve/rollout/evidence.py) imports.
+OutputComparisonJson = ComparisonDocument
+
+
 def _no_deltas() -> list[int]:
     return [0] * ABS_DELTA_BINS
 
@@ -123,6 +127,26 @@ class OutputComparison:
         self.latency_pairs += other.latency_pairs
         self.primary_ns += other.primary_ns
         self.shadow_ns += other.shadow_ns
+
+    def since(self, earlier: OutputComparison) -> OutputComparison:
+        """What this comparison added after ``earlier``, a snapshot of it (a step's or a window's share):
+        every count minus the earlier one's. The maximum |Δ| cannot be subtracted and stays this one's;
+        past MAX_CLASSES, a class folded into OTHER_CLASS in between makes the flip counts approximate."""
+        flips = {pair: count - earlier.flips.get(pair, 0) for pair, count in self.flips.items()}
+        return OutputComparison(
+            rows=self.rows - earlier.rows,
+            disagreements=self.disagreements - earlier.disagreements,
+            kind=self.kind,
+            output=self.output,
+            incomparable=self.incomparable - earlier.incomparable,
+            flips={pair: count for pair, count in flips.items() if count > 0},
+            abs_delta_counts=[a - b for a, b in zip(self.abs_delta_counts, earlier.abs_delta_counts, strict=True)],
+            abs_delta_sum=self.abs_delta_sum - earlier.abs_delta_sum,
+            abs_delta_max=self.abs_delta_max,
+            latency_pairs=self.latency_pairs - earlier.latency_pairs,
+            primary_ns=self.primary_ns - earlier.primary_ns,
+            shadow_ns=self.shadow_ns - earlier.shadow_ns,
+        )
 
     def copy(self) -> OutputComparison:
         twin = OutputComparison()
