@@ -10,7 +10,9 @@ from serve.rollout.comparison import (
     MAX_CLASSES,
     OTHER_CLASS,
     OutputComparison,
+    ShadowDocument,
     compare,
+    merge_shadow_documents,
 )
 
 
@@ -149,3 +151,15 @@ def test_since_a_snapshot_is_the_comparison_of_what_came_after() -> None:
     snapshot = first.copy()
     first.merge(later)
     assert first.since(snapshot) == later
+
+
+def test_shadow_documents_of_several_workers_merge_by_summing() -> None:
+    one = compare({"label": np.array([1, 2])}, {"label": np.array([1, 1])})
+    two = compare({"label": np.array([2, 2, 3])}, {"label": np.array([2, 2, 2])})
+    documents: list[ShadowDocument] = [
+        {"model": "m", "comparisons": {"1->2": one.to_json()}, "dropped": {"2": 3}},
+        {"model": "m", "comparisons": {"1->2": two.to_json()}, "dropped": {"2": 1}},
+    ]
+    merged = merge_shadow_documents("m", documents)
+    assert OutputComparison.from_json(merged["comparisons"]["1->2"]) == _merged(one, two)
+    assert merged["dropped"] == {"2": 4}

@@ -22,7 +22,8 @@ from serve.batching.batcher import Batcher
 from serve.batching.policy import BatchingPolicy
 from serve.core.served_versions import ServedVersion, ServedVersions
 from serve.core.shadow import ShadowMirror, shed_bound
-from serve.events import Observer, RequestEvent
+from serve.events import Observer, Observers, RequestEvent
+from serve.metrics.triton_statistics import TritonStatistics
 from serve.modelgen import build, dense_stack, mlp, save, tensor
 from serve.repository.repository import ModelRepository
 from serve.rollout.comparison import ABS_DELTA_EDGES, comparison_key
@@ -72,6 +73,7 @@ class Loaded:
     repository: ModelRepository
     served: ServedVersions
     recorder: Recorder
+    statistics: TritonStatistics
 
     def version(self, name: str, version: str) -> ServedVersion:
         return self.served.get(self.repository.get(name, version))
@@ -82,12 +84,12 @@ async def loaded(tmp_path: Path) -> AsyncIterator[Loaded]:
     write_model(tmp_path, "classifier", classifier)
     write_model(tmp_path, "regressor", regressor)
     write_model(tmp_path, "prioritised", regressor, dynamic="priority_levels: 2 default_priority_level: 1")
-    recorder = Recorder()
-    served = ServedVersions(recorder, grace_s=1.0)
-    repository = ModelRepository(tmp_path, ServerSettings(), listeners=[served])
+    recorder, statistics = Recorder(), TritonStatistics()
+    served = ServedVersions(Observers([recorder, statistics]), grace_s=1.0)
+    repository = ModelRepository(tmp_path, ServerSettings(), listeners=[statistics, served])
     await repository.load_all()
     try:
-        yield Loaded(tmp_path, repository, served, recorder)
+        yield Loaded(tmp_path, repository, served, recorder, statistics)
     finally:
         await repository.close()
 
@@ -161,6 +163,27 @@ async def test_shadow_runs_are_observed_with_role_shadow_the_original_protocol_a
     (event,) = shadow_events(loaded.recorder)
     assert (event.key, event.protocol, event.outcome, event.rows) == (shadow.model.key, "grpc", "success", 5)
     assert event.timings is not None and event.duration_ns > 0
+
+
+async def test_triton_statistics_count_the_copies_apart_from_client_requests(loaded: Loaded) -> None:
+    primary, shadow = loaded.version("regressor", "1"), loaded.version("regressor", "2")
+    mirror = ShadowMirror(Observers([loaded.recorder, loaded.statistics]))
+    feeds = features(rows=5)
+    mirror.offer(shadow, feeds, primary.model.key, await primary_answer(primary, feeds), 1000, "http")
+    await mirror.wait_idle()
+
+    document = loaded.statistics.as_dict(shadow.model)
+    assert (document["inference_count"], document["inference_stats"]["success"]["count"]) == (0, 0)
+    assert (document["shadow_stats"]["inference_count"], document["shadow_stats"]["success"]["count"]) == (5, 1)
+    assert document["execution_count"] == 1
+
+
+async def test_an_offer_outside_the_event_loop_is_shed_not_raised(loaded: Loaded) -> None:
+    primary, shadow = loaded.version("regressor", "1"), loaded.version("regressor", "2")
+    mirror = ShadowMirror(loaded.recorder)
+    offer = mirror.offer
+    assert await asyncio.to_thread(offer, shadow, features(), primary.model.key, {}, 1000, "http") is False
+    assert mirror.dropped(shadow.model.key) == 1
 
 
 async def test_copies_past_max_in_flight_are_shed_and_counted(loaded: Loaded) -> None:
