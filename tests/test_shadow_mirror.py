@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from serve.batching.batcher import Batcher
 from serve.batching.policy import BatchingPolicy
+from serve.core.mirror import Mirror
 from serve.core.served_versions import ServedVersion, ServedVersions
 from serve.core.shadow import ShadowMirror, shed_bound
 from serve.events import Observer, Observers, RequestEvent
@@ -132,6 +133,11 @@ async def primary_answer(primary: ServedVersion, feeds: dict[str, np.ndarray]) -
 
 def shadow_events(recorder: Recorder) -> list[RequestEvent]:
     return [e for e in recorder.events if e.role == "shadow"]
+
+
+def test_the_shadow_mirror_is_the_mirror_the_core_calls() -> None:
+    mirror: Mirror = ShadowMirror(Observer())  # mypy checks the protocol
+    assert mirror.offer is not None
 
 
 async def test_offer_returns_before_the_shadow_has_run(loaded: Loaded) -> None:
