@@ -359,7 +359,8 @@ def test_with_too_few_requests_the_rollout_stays_inconclusive_and_nothing_change
 # ----- promote and abort under load -----
 
 
-def test_promote_and_abort_ten_times_under_64_clients_fail_no_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rounds", [pytest.param(3, id="3"), pytest.param(10, id="10", marks=pytest.mark.slow)])
+def test_promote_and_abort_under_64_clients_fail_no_request(tmp_path: Path, rounds: int) -> None:
     root = tmp_path / "models"
     two_versions(root, SPLIT)
     primary, candidate = 1, 2
@@ -367,7 +368,7 @@ def test_promote_and_abort_ten_times_under_64_clients_fail_no_request(tmp_path: 
     with serving(root, tmp_path, "--workers", str(WORKERS)) as server:
         wait_for_workers(server)
         with sending(server, SPLIT, threads=64) as traffic:
-            for _ in range(10):
+            for _ in range(rounds):
                 serve_rollout("set", SPLIT, "--primary", str(primary), "--candidate", f"{candidate}=50", server=server)
                 serve_rollout("promote", SPLIT, server=server)
                 assert phase(status(server, SPLIT)) == "promoted"
