@@ -13,8 +13,11 @@ One `serve run` process serves three models with the same two ONNX files (bench/
 Both rollouts' gates are set so the analyser never decides (a sample minimum no run reaches, the gates
 off): it evaluates every interval, as in production, and the weights stay as written.
 
-h2load (nghttp2-client) drives each model at ``--concurrency`` (64) over HTTP/1.1 binary tensors and over
-gRPC, as bench/throughput.py does; a round measures every (protocol, model) once, the models in a
+h2load (nghttp2-client) drives the models over HTTP/1.1 binary tensors and over gRPC, as bench/throughput.py
+does: ``plain`` and ``routed`` at ``--concurrency`` (64), and ``plain`` and ``shadowed`` at
+``--shadow-concurrency`` (8). The shadow doubles the model's work, so at a concurrency that saturates the
+CPUs it can only lengthen the queue every request waits in; the issue's "the client's response does not
+wait for it" is measured where the server has room for it. A round measures every point once, in a
 different order each round, so that the machine's noise falls on all of them. The server's outcome
 counters (``serve_requests_total``) count the failures h2load cannot see (gRPC errors travel in trailers)
 and the shadow's runs.
@@ -89,6 +92,7 @@ class RoutingPoint:
     round: int
     protocol: str
     target: str  # plain, routed or shadowed
+    concurrency: int
     requests_per_s: float
     p99_ms: float
     cpu_us_per_request: float  # server CPU (all its processes) per successful request
@@ -129,23 +133,36 @@ def scrape(server: ServerProcess) -> dict[str, Outcomes]:
         return outcomes_by_model(r.read().decode())
 
 
-def round_order(round_index: int) -> tuple[str, ...]:
-    """The targets rotated by the round: each is measured first, second and last in turn."""
-    shift = round_index % len(TARGETS)
-    return TARGETS[shift:] + TARGETS[:shift]
+def round_plan(round_index: int, concurrency: int, shadow_concurrency: int) -> list[tuple[str, int]]:
+    """The (target, concurrency) points of a round, rotated by the round so that each is measured first,
+    in the middle and last in turn; plain is measured once where both concurrencies are the same."""
+    points = list(
+        dict.fromkeys(
+            [(PLAIN, concurrency), (ROUTED, concurrency), (PLAIN, shadow_concurrency), (SHADOWED, shadow_concurrency)]
+        )
+    )
+    shift = round_index % len(points)
+    return points[shift:] + points[:shift]
 
 
 def measure(
-    server: ServerProcess, round_index: int, protocol: str, target: str, args: argparse.Namespace, tmp: Path
+    server: ServerProcess,
+    round_index: int,
+    protocol: str,
+    target: str,
+    concurrency: int,
+    args: argparse.Namespace,
+    tmp: Path,
 ) -> RoutingPoint:
     before = scrape(server).get(target, Outcomes())
-    point = run_point(server, target, DIMS, protocol, args.concurrency, 1, args.duration, tmp, args.workers)
+    point = run_point(server, target, DIMS, protocol, concurrency, 1, args.duration, tmp, args.workers)
     moved = scrape(server).get(target, Outcomes()) - before
     rate = point.requests_per_s
     return RoutingPoint(
         round=round_index,
         protocol=protocol,
         target=target,
+        concurrency=concurrency,
         requests_per_s=rate,
         p99_ms=point.p99_ms,
         # Cores busy over the point / requests per second: the server's CPU seconds per request.
@@ -161,8 +178,14 @@ def _mean(points: Iterable[RoutingPoint], field: str) -> float:
     return statistics.mean(values) if values else float("nan")
 
 
-def _pick(points: Sequence[RoutingPoint], protocol: str, target: str) -> list[RoutingPoint]:
-    return sorted((p for p in points if p.protocol == protocol and p.target == target), key=lambda p: p.round)
+def _pick(
+    points: Sequence[RoutingPoint], protocol: str, target: str, concurrency: int | None = None
+) -> list[RoutingPoint]:
+    """The points of ``target`` (at ``concurrency``, else any) in round order."""
+    chosen = (
+        p for p in points if p.protocol == protocol and p.target == target and concurrency in (None, p.concurrency)
+    )
+    return sorted(chosen, key=lambda p: p.round)
 
 
 def _per_round(base: list[RoutingPoint], other: list[RoutingPoint], field: str) -> str:
@@ -171,35 +194,40 @@ def _per_round(base: list[RoutingPoint], other: list[RoutingPoint], field: str) 
 
 
 def summary(points: Sequence[RoutingPoint]) -> str:
-    """Per protocol: routed : plain (req/s and CPU per request) and shadowed : plain (p99), means of the
-    rounds' values, then each round's own ratio."""
+    """Per protocol: routed : plain (req/s and CPU per request) at the routed points' concurrency and
+    shadowed : plain (p99) at the shadowed points', means of the rounds' values, then each round's own ratio."""
     lines = [
         f"{'proto':5s} {'plain req/s':>11s} {'routed req/s':>12s} {'routed/plain':>12s} {'per round':>16s} "
         f"{'plain us/req':>12s} {'routed us/req':>13s} {'cpu ratio':>9s} "
         f"{'plain p99':>9s} {'shadow p99':>10s} {'p99 ratio':>9s} {'per round':>16s} {'shadow ran':>10s} {'failed':>6s}"
     ]
     for protocol in sorted({p.protocol for p in points}):
-        plain, routed, shadowed = (_pick(points, protocol, t) for t in TARGETS)
+        routed, shadowed = _pick(points, protocol, ROUTED), _pick(points, protocol, SHADOWED)
+        plain = _pick(points, protocol, PLAIN, routed[0].concurrency)
+        unshadowed = _pick(points, protocol, PLAIN, shadowed[0].concurrency)
         rate_plain, rate_routed = _mean(plain, "requests_per_s"), _mean(routed, "requests_per_s")
         cpu_plain, cpu_routed = _mean(plain, "cpu_us_per_request"), _mean(routed, "cpu_us_per_request")
-        p99_plain, p99_shadow = _mean(plain, "p99_ms"), _mean(shadowed, "p99_ms")
+        p99_plain, p99_shadow = _mean(unshadowed, "p99_ms"), _mean(shadowed, "p99_ms")
         # The share of the shadowed model's requests that its shadow ran: ≥ 99 % unless copies were shed.
         answered = sum(p.answered for p in shadowed)
         ran = f"{sum(p.shadow_runs for p in shadowed) / answered:.1%}" if answered else "-"
-        failed = sum(p.failed for p in [*plain, *routed, *shadowed])
+        failed = sum(p.failed for p in points if p.protocol == protocol)
         lines.append(
             f"{protocol:5s} {rate_plain:11,.0f} {rate_routed:12,.0f} {rate_routed / rate_plain:12.1%} "
             f"{_per_round(plain, routed, 'requests_per_s'):>16s} {cpu_plain:12.0f} {cpu_routed:13.0f} "
             f"{cpu_routed / cpu_plain:9.1%} {p99_plain:9.2f} {p99_shadow:10.2f} {p99_shadow / p99_plain:8.2f}x "
-            f"{_per_round(plain, shadowed, 'p99_ms'):>16s} {ran:>10s} {failed:6d}"
+            f"{_per_round(unshadowed, shadowed, 'p99_ms'):>16s} {ran:>10s} {failed:6d}"
         )
+    routed_at = sorted({p.concurrency for p in points if p.target == ROUTED})
+    shadowed_at = sorted({p.concurrency for p in points if p.target == SHADOWED})
+    lines.append(f"req/s and CPU at concurrency {routed_at}, p99 at concurrency {shadowed_at}")
     return "\n".join(lines)
 
 
 def format_point(p: RoutingPoint) -> str:
     return (
-        f"round {p.round} {p.protocol:5s} {p.target:9s} {p.requests_per_s:9,.0f} req/s  p99 {p.p99_ms:7.2f} ms  "
-        f"{p.cpu_us_per_request:6.0f} us/req  failed {p.failed}  shadow ran {p.shadow_runs}"
+        f"round {p.round} {p.protocol:5s} {p.target:9s} c={p.concurrency:<3d} {p.requests_per_s:9,.0f} req/s  "
+        f"p99 {p.p99_ms:7.2f} ms  {p.cpu_us_per_request:6.0f} us/req  failed {p.failed}  shadow ran {p.shadow_runs}"
     )
 
 
@@ -208,7 +236,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5, help="seconds measured per point")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--protocols", default="grpc,http")
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=64, help="of the plain and routed points")
+    parser.add_argument("--shadow-concurrency", type=int, default=8, help="of the plain and shadowed points")
     parser.add_argument("--workers", default="1", help="serve run --workers")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `serve run` argument")
     parser.add_argument("--json", type=Path, help="also write the points as JSON here")
@@ -224,8 +253,8 @@ def main() -> None:
             wait_for_workers(server, resolve_workers(args.workers))
             for round_index in range(args.rounds):
                 for protocol in args.protocols.split(","):
-                    for target in round_order(round_index):
-                        point = measure(server, round_index, protocol, target, args, tmp)
+                    for target, concurrency in round_plan(round_index, args.concurrency, args.shadow_concurrency):
+                        point = measure(server, round_index, protocol, target, concurrency, args, tmp)
                         points.append(point)
                         print(format_point(point), flush=True)
         finally:

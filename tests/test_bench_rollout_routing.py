@@ -14,15 +14,17 @@ from bench.rollout_routing import (
     Outcomes,
     RoutingPoint,
     outcomes_by_model,
-    round_order,
+    round_plan,
     summary,
     write_repository,
 )
 
 
-def _point(round_index: int, protocol: str, target: str, rate: float, cpu_us: float, p99: float) -> RoutingPoint:
+def _point(
+    round_index: int, protocol: str, target: str, rate: float, cpu_us: float, p99: float, concurrency: int = 64
+) -> RoutingPoint:
     shadow_runs = 990 if target == SHADOWED else 0
-    return RoutingPoint(round_index, protocol, target, rate, p99, cpu_us, 0, 1000, shadow_runs)
+    return RoutingPoint(round_index, protocol, target, concurrency, rate, p99, cpu_us, 0, 1000, shadow_runs)
 
 
 def _row(text: str, protocol: str) -> list[str]:
@@ -68,7 +70,23 @@ def test_summary_has_a_line_per_protocol() -> None:
 
     lines = summary(points).splitlines()
 
-    assert [line.split()[0] for line in lines[1:]] == ["grpc", "http"]
+    assert [line.split()[0] for line in lines[1:-1]] == ["grpc", "http"]
+
+
+def test_summary_compares_the_shadowed_p99_with_plain_at_the_shadowed_concurrency() -> None:
+    points = [
+        _point(0, "http", PLAIN, 3000, 100, 40.0, concurrency=64),
+        _point(0, "http", ROUTED, 2940, 100, 41.0, concurrency=64),
+        _point(0, "http", PLAIN, 2000, 100, 2.0, concurrency=8),
+        _point(0, "http", SHADOWED, 1900, 100, 2.2, concurrency=8),
+    ]
+
+    text = summary(points)
+
+    row = _row(text, "http")
+    assert row[1:4] == ["3,000", "2,940", "98.0%"]  # plain at 64, not the mean with plain at 8
+    assert row[8:11] == ["2.00", "2.20", "1.10x"]
+    assert text.splitlines()[-1] == "req/s and CPU at concurrency [64], p99 at concurrency [8]"
 
 
 def test_outcomes_count_client_requests_failures_and_shadow_runs_per_model() -> None:
@@ -90,11 +108,15 @@ def test_outcomes_count_client_requests_failures_and_shadow_runs_per_model() -> 
     assert outcomes["plain"] == Outcomes(answered=100, failed=0, shadow=0)
 
 
-def test_every_target_is_measured_in_every_position_over_three_rounds() -> None:
-    orders = [round_order(r) for r in range(3)]
+def test_every_point_is_measured_first_and_last_over_as_many_rounds_as_points() -> None:
+    plans = [round_plan(r, 64, 8) for r in range(4)]
 
-    assert {order[0] for order in orders} == set(TARGETS)
-    assert {order[-1] for order in orders} == set(TARGETS)
+    assert {plan[0] for plan in plans} == {plan[-1] for plan in plans} == set(plans[0])
+    assert set(plans[0]) == {(PLAIN, 64), (ROUTED, 64), (PLAIN, 8), (SHADOWED, 8)}
+
+
+def test_plain_is_measured_once_a_round_when_both_concurrencies_are_the_same() -> None:
+    assert sorted(round_plan(0, 64, 64)) == sorted((t, 64) for t in TARGETS)
 
 
 def test_repository_has_the_same_two_versions_under_each_target_and_a_rollout_where_one_is_wanted(
