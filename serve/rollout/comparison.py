@@ -3,12 +3,20 @@ predicted class with the class-flip matrix, or the distribution of |Δ output| f
 the two latencies. Mergeable across workers and replicas.
 
 INTERFACE ONLY (to be implemented in the shadow work package): the analyser's disagreement gate
-reads ``rows`` and ``disagreements``.
+reads ``rows`` and ``disagreements``; the rollout evidence (serve/rollout/evidence.py) uses
+``merge``, ``to_json`` and ``from_json``. The three below are placeholders with the names and shapes
+the evidence codes against, until the shadow package replaces this file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
+
+
+class OutputComparisonJson(TypedDict):
+    rows: int
+    disagreements: int
 
 
 @dataclass(slots=True)
@@ -18,3 +26,14 @@ class OutputComparison:
 
     def disagreement(self) -> float | None:
         return self.disagreements / self.rows if self.rows else None
+
+    def merge(self, other: OutputComparison) -> None:
+        self.rows += other.rows
+        self.disagreements += other.disagreements
+
+    def to_json(self) -> OutputComparisonJson:
+        return {"rows": self.rows, "disagreements": self.disagreements}
+
+    @classmethod
+    def from_json(cls, doc: OutputComparisonJson) -> OutputComparison:
+        return cls(doc["rows"], doc["disagreements"])
