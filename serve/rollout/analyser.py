@@ -50,6 +50,7 @@ class EvaluationJson(TypedDict):
     gates: list[GateJson]
     version: int
     role: str
+    reason: str  # the evaluation in one line (describe())
 
 
 def _finite(value: float | None) -> float | None:
@@ -84,6 +85,7 @@ class Evaluation:
             ],
             "version": self.version,
             "role": self.role,
+            "reason": describe(self),
         }
 
 

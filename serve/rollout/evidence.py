@@ -116,17 +116,21 @@ class RolloutEvidence:
                 held.merge(comparison)
 
     def minus(self, earlier: RolloutEvidence) -> RolloutEvidence:
-        """What was added since ``earlier``. Comparisons keep only the counts the gates read (rows and
-        disagreements): the shadow package's other fields are not for subtracting."""
-        arms = {
-            key: arm.minus(earlier.arms[key]) if key in earlier.arms else arm.copy() for key, arm in self.arms.items()
-        }
+        """What was added since ``earlier`` (arms and comparisons with nothing new are left out).
+        Comparisons keep only the counts the gates read (rows and disagreements): the shadow
+        package's other fields are not for subtracting."""
+        arms = {}
+        for key, arm in self.arms.items():
+            added = arm.minus(earlier.arms[key]) if key in earlier.arms else arm.copy()
+            if added.requests:
+                arms[key] = added
         comparisons = {}
         for name, comparison in self.comparisons.items():
             before = earlier.comparisons.get(name) or OutputComparison()
-            comparisons[name] = OutputComparison(
-                rows=comparison.rows - before.rows, disagreements=comparison.disagreements - before.disagreements
-            )
+            if comparison.rows > before.rows:
+                comparisons[name] = OutputComparison(
+                    rows=comparison.rows - before.rows, disagreements=comparison.disagreements - before.disagreements
+                )
         return RolloutEvidence(arms, comparisons)
 
     def to_json(self) -> RolloutEvidenceJson:
