@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve.events import BatchTimings, RequestEvent
 from serve.metrics.prometheus import PrometheusMetrics
 from serve.metrics.rollout_gauges import RolloutGauges
+from serve.monitor.slo import parse_metrics
 from serve.repository.repository import READY, ModelVersion
 from serve.rollout.gates import GateResult
 
@@ -160,3 +161,11 @@ def test_every_server_declares_the_rollout_gauges() -> None:
     registry, _ = _metrics()
     names = {family.name for family in registry.collect()}
     assert {"serve_rollout_state", "serve_rollout_weight", "serve_rollout_gate_value"} <= names
+
+
+def test_the_monitors_slo_leaves_shadow_requests_out() -> None:
+    _, metrics = _metrics()
+    metrics.on_request(_request(1, "primary"))
+    metrics.on_request(_request(1, "shadow", "model_error"))
+    counters = parse_metrics(metrics.exposition()[0].decode())[("m", "1")]
+    assert (counters.requests, counters.errors) == (1, 0)
