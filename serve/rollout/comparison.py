@@ -4,8 +4,8 @@ the two latencies. Mergeable across workers and replicas.
 
 INTERFACE ONLY (to be implemented in the shadow work package): the analyser's disagreement gate
 reads ``rows`` and ``disagreements``; the rollout evidence (serve/rollout/evidence.py) uses
-``merge``, ``to_json`` and ``from_json``. The three below are placeholders with the names and shapes
-the evidence codes against, until the shadow package replaces this file.
+``merge``, ``since``, ``copy``, ``to_json`` and ``from_json``. Those below are placeholders with the
+names and shapes of the shadow package's, until its version replaces this file.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 
-class OutputComparisonJson(TypedDict):
+class ComparisonDocument(TypedDict):
     rows: int
     disagreements: int
 
@@ -31,9 +31,15 @@ class OutputComparison:
         self.rows += other.rows
         self.disagreements += other.disagreements
 
-    def to_json(self) -> OutputComparisonJson:
+    def since(self, earlier: OutputComparison) -> OutputComparison:
+        return OutputComparison(self.rows - earlier.rows, self.disagreements - earlier.disagreements)
+
+    def copy(self) -> OutputComparison:
+        return OutputComparison(self.rows, self.disagreements)
+
+    def to_json(self) -> ComparisonDocument:
         return {"rows": self.rows, "disagreements": self.disagreements}
 
     @classmethod
-    def from_json(cls, doc: OutputComparisonJson) -> OutputComparison:
+    def from_json(cls, doc: ComparisonDocument) -> OutputComparison:
         return cls(doc["rows"], doc["disagreements"])

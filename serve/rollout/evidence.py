@@ -21,7 +21,7 @@ from typing import TypedDict
 import orjson
 
 from serve.events import Observer, RequestEvent
-from serve.rollout.comparison import OutputComparison, OutputComparisonJson
+from serve.rollout.comparison import ComparisonDocument, OutputComparison
 from serve.rollout.latency import LatencyHistogram
 
 ERROR_OUTCOMES = frozenset({"model_error", "error", "timeout", "rejected", "unavailable"})
@@ -38,7 +38,7 @@ class ArmJson(TypedDict):
 
 class RolloutEvidenceJson(TypedDict):
     arms: list[ArmJson]
-    comparisons: dict[str, OutputComparisonJson]  # comparison_key(primary, shadow) -> comparison
+    comparisons: dict[str, ComparisonDocument]  # comparison_key(primary, shadow) -> comparison
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +83,6 @@ class ArmEvidence:
         return ArmEvidence(self.requests, self.errors, LatencyHistogram(list(self.latency.counts)))
 
 
-def _copy_comparison(comparison: OutputComparison) -> OutputComparison:
-    return OutputComparison.from_json(comparison.to_json())
-
-
 @dataclass(slots=True)
 class RolloutEvidence:
     """One model's evidence: its arms by (version, role), and the shadows' comparisons with the primary."""
@@ -111,14 +107,12 @@ class RolloutEvidence:
         for name, comparison in other.comparisons.items():
             held = self.comparisons.get(name)
             if held is None:
-                self.comparisons[name] = _copy_comparison(comparison)
+                self.comparisons[name] = comparison.copy()
             else:
                 held.merge(comparison)
 
     def minus(self, earlier: RolloutEvidence) -> RolloutEvidence:
-        """What was added since ``earlier`` (arms and comparisons with nothing new are left out).
-        Comparisons keep only the counts the gates read (rows and disagreements): the shadow
-        package's other fields are not for subtracting."""
+        """What was added since ``earlier``: arms and comparisons with nothing new are left out."""
         arms = {}
         for key, arm in self.arms.items():
             added = arm.minus(earlier.arms[key]) if key in earlier.arms else arm.copy()
@@ -126,11 +120,10 @@ class RolloutEvidence:
                 arms[key] = added
         comparisons = {}
         for name, comparison in self.comparisons.items():
-            before = earlier.comparisons.get(name) or OutputComparison()
-            if comparison.rows > before.rows:
-                comparisons[name] = OutputComparison(
-                    rows=comparison.rows - before.rows, disagreements=comparison.disagreements - before.disagreements
-                )
+            before = earlier.comparisons.get(name)
+            added_rows = comparison.since(before) if before is not None else comparison.copy()
+            if added_rows.rows:
+                comparisons[name] = added_rows
         return RolloutEvidence(arms, comparisons)
 
     def to_json(self) -> RolloutEvidenceJson:
