@@ -172,10 +172,11 @@ ComparisonsProvider = Callable[[str], Mapping[str, OutputComparison]]
 class EvidenceRecorder(Observer):
     """Records every request answered by an arm of a rollout (role "" is no rollout: skipped). Runs on
     the event loop that observes requests, so it needs no lock; O(1) per request. ``comparisons`` is the
-    shadow mirror's ``comparisons(name)``, keyed by ``comparison_key``; None without a mirror."""
+    shadow mirror's ``comparisons(name)``, keyed by ``comparison_key``; None without a mirror. It may be
+    set after construction: the mirror observes through the observers this recorder is one of."""
 
     def __init__(self, comparisons: ComparisonsProvider | None = None) -> None:
-        self._comparisons = comparisons
+        self.comparisons = comparisons
         self._arms: dict[tuple[str, str, str], ArmEvidence] = {}  # (model, version, role): the hot path's lookup
         self._models: dict[str, RolloutEvidence] = {}
 
@@ -201,8 +202,8 @@ class EvidenceRecorder(Observer):
         held = self._models.get(name)
         if held is not None:
             evidence.merge(held)
-        if self._comparisons is not None:
-            evidence.merge(RolloutEvidence(comparisons=dict(self._comparisons(name))))
+        if self.comparisons is not None:
+            evidence.merge(RolloutEvidence(comparisons=dict(self.comparisons(name))))
         return evidence
 
     def evidence_json(self, name: str) -> bytes:
