@@ -91,10 +91,12 @@ async def _judged_twice(driver: RolloutDriver, clock: Clock, evidence: Evidence,
 
 async def test_a_failing_candidate_is_rolled_back_through_rollouts_apply() -> None:
     plans, evidence, clock = Plans(m=PLAN), Evidence(), Clock()
-    await _judged_twice(_driver(plans, evidence, clock), clock, evidence, "m", errors=80)
+    driver = _driver(plans, evidence, clock)
+    await _judged_twice(driver, clock, evidence, "m", errors=80)
     ((name, plan, actor),) = plans.applied
     assert (name, actor, plan.phase, plan.revision) == ("m", "analyser", "rolled_back", 4)
     assert "error_rate 0.19" in plan.reason
+    assert driver.evidence("m")["since_revision"] == 3  # the status shows the evidence that decided
 
 
 async def test_an_inconclusive_candidate_changes_nothing() -> None:
@@ -154,7 +156,10 @@ async def test_a_healthy_stepped_candidate_advances_after_the_bake_and_its_next_
         await driver.run_once()
     ((_, plan, _),) = plans.applied
     assert (plan.step, plan.routing().candidates) == (1, (Arm(2, 50),))
+    clock.now += GATES.interval_s
+    await driver.run_once()
     assert driver.evidence("m")["arms"] == []  # the new step's evidence starts empty
+    assert driver.evidence("m")["since_revision"] == plan.revision
 
 
 async def test_a_plan_changed_while_it_was_judged_is_not_overwritten() -> None:

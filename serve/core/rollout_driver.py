@@ -64,7 +64,8 @@ class _Judged:
     due: float  # monotonic seconds: the next evaluation
     healthy_since: float | None = None
     evaluation: Evaluation | None = None
-    since_step: RolloutEvidence = field(default_factory=RolloutEvidence)
+    since_step: RolloutEvidence = field(default_factory=RolloutEvidence)  # what the last evaluation judged
+    judged_revision: int = 0  # the revision that evidence belongs to
 
 
 def weights(routing: Routing) -> list[tuple[str, str, float]]:
@@ -127,7 +128,7 @@ class RolloutDriver:
 
     def evidence(self, name: str) -> JsonObject:
         judged = self._judged.get(name)
-        return evidence_summary(judged.revision, judged.since_step) if judged is not None else {}
+        return evidence_summary(judged.judged_revision, judged.since_step) if judged is not None else {}
 
     # ---- the loop ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -178,7 +179,7 @@ class RolloutDriver:
         if judged is None or judged.revision != plan.revision:
             judged = self._judged[name] = _Judged(plan.revision, evidence, now)
         judged.due = now + plan.spec.gates.interval_s
-        judged.since_step = evidence.minus(judged.baseline)
+        judged.since_step, judged.judged_revision = evidence.minus(judged.baseline), plan.revision
         decision = decide(plan, judged.since_step, now, judged.healthy_since, self._wall_clock())
         judged.healthy_since = decision.healthy_since
         judged.evaluation = decision.evaluation or judged.evaluation
@@ -195,8 +196,8 @@ class RolloutDriver:
         if current is None or current.revision != judged_plan.revision:
             return current or judged_plan  # changed meanwhile (an operator's call): judged again on its own evidence
         applied = await self._plans.apply(name, decision.plan, ANALYSER)
+        # The next step is judged on its own evidence; the status keeps showing what decided until then.
         judged.revision, judged.baseline, judged.healthy_since = applied.revision, evidence, None
-        judged.since_step = RolloutEvidence()
         log.info("model %s: rollout %s (revision %d): %s", name, decision.action, applied.revision, applied.reason)
         if self._audit is not None and decision.evaluation is not None:
             self._audit_decision(name, decision.action, applied, decision.evaluation)
