@@ -95,6 +95,9 @@ class RequestEvent:
     # The arm of the model's rollout that answered (serve/rollout/spec.py Role): "" without a rollout;
     # "shadow" for a mirrored copy, which no client sees and client-facing series leave out.
     role: str = ""
+    # Rows (first dimension) of the request; 0 where not recorded. The shadow sets it, so that Triton's
+    # statistics can keep a shadow's rows out of the version's client-facing inference_count.
+    rows: int = 0
 
 
 class Observer:

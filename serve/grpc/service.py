@@ -81,7 +81,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> pb.ModelStatisticsResponse:
         response = pb.ModelStatisticsResponse()
         stats = await self._service.model_statistics(request.name, request.version)
-        json_format.ParseDict({"model_stats": stats}, response)
+        # The HTTP document's serve extensions (shadow_stats) have no field in Triton's message: left out.
+        json_format.ParseDict({"model_stats": stats}, response, ignore_unknown_fields=True)
         return response
 
     @rpc

@@ -6,6 +6,12 @@ request, and each request is charged its whole batch's compute durations; ``batc
 has one entry per executed batch size. Everything runs on the event loop thread.
 
 Counts start afresh whenever a version is (re)loaded, as Triton's do.
+
+Mirrored copies of a rollout's shadow (RequestEvent.role "shadow") are no client's requests: they
+count in ``shadow_stats`` (their rows, outcomes and durations), never in the version's
+``inference_count`` or ``inference_stats``. ``execution_count`` and ``batch_stats`` still describe
+every execution of the model, as one batch may hold client requests and copies together. Only the
+HTTP document carries ``shadow_stats``: Triton's gRPC ModelStatistics message has no field for it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,18 @@ class BatchStatsDocument(TypedDict):
     compute_output: DurationDocument
 
 
+class ShadowStatsDocument(TypedDict):
+    """A version's work as a rollout's shadow (serve extension; HTTP only)."""
+
+    inference_count: int  # rows of the copies that succeeded
+    success: DurationDocument
+    fail: DurationDocument
+    queue: DurationDocument
+    compute_input: DurationDocument
+    compute_infer: DurationDocument
+    compute_output: DurationDocument
+
+
 class ModelStatsDocument(TypedDict):
     """One model version's statistics, as Triton's statistics extension writes them in JSON."""
 
@@ -54,6 +72,7 @@ class ModelStatsDocument(TypedDict):
     response_stats: dict[str, DurationDocument]  # always empty: no decoupled models
     batch_stats: list[BatchStatsDocument]
     memory_usage: list[dict[str, str]]  # always empty
+    shadow_stats: ShadowStatsDocument
 
 
 @dataclass(slots=True)
@@ -76,33 +95,19 @@ class BatchSizeStats:
     compute_output: Duration = field(default_factory=Duration)
 
 
-class InferenceStatistics:
-    def __init__(self) -> None:
-        self.success = Duration()
-        self.fail = Duration()
-        self.queue = Duration()
-        self.compute_input = Duration()
-        self.compute_infer = Duration()
-        self.compute_output = Duration()
-        self.inference_count = 0
-        self.execution_count = 0
-        self.last_inference_ms = 0
-        self.batch_stats: dict[int, BatchSizeStats] = {}
+@dataclass(slots=True)
+class RequestDurations:
+    """Per-request durations of one kind of request (a client's, or a shadow's copy)."""
 
-    def add_execution(self, execution: Execution) -> None:
-        if execution.error is not None:
-            return
-        self.execution_count += 1
-        self.inference_count += execution.rows
-        self.last_inference_ms = int(time.time() * 1000)
-        stats = self.batch_stats.get(execution.rows)
-        if stats is None:
-            stats = self.batch_stats[execution.rows] = BatchSizeStats()
-        stats.compute_input.add(execution.compute_input_ns)
-        stats.compute_infer.add(execution.compute_infer_ns)
-        stats.compute_output.add(execution.compute_output_ns)
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    rows: int = 0  # of the requests that succeeded, where the event says (RequestEvent.rows)
 
-    def add_request(self, event: RequestEvent) -> None:
+    def add(self, event: RequestEvent) -> None:
         timings = event.timings
         if event.outcome != "success" or timings is None:
             self.fail.add(event.duration_ns)
@@ -112,9 +117,43 @@ class InferenceStatistics:
         self.compute_input.add(timings.compute_input_ns)
         self.compute_infer.add(timings.compute_infer_ns)
         self.compute_output.add(timings.compute_output_ns)
+        self.rows += event.rows
+
+
+class InferenceStatistics:
+    def __init__(self) -> None:
+        self.client = RequestDurations()
+        self.shadow = RequestDurations()
+        self.executed_rows = 0  # every successful execution's, copies of a shadow included
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.batch_stats: dict[int, BatchSizeStats] = {}
+
+    def add_execution(self, execution: Execution) -> None:
+        if execution.error is not None:
+            return
+        self.execution_count += 1
+        self.executed_rows += execution.rows
+        self.last_inference_ms = int(time.time() * 1000)
+        stats = self.batch_stats.get(execution.rows)
+        if stats is None:
+            stats = self.batch_stats[execution.rows] = BatchSizeStats()
+        stats.compute_input.add(execution.compute_input_ns)
+        stats.compute_infer.add(execution.compute_infer_ns)
+        stats.compute_output.add(execution.compute_output_ns)
+
+    def add_request(self, event: RequestEvent) -> None:
+        (self.shadow if event.role == "shadow" else self.client).add(event)
+
+    @property
+    def inference_count(self) -> int:
+        """Rows the clients' requests ran: every execution's rows but the shadow copies' (each copy that
+        succeeded ran in an execution that succeeded, and is told after it)."""
+        return max(0, self.executed_rows - self.shadow.rows)
 
     def as_dict(self, name: str, version: str) -> ModelStatsDocument:
         empty = Duration().as_dict()
+        client, shadow = self.client, self.shadow
         return {
             "name": name,
             "version": version,
@@ -122,12 +161,12 @@ class InferenceStatistics:
             "inference_count": self.inference_count,
             "execution_count": self.execution_count,
             "inference_stats": {
-                "success": self.success.as_dict(),
-                "fail": self.fail.as_dict(),
-                "queue": self.queue.as_dict(),
-                "compute_input": self.compute_input.as_dict(),
-                "compute_infer": self.compute_infer.as_dict(),
-                "compute_output": self.compute_output.as_dict(),
+                "success": client.success.as_dict(),
+                "fail": client.fail.as_dict(),
+                "queue": client.queue.as_dict(),
+                "compute_input": client.compute_input.as_dict(),
+                "compute_infer": client.compute_infer.as_dict(),
+                "compute_output": client.compute_output.as_dict(),
                 "cache_hit": empty,
                 "cache_miss": Duration().as_dict(),
             },
@@ -142,6 +181,15 @@ class InferenceStatistics:
                 for size, s in sorted(self.batch_stats.items())
             ],
             "memory_usage": [],
+            "shadow_stats": {
+                "inference_count": shadow.rows,
+                "success": shadow.success.as_dict(),
+                "fail": shadow.fail.as_dict(),
+                "queue": shadow.queue.as_dict(),
+                "compute_input": shadow.compute_input.as_dict(),
+                "compute_infer": shadow.compute_infer.as_dict(),
+                "compute_output": shadow.compute_output.as_dict(),
+            },
         }
 
 
@@ -212,6 +260,18 @@ def _add_batch_stats(a: BatchStatsDocument, b: BatchStatsDocument) -> BatchStats
     }
 
 
+def _add_shadow_stats(a: ShadowStatsDocument, b: ShadowStatsDocument) -> ShadowStatsDocument:
+    return {
+        "inference_count": a["inference_count"] + b["inference_count"],
+        "success": _add_durations(a["success"], b["success"]),
+        "fail": _add_durations(a["fail"], b["fail"]),
+        "queue": _add_durations(a["queue"], b["queue"]),
+        "compute_input": _add_durations(a["compute_input"], b["compute_input"]),
+        "compute_infer": _add_durations(a["compute_infer"], b["compute_infer"]),
+        "compute_output": _add_durations(a["compute_output"], b["compute_output"]),
+    }
+
+
 def _add_entries(a: ModelStatsDocument, b: ModelStatsDocument) -> ModelStatsDocument:
     batches = {s["batch_size"]: s for s in a["batch_stats"]}
     for s in b["batch_stats"]:
@@ -224,4 +284,5 @@ def _add_entries(a: ModelStatsDocument, b: ModelStatsDocument) -> ModelStatsDocu
         "execution_count": a["execution_count"] + b["execution_count"],
         "inference_stats": _add_inference_stats(a["inference_stats"], b["inference_stats"]),
         "batch_stats": [batches[size] for size in sorted(batches)],
+        "shadow_stats": _add_shadow_stats(a["shadow_stats"], b["shadow_stats"]),
     }
