@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from serve.rollout.analyser import ANALYSER, decide, judged_arms
-from serve.rollout.comparison import OutputComparison
-from serve.rollout.evidence import ArmEvidence, ArmKey, RolloutEvidence, comparison_key
+from serve.rollout.comparison import OutputComparison, comparison_key
+from serve.rollout.evidence import ArmEvidence, ArmKey, RolloutEvidence
 from serve.rollout.latency import LatencyHistogram
 from serve.rollout.spec import Arm, Gates, RolloutPlan, RolloutSpec, Step
 
@@ -134,7 +134,7 @@ def test_a_shadow_step_judges_the_shadow_arm() -> None:
 def test_a_shadow_that_disagrees_with_the_primary_is_rolled_back() -> None:
     plan = _plan(step=0, gates=replace(GATES, max_disagreement=0.05))
     evidence = _evidence(primary_1=_arm(2_000), shadow_2=_arm(2_000))
-    evidence.comparisons[comparison_key(1, 2)] = OutputComparison(2_000, 400)
+    evidence.comparisons[comparison_key("1", "2")] = OutputComparison(2_000, 400)
     decision = decide(plan, evidence, now=100, healthy_since=None, at=AT)
     assert decision.action == "rollback" and "disagreement 0.2 " in decision.plan.reason
 

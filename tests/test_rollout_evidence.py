@@ -8,13 +8,12 @@ import orjson
 import pytest
 
 from serve.events import RequestEvent, VersionKey
-from serve.rollout.comparison import OutputComparison
+from serve.rollout.comparison import OutputComparison, compare, comparison_key
 from serve.rollout.evidence import (
     ArmEvidence,
     ArmKey,
     EvidenceRecorder,
     RolloutEvidence,
-    comparison_key,
     evidence_from_bytes,
     merge_evidence_json,
 )
@@ -101,8 +100,8 @@ def test_minus_gives_the_evidence_since_a_snapshot() -> None:
 
 
 def test_minus_subtracts_the_comparison_counts() -> None:
-    now = RolloutEvidence(comparisons={comparison_key(1, 2): OutputComparison(100, 9)})
-    then = RolloutEvidence(comparisons={comparison_key(1, 2): OutputComparison(40, 4)})
+    now = RolloutEvidence(comparisons={comparison_key("1", "2"): OutputComparison(100, 9)})
+    then = RolloutEvidence(comparisons={comparison_key("1", "2"): OutputComparison(40, 4)})
     added = now.minus(then).comparison(1, 2)
     assert (added.rows, added.disagreements) == (60, 5)
 
@@ -110,7 +109,7 @@ def test_minus_subtracts_the_comparison_counts() -> None:
 def test_json_round_trip_keeps_everything() -> None:
     recorder = _recorded(_event(1, "primary", duration_ns=3 * MS), _event(2, "shadow", "timeout", 9 * MS))
     evidence = recorder.evidence("m")
-    evidence.comparisons[comparison_key(1, 2)] = OutputComparison(3, 1)
+    evidence.comparisons[comparison_key("1", "2")] = OutputComparison(3, 1)
     assert RolloutEvidence.from_json(orjson.loads(orjson.dumps(evidence.to_json()))) == evidence
 
 
@@ -129,7 +128,7 @@ def test_merge_evidence_json_of_nothing_is_empty_evidence() -> None:
 
 
 def test_the_shadows_comparisons_join_the_evidence() -> None:
-    comparisons = {"m": {comparison_key(1, 3): OutputComparison(50, 5)}}
+    comparisons = {"m": {comparison_key("1", "3"): OutputComparison(50, 5)}}
     recorder = EvidenceRecorder(lambda name: comparisons.get(name, {}))
     joined = recorder.evidence("m").comparison(1, 3)
     assert (joined.rows, joined.disagreements) == (50, 5)
@@ -180,3 +179,15 @@ def test_durations_past_the_last_edge_land_in_the_overflow_bucket() -> None:
 def test_a_histogram_of_another_size_is_refused() -> None:
     with pytest.raises(ValueError, match=f"{BUCKETS} buckets"):
         LatencyHistogram.from_counts([0, 1])
+
+
+def test_the_shadows_full_comparisons_survive_the_workers_merge() -> None:
+    primary = {"label": np.array([0, 1, 1, 2])}
+    shadow = {"label": np.array([0, 2, 1, 2])}
+    comparison = compare(primary, shadow)
+    workers = [EvidenceRecorder(lambda name: {comparison_key("1", "3"): comparison}) for _ in range(2)]
+    merged = evidence_from_bytes(merge_evidence_json([w.evidence_json("m") for w in workers])).comparison(1, 3)
+    expected = comparison.copy()
+    expected.merge(comparison)
+    assert merged.to_json() == expected.to_json()
+    assert (merged.rows, merged.disagreements) == (8, 2)

@@ -21,7 +21,7 @@ from typing import TypedDict
 import orjson
 
 from serve.events import Observer, RequestEvent
-from serve.rollout.comparison import ComparisonDocument, OutputComparison
+from serve.rollout.comparison import ComparisonDocument, OutputComparison, comparison_key
 from serve.rollout.latency import LatencyHistogram
 
 ERROR_OUTCOMES = frozenset({"model_error", "error", "timeout", "rejected", "unavailable"})
@@ -45,11 +45,6 @@ class RolloutEvidenceJson(TypedDict):
 class ArmKey:
     version: int
     role: str  # serve/rollout/spec.py Role, never ""
-
-
-def comparison_key(primary: int, shadow: int) -> str:
-    """How comparisons are keyed, here and in the shadow package's ``comparisons(name)``."""
-    return f"{primary}->{shadow}"
 
 
 @dataclass(slots=True)
@@ -95,7 +90,7 @@ class RolloutEvidence:
         return self.arms.get(ArmKey(version, role)) or ArmEvidence()
 
     def comparison(self, primary: int, shadow: int) -> OutputComparison:
-        return self.comparisons.get(comparison_key(primary, shadow)) or OutputComparison()
+        return self.comparisons.get(comparison_key(str(primary), str(shadow))) or OutputComparison()
 
     def merge(self, other: RolloutEvidence) -> None:
         for key, arm in other.arms.items():
