@@ -72,7 +72,7 @@ def test_each_metrics_object_owns_its_registry() -> None:
     first, second = CollectorRegistry(), CollectorRegistry()
     PrometheusMetrics(first, process_metrics=False).on_request(_request(_ready_model(), "http", "success", 10**7))
     PrometheusMetrics(second, process_metrics=False)  # same names again: no clash, nothing shared
-    labels = {"model": "m", "version": "1", "protocol": "http", "outcome": "success"}
+    labels = {"model": "m", "version": "1", "role": "", "protocol": "http", "outcome": "success"}
     assert first.get_sample_value("serve_requests_total", labels) == 1
     assert second.get_sample_value("serve_requests_total", labels) is None
 
@@ -93,9 +93,9 @@ def test_observations_update_counters_histograms_and_gauges() -> None:
     assert get("serve_batch_size_bucket", {**m, "le": "2.0"}) == 0
     assert get("serve_batch_size_bucket", {**m, "le": "4.0"}) == 1
     assert get("serve_compute_duration_seconds_sum", m) == pytest.approx(0.006)
-    assert get("serve_queue_duration_seconds_bucket", {**m, "le": "0.1"}) == 1
-    assert get("serve_queue_duration_seconds_bucket", {**m, "le": "0.001"}) == 0
-    request = {**m, "protocol": "grpc", "outcome": "success"}
+    assert get("serve_queue_duration_seconds_bucket", {**m, "role": "", "le": "0.1"}) == 1
+    assert get("serve_queue_duration_seconds_bucket", {**m, "role": "", "le": "0.001"}) == 0
+    request = {**m, "role": "", "protocol": "grpc", "outcome": "success"}
     assert get("serve_request_duration_seconds_bucket", {**request, "le": "0.001"}) == 1
     assert get("serve_model_ready", m) == 1
     assert get("serve_model_load_duration_seconds", m) == 0.25
@@ -134,7 +134,8 @@ def test_a_retired_version_loses_its_gauges_and_keeps_its_counters() -> None:
     for gauge in ("serve_model_ready", "serve_model_load_duration_seconds", "serve_queue_depth"):
         assert series(samples, gauge) == [], gauge
     assert series(samples, "nv_model_load_duration_secs") == []
-    assert value(samples, "serve_requests_total", model="m", version="1", protocol="http", outcome="success") == 1
+    ok = {"model": "m", "version": "1", "role": "", "protocol": "http", "outcome": "success"}
+    assert value(samples, "serve_requests_total", **ok) == 1
 
 
 def test_a_request_observed_after_its_version_retired_brings_back_no_ready_series() -> None:
@@ -162,7 +163,7 @@ def test_requests_for_unknown_models_share_one_empty_label_set() -> None:
     for _ in ("a", "b", "c"):
         metrics.on_request(_request(None, "http", "unavailable", 10**6))
     samples = parse(metrics.exposition()[0].decode())
-    unknown = {"model": "", "version": "", "protocol": "http", "outcome": "unavailable"}
+    unknown = {"model": "", "version": "", "role": "", "protocol": "http", "outcome": "unavailable"}
     assert value(samples, "serve_requests_total", **unknown) == 3
     assert {labels["model"] for labels in series(samples, "serve_requests_total")} == {""}
     assert series(samples, "nv_inference_request_success") == []  # Triton counts per model only
@@ -345,12 +346,12 @@ async def test_rows_executions_and_batch_sizes_match_the_requests(scenario: Scen
 async def test_latency_histograms_count_what_ran(scenario: Scenario) -> None:
     f = scenario.final
     ran = len(HTTP_ROWS) + len(GRPC_ROWS)
-    assert value(f, "serve_queue_duration_seconds_count", **TAB) == ran
+    assert value(f, "serve_queue_duration_seconds_count", **TAB, role="") == ran
     assert value(f, "serve_compute_duration_seconds_count", **TAB) == ran
-    assert value(f, "serve_queue_duration_seconds_count", **HELD) == 0
-    http_ok = {**TAB, "protocol": "http", "outcome": "success"}
+    assert value(f, "serve_queue_duration_seconds_count", **HELD, role="") == 0
+    http_ok = {**TAB, "role": "", "protocol": "http", "outcome": "success"}
     assert value(f, "serve_request_duration_seconds_count", **http_ok) == len(HTTP_ROWS)
-    timed_out = {**HELD, "protocol": "http", "outcome": "timeout"}
+    timed_out = {**HELD, "role": "", "protocol": "http", "outcome": "timeout"}
     assert value(f, "serve_request_duration_seconds_sum", **timed_out) >= HELD_TIMEOUT_US / 1e6
 
 

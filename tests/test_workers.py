@@ -189,9 +189,12 @@ def test_prometheus_counters_and_histograms_are_exact_over_workers(
         return samples.get((name, tab | frozenset(labels.items())), 0.0)
 
     half = len(scripted) // 2
-    assert value("serve_requests_total", protocol="http", outcome="success") == half
-    assert value("serve_requests_total", protocol="grpc", outcome="success") == len(scripted) - half
-    assert value("serve_request_duration_seconds_count", protocol="grpc", outcome="success") == len(scripted) - half
+    assert value("serve_requests_total", role="", protocol="http", outcome="success") == half
+    assert value("serve_requests_total", role="", protocol="grpc", outcome="success") == len(scripted) - half
+    assert (
+        value("serve_request_duration_seconds_count", role="", protocol="grpc", outcome="success")
+        == len(scripted) - half
+    )
     assert value("serve_inference_rows_total") == samples[("nv_inference_count", tab)] == sum(scripted)
     executions = value("serve_executions_total")
     assert value("serve_batch_size_count") == executions == samples[("nv_inference_exec_count", tab)]

@@ -18,6 +18,12 @@ registry is built from MultiProcessCollector instead of this one.
 
 Requests that name no loaded model version are counted under ``model=""``, ``version=""``:
 the name is client input, and labelling by it would let any client create series without bound.
+
+The request and queue series carry the ``role`` of the rollout arm that answered (serve/rollout):
+``""`` without a rollout, ``primary`` or ``candidate``, and ``shadow`` for mirrored copies that no
+client sees. Client-facing queries select ``role!="shadow"``; shadow requests never enter a series of
+another role, nor Triton's client-facing ``nv_inference_*`` counters. The ``serve_rollout_*`` gauges
+are rollout_gauges.py's.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from serve.events import Execution, Observer, RequestEvent, VersionKey
 from serve.metrics.multiprocess import RETIRED, WorkerMetrics
+from serve.metrics.rollout_gauges import RolloutGauges
 from serve.metrics.triton_compat import HostCpuCollector, TritonCompatMetrics, TritonModelMetrics, failure_reason
 from serve.repository.model_version import READY, LoadOutcome, ModelVersion, VersionListener
 from serve.settings import ServerSettings
@@ -47,7 +54,7 @@ UNKNOWN_MODEL = ("", "")
 
 
 BucketsName = Literal["latency", "batch_size"]
-GaugeMode = Literal["all", "livesum", "livemin", "livemax"]  # the multiprocess_modes used here
+GaugeMode = Literal["all", "livesum", "livemin", "livemax", "livemostrecent"]  # the multiprocess_modes used here
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +84,8 @@ class Family:
         return Counter(self.name, self.documentation, self.labels, registry=registry)
 
 
-REQUEST_LABELS = (*MODEL_LABELS, "protocol", "outcome")
+ROLE_LABELS = (*MODEL_LABELS, "role")  # the arm of a rollout: serve/events.py RequestEvent.role
+REQUEST_LABELS = (*ROLE_LABELS, "protocol", "outcome")
 # In declaration (and so exposition) order.
 FAMILIES = (
     Family("requests", Counter, "serve_requests", "Inference requests by protocol and outcome", REQUEST_LABELS),
@@ -87,7 +95,7 @@ FAMILIES = (
            "Rows (first dimension) inferred by successful executions"),
     Family("executions", Counter, "serve_executions", "Successful model executions (batches)"),
     Family("queue_duration", Histogram, "serve_queue_duration_seconds",
-           "Time a request that ran waited in the queue for its batch", buckets="latency"),
+           "Time a request that ran waited in the queue for its batch", ROLE_LABELS, buckets="latency"),
     Family("compute_duration", Histogram, "serve_compute_duration_seconds",
            "Time of one successful execution: gathering inputs, running the model, splitting outputs",
            buckets="latency"),
@@ -115,17 +123,19 @@ def batch_size_buckets(max_rows: int) -> tuple[float, ...]:
     return tuple(buckets)
 
 
+_RequestSeries = tuple[Counter, Histogram, Histogram | None]
+
+
 class _ModelSeries:
     """The children of one model version, resolved once: ``labels()`` costs on the hot path."""
 
     __slots__ = (
-        "rows", "executions", "queue", "compute", "batch_size", "queue_depth", "in_flight", "triton",
+        "rows", "executions", "compute", "batch_size", "queue_depth", "in_flight", "triton",
     )  # fmt: skip
 
     def __init__(self, metrics: PrometheusMetrics, model: str, version: str) -> None:
         self.rows = metrics.inference_rows.labels(model, version)
         self.executions = metrics.executions.labels(model, version)
-        self.queue = metrics.queue_duration.labels(model, version)
         self.compute = metrics.compute_duration.labels(model, version)
         self.batch_size = metrics.batch_size.labels(model, version)
         self.queue_depth = metrics.queue_depth.labels(model, version)
@@ -185,7 +195,10 @@ class PrometheusMetrics(Observer, VersionListener):
             PlatformCollector(registry=registry)
             GCCollector(registry=registry)
         self._series: dict[tuple[str, str], _ModelSeries] = {}
-        self._request_children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
+        # (model, version, role, protocol, outcome) -> its request counter and histogram and, for a loaded
+        # version, its (model, version, role) queue histogram: one lookup per request.
+        self._request_children: dict[tuple[str, str, str, str, str], _RequestSeries] = {}
+        self.rollouts = RolloutGauges(registry)
         self.queue_probe: QueueProbe | None = None
 
     def _model_series(self, name: str, version: str) -> _ModelSeries:
@@ -254,24 +267,25 @@ class PrometheusMetrics(Observer, VersionListener):
 
     def on_request(self, event: RequestEvent) -> None:
         key = event.key
-        labels = (key.name, key.version, event.protocol, event.outcome)
+        labels = (key.name, key.version, event.role, event.protocol, event.outcome)
         children = self._request_children.get(labels)
         if children is None:
             children = self._request_children[labels] = (
                 self.requests.labels(*labels),
                 self.request_duration.labels(*labels),
+                self.queue_duration.labels(*labels[:3]) if key.name else None,
             )
         children[0].inc()
         children[1].observe(event.duration_ns / 1e9)
-        if not key.name:
+        if children[2] is None:
             return  # the request named no loaded version: nothing is counted per model
-        series = self._model_series(key.name, key.version)
         timings = event.timings
         if timings is not None:
-            series.queue.observe(timings.queue_ns / 1e9)
-        t = series.triton
-        if t is None:
-            return
+            children[2].observe(timings.queue_ns / 1e9)
+        if self.triton is None or event.role == "shadow":
+            return  # Triton's counters count what clients were answered
+        t = self._model_series(key.name, key.version).triton
+        assert t is not None
         if event.outcome != "success":
             t.failure[failure_reason(event.outcome)].inc()
             return

@@ -6,7 +6,8 @@ server; over the horizon the monitor takes each server's increase (a counter tha
 down means the process restarted: the increase is then its value since the restart), sums
 the servers, and reads the p99 from the summed buckets by linear interpolation inside the
 bucket, as PromQL's ``histogram_quantile`` does. Latency is over successful requests;
-the error rate counts server-side failures (``ERROR_OUTCOMES``) over all requests.
+the error rate counts server-side failures (``ERROR_OUTCOMES``) over all requests. A rollout's
+mirrored copies (``role="shadow"``) answered no client and are left out.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def parse_metrics(text: str) -> Snapshot:
     # Matched on sample names: parsers differ on whether a counter's family keeps its _total suffix.
     for family in text_string_to_metric_families(text):
         for s in family.samples:
+            if s.labels.get("role") == "shadow":
+                continue
             if s.name == "serve_requests_total":
                 c = out.setdefault((s.labels.get("model", ""), s.labels.get("version", "")), ModelCounters())
                 c.requests += s.value

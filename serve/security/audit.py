@@ -13,7 +13,10 @@ interleave) and fsync'd before the event goes on. Events:
 - ``config_change``: a load's config hash differs from the one this version last loaded with,
   or, for a version not loaded before, from the model's last load;
 - ``api_call``: a repository API call (``action`` index, load or unload) and its ``outcome``:
-  ``ok``, ``error`` (with ``reason``) or ``denied`` (refused by token auth, before it ran).
+  ``ok``, ``error`` (with ``reason``) or ``denied`` (refused by token auth, before it ran);
+- ``rollout_decision``: the rollout analyser changed a model's plan (``decision`` advance, promote or
+  rollback) on the evidence of ``version``: each gate's ``measured`` value, its ``thresholds`` and its
+  ``samples`` per arm, the plan's new ``phase`` and ``revision``, and the ``reason`` it states.
 
 Every line has ``time`` (UTC, ISO 8601), ``event``, ``actor`` (a token identity, ``anonymous``
 without auth, ``startup``, ``poll``, ``shutdown``), ``model`` and ``pid``; model events also
@@ -24,8 +27,9 @@ moved away, the next line opens a new one at the configured path.
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -93,7 +97,7 @@ class AuditLog(VersionListener):
     def path(self) -> Path:
         return self._file.path
 
-    def _write(self, event: str, actor: str, model: str, **fields: str) -> None:
+    def _write(self, event: str, actor: str, model: str, **fields: object) -> None:
         record = {"time": self._clock(), "event": event, "actor": actor, "model": model, **fields, "pid": self._pid}
         try:
             self._file.write(orjson.dumps(record) + b"\n")
@@ -141,5 +145,40 @@ class AuditLog(VersionListener):
             fields["reason"] = reason
         self._write("api_call", actor, model[:_MAX_NAME], **fields)
 
+    # ---- rollouts ------------------------------------------------------------------------------
+    def rollout_decision(
+        self,
+        model: str,
+        decision: str,
+        *,
+        version: int,
+        phase: str,
+        revision: int,
+        measured: Mapping[str, float | None],
+        thresholds: Mapping[str, float],
+        samples: Mapping[str, Mapping[str, int]],
+        reason: str,
+        actor: str,
+    ) -> None:
+        """A change the analyser made: gates are keyed by name; ``samples`` per gate by arm
+        (``primary``, ``candidate``). A value that is not finite is written as null."""
+        self._write(
+            "rollout_decision",
+            actor,
+            model,
+            decision=decision,
+            version=str(version),
+            phase=phase,
+            revision=revision,
+            measured={name: _finite(value) for name, value in measured.items()},
+            thresholds=dict(thresholds),
+            samples={name: dict(arms) for name, arms in samples.items()},
+            reason=reason,
+        )
+
     def close(self) -> None:
         self._file.close()
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
