@@ -224,7 +224,7 @@ def plan_from_json(value: object, *, actor: str = FILE_ACTOR) -> RolloutPlan:
         step=step,
         phase=phase,
         reason=str(texts["reason"]),
-        actor=str(texts["actor"]) or actor,
+        actor=str(texts["actor"]),
         revision=revision,
         updated_at=_timestamp(status.get("updated_at", "")),
     )
