@@ -56,7 +56,8 @@ def test_status_as_json_is_the_status_document(server: RunningServer) -> None:
                    "--candidate", "2", "--steps", "shadow,1,10,50,100",
                    "--gate", "max_disagreement=0.05", "--gate", "max_p99_ratio=null")  # fmt: skip
     assert done.returncode == 0, done.stderr
-    done = rollout("status", MODEL, "--server", server.base, "--format", "json", env={**os.environ, "SERVE_TOKEN": ADMIN_TOKEN})
+    with_token = {**os.environ, "SERVE_TOKEN": ADMIN_TOKEN}
+    done = rollout("status", MODEL, "--server", server.base, "--format", "json", env=with_token)
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
     assert set(status) == {"model", "plan", "routing", "evaluation", "evidence"}
