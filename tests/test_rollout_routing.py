@@ -245,3 +245,24 @@ async def test_a_plan_naming_a_version_that_is_not_loaded_routes_to_the_primary(
     assert versions == {"1"}
     warnings = [r.getMessage() for r in caplog.records if "version 9" in r.getMessage()]
     assert len(warnings) == 1 and "not loaded and ready; the primary answers" in warnings[0]
+
+
+async def test_apply_persists_a_newer_plan_and_routes_by_it(core: tuple[InferenceService, _Events, _Offers]) -> None:
+    service, _, _ = core
+    current = await service.rollouts.set(MODEL, RolloutSpec(1, (Arm(2, 10.0),)), "test")
+    applied = await service.rollouts.apply(
+        MODEL, current.changed(phase="rolled_back", reason="p99 ratio 3.1"), "analyser"
+    )
+    assert (applied.revision, applied.phase, applied.actor) == (current.revision + 1, "rolled_back", "analyser")
+    assert service.rollouts.reload(MODEL) is False  # the file holds what is in force
+    assert {(await service.infer(_request())).model_version for _ in range(20)} == {"1"}
+
+
+async def test_apply_does_not_overwrite_a_plan_changed_meanwhile(
+    core: tuple[InferenceService, _Events, _Offers],
+) -> None:
+    service, _, _ = core
+    stale = await service.rollouts.set(MODEL, RolloutSpec(1, (Arm(2, 10.0),)), "test")
+    newer = await service.rollouts.set(MODEL, RolloutSpec(1, (Arm(3, 10.0),)), "test")
+    kept = await service.rollouts.apply(MODEL, stale.changed(phase="rolled_back"), "analyser")
+    assert kept == newer == service.rollouts.plan(MODEL)

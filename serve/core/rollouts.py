@@ -190,9 +190,21 @@ class Rollouts(VersionListener):
             return await self._apply_locked(name, plan)
 
     async def apply(self, name: str, plan: RolloutPlan, actor: str) -> RolloutPlan:
-        """Persist ``plan`` and apply it on every worker (the analyser's decisions come this way)."""
+        """Persist ``plan`` and apply it on every worker (the analyser's decisions come this way). A plan
+        made from one that has since been replaced (its revision is not above the file's: an API call or
+        another process changed the rollout meanwhile) is not applied; the plan in force is returned."""
         async with self._lock(name):
-            return await self._apply_locked(name, plan if plan.actor else plan.changed(actor=actor))
+            current = self._current(name)
+            if current is not None and plan.revision <= current.revision:
+                log.info(
+                    "model %s: %s's change to rollout revision %d was not applied: revision %d is in force",
+                    name,
+                    actor,
+                    plan.revision,
+                    current.revision,
+                )
+                return current
+            return await self._apply_locked(name, replace(plan, actor=actor))
 
     async def _apply_locked(self, name: str, plan: RolloutPlan) -> RolloutPlan:
         plan = replace(plan, updated_at=self._clock())
