@@ -27,8 +27,9 @@ def rollout(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def answered_by(server: RunningServer) -> str:
-    request = urllib.request.Request(f"{server.base}/v2/models/{MODEL}/infer", infer_body(), method="POST")
+def answered_by(server: RunningServer, user: str | None = None) -> str:
+    headers = {"user": user} if user is not None else {}
+    request = urllib.request.Request(f"{server.base}/v2/models/{MODEL}/infer", infer_body(), headers, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         return str(response.headers["x-model-version"])
 
@@ -109,10 +110,15 @@ def test_an_unreachable_server_exits_2(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def workers_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("rollout-workers")
     write_rollout_model(root / "models")
-    with serving(root / "models", root, "--workers", "2") as running:
+    return root / "models"
+
+
+@pytest.fixture(scope="module")
+def two_workers(workers_repository: Path) -> Iterator[RunningServer]:
+    with serving(workers_repository, workers_repository.parent, "--workers", "2") as running:
         wait_for_workers(running)
         yield running
 
@@ -133,3 +139,18 @@ def test_a_change_through_one_worker_reaches_every_worker(two_workers: RunningSe
             break
     assert all(n > 0 for n in _served_by_worker(two_workers, "2"))
     assert _served_by_worker(two_workers, "1") == before_1
+
+
+def test_a_key_lands_on_one_version_on_every_worker_and_on_another_server(
+    two_workers: RunningServer, workers_repository: Path, tmp_path: Path
+) -> None:
+    done = rollout("set", MODEL, "--server", two_workers.base, "--primary", "1", "--candidate", "2=50", "--key", "user")
+    assert done.returncode == 0, done.stderr
+    # A second server on the same repository reads the same rollout.yaml when it loads the model.
+    with serving(workers_repository, tmp_path) as replica:
+        picked: dict[str, set[str]] = {}
+        for user in (f"user-{i}" for i in range(16)):
+            # One connection per request: the two workers share the accept queue, so both answer some.
+            picked[user] = {answered_by(server, user) for server in (two_workers, replica) for _ in range(4)}
+    assert all(len(versions) == 1 for versions in picked.values()), picked
+    assert set().union(*picked.values()) == {"1", "2"}  # 16 users at 50/50: both arms answer some
