@@ -4,6 +4,7 @@ request event's role, and the shadow's copy."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -266,3 +267,21 @@ async def test_apply_does_not_overwrite_a_plan_changed_meanwhile(
     newer = await service.rollouts.set(MODEL, RolloutSpec(1, (Arm(3, 10.0),)), "test")
     kept = await service.rollouts.apply(MODEL, stale.changed(phase="rolled_back"), "analyser")
     assert kept == newer == service.rollouts.plan(MODEL)
+
+
+async def test_changes_from_two_processes_on_one_directory_each_get_a_revision_of_their_own(
+    core: tuple[InferenceService, _Events, _Offers],
+) -> None:
+    service, _, _ = core
+    # Another server on the same repository, as a second worker or replica would be.
+    other = InferenceService.create(service.repository.root, ServerSettings())
+    await other.repository.load_all()
+    try:
+        specs = [RolloutSpec(1, (Arm(2, float(p)),)) for p in range(1, 11)]
+        plans = await asyncio.gather(
+            *(s.rollouts.set(MODEL, spec, "test") for s, spec in zip([service, other] * 5, specs, strict=True))
+        )
+        revisions = sorted(p.revision for p in plans)
+        assert revisions == list(range(revisions[0], revisions[0] + 10))
+    finally:
+        await other.close()

@@ -9,9 +9,12 @@ a rollout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import fcntl
 import logging
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
@@ -155,7 +158,7 @@ class Rollouts(VersionListener):
 
     # ---- changing ----------------------------------------------------------------------------------
     async def set(self, name: str, spec: RolloutSpec, actor: str) -> RolloutPlan:
-        async with self._lock(name):
+        async with self._changing(name):
             current = self._current(name)
             self._check_served(name, spec)
             revision = current.revision + 1 if current is not None else 1
@@ -163,7 +166,7 @@ class Rollouts(VersionListener):
             return await self._apply_locked(name, plan)
 
     async def promote(self, name: str, version: int | None, actor: str) -> RolloutPlan:
-        async with self._lock(name):
+        async with self._changing(name):
             current = self._require(name)
             if version is None:
                 candidates = current.spec.candidates
@@ -184,7 +187,7 @@ class Rollouts(VersionListener):
             return await self._apply_locked(name, plan)
 
     async def abort(self, name: str, actor: str) -> RolloutPlan:
-        async with self._lock(name):
+        async with self._changing(name):
             current = self._require(name)
             plan = current.changed(phase="aborted", reason=f"aborted by {actor}", actor=actor)
             return await self._apply_locked(name, plan)
@@ -193,7 +196,7 @@ class Rollouts(VersionListener):
         """Persist ``plan`` and apply it on every worker (the analyser's decisions come this way). A plan
         made from one that has since been replaced (its revision is not above the file's: an API call or
         another process changed the rollout meanwhile) is not applied; the plan in force is returned."""
-        async with self._lock(name):
+        async with self._changing(name):
             current = self._current(name)
             if current is not None and plan.revision <= current.revision:
                 log.info(
@@ -215,8 +218,18 @@ class Rollouts(VersionListener):
         await self._changes.rollout_changed(name)
         return plan
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _changing(self, name: str) -> AsyncIterator[None]:
+        """One change of ``name``'s rollout at a time: in this process, and across the workers and
+        replicas that share its directory (an flock on the directory), so that each change reads the
+        revision the last one wrote."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            fd = os.open(self.repository.model_dir(name), os.O_RDONLY)
+            try:
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # which releases the lock
 
     def _current(self, name: str) -> RolloutPlan | None:
         """The plan as the file has it now (another worker or replica may have changed it)."""
