@@ -10,9 +10,12 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from serve.rollout.documents import StatusDocument
+from serve.rollout_cli import format_table
 from serve.workers.messages import ModelStatistics
 from tests.fixtures.rollouts import MODEL, infer_body, write_rollout_model
 from tests.fixtures.servers import RunningServer, serving
@@ -154,3 +157,27 @@ def test_a_key_lands_on_one_version_on_every_worker_and_on_another_server(
             picked[user] = {answered_by(server, user) for server in (two_workers, replica) for _ in range(4)}
     assert all(len(versions) == 1 for versions in picked.values()), picked
     assert set().union(*picked.values()) == {"1", "2"}  # 16 users at 50/50: both arms answer some
+
+
+def test_the_table_shows_each_gate_with_its_value_threshold_and_samples() -> None:
+    status = {
+        "model": MODEL,
+        "plan": {
+            "primary": 1, "candidates": [{"version": 2, "percent": 10.0}], "shadow": None, "key": None,
+            "steps": [1.0, 10.0], "gates": {},
+            "status": {"revision": 4, "step": 1, "phase": "rolled_back", "reason": "error rate +0.18 > 0.02",
+                       "actor": "analyser", "updated_at": "2026-12-07T19:40:00Z"},
+        },
+        "routing": {"primary": 1, "candidates": [], "shadow": None, "key": None},
+        "evaluation": {
+            "at": "2026-12-07T19:40:00Z", "verdict": "failing", "version": 2,
+            "gates": [{"name": "error_rate_increase", "value": 0.1834, "threshold": 0.02,
+                       "samples": {"primary": 1800, "candidate": 210}, "verdict": "failing"}],
+        },
+        "evidence": {},
+    }  # fmt: skip
+    table = format_table(cast(StatusDocument, status)).splitlines()
+    assert table[0] == f"model {MODEL}: rollout revision 4, rolled_back, step 2 of 2 (10.0)"
+    assert table[1] == "  last change: error rate +0.18 > 0.02 (by analyser at 2026-12-07T19:40:00Z)"
+    assert "evaluation at 2026-12-07T19:40:00Z of version 2: failing" in table
+    assert table[-1].split() == ["error_rate_increase", "0.1834", "0.02", "1800", "210", "failing"]

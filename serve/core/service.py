@@ -21,7 +21,7 @@ from serve.core.cluster import Cluster, LocalCluster
 from serve.core.mirror import Mirror
 from serve.core.readiness import SHUTTING_DOWN, Readiness, ReadinessSignal
 from serve.core.rollouts import Rollouts
-from serve.core.served_versions import ServedVersion, ServedVersions
+from serve.core.served_versions import ServedVersions
 from serve.core.validation import validate
 from serve.errors import ModelControlDisabled, ModelNotFound, ModelNotReady, ServeError, ShuttingDown
 from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
@@ -276,10 +276,8 @@ class InferenceService:
         shadow = self._arm(name, routing.shadow.version)
         if shadow is None:
             return
-        served: ServedVersion | None = None
         try:
-            served = self._served.get(shadow)
-            self.mirror.offer(served, feeds, primary, outputs, primary_ns, protocol)
+            self.mirror.offer(self._served.get(shadow), feeds, primary, outputs, primary_ns, protocol)
         except Exception:
             log.exception("model %s: mirroring a request to shadow version %d failed", name, shadow.version)
 
