@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from serve.core import InferenceService
 from serve.core.served_versions import ServedVersion
+from serve.errors import InvalidInput
 from serve.events import Observer, RequestEvent, VersionKey
 from serve.protocol import grpc_service_pb2 as pb
 from serve.rollout.spec import Arm, RolloutSpec
@@ -285,3 +286,18 @@ async def test_changes_from_two_processes_on_one_directory_each_get_a_revision_o
         assert revisions == list(range(revisions[0], revisions[0] + 10))
     finally:
         await other.close()
+
+
+async def test_a_request_that_fails_to_decode_is_counted_for_the_primary(
+    core: tuple[InferenceService, _Events, _Offers],
+) -> None:
+    service, events, _ = core
+    await service.rollouts.set(MODEL, RolloutSpec(1, (Arm(2, 50.0),)), "test")
+    events.seen.clear()
+
+    def refuse(_: object) -> InferRequest:
+        raise InvalidInput("not a tensor")
+
+    with pytest.raises(InvalidInput):
+        await service.infer_decoding(MODEL, "", refuse, "http")
+    assert [(e.key.version, e.role, e.outcome) for e in events.seen] == [("1", "primary", "invalid_input")]

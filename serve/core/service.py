@@ -206,18 +206,20 @@ class InferenceService:
             mirrored = False
             if routing is None:
                 model = self.repository.get(name, version)
+                key = model.key  # a request that fails to decode is still the version's
                 request = decode(model)
             elif version:
                 model = self.repository.get(name, version)
+                key, role = model.key, _client_role(routing, model.version)
                 request = decode(model)
-                role = _client_role(routing, model.version)
             else:
                 model = self._arm(name, routing.primary) or self.repository.get(name)
+                key, role = model.key, "primary"  # until the router picks: one that fails to decode is its
                 request = decode(model)
                 key_value = _key_value(routing.key, request)
                 model, role = self._routed(name, routing, model, key_value)
+                key = model.key
                 mirrored = self.mirror is not None and mirrors(routing, key_value)
-            key = model.key
             served = self._served.get(model)
             valid = validate(served.signature, request)
             result = await served.batcher.submit(
