@@ -12,9 +12,12 @@ import orjson
 import pytest
 import pytest_asyncio
 import yaml
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from serve.protocol import serve_rollout_pb2 as rpb
 from serve.protocol import serve_rollout_pb2_grpc as rpb_grpc
+from serve.settings import GrpcFrontend
+from tests.fixtures.grpc_frontends import FRONTENDS, grpc_frontend
 from tests.fixtures.inprocess import InProcess, in_process
 from tests.fixtures.rollouts import MODEL, write_rollout_model
 
@@ -218,3 +221,25 @@ async def test_grpc_set_runs_as_the_tokens_identity(guarded: InProcess) -> None:
     request = rpb.RolloutRequest(model_name=MODEL, json=orjson.dumps(SPEC).decode())
     answer = await stub.SetRollout(request, metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),))
     assert orjson.loads(answer.json)["plan"]["status"]["actor"] == "deployer"
+
+
+# ---- both gRPC front ends, and reflection ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+async def test_the_rollout_service_answers_on_each_grpc_front_end(server: InProcess, frontend: GrpcFrontend) -> None:
+    async with (
+        grpc_frontend(server, frontend, max_message_bytes=1 << 20) as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        answer = await rpb_grpc.RolloutsStub(channel).GetRollout(rpb.RolloutRequest(model_name=MODEL))
+    assert orjson.loads(answer.json)["model"] == MODEL
+
+
+async def test_reflection_lists_the_rollout_service(server: InProcess) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    services = [
+        s.name async for a in stub.ServerReflectionInfo(iter([request])) for s in a.list_services_response.service
+    ]
+    assert "serve.rollout.Rollouts" in services

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import numpy as np
 import orjson
 import pytest
@@ -20,9 +21,11 @@ from serve.core.served_versions import ServedVersion
 from serve.errors import InvalidInput
 from serve.events import Observer, RequestEvent, VersionKey
 from serve.protocol import grpc_service_pb2 as pb
+from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.rollout.spec import Arm, RolloutSpec
-from serve.settings import ServerSettings
+from serve.settings import GrpcFrontend, ServerSettings
 from serve.types import InferRequest, InputTensor
+from tests.fixtures.grpc_frontends import FRONTENDS, grpc_frontend
 from tests.fixtures.inprocess import InProcess, in_process
 from tests.fixtures.rollouts import INPUT, MODEL, ROW, binary_infer_body, infer_body, write_rollout_model
 
@@ -301,3 +304,17 @@ async def test_a_request_that_fails_to_decode_is_counted_for_the_primary(
     with pytest.raises(InvalidInput):
         await service.infer_decoding(MODEL, "", refuse, "http")
     assert [(e.key.version, e.role, e.outcome) for e in events.seen] == [("1", "primary", "invalid_input")]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+async def test_the_key_from_metadata_routes_on_each_grpc_front_end(server: InProcess, frontend: GrpcFrontend) -> None:
+    await _set(server, RolloutSpec(1, (Arm(2, 50.0),), key="user"))
+    async with (
+        grpc_frontend(server, frontend, max_message_bytes=1 << 20) as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for user in (f"user-{i}" for i in range(10)):
+            by_parameter = (await stub.ModelInfer(_grpc_request(user=user))).model_version
+            by_metadata = (await stub.ModelInfer(_grpc_request(), metadata=(("user", user),))).model_version
+            assert by_parameter == by_metadata
