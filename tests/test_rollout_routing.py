@@ -193,7 +193,7 @@ async def core(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[
     root = tmp_path_factory.mktemp("rollout-core")
     write_rollout_model(root)
     events, offers = _Events(), _Offers()
-    service = InferenceService.create(root, ServerSettings(), [events], mirror=offers)
+    service = InferenceService.create(root, ServerSettings(), [events], mirror_of=lambda _: offers)
     await service.repository.load_all()
     try:
         yield service, events, offers
@@ -318,3 +318,17 @@ async def test_the_key_from_metadata_routes_on_each_grpc_front_end(server: InPro
             by_parameter = (await stub.ModelInfer(_grpc_request(user=user))).model_version
             by_metadata = (await stub.ModelInfer(_grpc_request(), metadata=(("user", user),))).model_version
             assert by_parameter == by_metadata
+
+
+async def test_the_mirror_is_built_on_the_servers_observers(tmp_path: Path) -> None:
+    events, offers = _Events(), _Offers()
+    given: list[Observer] = []
+
+    def mirror_of(observer: Observer) -> _Offers:
+        given.append(observer)
+        return offers
+
+    service = InferenceService.create(tmp_path, ServerSettings(), [events], mirror_of=mirror_of)
+    shadow_copy = RequestEvent(VersionKey(MODEL, "3"), "http", "success", 1, role="shadow")
+    given[0].on_request(shadow_copy)
+    assert service.mirror is offers and events.seen == [shadow_copy]

@@ -91,12 +91,19 @@ class InferenceService:
 
     @classmethod
     def create(
-        cls, root: Path, settings: ServerSettings, observers: Sequence[Observer] = (), **kwargs: Any
+        cls,
+        root: Path,
+        settings: ServerSettings,
+        observers: Sequence[Observer] = (),
+        *,
+        mirror_of: Callable[[Observer], Mirror] | None = None,
+        **kwargs: Any,
     ) -> InferenceService:
         """The repository, the core and ``observers`` wired together. Observers that are also
         VersionListeners attach to each version before the core's batcher, and detach after it.
         The audit log (--audit-log-file) attaches last, so that it records only loads that took. Rollouts
-        hears of every load, to read the model's rollout.yaml."""
+        hears of every load, to read the model's rollout.yaml. ``mirror_of`` builds the shadow's Mirror
+        on the same observers, so that its copies are observed (as role "shadow") like every request."""
         statistics = TritonStatistics()
         everyone = Observers([*observers, statistics])
         served = ServedVersions(everyone, grace_s=settings.shutdown_grace_s)
@@ -106,8 +113,17 @@ class InferenceService:
         rollouts = Rollouts()
         listeners += [statistics, served, readiness, rollouts, *([audit] if audit is not None else [])]
         repository = ModelRepository(root, settings, listeners=listeners)
+        mirror = mirror_of(everyone) if mirror_of is not None else None
         return cls(
-            repository, served, statistics, everyone, audit=audit, readiness=readiness, rollouts=rollouts, **kwargs
+            repository,
+            served,
+            statistics,
+            everyone,
+            audit=audit,
+            readiness=readiness,
+            rollouts=rollouts,
+            mirror=mirror,
+            **kwargs,
         )
 
     # ---- health and metadata ---------------------------------------------------------------
