@@ -60,6 +60,13 @@ async def test_an_unknown_model_is_404(server: InProcess) -> None:
     assert response.status_code == 404 and "nope" in response.json()["error"]
 
 
+@pytest.mark.parametrize(("method", "suffix"), [("PUT", ""), ("POST", "/promote"), ("POST", "/abort")])
+async def test_a_change_to_an_unknown_model_is_404(server: InProcess, method: str, suffix: str) -> None:
+    body = b'{"primary": 1}' if method == "PUT" else b""
+    response = await server.http.request(method, "/v2/models/nope/rollout" + suffix, content=body)
+    assert response.status_code == 404 and "'nope' is not found" in response.json()["error"]
+
+
 async def test_put_sets_the_plan_and_answers_the_status_document(server: InProcess) -> None:
     before = (await server.http.get(PATH)).json()["plan"]
     status = await _put(server, SPEC)

@@ -223,6 +223,7 @@ class Rollouts(VersionListener):
         """One change of ``name``'s rollout at a time: in this process, and across the workers and
         replicas that share its directory (an flock on the directory), so that each change reads the
         revision the last one wrote."""
+        self.repository.get(name)  # ModelNotFound / ModelNotReady before anything is locked or written
         async with self._locks.setdefault(name, asyncio.Lock()):
             fd = os.open(self.repository.model_dir(name), os.O_RDONLY)
             try:
