@@ -33,9 +33,9 @@ PROTO_DIR = ROOT / "protos"
 DEFAULT_OUT = ROOT / "serve" / "protocol"
 PACKAGE = "serve.protocol"
 
-PROTOS = ("model_config.proto", "grpc_service.proto", "serve_monitoring.proto")
+PROTOS = ("model_config.proto", "grpc_service.proto", "serve_monitoring.proto", "serve_rollout.proto")
 # model_config.proto declares no service; model_config_pb2_grpc.py would be empty.
-SERVICE_PROTOS = ("grpc_service.proto", "serve_monitoring.proto")
+SERVICE_PROTOS = ("grpc_service.proto", "serve_monitoring.proto", "serve_rollout.proto")
 
 GENERATED = (
     "model_config_pb2.py",
@@ -46,6 +46,9 @@ GENERATED = (
     "serve_monitoring_pb2.py",
     "serve_monitoring_pb2.pyi",
     "serve_monitoring_pb2_grpc.py",
+    "serve_rollout_pb2.py",
+    "serve_rollout_pb2.pyi",
+    "serve_rollout_pb2_grpc.py",
 )
 
 _NOTE = "# Post-processed by protos/generate.py: private descriptor pool, package-relative imports.\n"

@@ -1,4 +1,4 @@
-"""The `serve` command line: `serve run | validate | demo-repo | baseline | monitor`.
+"""The `serve` command line: `serve run | validate | demo-repo | baseline | monitor | rollout`.
 
 The flags of `serve run` and `serve validate` are derived from the settings' fields
 (serve/settings.py), as are their environment variables SERVE_<FLAG> (dashes become
@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="watch servers' input statistics for drift against baselines",
             description="Poll servers' input statistics, merge replicas, compare with baselines, keep history in "
             "SQLite, export Prometheus gauges, serve an HTML report, and alert on drift.",
+        )
+    )
+    from serve.rollout_cli import add_arguments as add_rollout_arguments
+
+    add_rollout_arguments(
+        sub.add_parser(
+            "rollout",
+            help="a running server's rollout of a model: status, set, promote, abort",
+            description="Read and change a model's rollout (canary, A/B, shadow) on a running server, over its "
+            "HTTP API; a refused call exits 2 with the server's reason.",
         )
     )
     return parser
@@ -125,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = write_demo_repository(args.directory)
         print(f"wrote demo model repository with {', '.join(names)} to {args.directory}")
         return 0
+    if args.command == "rollout":
+        from serve.rollout_cli import run as run_rollout
+
+        return run_rollout(args)
     try:
         server_settings = settings.from_arguments(args)
     except SettingsError as exc:

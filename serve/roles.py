@@ -32,6 +32,7 @@ class SingleProcess:
     grpc_handoff: ClassVar[None] = None  # it serves gRPC on its port itself
     reuse_port: ClassVar[bool] = False
     serves_metrics_port: ClassVar[bool] = True
+    decides_rollouts: ClassVar[bool] = True  # runs the rollout analyser (one process decides)
 
     def metrics_dir(self) -> Path | None:
         return None
@@ -65,6 +66,11 @@ class WorkerRole:
     grpc_handoff: GrpcHandoff | None = None  # None = serve gRPC on the port itself, with SO_REUSEPORT
     reuse_port: ClassVar[bool] = True
     serves_metrics_port: ClassVar[bool] = False  # the supervisor serves it, merged over the workers
+
+    @property
+    def decides_rollouts(self) -> bool:
+        """Only worker 0 runs the rollout analyser, on the evidence merged over every worker."""
+        return self.index == 0
 
     def metrics_dir(self) -> Path | None:
         return multiprocess_dir()

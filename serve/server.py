@@ -48,6 +48,7 @@ from serve.repository.repository import ModelRepository
 from serve.roles import SINGLE_PROCESS, Role
 from serve.roles import GrpcHandoff as GrpcHandoff  # serve/workers builds its role from here
 from serve.roles import WorkerRole as WorkerRole
+from serve.rollout.plan_file import FILE_NAME as ROLLOUT_FILE
 from serve.security.tls import TlsFiles, load_tls
 from serve.security.tokens import TokenStore
 from serve.settings import ServerSettings
@@ -235,7 +236,10 @@ class Server:
 
     def _start_poller(self) -> None:
         if self.settings.model_control_mode == "poll":
-            self._poller = RepositoryPoller(self.repository, self.settings.repository_poll_secs)
+            # A changed rollout.yaml is re-read, not a reload of the model: every replica and worker converges
+            # on it within one poll.
+            followers = {ROLLOUT_FILE: self.service.rollouts.reload}
+            self._poller = RepositoryPoller(self.repository, self.settings.repository_poll_secs, followers)
             self._poller.mark_loaded()
             self._poller.start()
 

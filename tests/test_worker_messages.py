@@ -22,7 +22,9 @@ from serve.workers.messages import (
     ApplyLoad,
     ApplyUnload,
     Done,
+    EvidenceAnswer,
     Export,
+    ExportEvidence,
     InputStats,
     InputStatsAnswer,
     Load,
@@ -31,7 +33,10 @@ from serve.workers.messages import (
     ModelSpec,
     ModelStatistics,
     Ready,
+    ReloadRollout,
     Request,
+    RolloutChanged,
+    RolloutEvidence,
     StartupModels,
     StartupModelsAnswer,
     StatisticsAnswer,
@@ -53,6 +58,10 @@ REQUESTS: list[Request[Answer]] = [
     ApplyLoad(SPEC, "startup"),
     ApplyUnload("fraud", "startup"),
     Loaded(),
+    RolloutChanged("fraud"),
+    RolloutEvidence("fraud"),
+    ReloadRollout("fraud"),
+    ExportEvidence("fraud"),
 ]
 ANSWERS: list[tuple[Request[Answer], Answer]] = [
     (ModelStatistics("fraud", ""), StatisticsAnswer(b'[{"name":"fraud"}]')),
@@ -60,6 +69,7 @@ ANSWERS: list[tuple[Request[Answer], Answer]] = [
     (StartupModels(), StartupModelsAnswer(5, (SPEC, ModelSpec("plain")))),
     (Loaded(), LoadedAnswer(("a", "b"))),
     (Unload("fraud", "x"), Done()),
+    (RolloutEvidence("fraud"), EvidenceAnswer(b'{"arms":{}}')),
 ]
 EVERY_REQUEST = (*SUPERVISOR_REQUESTS, *WORKER_REQUESTS)
 
@@ -77,7 +87,7 @@ def test_every_request_kind_decodes_to_what_was_encoded(request_: Request[Answer
 def test_each_request_kind_has_a_name_of_its_own_on_the_socket_that_answers_it() -> None:
     for kinds in (SUPERVISOR_REQUESTS, WORKER_REQUESTS):
         assert len({cls.kind for cls in kinds}) == len(kinds)
-    assert len({cls.kind for cls in EVERY_REQUEST}) == len(set(EVERY_REQUEST)) == 10
+    assert len({cls.kind for cls in EVERY_REQUEST}) == len(set(EVERY_REQUEST)) == 14
     assert {type(r) for r in REQUESTS} == set(EVERY_REQUEST)  # REQUESTS has every kind
 
 
@@ -168,6 +178,14 @@ class _Worker:
     async def loaded(self, request: Loaded) -> LoadedAnswer:
         raise RuntimeError("a bug")
 
+    async def reload_rollout(self, request: ReloadRollout) -> Done:
+        self.asked.append(request)
+        return Done()
+
+    async def export_evidence(self, request: ExportEvidence) -> EvidenceAnswer:
+        self.asked.append(request)
+        return EvidenceAnswer(b'{"arms": {}}')
+
 
 @pytest.fixture
 async def worker(tmp_path: Path) -> AsyncIterator[tuple[Path, _Worker]]:
@@ -197,6 +215,15 @@ async def test_each_request_reaches_its_own_handler_method_and_its_answer_comes_
     assert await ipc.call(path, Export("fraud", "1")) == InputStatsAnswer(b'{"rows": 3}')
     assert await ipc.call(path, ApplyLoad(SPEC, "alice")) == Done()
     assert handler.asked == [Export("fraud", "1"), ApplyLoad(SPEC, "alice")]
+
+
+async def test_the_rollout_requests_reach_the_worker_and_its_evidence_comes_back(
+    worker: tuple[Path, _Worker],
+) -> None:
+    path, handler = worker
+    assert await ipc.call(path, ReloadRollout("fraud")) == Done()
+    assert await ipc.call(path, ExportEvidence("fraud")) == EvidenceAnswer(b'{"arms": {}}')
+    assert handler.asked == [ReloadRollout("fraud"), ExportEvidence("fraud")]
 
 
 async def test_a_serve_error_in_a_handler_reaches_the_caller_as_itself(worker: tuple[Path, _Worker]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from serve.core.rollouts import Rollouts
 from serve.errors import ModelLoadError
 from serve.metrics.triton_statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
@@ -30,14 +31,23 @@ class Cluster(Protocol):
         """Unload on every worker."""
         ...
 
+    async def rollout_changed(self, name: str) -> None:
+        """``<name>/rollout.yaml`` changed: every worker re-reads it before this returns."""
+        ...
+
+    async def rollout_evidence(self, name: str) -> bytes:
+        """The model's rollout evidence (JSON), merged over the workers."""
+        ...
+
 
 class LocalCluster:
     """This process's own repository and statistics: the whole server when there are no workers,
     and what a worker applies when the supervisor asks it."""
 
-    def __init__(self, repository: ModelRepository, statistics: TritonStatistics) -> None:
+    def __init__(self, repository: ModelRepository, statistics: TritonStatistics, rollouts: Rollouts) -> None:
         self._repository = repository
         self._statistics = statistics
+        self._rollouts = rollouts
 
     async def model_statistics(self, name: str, version: str) -> list[dict[str, Any]]:
         return self.statistics_now(name, version)
@@ -65,3 +75,9 @@ class LocalCluster:
 
     async def unload_model(self, name: str, actor: str) -> None:
         await self._repository.unload_model(name, actor=actor)
+
+    async def rollout_changed(self, name: str) -> None:
+        self._rollouts.reload(name)
+
+    async def rollout_evidence(self, name: str) -> bytes:
+        return self._rollouts.local_evidence(name)

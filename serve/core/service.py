@@ -6,16 +6,21 @@ all semantics (resolving the model, validation, batching, observation) live here
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from serve import __version__
 from serve.core.classification import classify
 from serve.core.cluster import Cluster, LocalCluster
+from serve.core.mirror import Mirror
 from serve.core.readiness import SHUTTING_DOWN, Readiness, ReadinessSignal
+from serve.core.rollouts import Rollouts
 from serve.core.served_versions import ServedVersions
 from serve.core.validation import validate
 from serve.errors import ModelControlDisabled, ModelNotFound, ModelNotReady, ServeError, ShuttingDown
@@ -24,9 +29,13 @@ from serve.metrics.triton_statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.layout import parse_version
 from serve.repository.repository import ANONYMOUS, ModelRepository, ModelVersion, VersionListener
+from serve.rollout.router import mirrors, pick
+from serve.rollout.spec import Role, Routing
 from serve.security.audit import ERROR, OK, AuditLog
 from serve.settings import ModelControlMode, ServerSettings
 from serve.types import InferRequest, InferResponse, OutputTensor, TensorSpec
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = [
     "binary_tensor_data",
@@ -56,6 +65,8 @@ class InferenceService:
         cluster: Cluster | None = None,
         audit: AuditLog | None = None,
         readiness: ReadinessSignal | None = None,
+        rollouts: Rollouts | None = None,
+        mirror: Mirror | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         self.repository = repository
@@ -69,26 +80,51 @@ class InferenceService:
         self._clock = clock
         # This process's own answers; and where the server-wide ones come from: the same, or every
         # worker when this process is one of several behind one port (serve/workers).
-        self.local = LocalCluster(repository, statistics)
+        self.rollouts = rollouts or Rollouts()
+        self.local = LocalCluster(repository, statistics, self.rollouts)
         self.cluster: Cluster = cluster or self.local
+        self.rollouts.bind(repository, self.cluster)
+        # The same (live) mapping Rollouts keeps: one lookup per request says whether a model has a rollout.
+        self._routings = self.rollouts.routings
+        self.mirror = mirror
         self._shutting_down = False
 
     @classmethod
     def create(
-        cls, root: Path, settings: ServerSettings, observers: Sequence[Observer] = (), **kwargs: Any
+        cls,
+        root: Path,
+        settings: ServerSettings,
+        observers: Sequence[Observer] = (),
+        *,
+        mirror_of: Callable[[Observer], Mirror] | None = None,
+        **kwargs: Any,
     ) -> InferenceService:
         """The repository, the core and ``observers`` wired together. Observers that are also
         VersionListeners attach to each version before the core's batcher, and detach after it.
-        The audit log (--audit-log-file) attaches last, so that it records only loads that took."""
+        The audit log (--audit-log-file) attaches last, so that it records only loads that took. Rollouts
+        hears of every load, to read the model's rollout.yaml. ``mirror_of`` builds the shadow's Mirror
+        on the same observers, so that its copies are observed (as role "shadow") like every request."""
         statistics = TritonStatistics()
         everyone = Observers([*observers, statistics])
         served = ServedVersions(everyone, grace_s=settings.shutdown_grace_s)
         listeners: list[VersionListener] = [o for o in observers if isinstance(o, VersionListener)]
         audit = AuditLog(settings.audit_log_file) if settings.audit_log_file is not None else None
         readiness = ReadinessSignal()
-        listeners += [statistics, served, readiness, *([audit] if audit is not None else [])]
+        rollouts = Rollouts()
+        listeners += [statistics, served, readiness, rollouts, *([audit] if audit is not None else [])]
         repository = ModelRepository(root, settings, listeners=listeners)
-        return cls(repository, served, statistics, everyone, audit=audit, readiness=readiness, **kwargs)
+        mirror = mirror_of(everyone) if mirror_of is not None else None
+        return cls(
+            repository,
+            served,
+            statistics,
+            everyone,
+            audit=audit,
+            readiness=readiness,
+            rollouts=rollouts,
+            mirror=mirror,
+            **kwargs,
+        )
 
     # ---- health and metadata ---------------------------------------------------------------
     def server_live(self) -> bool:
@@ -170,18 +206,37 @@ class InferenceService:
 
     async def infer_decoding(self, name: str, version: str, decode: Decode, protocol: str) -> InferResponse:
         """Resolve the model first (an unknown model is NOT_FOUND whatever the body holds), then
-        decode, validate and run. Every request, however it ends, is observed exactly once."""
+        decode, validate and run. Every request, however it ends, is observed exactly once.
+
+        A model with a rollout answers a request that names no version from the arm the router picks
+        (decoded as the primary's, run on the arm's version); one that names a version is never diverted."""
         started = self._clock()
         key = UNKNOWN_VERSION
         timings = None
+        role: Role = ""
         error: BaseException | None = None
         try:
             if self._shutting_down:
                 raise ShuttingDown("the server is shutting down and takes no new requests; retry on another replica")
-            model = self.repository.get(name, version)
-            key = model.key
+            routing = self._routings.get(name)
+            mirrored = False
+            if routing is None:
+                model = self.repository.get(name, version)
+                key = model.key  # a request that fails to decode is still the version's
+                request = decode(model)
+            elif version:
+                model = self.repository.get(name, version)
+                key, role = model.key, _client_role(routing, model.version)
+                request = decode(model)
+            else:
+                model = self._arm(name, routing.primary) or self.repository.get(name)
+                key, role = model.key, "primary"  # until the router picks: one that fails to decode is its
+                request = decode(model)
+                key_value = _key_value(routing.key, request)
+                model, role = self._routed(name, routing, model, key_value)
+                key = model.key
+                mirrored = self.mirror is not None and mirrors(routing, key_value)
             served = self._served.get(model)
-            request = decode(model)
             valid = validate(served.signature, request)
             result = await served.batcher.submit(
                 valid.feeds,
@@ -190,6 +245,8 @@ class InferenceService:
                 client_gone=request.client_gone,
             )
             timings = result.timings
+            if mirrored and routing is not None:
+                self._offer_shadow(name, routing, valid.feeds, key, result.outputs, self._clock() - started, protocol)
             outputs = [OutputTensor(n, datatype, result.outputs[n]) for n, datatype in valid.outputs]
             outputs = classify(outputs, request.outputs, model.labels, batching=model.max_batch_size > 0)
             return InferResponse(model.name, model.version_str, request.id, outputs)
@@ -197,11 +254,50 @@ class InferenceService:
             error = exc
             raise
         finally:
-            self._observer.on_request(RequestEvent(key, protocol, outcome_of(error), self._clock() - started, timings))
+            self._observer.on_request(
+                RequestEvent(key, protocol, outcome_of(error), self._clock() - started, timings, role)
+            )
             # The exception's traceback holds this frame, and the frame held the exception: a cycle
             # that kept the request's body and decoded tensors alive until the garbage collector
             # ran (48-65 MiB after 100 refused 8 MiB requests).
             error = None
+
+    def _arm(self, name: str, version: int) -> ModelVersion | None:
+        """The rollout's ``version`` if it serves; None (said once in the log) if not."""
+        try:
+            return self.repository.get(name, str(version))
+        except (ModelNotFound, ModelNotReady):
+            self.rollouts.not_served(name, version)
+            return None
+
+    def _routed(
+        self, name: str, routing: Routing, primary: ModelVersion, key_value: str | None
+    ) -> tuple[ModelVersion, Role]:
+        version, role = pick(routing, key_value)
+        if version == primary.version:
+            return primary, "primary"
+        arm = self._arm(name, version)
+        return (arm, role) if arm is not None else (primary, "primary")
+
+    def _offer_shadow(
+        self,
+        name: str,
+        routing: Routing,
+        feeds: Mapping[str, np.ndarray],
+        primary: VersionKey,
+        outputs: Mapping[str, np.ndarray],
+        primary_ns: int,
+        protocol: str,
+    ) -> None:
+        """Hand the shadow its copy; the client's answer never waits for it nor fails with it."""
+        assert self.mirror is not None and routing.shadow is not None
+        shadow = self._arm(name, routing.shadow.version)
+        if shadow is None:
+            return
+        try:
+            self.mirror.offer(self._served.get(shadow), feeds, primary, outputs, primary_ns, protocol)
+        except Exception:
+            log.exception("model %s: mirroring a request to shadow version %d failed", name, shadow.version)
 
     # ---- repository ------------------------------------------------------------------------
     @contextmanager
@@ -257,3 +353,21 @@ class InferenceService:
         finally:
             if self.audit is not None:
                 self.audit.close()
+
+
+def _client_role(routing: Routing, version: int) -> Role:
+    """The role of a version a client named: its arm's, unless that is the shadow (which answers no client)."""
+    role = routing.role_of(version)
+    return "" if role == "shadow" else role
+
+
+def _key_value(key: str | None, request: InferRequest) -> str | None:
+    """The routing key's value: a request parameter (a string or an integer), else a header / metadata value."""
+    if key is None:
+        return None
+    value = request.parameters.get(key)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return request.header(key.lower()) if request.header is not None else None

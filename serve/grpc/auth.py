@@ -3,7 +3,8 @@
 The token comes in the ``authorization`` metadata (``Bearer <token>``; tritonclient sends it with
 ``headers={"Authorization": "Bearer ..."}``). What each method needs:
 - the standard health service, server reflection, ServerLive and ServerReady: nothing;
-- RepositoryModelLoad, RepositoryModelUnload: scope ``admin``, always; RepositoryIndex (read-only) ``inference``;
+- RepositoryModelLoad, RepositoryModelUnload and every method of ``serve.rollout.Rollouts``: scope ``admin``,
+  always; RepositoryIndex (read-only) ``inference``;
 - everything else (inference, metadata, config, statistics, the monitoring service): scope
   ``inference`` (or admin), unless --no-auth-inference.
 
@@ -25,6 +26,7 @@ from serve.security.audit import DENIED, UNAUTHENTICATED, AuditLog
 from serve.security.tokens import ADMIN, INFERENCE, Scope, TokenStore, bearer_token
 
 _INFERENCE_SERVICE = "/inference.GRPCInferenceService/"
+_ROLLOUT_SERVICE = "/serve.rollout.Rollouts/"
 OPEN_PREFIXES = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
@@ -35,6 +37,10 @@ ADMIN_METHODS = {
     _INFERENCE_SERVICE + "RepositoryIndex": "index",
     _INFERENCE_SERVICE + "RepositoryModelLoad": "load",
     _INFERENCE_SERVICE + "RepositoryModelUnload": "unload",
+    _ROLLOUT_SERVICE + "GetRollout": "rollout_status",
+    _ROLLOUT_SERVICE + "SetRollout": "rollout_set",
+    _ROLLOUT_SERVICE + "PromoteRollout": "rollout_promote",
+    _ROLLOUT_SERVICE + "AbortRollout": "rollout_abort",
 }
 
 _actor: ContextVar[str] = ContextVar("serve_grpc_actor", default=ANONYMOUS)

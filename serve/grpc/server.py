@@ -16,6 +16,8 @@ from serve.grpc.frontends import Frontend, choose_frontend
 from serve.grpc.health import ServiceHealth
 from serve.grpc.input_stats_service import SERVICE_NAME as MONITORING_SERVICE_NAME
 from serve.grpc.input_stats_service import add_monitoring_servicer
+from serve.grpc.rollout_service import SERVICE_NAME as ROLLOUT_SERVICE_NAME
+from serve.grpc.rollout_service import add_rollout_servicer
 from serve.grpc.service import InferenceServicer
 from serve.input_stats.served_baseline import BaselineLookup
 from serve.input_stats.wiring import StatsDocuments
@@ -84,7 +86,8 @@ def create_grpc_server(
         server,
         registered=HEALTH_METHODS if frontend.register_every_method else (),
     )
-    services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    add_rollout_servicer(server, service, register_methods=frontend.register_every_method)
+    services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, ROLLOUT_SERVICE_NAME]
     if stats_lookup is not None and baseline_lookup is not None:
         add_monitoring_servicer(server, stats_lookup, baseline_lookup, register_methods=frontend.register_every_method)
         services.append(MONITORING_SERVICE_NAME)

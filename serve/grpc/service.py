@@ -21,6 +21,7 @@ from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.config_file import parse_config_json
+from serve.types import InferRequest
 
 Context = Any  # grpc.aio.ServicerContext; the generated base class leaves it untyped
 
@@ -39,6 +40,28 @@ def _repository_parameters(params: Any) -> tuple[mc.ModelConfig | None, dict[str
                 raise InvalidInput(f"parameter '{key}' must be bytes")
             files[key[5:]] = value.bytes_param
     return config, files
+
+
+class _Metadata:
+    """The call's invocation metadata by lower-case key, read only if a rollout asks for its routing key."""
+
+    __slots__ = ("_context", "_values")
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._values: dict[str, str] | None = None
+
+    def __call__(self, name: str) -> str | None:
+        if self._values is None:
+            metadata = self._context.invocation_metadata() or ()
+            self._values = {k.lower(): v for k, v in metadata if isinstance(v, str)}
+        return self._values.get(name)
+
+
+def _decoded(message: pb.ModelInferRequest, context: Context) -> InferRequest:
+    request = grpc_codec.decode_infer_request(message)
+    request.header = _Metadata(context)
+    return request
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -88,7 +111,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         response = await self._service.infer_decoding(
-            request.model_name, request.model_version, lambda _: grpc_codec.decode_infer_request(request), "grpc"
+            request.model_name, request.model_version, lambda _: _decoded(request, context), "grpc"
         )
         return grpc_codec.encode_infer_response(response)
 
@@ -105,7 +128,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response = await self._service.infer_decoding(
                     message.model_name,
                     message.model_version,
-                    lambda _: grpc_codec.decode_infer_request(message),
+                    lambda _: _decoded(message, context),
                     "grpc",
                 )
                 reply = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))

@@ -25,6 +25,7 @@ from serve.http.body import read_body
 from serve.http.errors import ErrorBoundary
 from serve.http.infer import InferEndpoint
 from serve.http.openapi import openapi_document
+from serve.http.rollout_routes import rollout_routes
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.config_file import parse_config_json
 from serve.repository.config_json import message_to_json
@@ -197,5 +198,10 @@ def create_app(
     service: InferenceService, *, max_request_bytes: int, extra_routes: list[BaseRoute] | None = None
 ) -> ASGIApp:
     """The HTTP app; ``service`` carries all state (no globals)."""
-    routes = _Routes(service, max_request_bytes).table() + _unsupported_extensions() + (extra_routes or [])
+    routes = [
+        *_Routes(service, max_request_bytes).table(),
+        *rollout_routes(service, max_request_bytes=max_request_bytes),
+        *_unsupported_extensions(),
+        *(extra_routes or []),
+    ]
     return ErrorBoundary(InferEndpoint(Router(routes=routes), service, max_request_bytes=max_request_bytes))

@@ -2,7 +2,8 @@
 
 What each path needs:
 - ``/v2/health/live`` and ``/v2/health/ready``: nothing, so that probes need no secret;
-- ``/v2/repository/.../load`` and ``.../unload``: a token of scope ``admin``, always;
+- ``/v2/repository/.../load`` and ``.../unload``, and ``/v2/models/{m}/rollout[/...]``: a token of scope
+  ``admin``, always;
 - ``/v2/repository/.../index`` (read-only: what metadata shows too): scope ``inference``, so that the
   drift monitor can find the models with an inference token;
 - everything else (inference, metadata, config, statistics, input-stats, baseline, /metrics, and
@@ -27,6 +28,8 @@ from serve.security.tokens import Scope as TokenScope
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 REPOSITORY_PREFIX = "/v2/repository"
+MODELS_PREFIX = "/v2/models/"
+ROLLOUT = "rollout"
 _ACTOR = "serve.actor"  # the scope key carrying an admin call's identity
 _AUTHORIZATION = b"authorization"
 
@@ -36,7 +39,20 @@ def required_scope(path: str) -> TokenScope | None:
         return None
     if path.startswith(REPOSITORY_PREFIX):  # a prefix, not the routes: whatever lies below is admin's
         return INFERENCE if path.rstrip("/").endswith("/index") else ADMIN
+    if rollout_call(path)[0]:
+        return ADMIN
     return INFERENCE
+
+
+def rollout_call(path: str) -> tuple[str, str]:
+    """(action, model) of a rollout API path (``/v2/models/{m}/rollout[/promote|/abort]``); ("", "") otherwise."""
+    if not path.startswith(MODELS_PREFIX):
+        return "", ""
+    parts = path[len(MODELS_PREFIX) :].rstrip("/").split("/")
+    if len(parts) >= 2 and parts[1] == ROLLOUT:
+        # Anything below …/rollout is admin's, so that an unknown path there tells a reader nothing either.
+        return ("rollout_" + parts[2] if len(parts) == 3 else "rollout"), parts[0]
+    return "", ""
 
 
 def actor_of(scope: Scope) -> str:
@@ -107,6 +123,8 @@ class BearerAuth:
         if self._audit is None:
             return
         action, model = repository_call(scope["path"])
+        if not action:
+            action, model = rollout_call(scope["path"])
         if action:
             self._audit.api_call(action, actor, model, DENIED, reason)
 

@@ -25,6 +25,7 @@ _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
+MODEL_VERSION_HEADER = b"x-model-version"
 
 
 def parse_infer_path(path: str) -> tuple[str, str] | None:
@@ -119,6 +120,7 @@ class InferEndpoint:
                 raw, header_length=header_length, model_name=name, model_version=version, model_inputs=model_inputs
             )
             request.client_gone = probe
+            request.header = headers.get  # names are lower-cased above; a rollout's routing key may be one
             decoded.append(request)
             return request
 
@@ -139,5 +141,7 @@ class InferEndpoint:
             out.append((b"content-type", _BINARY))
             out.append((b"inference-header-content-length", str(json_length).encode()))
         out.append((b"content-length", str(len(payload)).encode()))
+        # Who answered, for proxies and clients that do not read the body (a rollout may pick the version).
+        out.append((MODEL_VERSION_HEADER, response.model_version.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": payload})

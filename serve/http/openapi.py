@@ -168,6 +168,64 @@ def _repository_routes(prefix: str, parameters: list[JsonValue]) -> JsonObject:
     }
 
 
+def _rollout_routes() -> JsonObject:
+    path = "/v2/models/{model}/rollout"
+    status = _json(_ref("RolloutStatus"), "the rollout's status document (plan, routing, evaluation, evidence)")
+    change = {"200": status, **_errors(400, 404, 413, 503)}
+    return {
+        path: {
+            "get": _operation("the model's rollout (admin scope)", [_MODEL], {"200": status, **_errors(404, 503)}),
+            "put": _operation(
+                "set a new rollout: primary, candidates, shadow, key, steps, gates (admin scope)",
+                [_MODEL],
+                change,
+                body="RolloutSpec",
+                body_required=True,
+            ),
+        },
+        path + "/promote": {
+            "post": _operation(
+                "make the candidate (or 'version') the primary (admin scope)", [_MODEL], change, body="PromoteRequest"
+            )
+        },
+        path + "/abort": {
+            "post": _operation("end the rollout: only the primary answers (admin scope)", [_MODEL], change)
+        },
+    }
+
+
+def _rollout_schemas() -> JsonObject:
+    arm = _object({"version": {"type": "integer"}, "percent": {"type": "number"}}, required=["version"])
+    nullable_arm: JsonObject = {"oneOf": [_ref("RolloutArm"), {"type": "null"}]}
+    spec = _object(
+        {
+            "primary": {"type": "integer"},
+            "candidates": _array(_ref("RolloutArm")),
+            "shadow": nullable_arm,
+            "key": {"type": ["string", "null"]},
+            "steps": _array({"type": ["string", "number"]}),
+            "gates": _free_form(),
+        },
+        required=["primary"],
+    )
+    status = _object(
+        {
+            "model": _string(),
+            "plan": {"type": ["object", "null"]},
+            "routing": {"type": ["object", "null"]},
+            "evaluation": {"type": ["object", "null"]},
+            "evidence": {"type": "object"},
+        },
+        required=["model", "plan", "routing", "evaluation", "evidence"],
+    )
+    return {
+        "RolloutArm": arm,
+        "RolloutSpec": spec,
+        "PromoteRequest": _object({"version": {"type": "integer"}}),
+        "RolloutStatus": status,
+    }
+
+
 def _string(description: str | None = None) -> JsonObject:
     return {"type": "string"} if description is None else {"type": "string", "description": description}
 
@@ -281,7 +339,7 @@ def _repository_schemas() -> JsonObject:
 
 
 def _schemas() -> JsonObject:
-    return _status_schemas() | _metadata_schemas() | _inference_schemas() | _repository_schemas()
+    return _status_schemas() | _metadata_schemas() | _inference_schemas() | _repository_schemas() | _rollout_schemas()
 
 
 def openapi_document() -> JsonObject:
@@ -322,6 +380,7 @@ def openapi_document() -> JsonObject:
     paths |= _model_routes("/v2/models/{model}/versions/{version}", [_MODEL, _VERSION])
     paths |= _repository_routes("/v2/repository", [])
     paths |= _repository_routes("/v2/repository/{repository}", [_REPOSITORY])
+    paths |= _rollout_routes()
     return {
         "openapi": "3.1.0",
         "info": {

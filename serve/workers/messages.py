@@ -40,6 +40,11 @@ class InputStatsAnswer(Answer):
 
 
 @dataclass(frozen=True)
+class EvidenceAnswer(Answer):
+    document: bytes  # JSON: a model's rollout evidence (serve/rollout/evidence.py)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model as a load request gave it: a config and files, or neither (load from the repository)."""
 
@@ -122,6 +127,20 @@ class Unload(Request[Done], kind="unload"):
 
 
 @dataclass(frozen=True)
+class RolloutChanged(Request[Done], kind="rollout_changed"):
+    """A worker wrote ``<name>/rollout.yaml``: every serving worker re-reads it before the answer."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class RolloutEvidence(Request[EvidenceAnswer], kind="rollout_evidence"):
+    """The model's rollout evidence, merged over the serving workers."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class StartupModels(Request[StartupModelsAnswer], kind="startup_models"):
     pass
 
@@ -161,15 +180,31 @@ class Loaded(Request[LoadedAnswer], kind="loaded"):
     pass
 
 
+@dataclass(frozen=True)
+class ReloadRollout(Request[Done], kind="reload_rollout"):
+    name: str
+
+
+@dataclass(frozen=True)
+class ExportEvidence(Request[EvidenceAnswer], kind="export_evidence"):
+    """The worker's own rollout evidence of a model."""
+
+    name: str
+
+
 # ---- who answers what ------------------------------------------------------------------------------
 
-SupervisorRequest = ModelStatistics | InputStats | Load | Unload | StartupModels | Ready
-WorkerRequest = ModelStatistics | Export | ApplyLoad | ApplyUnload | Loaded
+SupervisorRequest = (
+    ModelStatistics | InputStats | Load | Unload | RolloutChanged | RolloutEvidence | StartupModels | Ready
+)
+WorkerRequest = ModelStatistics | Export | ApplyLoad | ApplyUnload | Loaded | ReloadRollout | ExportEvidence
 
 SUPERVISOR_REQUESTS: tuple[type[SupervisorRequest], ...] = (
-    ModelStatistics, InputStats, Load, Unload, StartupModels, Ready,
+    ModelStatistics, InputStats, Load, Unload, RolloutChanged, RolloutEvidence, StartupModels, Ready,
 )  # fmt: skip
-WORKER_REQUESTS: tuple[type[WorkerRequest], ...] = (ModelStatistics, Export, ApplyLoad, ApplyUnload, Loaded)
+WORKER_REQUESTS: tuple[type[WorkerRequest], ...] = (
+    ModelStatistics, Export, ApplyLoad, ApplyUnload, Loaded, ReloadRollout, ExportEvidence,
+)  # fmt: skip
 
 
 class SupervisorHandler(Protocol):
@@ -177,6 +212,8 @@ class SupervisorHandler(Protocol):
     async def input_stats(self, request: InputStats) -> InputStatsAnswer: ...
     async def load(self, request: Load) -> Done: ...
     async def unload(self, request: Unload) -> Done: ...
+    async def rollout_changed(self, request: RolloutChanged) -> Done: ...
+    async def rollout_evidence(self, request: RolloutEvidence) -> EvidenceAnswer: ...
     async def startup_models(self, request: StartupModels) -> StartupModelsAnswer: ...
     async def ready(self, request: Ready) -> Done: ...
 
@@ -187,6 +224,8 @@ class WorkerHandler(Protocol):
     async def apply_load(self, request: ApplyLoad) -> Done: ...
     async def apply_unload(self, request: ApplyUnload) -> Done: ...
     async def loaded(self, request: Loaded) -> LoadedAnswer: ...
+    async def reload_rollout(self, request: ReloadRollout) -> Done: ...
+    async def export_evidence(self, request: ExportEvidence) -> EvidenceAnswer: ...
 
 
 async def answer_supervisor_request(handler: SupervisorHandler, request: SupervisorRequest) -> Answer:
@@ -199,6 +238,10 @@ async def answer_supervisor_request(handler: SupervisorHandler, request: Supervi
             return await handler.load(request)
         case Unload():
             return await handler.unload(request)
+        case RolloutChanged():
+            return await handler.rollout_changed(request)
+        case RolloutEvidence():
+            return await handler.rollout_evidence(request)
         case StartupModels():
             return await handler.startup_models(request)
         case Ready():
@@ -219,5 +262,9 @@ async def answer_worker_request(handler: WorkerHandler, request: WorkerRequest) 
             return await handler.apply_unload(request)
         case Loaded():
             return await handler.loaded(request)
+        case ReloadRollout():
+            return await handler.reload_rollout(request)
+        case ExportEvidence():
+            return await handler.export_evidence(request)
         case _:
             assert_never(request)

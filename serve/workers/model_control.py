@@ -28,7 +28,9 @@ from serve.workers.messages import (
     ApplyLoad,
     ApplyUnload,
     Done,
+    EvidenceAnswer,
     Export,
+    ExportEvidence,
     InputStats,
     InputStatsAnswer,
     Load,
@@ -36,7 +38,10 @@ from serve.workers.messages import (
     ModelSpec,
     ModelStatistics,
     Ready,
+    ReloadRollout,
     Request,
+    RolloutChanged,
+    RolloutEvidence,
     StartupModels,
     StartupModelsAnswer,
     StatisticsAnswer,
@@ -45,6 +50,17 @@ from serve.workers.messages import (
 from serve.workers.worker import worker_socket
 
 log = logging.getLogger("serve.workers")
+
+
+def merge_evidence(documents: list[bytes]) -> bytes:
+    """The workers' rollout evidence as one document (serve/rollout/evidence.py, work package C's)."""
+    try:
+        from serve.rollout.evidence import merge_evidence_json
+    except ImportError:  # not there yet: one worker's evidence is the whole; several cannot be merged
+        return documents[0] if len(documents) == 1 else b"{}"
+    merged: bytes = merge_evidence_json(documents)
+    return merged
+
 
 # A load on a worker can take as long as loading a model does.
 _APPLY_TIMEOUT_S = 600.0
@@ -88,6 +104,16 @@ class ModelControl:
     async def input_stats(self, request: InputStats) -> InputStatsAnswer:
         answers = await self._ask_serving(Export(request.name, request.version))
         return InputStatsAnswer(self.documents.combine([a.document for a in answers], request.since))
+
+    async def rollout_evidence(self, request: RolloutEvidence) -> EvidenceAnswer:
+        answers = await self._ask_serving(ExportEvidence(request.name))
+        return EvidenceAnswer(merge_evidence([a.document for a in answers]))
+
+    async def rollout_changed(self, request: RolloutChanged) -> Done:
+        """A rollout.yaml was written: every serving worker re-reads it (a worker that starts later reads it
+        when it loads the model)."""
+        await self._ask_serving(ReloadRollout(request.name))
+        return Done()
 
     async def _ask_serving(self, request: Request[A]) -> list[A]:
         indices = self._serving()

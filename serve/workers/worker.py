@@ -34,7 +34,9 @@ from serve.workers.messages import (
     ApplyLoad,
     ApplyUnload,
     Done,
+    EvidenceAnswer,
     Export,
+    ExportEvidence,
     InputStats,
     InputStatsAnswer,
     Load,
@@ -43,6 +45,9 @@ from serve.workers.messages import (
     ModelSpec,
     ModelStatistics,
     Ready,
+    ReloadRollout,
+    RolloutChanged,
+    RolloutEvidence,
     StartupModels,
     StartupModelsAnswer,
     StatisticsAnswer,
@@ -87,6 +92,12 @@ class SupervisorLink:
     async def unload_model(self, name: str, actor: str) -> None:
         await ipc.call(self._path, Unload(name, actor), timeout_s=600)
 
+    async def rollout_changed(self, name: str) -> None:
+        await ipc.call(self._path, RolloutChanged(name))
+
+    async def rollout_evidence(self, name: str) -> bytes:
+        return (await ipc.call(self._path, RolloutEvidence(name))).document
+
     async def input_stats(self, name: str, version: str, since: int) -> bytes:
         return (await ipc.call(self._path, InputStats(name, version, since))).document
 
@@ -121,6 +132,13 @@ class WorkerControl:
 
     async def loaded(self, request: Loaded) -> LoadedAnswer:
         return LoadedAnswer(tuple(sorted({m.name for m in self._server.service.repository.loaded()})))
+
+    async def reload_rollout(self, request: ReloadRollout) -> Done:
+        await self._server.service.local.rollout_changed(request.name)
+        return Done()
+
+    async def export_evidence(self, request: ExportEvidence) -> EvidenceAnswer:
+        return EvidenceAnswer(await self._server.service.local.rollout_evidence(request.name))
 
 
 async def _apply_load(server: Server, spec: ModelSpec, actor: str) -> None:
