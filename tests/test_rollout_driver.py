@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 from prometheus_client import CollectorRegistry
 
-from serve.core.rollout_driver import RolloutDriver, weights
 from serve.events import RequestEvent, VersionKey
 from serve.metrics.rollout_gauges import RolloutGauges
+from serve.rollout.driver import RolloutDriver, weights
 from serve.rollout.evidence import EvidenceRecorder
 from serve.rollout.spec import Arm, Gates, RolloutPlan, RolloutSpec, Step
 from serve.security.audit import AuditLog

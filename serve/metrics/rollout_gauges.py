@@ -1,6 +1,6 @@
 """The ``serve_rollout_*`` gauges: where each model's rollout stands and what its last evaluation
 measured, each gate with its threshold, so that a dashboard and an alert show a decision beside its
-reason. The rollout driver (serve/core/rollout_driver.py) sets them after every evaluation:
+reason. The rollout driver (serve/rollout/driver.py) sets them after every evaluation:
 
 - ``serve_rollout_state{model}``: the last evaluation's verdict, 0 inconclusive, 1 healthy, 2 failing;
 - ``serve_rollout_phase{model,phase}``: 1 for the plan's phase (running, promoted, rolled_back,

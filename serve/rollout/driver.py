@@ -1,4 +1,6 @@
-"""The loop that runs the rollout analyser (serve/rollout/analyser.py) in a server process.
+"""The loop that runs the rollout analyser (serve/rollout/analyser.py): in a server process, or in
+``serve monitor --rollouts`` for several replicas (serve/monitor/rollouts.py), on whatever plans and
+evidence it is given.
 
 Every ``gates.interval_s``, for each model with a running plan, it takes the model's evidence merged over
 every worker (``cluster.rollout_evidence``), subtracts the snapshot taken when the plan's revision last
@@ -18,16 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from serve.metrics.rollout_gauges import RolloutGauges
 from serve.rollout.analyser import ANALYSER, Decision, Evaluation, EvaluationJson, decide
 from serve.rollout.evidence import RolloutEvidence, evidence_from_bytes
+from serve.rollout.gates import GateResult
 from serve.rollout.spec import RolloutPlan, Routing
-from serve.security.audit import AuditLog
 from serve.types import JsonObject, JsonValue
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,35 @@ class EvidenceSource(Protocol):
     """A model's rollout evidence merged over the workers (serve/core/cluster.py's Cluster)."""
 
     async def rollout_evidence(self, name: str) -> bytes: ...
+
+
+class DecisionGauges(Protocol):
+    """Where the decider shows each plan and evaluation (serve/metrics/rollout_gauges.py RolloutGauges)."""
+
+    def show_plan(self, model: str, phase: str, weights: Sequence[tuple[str, str, float]]) -> None: ...
+
+    def show_evaluation(self, model: str, verdict: str, gates: Sequence[GateResult]) -> None: ...
+
+    def forget(self, model: str) -> None: ...
+
+
+class DecisionAudit(Protocol):
+    """Where the decider records each change it makes (serve/security/audit.py AuditLog)."""
+
+    def rollout_decision(
+        self,
+        model: str,
+        decision: str,
+        *,
+        version: int,
+        phase: str,
+        revision: int,
+        measured: Mapping[str, float | None],
+        thresholds: Mapping[str, float],
+        samples: Mapping[str, Mapping[str, int]],
+        reason: str,
+        actor: str,
+    ) -> None: ...
 
 
 def _utc_now() -> str:
@@ -104,8 +134,8 @@ class RolloutDriver:
         evidence: EvidenceSource,
         *,
         decides: bool,
-        gauges: RolloutGauges | None = None,
-        audit: AuditLog | None = None,
+        gauges: DecisionGauges | None = None,
+        audit: DecisionAudit | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], str] = _utc_now,
         tick_s: float = TICK_S,
