@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from serve.core import InferenceService
+from serve.core.rollout_parts import RolloutParts
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
 from serve.grpc.auth import BearerAuthInterceptor
@@ -120,7 +121,8 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
         multiprocess_dir=role.metrics_dir(),
     )
     stats = InputStatistics(settings) if settings.stats_enabled else None
-    observers: list[Observer] = [metrics] if stats is None else [stats, metrics]
+    rollouts = RolloutParts(metrics.registry, shadow_max_in_flight=settings.shadow_max_in_flight)
+    observers: list[Observer] = [metrics, rollouts.evidence] if stats is None else [stats, metrics, rollouts.evidence]
     service = InferenceService.create(
         repository_root,
         settings,
@@ -128,7 +130,9 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
         server_name=settings.server_name,
         model_control=settings.model_control_mode,
         cluster=role.cluster,
+        mirror_of=rollouts.mirror_of,
     )
+    rollouts.attach(service, metrics.rollouts, decides=role.decides_rollouts and settings.rollout_decider == "server")
     metrics.queue_probe = service.queue_depths
     access = InputStatsAccess(service.repository, stats)
     documents = role.input_stats(local_documents(access.recorder))
@@ -142,7 +146,7 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
         guard = BearerAuthInterceptor(tokens, protect_inference=settings.auth_inference, audit=service.audit)
         interceptors.append(guard)
     transports = Transports(app, interceptors, gate, documents, tls, tokens)
-    return Server(settings, role, service, metrics, stats, access, transports)
+    return Server(settings, role, service, metrics, stats, access, transports, rollouts)
 
 
 def grpc_handed_off(settings: ServerSettings, workers: int) -> bool:
@@ -175,8 +179,10 @@ class Server:
         stats: InputStatistics | None,
         input_stats: InputStatsAccess,
         transports: Transports,
+        rollouts: RolloutParts,
     ) -> None:
         self.settings = settings
+        self.rollouts = rollouts
         self.role = role
         self.service = service
         self.repository = service.repository
@@ -208,6 +214,7 @@ class Server:
         """Load the models (``load_models``, else what the settings say) and start listening."""
         await self._load_models(load_models)
         self._start_poller()
+        self.rollouts.start()
         self._http_socket = self.role.listen_http(self.settings.host, self.settings.http_port)
         self.http_port = self._http_socket.getsockname()[1]
         await self._start_grpc()
@@ -366,6 +373,7 @@ class Server:
             self._gauge_task.cancel()
         if self._poller is not None:
             await self._poller.close()
+        await self.rollouts.close()
         if self._health is not None:
             await set_serving(self._health, False)
         if self._http is not None:

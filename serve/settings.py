@@ -28,6 +28,7 @@ from serve.setting_specs import SettingsError as SettingsError
 MODEL_LOADING = ("run", "validate")
 
 ModelControlMode = Literal["none", "poll", "explicit"]
+RolloutDecider = Literal["server", "monitor"]
 ModelLoadCheck = Literal["auto", "child", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 WorkerHttpSocket = Literal["shared", "reuseport"]
@@ -164,6 +165,18 @@ class ServerSettings:
         64,
         help="max_batch_size for batchable models without a config.pbtxt",
         commands=MODEL_LOADING,
+        check=_positive,
+    )
+    rollout_decider: RolloutDecider = setting(
+        "server",
+        help="who changes a rollout's plan on its evidence: 'server' = this server (worker 0 of --workers, on every "
+        "worker's evidence); 'monitor' = `serve monitor --rollouts`, on the evidence of every replica (run several "
+        "replicas so); the server still routes, mirrors and evaluates (README: Rollouts)",
+    )
+    shadow_max_in_flight: int = setting(
+        64,
+        help="mirrored copies running at once for all shadows together; past it (or past half a shadow's queue) "
+        "a copy is shed and counted in serve_shadow_dropped_total",
         check=_positive,
     )
     shutdown_grace_s: float = setting(

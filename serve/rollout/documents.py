@@ -4,8 +4,9 @@ answers with. plan_file.py converts between these and serve/rollout/spec.py's da
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from typing import TypedDict
 
+from serve.rollout.analyser import EvaluationJson
 from serve.types import JsonObject
 
 
@@ -53,27 +54,8 @@ class RoutingDocument(TypedDict):
     key: str | None
 
 
-class GateSamples(TypedDict):
-    primary: int
-    candidate: int
-
-
-class GateDocument(TypedDict):
-    name: str
-    value: float | None
-    threshold: float | None
-    samples: GateSamples
-    verdict: str
-
-
-class EvaluationDocument(TypedDict):
-    """One evaluation by the analyser (work package C fills it in)."""
-
-    at: str
-    verdict: str
-    gates: list[GateDocument]
-    version: int
-    reason: NotRequired[str]
+# One evaluation by the analyser, as the analyser writes it (one definition).
+EvaluationDocument = EvaluationJson
 
 
 class StatusDocument(TypedDict):
