@@ -191,6 +191,24 @@ def _rollout_routes() -> JsonObject:
         path + "/abort": {
             "post": _operation("end the rollout: only the primary answers (admin scope)", [_MODEL], change)
         },
+        path + "/evidence": {
+            "get": _operation(
+                "every arm's evidence since the server started, merged over its workers (admin scope; read by "
+                "serve monitor --rollouts)",
+                [_MODEL],
+                {"200": _json({"type": "object"}, "the rollout evidence"), **_errors(404, 503)},
+            )
+        },
+        path + "/apply": {
+            "post": _operation(
+                "take a whole plan (spec and status) when its revision is above the one in force (admin scope; "
+                "sent by serve monitor --rollouts)",
+                [_MODEL],
+                change,
+                body="RolloutPlan",
+                body_required=True,
+            )
+        },
     }
 
 
@@ -222,6 +240,7 @@ def _rollout_schemas() -> JsonObject:
         "RolloutArm": arm,
         "RolloutSpec": spec,
         "PromoteRequest": _object({"version": {"type": "integer"}}),
+        "RolloutPlan": {"allOf": [_ref("RolloutSpec"), _object({"status": {"type": "object"}})]},
         "RolloutStatus": status,
     }
 

@@ -7,6 +7,8 @@
 * ``GET /api/servers``: the replicas (up / stale / gone, and the ``--server`` URL each was found
   through) and, per ``--server``, the addresses it resolved to or why it did not resolve.
 * ``GET /api/alerts``: the latest alerts.
+* ``GET /api/rollouts``: with ``--rollouts``, every model's plan as judged, its last evaluation and the
+  evidence it judged (``[]`` without).
 * ``GET /metrics``: Prometheus gauges (prom.py).
 """
 
@@ -127,6 +129,8 @@ def _drift(monitor: Monitor, request: Request) -> Response:
 def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Starlette:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DriftCollector(monitor))
+    if monitor.rollouts is not None:  # the serve_rollout_* gauges of the decisions it makes for the replicas
+        registry.register(monitor.rollouts.registry)
     plots = plots or PlotCache(monitor)
     monitor.evaluation_listeners.append(plots.evaluated)
     if monitor.latest:  # evaluations made before the app existed, or loaded from the history store
@@ -153,6 +157,9 @@ def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Star
     async def alerts(request: Request) -> Response:
         return _json({"alerts": monitor.store.alerts()})
 
+    async def rollouts(request: Request) -> Response:
+        return _json({"rollouts": monitor.rollouts.document() if monitor.rollouts is not None else []})
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -164,6 +171,7 @@ def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Star
             Route("/api/drift", drift, methods=["GET"]),
             Route("/api/servers", servers, methods=["GET"]),
             Route("/api/alerts", alerts, methods=["GET"]),
+            Route("/api/rollouts", rollouts, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ]
     )

@@ -51,6 +51,12 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help="a file holding the bearer token (scope inference) to send to servers run with --auth-tokens-file",
     )
     parser.add_argument(
+        "--rollouts",
+        action="store_true",
+        help="decide the replicas' rollouts on the evidence of all of them and apply each decision to every "
+        "replica (run the servers with --rollout-decider monitor; --token-file's token needs the admin scope)",
+    )
+    parser.add_argument(
         "--model-repository",
         type=Path,
         default=None,
@@ -155,7 +161,7 @@ def settings_from_args(args: argparse.Namespace) -> MonitorSettings:
     )  # fmt: skip
     settings = MonitorSettings(
         servers=list(args.server), model_repository=args.model_repository, baselines=list(args.baseline),
-        hosts_file=args.hosts_file, token=_read_token(args.token_file),
+        hosts_file=args.hosts_file, token=_read_token(args.token_file), rollouts=args.rollouts,
         interval_s=parse_duration(args.interval), horizon_s=parse_duration(args.horizon),
         timeout_s=parse_duration(args.timeout), db_path=args.db or (":memory:" if args.once else "serve-monitor.db"),
         retention_s=parse_duration(args.retention),

@@ -77,6 +77,7 @@ class MonitorSettings:
     baselines: list[Path] = field(default_factory=list)
     hosts_file: Path | None = None  # names → addresses for --server, read every poll, before DNS
     token: str | None = None  # bearer token (inference scope) for servers run with --auth-tokens-file
+    rollouts: bool = False  # decide the replicas' rollouts (serve/monitor/rollouts.py); the token needs admin
     interval_s: float = 30.0
     horizon_s: float = 900.0  # the rolling window each evaluation covers
     timeout_s: float = 10.0  # per HTTP request to a server

@@ -23,6 +23,7 @@ from serve.monitor.model_report import Findings, ModelOutcome, ModelReport, buil
 from serve.monitor.model_report_json import ModelReportJson, ReplicaJson
 from serve.monitor.polling import Poller, ServerJson, ServerStatus
 from serve.monitor.recording import Recorder
+from serve.monitor.rollouts import MonitorRollouts
 from serve.monitor.slo import SloTracker
 from serve.monitor.store import HistoryRow, HistoryStore
 
@@ -68,6 +69,16 @@ class Monitor:
         self.evaluations = 0
         # Called on the event loop after each evaluation is recorded (the report app draws its plots then).
         self.evaluation_listeners: list[Callable[[], None]] = []
+        self.rollouts = (
+            MonitorRollouts.polling(
+                lambda: self.servers.values(),
+                lambda: {model for status in self.servers.values() for model, _ in status.models},
+                token=settings.token,
+                timeout_s=settings.timeout_s,
+            )
+            if settings.rollouts
+            else None
+        )
 
     @property
     def servers(self) -> dict[str, ServerStatus]:
@@ -152,6 +163,15 @@ class Monitor:
         return self.record(outcomes)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
+        if self.rollouts is not None:  # its own, shorter clock: rollouts judge every few seconds
+            rollouts = asyncio.get_running_loop().create_task(self.rollouts.run_forever(stop))
+        try:
+            await self._poll_forever(stop)
+        finally:
+            if self.rollouts is not None:
+                await rollouts
+
+    async def _poll_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
             try:
