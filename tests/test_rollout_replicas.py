@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def monitor_of(tmp_path: Path) -> Iterator[Any]:
         monitor.stop()
 
 
-def _replica(tmp_path: Path, name: str) -> Iterator[RunningServer]:
+def _replica(tmp_path: Path, name: str) -> AbstractContextManager[RunningServer]:
     root = tmp_path / name
     model_dir = failing_candidate(root, "flaky")
     spec = {"primary": 1, "candidates": [{"version": 2, "percent": 50}], "gates": GATES}
