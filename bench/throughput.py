@@ -153,15 +153,27 @@ GRPC_CONNECTIONS = 16
 
 
 def h2load(
-    url: str, body: Path, concurrency: int, duration: float, protocol: str, log: Path, extra_headers: list[str]
+    url: str,
+    body: Path,
+    concurrency: int,
+    duration: float,
+    protocol: str,
+    log: Path,
+    extra_headers: list[str],
+    rate: float | None = None,
 ) -> tuple[int, int, list[float], float]:
+    """``rate``: offer this many requests per second in all (h2load --rps, split over its clients) instead
+    of sending each request as soon as the last one is answered."""
     if protocol == "http":
+        clients = concurrency
         shape = ["-c", str(concurrency), "-m", "1", "--h1"]
     else:
         # SO_REUSEPORT spreads connections, not streams: with only 4 the kernel's hash often puts 3
         # or 4 of them on one of two workers. 16 spread evenly enough to measure workers by.
         clients = min(concurrency, GRPC_CONNECTIONS)
         shape = ["-c", str(clients), "-m", str(max(1, concurrency // clients))]
+    if rate is not None:
+        shape += ["--rps", f"{rate / clients:g}"]
     log.unlink(missing_ok=True)  # h2load appends to its log file: each point reads only its own
     args = [
         "h2load",
@@ -209,6 +221,7 @@ def run_point(
     duration: float,
     tmp: Path,
     workers: str = "1",
+    rate: float | None = None,
 ) -> Point:
     x = np.random.default_rng(0).standard_normal((rows, dims[0])).astype(np.float32)
     body_path = tmp / f"body-{protocol}-{rows}.bin"
@@ -228,7 +241,7 @@ def run_point(
     children_before = psutil.Process().cpu_times()
     t0 = time.perf_counter()
     log = tmp / "h2load.log"
-    ok, failed, latencies, _ = h2load(url, body_path, concurrency, duration, protocol, log, headers)
+    ok, failed, latencies, _ = h2load(url, body_path, concurrency, duration, protocol, log, headers, rate)
     elapsed = time.perf_counter() - t0
     cpu_after = tree_cpu(tree)
     children_after = psutil.Process().cpu_times()

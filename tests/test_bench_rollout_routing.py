@@ -130,6 +130,6 @@ def test_repository_has_the_same_two_versions_under_each_target_and_a_rollout_wh
     assert not (tmp_path / PLAIN / "rollout.yaml").exists()
     routed = yaml.safe_load((tmp_path / ROUTED / "rollout.yaml").read_text())
     shadowed = yaml.safe_load((tmp_path / SHADOWED / "rollout.yaml").read_text())
-    assert (routed["primary"], routed["candidates"]) == (1, [{"version": 2, "percent": 50}])
+    assert (routed["primary"], routed["candidates"]) == (1, [{"version": 2, "percent": 100}])
     assert (shadowed["primary"], shadowed["shadow"]) == (1, {"version": 2, "percent": 100})
     assert routed["gates"]["max_error_rate_increase"] is None and routed["gates"]["max_p99_ratio"] is None
