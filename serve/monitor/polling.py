@@ -45,6 +45,7 @@ class ServerJson(TypedDict):
     vanished_at: float | None
     models: list[str]
     without_statistics: list[str]
+    rollout_problems: dict[str, str]  # model → why its rollout could not be read (e.g. no admin scope)
 
 
 @dataclass(slots=True)
@@ -72,6 +73,7 @@ class ServerStatus:
             "last_ok": self.last_ok, "last_error": self.last_error, "consecutive_failures": self.failures,
             "vanished_at": self.vanished_at,
             "models": [f"{m}:{v}" for m, v in self.models], "without_statistics": self.no_stats,
+            "rollout_problems": dict(self.rollout_problems),
         }  # fmt: skip
 
 
