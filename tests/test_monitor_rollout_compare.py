@@ -293,3 +293,24 @@ def test_a_token_that_cannot_read_the_rollout_is_named_in_api_servers(
         replica.close()
     assert comparisons == []
     assert "admin scope" in servers[0]["rollout_problems"][MODEL]
+
+
+def test_the_report_has_a_rollout_section_with_every_feature_and_the_two_output_distributions_plotted(
+    candidate: tuple[VersionsReplica, Monitor],
+) -> None:
+    _, monitor = candidate
+    plots = PlotCache(monitor, lambda feature, history: b"")  # the drift plots are not what is tested here
+    app = create_monitor_app(monitor, plots)
+    assert plots.wait_drawn(60.0)
+
+    async def page() -> str:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://monitor") as client:
+            return (await client.get("/")).text
+
+    html = asyncio.run(page())
+    section = html[html.index(f'id="rollout-{MODEL}"') :]
+    assert "version 2 <small>(candidate, 50 %)</small> against primary 1" in section
+    for f in monitor.comparisons[0]["features"]:
+        assert f'<td class="name">{f["name"]}' in section
+    assert section.count('alt="v1 and v2 shares of probabilities') == 4
+    assert section.count('src="data:image/png;base64,iVBORw0KGgo') >= 4  # PNGs, drawn

@@ -35,6 +35,7 @@ from serve.monitor.model_report_json import ModelReportJson, ReplicaJson, Report
 from serve.monitor.plots import PlotCache
 from serve.monitor.prom import DriftCollector
 from serve.monitor.report import render_page
+from serve.monitor.rollout_report import rollout_sections
 from serve.monitor.service import Monitor
 from serve.repository.layout import is_version_number
 
@@ -91,7 +92,9 @@ def render_report(monitor: Monitor, plots: PlotCache | None = None) -> str:
     if drawn.key != latest:
         newest = max((at for _, _, at in latest), default=None)
         note = "a newer evaluation is being drawn" + (f" ({_clock(newest)})" if newest is not None else "")
-    return render_page(drawn.reports, drawn.plots, [s.to_json() for s in monitor.servers.values()], note)
+    servers = [s.to_json() for s in monitor.servers.values()]
+    rollouts = rollout_sections(drawn.comparisons, drawn.rollout_plots)
+    return render_page(drawn.reports, drawn.plots, servers, note, rollouts)
 
 
 def _clock(t: float) -> str:

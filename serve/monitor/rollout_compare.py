@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NotRequired, TypedDict
+from typing import TypedDict
 
 import numpy as np
 
@@ -127,7 +127,6 @@ class RolloutComparisonJson(TypedDict):
     comparisons: ShadowCountsJson | None  # None: no paired comparison in the evidence (a candidate)
     evaluation: GatesJson | None  # None: no evaluation of this arm yet (one arm is judged per evaluation)
     problems: list[str]
-    plots: NotRequired[list[str]]  # the report's plotted features (not in the JSON API)
 
 
 @dataclass(frozen=True, slots=True)
