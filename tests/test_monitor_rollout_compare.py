@@ -295,6 +295,28 @@ def test_a_token_that_cannot_read_the_rollout_is_named_in_api_servers(
     assert "admin scope" in servers[0]["rollout_problems"][MODEL]
 
 
+def test_a_replica_that_refused_the_rollout_is_not_asked_again_for_ten_minutes(
+    churn: tuple[Path, Baseline, Predictor],
+) -> None:
+    """Each refusal is an audit line on the server: not one per model and poll."""
+    clock = Clock()
+    replica = _replica(churn, clock, rollout_status(MODEL, 1, {2: 50.0}))
+    replica.rollout_status = 403
+    monitor = _monitor(clock, replica)
+    try:
+        for _ in range(3):
+            asyncio.run(monitor.cycle(include_open=True))
+            clock.t += 60.0
+        asked = sum(1 for path in replica.requests if path.endswith("/rollout"))
+        clock.t += 600.0
+        asyncio.run(monitor.cycle(include_open=True))
+        asked_later = sum(1 for path in replica.requests if path.endswith("/rollout"))
+    finally:
+        monitor.close()
+        replica.close()
+    assert (asked, asked_later) == (1, 2)
+
+
 def test_the_report_has_a_rollout_section_with_every_feature_and_the_two_output_distributions_plotted(
     candidate: tuple[VersionsReplica, Monitor],
 ) -> None:

@@ -33,6 +33,10 @@ from serve.rollout.documents import StatusDocument
 
 log = logging.getLogger("serve.monitor")
 
+# A replica that refused to show a rollout (a token without the admin scope) is asked again only after this
+# long: each refusal is an audit line on the server.
+ROLLOUT_DENIED_RETRY_S = 600.0
+
 
 class ServerJson(TypedDict):
     url: str
@@ -105,6 +109,7 @@ class Poller:
             url: ServerStatus(url, target=target) for url, target in self.discovery.known().items()
         }
         self._asked_why: set[tuple[str, str, str, str]] = set()  # (url, model, version, instance) asked for a reason
+        self._rollouts_denied: dict[str, float] = {}  # replica URL → when it refused to show a rollout
 
     def _poll_server(self, status: ServerStatus) -> None:
         timeout = self.settings.timeout_s
@@ -141,6 +146,9 @@ class Poller:
     def _poll_rollouts(self, status: ServerStatus, models: list[str]) -> None:
         """Each model's rollout status; a server without the rollout API (404), or a token without the admin
         scope the route needs (401/403), leaves the model out, the latter with a reason for the report."""
+        denied = self._rollouts_denied.get(status.url)
+        if denied is not None and self.clock() - denied < ROLLOUT_DENIED_RETRY_S:
+            return  # the reasons stay in status.rollout_problems
         rollouts: dict[str, StatusDocument] = {}
         problems: dict[str, str] = {}
         for model in models:
@@ -149,9 +157,12 @@ class Poller:
                 document = orjson.loads(http_get_or_post(url, self.settings.timeout_s, None, self.settings.token,
                                                          status.tls_name))  # fmt: skip
             except urllib.error.HTTPError as exc:
-                if exc.code in (401, 403):
-                    problems[model] = f"its rollout cannot be read: {error_message(exc)} (the admin scope is needed)"
-                elif exc.code != 404:
+                if exc.code in (401, 403):  # the token's scope: the same for every model
+                    self._rollouts_denied[status.url] = self.clock()
+                    reason = f"its rollout cannot be read: {error_message(exc)} (the admin scope is needed)"
+                    status.rollouts, status.rollout_problems = {}, dict.fromkeys(models, reason)
+                    return
+                if exc.code != 404:
                     problems[model] = f"its rollout cannot be read: {error_message(exc)}"
                 continue
             except (OSError, ValueError) as exc:
