@@ -19,14 +19,8 @@ from serve.monitor.app import create_monitor_app
 from serve.monitor.config import MonitorSettings
 from serve.monitor.evaluate import merge_windows
 from serve.monitor.plots import PlotCache
-from serve.monitor.rollout_compare import (
-    BINS,
-    SKETCH,
-    Horizon,
-    ReplicaRollout,
-    RolloutComparisonJson,
-    compare_model,
-)
+from serve.monitor.rollout_compare import Horizon, ReplicaRollout, RolloutComparisonJson, compare_model
+from serve.monitor.rollout_features import BINS, SKETCH
 from serve.monitor.service import Monitor
 from serve.rollout.documents import StatusDocument
 from tests.fixtures.monitoring import (

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from serve.monitor.model_report import FeatureEntry, ModelReport
 from serve.monitor.model_report_json import History
 from serve.monitor.report import data_uri, feature_plot
-from serve.monitor.rollout_compare import FeatureComparisonJson, RolloutComparisonJson
+from serve.monitor.rollout_compare import RolloutComparisonJson
+from serve.monitor.rollout_features import FeatureComparisonJson
 from serve.monitor.rollout_report import RolloutPlots, arm_key, pair_plot, plotted
 
 if TYPE_CHECKING:

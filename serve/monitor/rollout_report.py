@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from serve.monitor.report import _badge, _fmt
 
 if TYPE_CHECKING:
-    from serve.monitor.rollout_compare import FeatureComparisonJson, GatesJson, RolloutComparisonJson
+    from serve.monitor.rollout_compare import GatesJson, RolloutComparisonJson
+    from serve.monitor.rollout_features import FeatureComparisonJson
 
 ArmKey = tuple[str, str, str]  # (model, version, role)
 RolloutPlots = dict[ArmKey, dict[str, str]]  # arm → feature → data: URI
