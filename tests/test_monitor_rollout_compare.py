@@ -330,3 +330,23 @@ def test_the_report_has_a_rollout_section_with_every_feature_and_the_two_output_
         assert f'<td class="name">{f["name"]}' in section
     assert section.count('alt="v1 and v2 shares of probabilities') == 4
     assert section.count('src="data:image/png;base64,iVBORw0KGgo') >= 4  # PNGs, drawn
+
+
+def test_a_version_without_statistics_is_named_among_the_problems() -> None:
+    from serve.monitor.collector import StatsCollector
+
+    replicas = _statuses(rollout_status(MODEL, 1, {2: 10.0}))
+    [comparison] = compare_model(MODEL, replicas, StatsCollector(), Horizon(0.0, 60.0, 60.0, True))
+    assert comparison["features"] == []
+    assert any("version 2 has sent no statistics" in p for p in comparison["problems"])
+
+
+def test_the_once_text_output_lists_each_arm_and_its_measures(
+    candidate: tuple[VersionsReplica, Monitor], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from serve.monitor.command import _print_text
+
+    _print_text(candidate[1].once_document({}))
+    out = capsys.readouterr().out
+    assert f"{MODEL} rollout: version 2 (candidate, 50 %) against primary 1" in out
+    assert any(line.split()[:3] == ["input", "age", "bins:"] and "wasserstein" in line for line in out.splitlines())

@@ -154,6 +154,9 @@ def compare_arm(
         problems += [f"version {v}: {p}" for p in collected.problems]
         blocks[side], rows[side] = merge_windows(collected.windows)
         windows[side] = len(collected.windows)
+    for v, sha in ((primary, sha_p), (version, sha_o)):
+        if not collector.features(model, v, sha):
+            problems.append(f"version {v} has sent no statistics (not served, or served with --no-stats)")
     metas = {m["name"]: m for m in collector.features(model, version, sha_o)}
     features = [
         compare_feature(meta, metas.get(meta["name"]), blocks["primary"].get(meta["name"]),
