@@ -9,6 +9,9 @@
 * ``GET /api/alerts``: the latest alerts.
 * ``GET /api/rollouts``: with ``--rollouts``, every model's plan as judged, its last evaluation and the
   evidence it judged (``[]`` without).
+* ``GET /api/rollouts/compare[?model=M]``: with or without ``--rollouts``, each arm of each rollout the replicas
+  report against its primary: per input and output feature the measures and samples, the shadow's comparison
+  counts and the arm's gates (rollout_compare.py); 404 when ``model`` has no rollout.
 * ``GET /metrics``: Prometheus gauges (prom.py).
 """
 
@@ -32,6 +35,7 @@ from serve.monitor.model_report_json import ModelReportJson, ReplicaJson, Report
 from serve.monitor.plots import PlotCache
 from serve.monitor.prom import DriftCollector
 from serve.monitor.report import render_page
+from serve.monitor.rollout_report import rollout_sections
 from serve.monitor.service import Monitor
 from serve.repository.layout import is_version_number
 
@@ -88,7 +92,9 @@ def render_report(monitor: Monitor, plots: PlotCache | None = None) -> str:
     if drawn.key != latest:
         newest = max((at for _, _, at in latest), default=None)
         note = "a newer evaluation is being drawn" + (f" ({_clock(newest)})" if newest is not None else "")
-    return render_page(drawn.reports, drawn.plots, [s.to_json() for s in monitor.servers.values()], note)
+    servers = [s.to_json() for s in monitor.servers.values()]
+    rollouts = rollout_sections(drawn.comparisons, drawn.rollout_plots)
+    return render_page(drawn.reports, drawn.plots, servers, note, rollouts)
 
 
 def _clock(t: float) -> str:
@@ -160,6 +166,13 @@ def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Star
     async def rollouts(request: Request) -> Response:
         return _json({"rollouts": monitor.rollouts.document() if monitor.rollouts is not None else []})
 
+    async def compare(request: Request) -> Response:
+        model = request.query_params.get("model")
+        found = [c for c in monitor.comparisons if model is None or c["model"] == model]
+        if model is not None and not found:
+            return _json({"error": f"no rollout of model '{model}' reported by the servers"}, 404)
+        return _json({"evaluated_at": monitor.last_evaluation, "rollouts": found})
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -172,6 +185,7 @@ def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Star
             Route("/api/servers", servers, methods=["GET"]),
             Route("/api/alerts", alerts, methods=["GET"]),
             Route("/api/rollouts", rollouts, methods=["GET"]),
+            Route("/api/rollouts/compare", compare, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ]
     )

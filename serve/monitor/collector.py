@@ -21,6 +21,7 @@ from typing import Any, NotRequired, TypedDict, cast
 
 from serve.input_stats import schema
 from serve.input_stats.blocks import Block
+from serve.input_stats.document import FeatureMeta
 
 Key = tuple[str, str]  # (model, version)
 
@@ -63,7 +64,7 @@ class StatsDocument(TypedDict):
     since: NotRequired[int]
     since_reset: NotRequired[bool]
     baseline: BaselineRef | None
-    features: list[object]
+    features: list[FeatureMeta]
     window_s: float
     windows: list[StatsWindow]
 
@@ -191,6 +192,16 @@ class StatsCollector:
                 count, newest = seen.get(sha, (0, 0.0))
                 seen[sha] = (count + 1, max(newest, float(inst.header["generated_at"])))
         return sorted(seen, key=lambda s: seen[s], reverse=True)
+
+    def features(self, model: str, version: str, baseline_sha256: str | None) -> list[FeatureMeta]:
+        """The features (names, roles, kinds, bin edges) the newest instance binning against ``baseline_sha256``
+        records for this version; [] when none does."""
+        headers = [
+            inst.header
+            for inst in self._instances.get((model, version), {}).values()
+            if _baseline_sha256(inst.header) == baseline_sha256
+        ]
+        return max(headers, key=lambda h: h["generated_at"])["features"] if headers else []
 
     def instances(self, model: str, version: str) -> Iterable[InstanceSeen]:
         for inst in self._instances.get((model, version), {}).values():

@@ -237,6 +237,12 @@ def _print_text(document: OnceDocument) -> None:
                 else "stable"
             )
             print(f"  {f['role']:6} {f['name']:24} N={f['samples']:<8} {verdict}")
+    for c in document["rollouts"]:
+        print(f"{c['model']} rollout: version {c['version']} ({c['role']}, {c['percent']:g} %) against primary "
+              f"{c['primary']}, {c['window']['rows']['other']} and {c['window']['rows']['primary']} rows")  # fmt: skip
+        for fc in c["features"]:
+            values = ", ".join(f"{k} {v:.3g}" for k, v in fc["measures"].items())
+            print(f"  {fc['role']:6} {fc['name']:24} {fc['basis'] or fc['problem']}: {values}")
 
 
 async def _once(settings: MonitorSettings, fmt: str) -> int:

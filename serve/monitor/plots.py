@@ -5,7 +5,9 @@ A plot costs matplotlib a tenth of a second to a second (more on a busy machine)
 every evaluation (issue 17). Now the monitor calls :meth:`PlotCache.evaluated` after each evaluation, one thread
 draws that evaluation's plots while the monitor goes on polling, and the page shows the latest *drawn*
 evaluation: its table and its plots together, at once. While a newer evaluation is being drawn the page shows the
-one before and says so; only before the first drawing has ended does a page wait for it.
+one before and says so; only before the first drawing has ended does a page wait for it. The rollout comparisons
+of the same cycle (rollout_compare.py) are drawn with it: each arm's most different outputs, both versions on the
+same axes.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from serve.monitor.model_report import FeatureEntry, ModelReport
 from serve.monitor.model_report_json import History
 from serve.monitor.report import data_uri, feature_plot
+from serve.monitor.rollout_compare import RolloutComparisonJson
+from serve.monitor.rollout_features import FeatureComparisonJson
+from serve.monitor.rollout_report import RolloutPlots, arm_key, pair_plot, plotted
 
 if TYPE_CHECKING:
     from serve.monitor.service import Monitor
@@ -40,15 +45,23 @@ class Drawn:
     key: Key
     reports: list[ModelReport]
     plots: Plots
+    comparisons: list[RolloutComparisonJson] = field(default_factory=list)
+    rollout_plots: RolloutPlots = field(default_factory=dict)
 
 
 class PlotCache:
-    def __init__(self, monitor: Monitor, draw: Callable[[FeatureEntry, History], bytes] = feature_plot) -> None:
+    def __init__(
+        self,
+        monitor: Monitor,
+        draw: Callable[[FeatureEntry, History], bytes] = feature_plot,
+        draw_pair: Callable[[FeatureComparisonJson, str, str], bytes] = pair_plot,
+    ) -> None:
         self._monitor = monitor
         self._draw = draw
+        self._draw_pair = draw_pair
         self._changed = threading.Condition()
         self._drawn: Drawn | None = None
-        self._pending: tuple[Key, list[ModelReport]] | None = None
+        self._pending: tuple[Key, list[ModelReport], list[RolloutComparisonJson]] | None = None
         self._drawing: Key | None = None
 
     def latest_reports(self) -> list[ModelReport]:
@@ -68,7 +81,7 @@ class PlotCache:
         self._schedule(key, reports)
         with self._changed:
             self._changed.wait_for(lambda: self._drawn is not None, timeout_s)
-            return self._drawn or Drawn(key, reports, {}), key
+            return self._drawn or Drawn(key, reports, {}, list(self._monitor.comparisons)), key
 
     def wait_drawn(self, timeout_s: float) -> bool:
         """Wait until nothing is being drawn or queued (tests and the benchmark)."""
@@ -80,7 +93,7 @@ class PlotCache:
             if key in (self._drawing, self._drawn.key if self._drawn else None):
                 return
             start = self._drawing is None and self._pending is None
-            self._pending = (key, list(reports))
+            self._pending = (key, list(reports), list(self._monitor.comparisons))
             if start:
                 threading.Thread(target=self._work, name="serve-monitor-plots", daemon=True).start()
 
@@ -90,15 +103,15 @@ class PlotCache:
                 if self._pending is None:
                     self._changed.notify_all()
                     return
-                key, reports = self._pending
+                key, reports, comparisons = self._pending
                 self._pending, self._drawing = None, key
             try:
-                plots = self._draw_all(reports)
+                plots, rollout_plots = self._draw_all(reports), self._draw_rollouts(comparisons)
             except Exception:  # a failed drawing must not leave a page waiting; it shows no plots
                 log.exception("drawing the drift report's plots failed")
-                plots = {}
+                plots, rollout_plots = {}, {}
             with self._changed:
-                self._drawn, self._drawing = Drawn(key, reports, plots), None
+                self._drawn, self._drawing = Drawn(key, reports, plots, comparisons, rollout_plots), None
                 self._changed.notify_all()
 
     def _draw_all(self, reports: Sequence[ModelReport]) -> Plots:
@@ -114,3 +127,9 @@ class PlotCache:
                 history = monitor.store.history(r.model, r.version, f.name, deciding, since)
                 own[f.name] = data_uri(self._draw(f, history))
         return plots
+
+    def _draw_rollouts(self, comparisons: Sequence[RolloutComparisonJson]) -> RolloutPlots:
+        return {
+            arm_key(c): {f["name"]: data_uri(self._draw_pair(f, c["primary"], c["version"])) for f in plotted(c)}
+            for c in comparisons
+        }

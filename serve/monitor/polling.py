@@ -6,7 +6,8 @@ evaluation horizon (by then none of its windows count). Replicas are polled conc
 thread (plain blocking HTTP with a timeout: fetch.py); one that fails or times out is marked stale with its
 error, keeps what it sent before (that traffic happened), and is tried again on the next cycle. A version
 without a local baseline uses the one its replicas bin against, fetched from them once per hash (baselines.py
-checks it as it checks files).
+checks it as it checks files). Each model's rollout status (``GET …/rollout``) is read too, so that the report
+can compare the versions of a rollout side by side (rollout_compare.py), with or without ``--rollouts``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import urllib.error
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import TypedDict, cast
 
 import orjson
 
@@ -28,8 +29,13 @@ from serve.monitor.config import MonitorSettings
 from serve.monitor.discovery import Discovery, HostsFile, Resolver, system_resolver, tls_server_name
 from serve.monitor.fetch import error_message, http_get_or_post, http_response
 from serve.monitor.slo import SloTracker, parse_metrics
+from serve.rollout.documents import StatusDocument
 
 log = logging.getLogger("serve.monitor")
+
+# A replica that refused to show a rollout (a token without the admin scope) is asked again only after this
+# long: each refusal is an audit line on the server.
+ROLLOUT_DENIED_RETRY_S = 600.0
 
 
 class ServerJson(TypedDict):
@@ -43,6 +49,7 @@ class ServerJson(TypedDict):
     vanished_at: float | None
     models: list[str]
     without_statistics: list[str]
+    rollout_problems: dict[str, str]  # model → why its rollout could not be read (e.g. no admin scope)
 
 
 @dataclass(slots=True)
@@ -57,6 +64,8 @@ class ServerStatus:
     no_stats: list[str] = field(default_factory=list)  # models whose input-stats route answered 404
     target: str = ""  # the --server URL it was found through (itself, for an address)
     vanished_at: float | None = None  # when it was no longer among the target's addresses
+    rollouts: dict[str, StatusDocument] = field(default_factory=dict)  # model → its status, where it has a plan
+    rollout_problems: dict[str, str] = field(default_factory=dict)  # model → why its rollout could not be read
 
     @property
     def tls_name(self) -> str | None:
@@ -68,6 +77,7 @@ class ServerStatus:
             "last_ok": self.last_ok, "last_error": self.last_error, "consecutive_failures": self.failures,
             "vanished_at": self.vanished_at,
             "models": [f"{m}:{v}" for m, v in self.models], "without_statistics": self.no_stats,
+            "rollout_problems": dict(self.rollout_problems),
         }  # fmt: skip
 
 
@@ -99,6 +109,7 @@ class Poller:
             url: ServerStatus(url, target=target) for url, target in self.discovery.known().items()
         }
         self._asked_why: set[tuple[str, str, str, str]] = set()  # (url, model, version, instance) asked for a reason
+        self._rollouts_denied: dict[str, float] = {}  # replica URL → when it refused to show a rollout
 
     def _poll_server(self, status: ServerStatus) -> None:
         timeout = self.settings.timeout_s
@@ -124,12 +135,42 @@ class Poller:
                 document = orjson.loads(http_get_or_post(f"{base}?since=0", timeout, token=token, tls_name=name))
                 self.collector.ingest(status.url, document)
             self._baseline_from(status, model, version, document)
+        self._poll_rollouts(status, sorted({model for model, _ in models}))
         try:
             metrics = http_get_or_post(status.url + "/metrics", timeout, token=token, tls_name=name).decode()
             self.slo.add(status.url, self.clock(), parse_metrics(metrics))
         except (OSError, ValueError) as exc:
             log.debug("no metrics from %s: %s", status.url, exc)
         status.models, status.no_stats = models, no_stats
+
+    def _poll_rollouts(self, status: ServerStatus, models: list[str]) -> None:
+        """Each model's rollout status; a server without the rollout API (404), or a token without the admin
+        scope the route needs (401/403), leaves the model out, the latter with a reason for the report."""
+        denied = self._rollouts_denied.get(status.url)
+        if denied is not None and self.clock() - denied < ROLLOUT_DENIED_RETRY_S:
+            return  # the reasons stay in status.rollout_problems
+        rollouts: dict[str, StatusDocument] = {}
+        problems: dict[str, str] = {}
+        for model in models:
+            url = f"{status.url}/v2/models/{urllib.parse.quote(model, safe='')}/rollout"
+            try:
+                document = orjson.loads(http_get_or_post(url, self.settings.timeout_s, None, self.settings.token,
+                                                         status.tls_name))  # fmt: skip
+            except urllib.error.HTTPError as exc:
+                if exc.code in (401, 403):  # the token's scope: the same for every model
+                    self._rollouts_denied[status.url] = self.clock()
+                    reason = f"its rollout cannot be read: {error_message(exc)} (the admin scope is needed)"
+                    status.rollouts, status.rollout_problems = {}, dict.fromkeys(models, reason)
+                    return
+                if exc.code != 404:
+                    problems[model] = f"its rollout cannot be read: {error_message(exc)}"
+                continue
+            except (OSError, ValueError) as exc:
+                problems[model] = f"its rollout cannot be read: {getattr(exc, 'reason', exc)}"
+                continue
+            if isinstance(document, dict) and document.get("plan") is not None and document.get("routing"):
+                rollouts[model] = cast(StatusDocument, document)  # a rollout status (serve/rollout/documents.py)
+        status.rollouts, status.rollout_problems = rollouts, problems
 
     def _baseline_from(self, status: ServerStatus, model: str, version: str, document: StatsDocument) -> None:
         """Fetch the baseline this replica bins against when no local one covers the version and it is new;

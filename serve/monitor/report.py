@@ -169,7 +169,7 @@ td.name,th.name{text-align:left}td.hit{color:#c0392b;font-weight:600}td.undecide
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:11px;color:#fff}
 .bad{background:#c0392b}.warn{background:#e67e22}.good{background:#27ae60}.muted{background:#95a5a6}
 figure{display:inline-block;margin:6px;background:#fff;border:1px solid #ddd;padding:4px}
-figcaption{font-size:12px;color:#333}
+figcaption{font-size:12px;color:#333}h3{font-size:15px;margin:16px 0 4px}
 """
 
 
@@ -265,7 +265,9 @@ def render_page(
     plots: Mapping[tuple[str, str], Mapping[str, str]],
     servers: Sequence[ServerJson],
     note: str | None = None,
+    rollouts: str = "",
 ) -> str:
+    """The page; ``rollouts``: the Rollout sections (rollout_report.py), shown before the model versions."""
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     server_line = ", ".join(
         f"{html.escape(s['url'])} {_badge('up', 'good') if s['up'] else _badge('stale', 'bad')}" for s in servers
@@ -281,6 +283,8 @@ def render_page(
         body.append(f'<p class="meta">{html.escape(note)}: reload in a moment to see it</p>')
     if not reports:
         body.append("<p>No evaluation yet: the monitor has not reached a server with models.</p>")
+    if rollouts:
+        body.append(rollouts)
     for report in reports:
         body.append(_model_section(report, plots.get(report.key, {})))
     body.append("</body></html>")

@@ -1,5 +1,6 @@
 """The monitor's cycle: poll every replica (polling.py), evaluate each model version against its baseline,
-record states, history and alerts (recording.py).
+compare the versions of each rollout side by side (rollout_compare.py), record states, history and alerts
+(recording.py).
 
 The evaluation itself is numpy work and runs in a worker thread, so the monitor's own HTTP endpoints stay
 responsive; recording runs on the event loop.
@@ -23,6 +24,7 @@ from serve.monitor.model_report import Findings, ModelOutcome, ModelReport, buil
 from serve.monitor.model_report_json import ModelReportJson, ReplicaJson
 from serve.monitor.polling import Poller, ServerJson, ServerStatus
 from serve.monitor.recording import Recorder
+from serve.monitor.rollout_compare import Horizon, ReplicaRollout, RolloutComparisonJson, compare_rollouts
 from serve.monitor.rollouts import MonitorRollouts
 from serve.monitor.slo import SloTracker
 from serve.monitor.store import HistoryRow, HistoryStore
@@ -39,6 +41,7 @@ class OnceDocument(TypedDict):
     servers: list[ServerJson]
     discovery: list[TargetJson]
     models: list[ModelReportJson]
+    rollouts: list[RolloutComparisonJson]  # each rollout's arms against its primary
 
 
 class Monitor:
@@ -67,6 +70,7 @@ class Monitor:
         self.latest: dict[tuple[str, str], ModelReport] = _stored_reports(self.store)
         self.last_evaluation: float | None = None
         self.evaluations = 0
+        self.comparisons: list[RolloutComparisonJson] = []  # the latest cycle's rollout comparisons
         # Called on the event loop after each evaluation is recorded (the report app draws its plots then).
         self.evaluation_listeners: list[Callable[[], None]] = []
         self.rollouts = (
@@ -127,6 +131,28 @@ class Monitor:
         problems = [*entry.problems, *collected.problems]
         return ModelOutcome(build_report(model, version, now, entry.to_json(), problems, slo, ev, findings), ev)
 
+    def compare_rollouts(self, *, include_open: bool = False) -> list[RolloutComparisonJson]:
+        """Each rollout the replicas report, its arms against its primary over the horizon (blocking: numpy)."""
+        now = self.clock()
+        found: dict[str, list[ReplicaRollout]] = {}
+        for status in self.servers.values():
+            if status.up:
+                for model, document in status.rollouts.items():
+                    found.setdefault(model, []).append(ReplicaRollout(status.url, document))
+        decided = {m: self.rollouts.driver.evaluation(m) for m in found} if self.rollouts is not None else None
+        horizon = Horizon(now - self.settings.horizon_s, now, self.settings.horizon_s, include_open)
+        comparisons = compare_rollouts(found, self.collector, horizon, decided)
+        for c in comparisons:
+            c["problems"] += [
+                f"{s.url}: {s.rollout_problems[c['model']]}"
+                for s in self.servers.values()
+                if c["model"] in s.rollout_problems
+            ]
+        return comparisons
+
+    def _evaluate_all(self, include_open: bool) -> tuple[Outcomes, list[RolloutComparisonJson]]:
+        return self.evaluate(include_open=include_open), self.compare_rollouts(include_open=include_open)
+
     def _replicas(self, model: str, version: str) -> tuple[ReplicaJson, ...]:
         servers = self.servers
         return tuple(
@@ -159,7 +185,7 @@ class Monitor:
 
     async def cycle(self, *, include_open: bool = False) -> Outcomes:
         await self.poll()
-        outcomes = await asyncio.to_thread(self.evaluate, include_open=include_open)
+        outcomes, self.comparisons = await asyncio.to_thread(self._evaluate_all, include_open)
         return self.record(outcomes)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -191,6 +217,7 @@ class Monitor:
             "servers": [s.to_json() for s in self.servers.values()],
             "discovery": [t.to_json() for t in self.discovery.targets],
             "models": [outcome.report.once_json() for _, outcome in sorted(outcomes.items())],
+            "rollouts": self.comparisons,
         }
 
     def close(self) -> None:
