@@ -5,12 +5,9 @@ is counted by the monitor exactly once, at most one poll after the window closed
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +15,10 @@ import numpy as np
 import pytest
 
 from tests.fixtures.local_servers import ThreadServer, start_in_thread
+from tests.fixtures.monitor_process import RunningMonitor, get_json, start_monitor
 from tests.fixtures.monitoring import MODEL, sample
 from tests.fixtures.replicas import write_model_with_baseline
-from tests.fixtures.servers import RunningServer, free_port, start_server
+from tests.fixtures.servers import RunningServer, start_server
 
 WINDOW_S = 2.0
 # A server in a thread of the test, or a `serve run` process where the test asks for --workers.
@@ -34,11 +32,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def _infer(server: Server, x: np.ndarray) -> None:
     body = json.dumps(
         {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
@@ -50,41 +43,10 @@ def _infer(server: Server, x: np.ndarray) -> None:
         assert response.status == 200
 
 
-@dataclass
-class RunningMonitor:
-    process: subprocess.Popen[bytes]
-    base: str
-    log_path: Path
-
-    def models(self) -> list[dict[str, Any]]:
-        return list(_get(f"{self.base}/api/models")["models"])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 def _start_monitor(server: Server, repository: Path, db: Path, log_path: Path) -> RunningMonitor:
-    port = free_port()
-    args = [sys.executable, "-m", "serve", "monitor", "--server", server.base, "--model-repository", str(repository),
-            "--interval", "1s", "--horizon", "5m", "--port", str(port), "--db", str(db)]  # fmt: skip
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    monitor = RunningMonitor(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            monitor.models()
-            return monitor
-        except OSError:
-            time.sleep(0.1)
-    monitor.stop()
-    raise RuntimeError(f"monitor did not start:\n{log_path.read_text()}")
+    args = ["--server", server.base, "--model-repository", str(repository), "--interval", "1s", "--horizon", "5m",
+            "--db", str(db)]  # fmt: skip
+    return start_monitor(args, log_path)
 
 
 @pytest.fixture
@@ -125,7 +87,7 @@ def _server_closed_rows(server: Server, sent: int) -> int:
     """Wait until every window holding the rows sent is closed on the server; the rows in its closed windows."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        document = _get(f"{server.base}/v2/models/{MODEL}/versions/1/input-stats")
+        document = get_json(f"{server.base}/v2/models/{MODEL}/versions/1/input-stats")
         windows = document["windows"]
         closed = sum(w["rows"] for w in windows if w["closed"])
         if all(w["closed"] for w in windows) and closed == sent:

@@ -8,21 +8,19 @@ Real processes, as an SRE runs them: two `serve run` replicas, each with its own
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fixtures.monitor_process import RunningMonitor, get_json, start_monitor
 from tests.fixtures.rollout_clients import HTTP_JSON, clients, phase, status
 from tests.fixtures.rollout_models import failing_candidate, random_rows
-from tests.fixtures.servers import RunningServer, free_port, serving
+from tests.fixtures.servers import RunningServer, serving
 
 # 150 requests per replica, half to each arm: ~75 per arm on each replica, ~150 per arm on both. One
 # replica's evidence is below the gates' minimum; only the two together reach it.
@@ -31,53 +29,17 @@ GATES = {"interval_s": 1, "min_requests": 110, "confidence": 0.95, "max_error_ra
 REQUESTS_PER_REPLICA = 150
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-@dataclass
-class RunningMonitor:
-    process: subprocess.Popen[bytes]
-    base: str
-    log_path: Path
-
-    def rollouts(self) -> list[dict[str, Any]]:
-        return list(_get(f"{self.base}/api/rollouts")["rollouts"])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 def monitor_of(tmp_path: Path) -> Iterator[Any]:
     started: list[RunningMonitor] = []
 
     def start(*servers: RunningServer) -> RunningMonitor:
-        port, log_path = free_port(), tmp_path / "monitor.log"
-        args = [sys.executable, "-m", "serve", "monitor", "--rollouts", "--interval", "1s", "--port", str(port),
-                "--db", str(tmp_path / "monitor.db")]  # fmt: skip
+        args = ["--rollouts", "--interval", "1s", "--db", str(tmp_path / "monitor.db")]
         for server in servers:
             args += ["--server", server.base]
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        monitor = RunningMonitor(process, f"http://127.0.0.1:{port}", log_path)
-        started.append(monitor)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if monitor.rollouts():  # it has found the plan on the replicas
-                    return monitor
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"the monitor found no rollout:\n{log_path.read_text()}")
+        # Ready once it has found the plan on the replicas.
+        started.append(start_monitor(args, tmp_path / "monitor.log", ready=RunningMonitor.rollouts))
+        return started[-1]
 
     yield start
     for monitor in started:
@@ -103,7 +65,7 @@ def _arm_requests(evidence: dict[str, Any]) -> dict[tuple[int, str], int]:
 
 
 def _raw_evidence(server: RunningServer) -> dict[tuple[int, str], int]:
-    document = _get(f"{server.base}/v2/models/flaky/rollout/evidence")
+    document = get_json(f"{server.base}/v2/models/flaky/rollout/evidence")
     return {(arm["version"], arm["role"]): arm["requests"] for arm in document["arms"]}
 
 
