@@ -20,14 +20,23 @@ from google.protobuf.message import DecodeError
 
 from serve.codecs import grpc_codec
 from serve.core import InferenceService
+from serve.core.request_ids import HEADER
 from serve.grpc.errors import status_of
 from serve.grpc.handoff.frames import Answer, Call, Cancel, FrameError, FrameReader, encode_answer, status_number
 from serve.protocol import grpc_service_pb2 as pb
 from serve.security.tokens import TokenStore
+from serve.types import InferRequest
 
 log = logging.getLogger("serve.grpc")
 
 OK = 0
+
+
+def _decoded(message: pb.ModelInferRequest, request_id: str) -> InferRequest:
+    request = grpc_codec.decode_infer_request(message)
+    if request_id:  # the only metadata the front end hands over besides the token
+        request.header = {HEADER: request_id}.get
+    return request
 
 
 class HandoffListener:
@@ -148,7 +157,7 @@ class _Link(asyncio.Protocol):
             return status_number(grpc.StatusCode.INVALID_ARGUMENT), message.encode()
         service = self.listener.service
         infer = service.infer_decoding(
-            request.model_name, request.model_version, lambda _: grpc_codec.decode_infer_request(request), "grpc"
+            request.model_name, request.model_version, lambda _: _decoded(request, call.request_id), "grpc"
         )
         if not call.deadline:
             response = await infer
