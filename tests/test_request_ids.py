@@ -22,7 +22,7 @@ import tritonclient.http as httpclient
 from serve.core import InferenceService
 from serve.core.request_ids import MAX_LENGTH
 from serve.events import Observer, RequestEvent
-from serve.grpc.handoff.frames import Call, FrameReader, encode_call
+from serve.grpc.handoff.frames import Answer, Call, FrameReader, encode_answer, encode_call
 from serve.grpc.handoff.front import _call_details
 from serve.modelgen import mlp, save
 from serve.protocol import grpc_service_pb2 as pb
@@ -241,9 +241,10 @@ async def test_the_request_event_of_a_refused_request_carries_its_id(
 # ---- the hand-off front end (--workers N --grpc-frontend native) -------------------------------
 
 
-async def test_a_call_frame_carries_the_x_request_id() -> None:
-    frames = FrameReader(1 << 20).feed(encode_call(3, 0.0, "tok", b"\x01", "rid-\u00e9"))
-    assert frames == [Call(3, 0.0, "tok", b"\x01", "rid-\u00e9")]
+async def test_call_and_answer_frames_carry_the_request_id() -> None:
+    data = encode_call(3, 0.0, "tok", b"\x01", "rid-\u00e9") + encode_answer(3, 0, b"\x02", "rid-\u00e9")
+    frames = FrameReader(1 << 20).feed(data)
+    assert frames == [Call(3, 0.0, "tok", b"\x01", "rid-\u00e9"), Answer(3, 0, b"\x02", "rid-\u00e9")]
 
 
 async def test_the_front_end_cuts_an_overlong_x_request_id_to_one_more_than_allowed() -> None:
@@ -266,9 +267,12 @@ async def test_handed_off_calls_take_the_id_from_message_metadata_or_mint_one(
     async with handoff(mlp_repository, tmp_path) as h:
         own = await h.stub.ModelInfer(with_id)
         from_metadata = await h.stub.ModelInfer(infer_request("mlp", rows), metadata=(("x-request-id", "m-1"),))
-        minted = await h.stub.ModelInfer(infer_request("mlp", rows))
+        call = h.stub.ModelInfer(infer_request("mlp", rows))
+        minted = await call
+        trailing = tuple(await call.trailing_metadata())
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await h.stub.ModelInfer(infer_request("mlp", rows), metadata=(("x-request-id", "x" * 300),))
     assert (own.id, from_metadata.id) == ("h-1", "m-1") and minted.id
+    assert ("x-request-id", minted.id) in trailing
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "x-request-id" in (refused.value.details() or "")

@@ -6,7 +6,8 @@ Every frame: u32 length of what follows it, u8 kind, u64 call id, then by kind
   for every process of the machine), u16 length of the bearer token sent, u16 length of the x-request-id metadata
   value sent, the token and the id (each empty: none; UTF-8), then the ModelInferRequest as the client sent it;
 * CANCEL (front → worker): nothing; the client cancelled, or its deadline passed;
-* ANSWER (worker → front): u8 gRPC status code (0 OK), then the ModelInferResponse, or the error message.
+* ANSWER (worker → front): u8 gRPC status code (0 OK), u16 length and the request id answered (UTF-8; empty:
+  none), then the ModelInferResponse, or the error message.
 
 Little-endian throughout. A peer that sends anything else is a bug in serve: ``FrameError``.
 """
@@ -21,7 +22,7 @@ import grpc
 
 _HEAD = struct.Struct("<IBQ")  # length of what follows the length, kind, call id
 _CALL = struct.Struct("<dHH")  # deadline, token length, request id length
-_STATUS = struct.Struct("<B")
+_STATUS = struct.Struct("<BH")  # status, request id length
 _AFTER_LENGTH = _HEAD.size - 4  # the kind and call id count in the length
 
 
@@ -60,6 +61,7 @@ class Answer:
     call_id: int
     status: int  # a grpc.StatusCode's number; 0 is OK
     body: bytes  # the ModelInferResponse when OK, else the UTF-8 error message
+    request_id: str = ""  # the id the response carries, for the x-request-id trailing metadata; "" for none
 
 
 Frame = Call | Cancel | Answer
@@ -84,8 +86,10 @@ def encode_cancel(call_id: int) -> bytes:
     return _HEAD.pack(_AFTER_LENGTH, Kind.CANCEL, call_id)
 
 
-def encode_answer(call_id: int, status: int, body: bytes) -> bytes:
-    return _HEAD.pack(_AFTER_LENGTH + _STATUS.size + len(body), Kind.ANSWER, call_id) + _STATUS.pack(status) + body
+def encode_answer(call_id: int, status: int, body: bytes, request_id: str = "") -> bytes:
+    id_bytes = request_id.encode()
+    length = _AFTER_LENGTH + _STATUS.size + len(id_bytes) + len(body)
+    return b"".join((_HEAD.pack(length, Kind.ANSWER, call_id), _STATUS.pack(status, len(id_bytes)), id_bytes, body))
 
 
 class FrameReader:
@@ -123,5 +127,7 @@ def _decode(kind: int, call_id: int, body: bytes) -> Frame:
     if kind == Kind.CANCEL:
         return Cancel(call_id)
     if kind == Kind.ANSWER:
-        return Answer(call_id, body[0], body[1:])
+        status, id_length = _STATUS.unpack_from(body)
+        id_end = _STATUS.size + id_length
+        return Answer(call_id, status, body[id_end:], body[_STATUS.size : id_end].decode())
     raise FrameError(f"a frame of unknown kind {kind}")

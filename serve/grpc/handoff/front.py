@@ -197,7 +197,9 @@ class HandoffFront:
                     answers.append(frame)
         for answer in answers:
             if answer.status == 0:
-                self._front.respond(answer.call_id, answer.body)
+                # The id as trailing metadata, as the grpc.aio servicer sends it (serve/grpc/service.py).
+                trailing = [(HEADER, answer.request_id)] if answer.request_id else None
+                self._front.respond(answer.call_id, answer.body, trailing_metadata=trailing)
             else:
                 self._front.fail(answer.call_id, answer.status, answer.body.decode(errors="replace"))
 
