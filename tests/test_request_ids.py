@@ -188,6 +188,20 @@ async def test_grpc_stream_answers_carry_the_clients_and_minted_ids(server: InPr
     assert [a.error_message for a in answers] == ["", ""]
 
 
+async def test_grpc_stream_metadata_id_is_the_streams_not_each_requests(server: InProcess) -> None:
+    stream = server.grpc.ModelStreamInfer(iter([grpc_request(), grpc_request()]), metadata=(("x-request-id", "s"),))
+    ids = [a.infer_response.id async for a in stream]
+    assert len(set(ids)) == 2 and "s" not in ids
+
+
+async def test_grpc_stream_error_answer_carries_the_minted_id(server: InProcess) -> None:
+    bad = grpc_request()  # decodes, then fails validation: the model's input has 8 features
+    bad.inputs[0].shape[:] = [1, 5]
+    bad.raw_input_contents[0] = features(1).tobytes()[:20]
+    (answer,) = [a async for a in server.grpc.ModelStreamInfer(iter([bad]))]
+    assert "features" in answer.error_message and answer.infer_response.id
+
+
 # ---- the core's RequestEvent -------------------------------------------------------------------
 
 

@@ -44,24 +44,29 @@ def _repository_parameters(params: Any) -> tuple[mc.ModelConfig | None, dict[str
 
 
 class _Metadata:
-    """The call's invocation metadata by lower-case key, read only if a rollout asks for its routing key."""
+    """The call's invocation metadata by lower-case key, read only when asked: for a rollout's routing key, or
+    for x-request-id when the message has no id. On a stream, the call's metadata is the stream's, not each
+    request's: an x-request-id there would give every request of the stream one id, so it is not offered."""
 
-    __slots__ = ("_context", "_values")
+    __slots__ = ("_context", "_values", "_stream")
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, *, stream: bool = False) -> None:
         self._context = context
         self._values: dict[str, str] | None = None
+        self._stream = stream
 
     def __call__(self, name: str) -> str | None:
+        if self._stream and name == HEADER:
+            return None
         if self._values is None:
             metadata = self._context.invocation_metadata() or ()
             self._values = {k.lower(): v for k, v in metadata if isinstance(v, str)}
         return self._values.get(name)
 
 
-def _decoded(message: pb.ModelInferRequest, context: Context) -> InferRequest:
+def _decoded(message: pb.ModelInferRequest, context: Context, *, stream: bool = False) -> InferRequest:
     request = grpc_codec.decode_infer_request(message)
-    request.header = _Metadata(context)
+    request.header = _Metadata(context, stream=stream)
     return request
 
 
@@ -130,19 +135,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         pending: set[asyncio.Task[None]] = set()
 
         async def answer(message: pb.ModelInferRequest) -> None:
+            decoded: list[InferRequest] = []
+
+            def decode(_: object) -> InferRequest:
+                decoded.append(_decoded(message, context, stream=True))
+                return decoded[0]
+
             try:
-                response = await self._service.infer_decoding(
-                    message.model_name,
-                    message.model_version,
-                    lambda _: _decoded(message, context),
-                    "grpc",
-                )
+                response = await self._service.infer_decoding(message.model_name, message.model_version, decode, "grpc")
                 reply = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))
             except Exception as exc:  # every request gets an answer, whatever went wrong
+                request_id = decoded[0].id if decoded and decoded[0].id else message.id  # the core's, if it got one
                 reply = pb.ModelStreamInferResponse(
                     error_message=message_of(exc, "ModelStreamInfer"),
                     infer_response=pb.ModelInferResponse(
-                        model_name=message.model_name, model_version=message.model_version, id=message.id
+                        model_name=message.model_name, model_version=message.model_version, id=request_id
                     ),
                 )
             await answers.put(reply)
