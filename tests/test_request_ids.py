@@ -33,7 +33,6 @@ from tests.fixtures import triton_http
 from tests.fixtures.data import features
 from tests.fixtures.grpc_frontends import FRONTENDS, grpc_frontend
 from tests.fixtures.inprocess import InProcess, in_process
-from tests.test_grpc_handoff import handoff, infer_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -275,6 +274,9 @@ def mlp_repository(tmp_path: Path) -> Path:
 async def test_handed_off_calls_take_the_id_from_message_metadata_or_mint_one(
     mlp_repository: Path, tmp_path: Path
 ) -> None:
+    pytest.importorskip("pygrpc_native")  # the front end is the serve[grpc-native] extra's
+    from tests.test_grpc_handoff import handoff, infer_request
+
     rows = np.ones((1, 4), np.float32)
     with_id = infer_request("mlp", rows)
     with_id.id = "h-1"
