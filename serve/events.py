@@ -98,6 +98,9 @@ class RequestEvent:
     # Rows (first dimension) of the request; 0 where not recorded. The shadow sets it, so that Triton's
     # statistics can keep a shadow's rows out of the version's client-facing inference_count.
     rows: int = 0
+    # The id the response carries (serve/core/request_ids.py): the client's, or one minted for it; "" when the
+    # request failed before it was decoded (an unknown model, a malformed body) and so never got one.
+    request_id: str = ""
 
 
 class Observer:

@@ -20,6 +20,7 @@ from serve.core.classification import classify
 from serve.core.cluster import Cluster, LocalCluster
 from serve.core.mirror import Mirror
 from serve.core.readiness import SHUTTING_DOWN, Readiness, ReadinessSignal
+from serve.core.request_ids import resolve as resolve_id
 from serve.core.rollouts import Rollouts
 from serve.core.served_versions import ServedVersions
 from serve.core.validation import validate
@@ -214,6 +215,7 @@ class InferenceService:
         key = UNKNOWN_VERSION
         timings = None
         role: Role = ""
+        request_id = ""
         error: BaseException | None = None
         try:
             if self._shutting_down:
@@ -236,6 +238,8 @@ class InferenceService:
                 model, role = self._routed(name, routing, model, key_value)
                 key = model.key
                 mirrored = self.mirror is not None and mirrors(routing, key_value)
+            # Once, here, for every transport; written back so that the adapter's encoder and its error answer see it.
+            request.id = request_id = resolve_id(request)
             served = self._served.get(model)
             valid = validate(served.signature, request)
             result = await served.batcher.submit(
@@ -249,13 +253,15 @@ class InferenceService:
                 self._offer_shadow(name, routing, valid.feeds, key, result.outputs, self._clock() - started, protocol)
             outputs = [OutputTensor(n, datatype, result.outputs[n]) for n, datatype in valid.outputs]
             outputs = classify(outputs, request.outputs, model.labels, batching=model.max_batch_size > 0)
-            return InferResponse(model.name, model.version_str, request.id, outputs)
+            return InferResponse(model.name, model.version_str, request_id, outputs)
         except BaseException as exc:
             error = exc
             raise
         finally:
             self._observer.on_request(
-                RequestEvent(key, protocol, outcome_of(error), self._clock() - started, timings, role)
+                RequestEvent(
+                    key, protocol, outcome_of(error), self._clock() - started, timings, role, request_id=request_id
+                )
             )
             # The exception's traceback holds this frame, and the frame held the exception: a cycle
             # that kept the request's body and decoded tensors alive until the garbage collector

@@ -21,6 +21,9 @@ from serve.errors import RequestCancelled, ServeError
 log = logging.getLogger("serve.http")
 
 JSON = b"application/json"
+# Where a route leaves the id of the request that failed, for its error answer's x-request-id header. The body
+# stays {"error": message}: the Open Inference Protocol's error document has that one field (tritonclient reads it).
+REQUEST_ID = "serve.request_id"
 
 
 class ClientGone(Exception):
@@ -84,5 +87,8 @@ class ErrorBoundary:
             headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
             if status == 405 and isinstance(exc, HTTPException) and exc.headers:
                 headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            request_id = scope.get(REQUEST_ID)
+            if request_id:
+                headers.append((b"x-request-id", request_id.encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})

@@ -15,9 +15,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.codecs import http_codec
 from serve.core import InferenceService
+from serve.core.request_ids import HEADER, is_header_value
 from serve.errors import InvalidInput
 from serve.http.body import read_body
 from serve.http.disconnect import DisconnectProbe
+from serve.http.errors import REQUEST_ID
 from serve.repository.repository import ModelVersion
 from serve.types import InferRequest, TensorSpec
 
@@ -26,6 +28,7 @@ _SUFFIX = "/infer"
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 MODEL_VERSION_HEADER = b"x-model-version"
+REQUEST_ID_HEADER = HEADER.encode()
 
 
 def parse_infer_path(path: str) -> tuple[str, str] | None:
@@ -86,6 +89,13 @@ def _header_length(headers: dict[str, str]) -> int | None:
         raise InvalidInput(f"Inference-Header-Content-Length '{value}' is not an integer") from None
 
 
+def _keep_id_for_error(scope: Scope, decoded: list[InferRequest], headers: dict[str, str]) -> None:
+    """The error answer (ErrorBoundary) carries the id too: the one the core resolved, else the header's."""
+    request_id = decoded[0].id if decoded and decoded[0].id else headers.get(HEADER, "")
+    if request_id and is_header_value(request_id):
+        scope[REQUEST_ID] = request_id
+
+
 class InferEndpoint:
     def __init__(self, app: ASGIApp, service: InferenceService, *, max_request_bytes: int) -> None:
         self._app = app
@@ -102,8 +112,12 @@ class InferEndpoint:
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str, version: str) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        body = await read_body(headers, receive, self._max)
         decoded: list[InferRequest] = []
+        try:
+            body = await read_body(headers, receive, self._max)
+        except BaseException:
+            _keep_id_for_error(scope, decoded, headers)
+            raise
         probe = DisconnectProbe(receive)
 
         def decode(model: ModelVersion) -> InferRequest:
@@ -126,6 +140,9 @@ class InferEndpoint:
 
         try:
             response = await self._service.infer_decoding(name, version, decode, "http")
+        except BaseException:
+            _keep_id_for_error(scope, decoded, headers)
+            raise
         finally:
             probe.close()
         payload, json_length = http_codec.encode_infer_response(response, decoded[0])
@@ -143,5 +160,7 @@ class InferEndpoint:
         out.append((b"content-length", str(len(payload)).encode()))
         # Who answered, for proxies and clients that do not read the body (a rollout may pick the version).
         out.append((MODEL_VERSION_HEADER, response.model_version.encode()))
+        if is_header_value(response.id):  # a body id that cannot be a header value travels in the body only
+            out.append((REQUEST_ID_HEADER, response.id.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": payload})

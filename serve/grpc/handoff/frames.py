@@ -3,10 +3,11 @@
 Every frame: u32 length of what follows it, u8 kind, u64 call id, then by kind
 
 * CALL (front → worker): f64 deadline on the machine's monotonic clock (0: none; CLOCK_MONOTONIC is one clock
-  for every process of the machine), u16 length and the bearer token sent (empty: none), then the
-  ModelInferRequest as the client sent it;
+  for every process of the machine), u16 length of the bearer token sent, u16 length of the x-request-id metadata
+  value sent, the token and the id (each empty: none; UTF-8), then the ModelInferRequest as the client sent it;
 * CANCEL (front → worker): nothing; the client cancelled, or its deadline passed;
-* ANSWER (worker → front): u8 gRPC status code (0 OK), then the ModelInferResponse, or the error message.
+* ANSWER (worker → front): u8 gRPC status code (0 OK), u16 length and the request id answered (UTF-8; empty:
+  none), then the ModelInferResponse, or the error message.
 
 Little-endian throughout. A peer that sends anything else is a bug in serve: ``FrameError``.
 """
@@ -20,8 +21,8 @@ from enum import IntEnum
 import grpc
 
 _HEAD = struct.Struct("<IBQ")  # length of what follows the length, kind, call id
-_CALL = struct.Struct("<dH")  # deadline, token length
-_STATUS = struct.Struct("<B")
+_CALL = struct.Struct("<dHH")  # deadline, token length, request id length
+_STATUS = struct.Struct("<BH")  # status, request id length
 _AFTER_LENGTH = _HEAD.size - 4  # the kind and call id count in the length
 
 
@@ -47,6 +48,7 @@ class Call:
     deadline: float  # time.monotonic() at which the client stops waiting; 0.0 for none
     token: str  # the bearer token the client sent, "" for none
     payload: bytes  # the ModelInferRequest
+    request_id: str = ""  # the x-request-id metadata value the client sent, "" for none
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +61,24 @@ class Answer:
     call_id: int
     status: int  # a grpc.StatusCode's number; 0 is OK
     body: bytes  # the ModelInferResponse when OK, else the UTF-8 error message
+    request_id: str = ""  # the id the response carries, for the x-request-id trailing metadata; "" for none
 
 
 Frame = Call | Cancel | Answer
 
 
-def encode_call(call_id: int, deadline: float, token: str, payload: bytes) -> bytes:
+def encode_call(call_id: int, deadline: float, token: str, payload: bytes, request_id: str = "") -> bytes:
     token_bytes = token.encode()
-    length = _AFTER_LENGTH + _CALL.size + len(token_bytes) + len(payload)
+    id_bytes = request_id.encode()
+    length = _AFTER_LENGTH + _CALL.size + len(token_bytes) + len(id_bytes) + len(payload)
     return b"".join(
-        (_HEAD.pack(length, Kind.CALL, call_id), _CALL.pack(deadline, len(token_bytes)), token_bytes, payload)
+        (
+            _HEAD.pack(length, Kind.CALL, call_id),
+            _CALL.pack(deadline, len(token_bytes), len(id_bytes)),
+            token_bytes,
+            id_bytes,
+            payload,
+        )
     )
 
 
@@ -76,8 +86,10 @@ def encode_cancel(call_id: int) -> bytes:
     return _HEAD.pack(_AFTER_LENGTH, Kind.CANCEL, call_id)
 
 
-def encode_answer(call_id: int, status: int, body: bytes) -> bytes:
-    return _HEAD.pack(_AFTER_LENGTH + _STATUS.size + len(body), Kind.ANSWER, call_id) + _STATUS.pack(status) + body
+def encode_answer(call_id: int, status: int, body: bytes, request_id: str = "") -> bytes:
+    id_bytes = request_id.encode()
+    length = _AFTER_LENGTH + _STATUS.size + len(id_bytes) + len(body)
+    return b"".join((_HEAD.pack(length, Kind.ANSWER, call_id), _STATUS.pack(status, len(id_bytes)), id_bytes, body))
 
 
 class FrameReader:
@@ -107,11 +119,15 @@ class FrameReader:
 
 def _decode(kind: int, call_id: int, body: bytes) -> Frame:
     if kind == Kind.CALL:
-        deadline, token_length = _CALL.unpack_from(body)
-        start = _CALL.size + token_length
-        return Call(call_id, deadline, body[_CALL.size : start].decode(), body[start:])
+        deadline, token_length, id_length = _CALL.unpack_from(body)
+        token_end = _CALL.size + token_length
+        id_end = token_end + id_length
+        token, request_id = body[_CALL.size : token_end].decode(), body[token_end:id_end].decode()
+        return Call(call_id, deadline, token, body[id_end:], request_id)
     if kind == Kind.CANCEL:
         return Cancel(call_id)
     if kind == Kind.ANSWER:
-        return Answer(call_id, body[0], body[1:])
+        status, id_length = _STATUS.unpack_from(body)
+        id_end = _STATUS.size + id_length
+        return Answer(call_id, status, body[id_end:], body[_STATUS.size : id_end].decode())
     raise FrameError(f"a frame of unknown kind {kind}")

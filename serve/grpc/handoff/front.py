@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from serve.core.request_ids import HEADER, MAX_LENGTH
 from serve.grpc.handoff.frames import Answer, Frame, FrameError, FrameReader, encode_call, encode_cancel, status_number
 from serve.security.tokens import bearer_token
 
@@ -140,8 +141,8 @@ class HandoffFront:
                         continue
                     worker.outstanding.add(call_id)
                     self._calls[call_id] = worker
-                    token, deadline = _token_and_deadline(details)
-                    batches.setdefault(worker, []).append(encode_call(call_id, deadline, token, payload))
+                    token, deadline, request_id = _call_details(details)
+                    batches.setdefault(worker, []).append(encode_call(call_id, deadline, token, payload, request_id))
             for call_id, status, message in refused:
                 front.fail(call_id, status, message)
             for worker, frames in batches.items():
@@ -196,7 +197,9 @@ class HandoffFront:
                     answers.append(frame)
         for answer in answers:
             if answer.status == 0:
-                self._front.respond(answer.call_id, answer.body)
+                # The id as trailing metadata, as the grpc.aio servicer sends it (serve/grpc/service.py).
+                trailing = [(HEADER, answer.request_id)] if answer.request_id else None
+                self._front.respond(answer.call_id, answer.body, trailing_metadata=trailing)
             else:
                 self._front.fail(answer.call_id, answer.status, answer.body.decode(errors="replace"))
 
@@ -213,13 +216,17 @@ class HandoffFront:
             self._front.fail(call_id, UNAVAILABLE, "the worker serving this call stopped before answering; retry")
 
 
-def _token_and_deadline(details: CallDetails | None) -> tuple[str, float]:
-    """The bearer token and the absolute deadline of a call, from the front end's call details."""
+def _call_details(details: CallDetails | None) -> tuple[str, float, str]:
+    """The bearer token, the absolute deadline and the x-request-id of a call, from the front end's call details.
+    An id longer than the worker accepts is cut to one character more than that: it is refused there all the same,
+    and the frame's u16 length holds it."""
     if details is None:
-        return "", 0.0
+        return "", 0.0, ""
     metadata, _peer, remaining = details
-    token = ""
+    token = request_id = ""
     for key, value in metadata:
         if key == "authorization" and isinstance(value, str):
             token = bearer_token(value) or ""
-    return token, (time.monotonic() + remaining) if remaining is not None else 0.0
+        elif key == HEADER and isinstance(value, str):
+            request_id = value[: MAX_LENGTH + 1]
+    return token, (time.monotonic() + remaining) if remaining is not None else 0.0, request_id

@@ -20,14 +20,23 @@ from google.protobuf.message import DecodeError
 
 from serve.codecs import grpc_codec
 from serve.core import InferenceService
+from serve.core.request_ids import HEADER, is_header_value
 from serve.grpc.errors import status_of
 from serve.grpc.handoff.frames import Answer, Call, Cancel, FrameError, FrameReader, encode_answer, status_number
 from serve.protocol import grpc_service_pb2 as pb
 from serve.security.tokens import TokenStore
+from serve.types import InferRequest
 
 log = logging.getLogger("serve.grpc")
 
 OK = 0
+
+
+def _decoded(message: pb.ModelInferRequest, request_id: str) -> InferRequest:
+    request = grpc_codec.decode_infer_request(message)
+    if request_id:  # the only metadata the front end hands over besides the token
+        request.header = {HEADER: request_id}.get
+    return request
 
 
 class HandoffListener:
@@ -121,8 +130,9 @@ class _Link(asyncio.Protocol):
         self.tasks.pop(call_id, None)
 
     async def _answer(self, call: Call) -> None:
+        request_id = ""
         try:
-            status, body = await self._run(call)
+            status, body, request_id = await self._run(call)
         except Exception as exc:  # every call gets an answer, whatever went wrong
             number, message = status_of(exc, "ModelInfer")
             status, body = status_number(number), message.encode()
@@ -130,25 +140,26 @@ class _Link(asyncio.Protocol):
             return
         if not self._unsent:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._unsent.append(encode_answer(call.call_id, status, body))
+        self._unsent.append(encode_answer(call.call_id, status, body, request_id))
 
     def _flush(self) -> None:
         unsent, self._unsent = self._unsent, []
         if self.transport is not None:
             self.transport.write(b"".join(unsent))
 
-    async def _run(self, call: Call) -> tuple[int, bytes]:
+    async def _run(self, call: Call) -> tuple[int, bytes, str]:
+        """The answer's status, its body, and the id the response carries ("" for a failure)."""
         refusal = self.listener.refusal(call.token)
         if refusal is not None:
-            return refusal[0], refusal[1].encode()
+            return refusal[0], refusal[1].encode(), ""
         try:
             request = pb.ModelInferRequest.FromString(call.payload)
         except DecodeError as exc:
             message = f"the request is not a valid inference.ModelInferRequest message: {exc}"
-            return status_number(grpc.StatusCode.INVALID_ARGUMENT), message.encode()
+            return status_number(grpc.StatusCode.INVALID_ARGUMENT), message.encode(), ""
         service = self.listener.service
         infer = service.infer_decoding(
-            request.model_name, request.model_version, lambda _: grpc_codec.decode_infer_request(request), "grpc"
+            request.model_name, request.model_version, lambda _: _decoded(request, call.request_id), "grpc"
         )
         if not call.deadline:
             response = await infer
@@ -157,8 +168,9 @@ class _Link(asyncio.Protocol):
                 async with asyncio.timeout(call.deadline - time.monotonic()):
                     response = await infer
             except TimeoutError:
-                return status_number(grpc.StatusCode.DEADLINE_EXCEEDED), b"Deadline Exceeded"
-        return OK, grpc_codec.encode_infer_response(response).SerializeToString()
+                return status_number(grpc.StatusCode.DEADLINE_EXCEEDED), b"Deadline Exceeded", ""
+        request_id = response.id if is_header_value(response.id) else ""
+        return OK, grpc_codec.encode_infer_response(response).SerializeToString(), request_id
 
     def close(self) -> None:
         if self.transport is not None:
