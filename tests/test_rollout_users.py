@@ -419,7 +419,9 @@ def _classifier_responses(server: RunningServer, pair: ClassifierPair) -> list[b
         for start in range(0, len(pair.inputs), CHUNK_ROWS):
             chunk = {CLASSIFIER_INPUT: pair.inputs[start : start + CHUNK_ROWS]}
             for protocol in PROTOCOLS:
-                response = mine.infer(protocol, "cancer", chunk)
+                # The same request id in both runs: a minted one would differ, and the answer carries it.
+                request_id = {"x-request-id": f"chunk-{start}-{protocol}"}
+                response = mine.infer(protocol, "cancer", chunk, headers=request_id)
                 assert response.ok and response.model_version == "1", response.status
                 bodies.append(response.body)
     return bodies
