@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="of the plain and routed points")
     parser.add_argument("--shadow-concurrency", type=int, default=8, help="clients of the plain and shadowed points")
     parser.add_argument(
-        "--shadow-rate", type=float, default=800, help="requests per second offered at the plain and shadowed points"
+        "--shadow-rate", type=float, default=400, help="requests per second offered at the plain and shadowed points"
     )
     parser.add_argument("--workers", default="1", help="serve run --workers")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `serve run` argument")
