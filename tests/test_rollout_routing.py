@@ -174,6 +174,7 @@ class _Events(Observer):
 @dataclass
 class _Offers:
     offered: list[tuple[str, VersionKey, list[str]]] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
 
     def offer(
         self,
@@ -183,8 +184,11 @@ class _Offers:
         primary_outputs: Mapping[str, np.ndarray],
         primary_ns: int,
         protocol: str,
+        *,
+        request_id: str = "",
     ) -> bool:
         self.offered.append((shadow.model.version_str, primary, sorted(primary_outputs)))
+        self.request_ids.append(request_id)
         return True
 
 
@@ -227,6 +231,16 @@ async def test_the_shadow_is_offered_a_copy_of_what_the_arm_answered(
     response = await service.infer(_request())
     assert response.model_version == "1"
     assert [(shadow, key.version, outputs) for shadow, key, outputs in offers.offered] == [("3", "1", ["OUTPUT__0"])]
+
+
+async def test_the_shadows_copy_carries_the_request_id_the_client_was_answered_with(
+    core: tuple[InferenceService, _Events, _Offers],
+) -> None:
+    service, _, offers = core
+    await service.rollouts.set(MODEL, RolloutSpec(1, shadow=Arm(3, 100.0)), "test")
+    offers.request_ids.clear()
+    response = await service.infer(_request())
+    assert response.id and offers.request_ids == [response.id]
 
 
 async def test_a_request_naming_a_version_is_not_mirrored(core: tuple[InferenceService, _Events, _Offers]) -> None:

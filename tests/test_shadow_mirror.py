@@ -171,6 +171,18 @@ async def test_shadow_runs_are_observed_with_role_shadow_the_original_protocol_a
     assert event.timings is not None and event.duration_ns > 0
 
 
+async def test_a_copy_is_observed_with_the_request_id_of_the_request_it_copies(loaded: Loaded) -> None:
+    primary, shadow = loaded.version("regressor", "1"), loaded.version("regressor", "2")
+    mirror = ShadowMirror(loaded.recorder)
+    feeds = features(rows=2)
+    outputs = await primary_answer(primary, feeds)
+    mirror.offer(shadow, feeds, primary.model.key, outputs, 1000, "http", request_id="order-17")
+    await mirror.wait_idle()
+
+    (event,) = shadow_events(loaded.recorder)
+    assert event.request_id == "order-17"
+
+
 async def test_triton_statistics_count_the_copies_apart_from_client_requests(loaded: Loaded) -> None:
     primary, shadow = loaded.version("regressor", "1"), loaded.version("regressor", "2")
     mirror = ShadowMirror(Observers([loaded.recorder, loaded.statistics]))

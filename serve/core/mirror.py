@@ -20,7 +20,10 @@ class Mirror(Protocol):
         primary_outputs: Mapping[str, np.ndarray],
         primary_ns: int,
         protocol: str,
+        *,
+        request_id: str = "",
     ) -> bool:
         """Run ``feeds`` on ``shadow`` in the background, never awaited by the client, and compare
-        its outputs with the primary's; False when the copy was shed (counted)."""
+        its outputs with the primary's; False when the copy was shed (counted). The copy's event carries
+        the client request's ``request_id``, so that it joins the request it copies."""
         ...

@@ -250,7 +250,8 @@ class InferenceService:
             )
             timings = result.timings
             if mirrored and routing is not None:
-                self._offer_shadow(name, routing, valid.feeds, key, result.outputs, self._clock() - started, protocol)
+                primary_ns = self._clock() - started
+                self._offer_shadow(name, routing, valid.feeds, key, result.outputs, primary_ns, protocol, request_id)
             outputs = [OutputTensor(n, datatype, result.outputs[n]) for n, datatype in valid.outputs]
             outputs = classify(outputs, request.outputs, model.labels, batching=model.max_batch_size > 0)
             return InferResponse(model.name, model.version_str, request_id, outputs)
@@ -294,6 +295,7 @@ class InferenceService:
         outputs: Mapping[str, np.ndarray],
         primary_ns: int,
         protocol: str,
+        request_id: str,
     ) -> None:
         """Hand the shadow its copy; the client's answer never waits for it nor fails with it."""
         assert self.mirror is not None and routing.shadow is not None
@@ -301,7 +303,9 @@ class InferenceService:
         if shadow is None:
             return
         try:
-            self.mirror.offer(self._served.get(shadow), feeds, primary, outputs, primary_ns, protocol)
+            self.mirror.offer(
+                self._served.get(shadow), feeds, primary, outputs, primary_ns, protocol, request_id=request_id
+            )
         except Exception:
             log.exception("model %s: mirroring a request to shadow version %d failed", name, shadow.version)
 

@@ -67,6 +67,7 @@ class _Copy:
     primary_outputs: Mapping[str, np.ndarray]
     primary_ns: int
     protocol: str
+    request_id: str  # the client request's: the copy's event joins it
 
 
 class ShadowMirror:
@@ -116,9 +117,11 @@ class ShadowMirror:
         primary_outputs: Mapping[str, np.ndarray],
         primary_ns: int,
         protocol: str,
+        *,
+        request_id: str = "",
     ) -> bool:
         try:
-            copy = self._admitted(shadow, feeds, primary, primary_outputs, primary_ns, protocol)
+            copy = self._admitted(shadow, feeds, primary, primary_outputs, primary_ns, protocol, request_id)
             if copy is None:
                 self._drop(shadow.model.key)
                 return False
@@ -177,6 +180,7 @@ class ShadowMirror:
         primary_outputs: Mapping[str, np.ndarray],
         primary_ns: int,
         protocol: str,
+        request_id: str,
     ) -> _Copy | None:
         """The copy to run, or None when it is shed."""
         if self._closing or len(self._running) >= self._max_in_flight:
@@ -187,7 +191,7 @@ class ShadowMirror:
             return None
         # As in Triton, level 1 is the highest: the copy goes in at the largest level number.
         priority = policy.priority_levels
-        return _Copy(shadow, dict(feeds), rows, priority, primary, primary_outputs, primary_ns, protocol)
+        return _Copy(shadow, dict(feeds), rows, priority, primary, primary_outputs, primary_ns, protocol, request_id)
 
     def _policy(self, shadow: ServedVersion) -> BatchingPolicy:
         key = shadow.model.key
@@ -228,7 +232,9 @@ class ShadowMirror:
 
     def _observe(self, copy: _Copy, outcome: str, duration_ns: int, timings: BatchTimings | None = None) -> None:
         key = copy.shadow.model.key
-        event = RequestEvent(key, copy.protocol, outcome, duration_ns, timings, role="shadow", rows=copy.rows)
+        event = RequestEvent(
+            key, copy.protocol, outcome, duration_ns, timings, role="shadow", rows=copy.rows, request_id=copy.request_id
+        )
         try:
             self._observer.on_request(event)
         except Exception:  # the observer's own failure (Observers logs and skips those already)
