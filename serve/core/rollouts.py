@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import fcntl
 import logging
 import os
@@ -21,7 +20,7 @@ from typing import Protocol
 from serve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServeError
 from serve.repository.repository import READY, LoadOutcome, ModelRepository, VersionListener
 from serve.rollout.documents import EvaluationDocument, StatusDocument
-from serve.rollout.plan_file import plan_document, read_plan, routing_document, to_rfc3339, write_plan
+from serve.rollout.plan_file import plan_document, read_plan, routing_document, utc_now, write_plan
 from serve.rollout.spec import RolloutPlan, RolloutSpec, Routing
 from serve.types import JsonObject
 
@@ -44,14 +43,10 @@ class RolloutStatusExtras(Protocol):
     def evidence(self, name: str) -> JsonObject: ...
 
 
-def _utc_now() -> str:
-    return to_rfc3339(datetime.datetime.now(datetime.UTC))
-
-
 class Rollouts(VersionListener):
     """The plans of this process; a VersionListener so that a model's (re)load reads its rollout.yaml."""
 
-    def __init__(self, *, clock: Callable[[], str] = _utc_now) -> None:
+    def __init__(self, *, clock: Callable[[], str] = utc_now) -> None:
         self._clock = clock
         self._plans: dict[str, RolloutPlan] = {}
         self._routings: dict[str, Routing] = {}

@@ -22,12 +22,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol
 
 from serve.rollout.analyser import ANALYSER, Decision, Evaluation, EvaluationJson, decide
 from serve.rollout.evidence import RolloutEvidence, evidence_from_bytes
 from serve.rollout.gates import GateResult
+from serve.rollout.plan_file import utc_now
 from serve.rollout.spec import RolloutPlan, Routing
 from serve.types import JsonObject, JsonValue
 
@@ -79,10 +79,6 @@ class DecisionAudit(Protocol):
         reason: str,
         actor: str,
     ) -> None: ...
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -137,7 +133,7 @@ class RolloutDriver:
         gauges: DecisionGauges | None = None,
         audit: DecisionAudit | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], str] = _utc_now,
+        wall_clock: Callable[[], str] = utc_now,
         tick_s: float = TICK_S,
     ) -> None:
         self._plans = plans

@@ -262,6 +262,11 @@ def to_rfc3339(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def utc_now() -> str:
+    """Now, as a plan's and an evaluation's times are written: RFC 3339, UTC, to the second."""
+    return to_rfc3339(datetime.datetime.now(datetime.UTC))
+
+
 def _arm_document(arm: Arm) -> ArmDocument:
     return {"version": arm.version, "percent": arm.percent}
 
