@@ -203,7 +203,11 @@ async def test_the_calls_of_a_worker_that_stops_are_unavailable_and_the_next_go_
 async def test_stopping_answers_every_handed_over_call_and_refuses_new_ones(repository: Path, tmp_path: Path) -> None:
     async with handoff(repository, tmp_path) as h:
         held = [h.stub.ModelInfer(infer_request("held", np.ones((1, 4), np.float32))) for _ in range(3)]
-        await asyncio.sleep(0.3)
+        # Until the front end has handed all three over (not a fixed sleep: a loaded machine is slower).
+        deadline = asyncio.get_running_loop().time() + 10
+        while h.front.outstanding() < 3:
+            assert asyncio.get_running_loop().time() < deadline, f"{h.front.outstanding()} of 3 calls handed over"
+            await asyncio.sleep(0.01)
         stopping = asyncio.get_running_loop().run_in_executor(None, h.front.stop, 5.0)
         await asyncio.sleep(0.1)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
