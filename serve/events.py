@@ -101,6 +101,9 @@ class RequestEvent:
     # The id the response carries (serve/core/request_ids.py): the client's, or one minted for it; "" when the
     # request failed before it was decoded (an unknown model, a malformed body) and so never got one.
     request_id: str = ""
+    # The request's own rows of every output (views into its batch's arrays) when it succeeded, so that
+    # its prediction can be joined to a label later (serve/ground_truth); observers must not modify them.
+    outputs: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_TENSORS)
 
 
 class Observer:

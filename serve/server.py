@@ -26,6 +26,7 @@ from serve.core import InferenceService
 from serve.core.rollout_parts import RolloutParts
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
+from serve.ground_truth.wiring import GroundTruth
 from serve.grpc.auth import BearerAuthInterceptor
 from serve.grpc.drain import DrainGate
 from serve.grpc.frontends import choose_frontend
@@ -122,7 +123,15 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
     )
     stats = InputStatistics(settings) if settings.stats_enabled else None
     rollouts = RolloutParts(metrics.registry, shadow_max_in_flight=settings.shadow_max_in_flight)
-    observers: list[Observer] = [metrics, rollouts.evidence] if stats is None else [stats, metrics, rollouts.evidence]
+    # Predictions are kept per the statistics' windows, so that realized and input statistics line up.
+    ground_truth = GroundTruth(
+        window_s=settings.stats_window_s,
+        retention_s=settings.feedback_retention_s,
+        max_rows=settings.feedback_max_rows,
+    )
+    observers: list[Observer] = [metrics, rollouts.evidence, ground_truth]
+    if stats is not None:
+        observers.insert(0, stats)
     service = InferenceService.create(
         repository_root,
         settings,

@@ -214,6 +214,18 @@ class ServerSettings:
         help="batches waiting for the statistics worker; beyond it they are dropped and counted, never waited for",
         check=_positive,
     )
+    feedback_retention_s: float = setting(
+        86_400.0,
+        help="how long a prediction can still be joined to its label (POST .../feedback), seconds; 0 = keep no "
+        "predictions, feedback refused (README: Ground truth)",
+        check=_not_negative,
+    )
+    feedback_max_rows: int = setting(
+        1_000_000,
+        help="predicted rows kept for joining, per model version and worker; the oldest go first past it (their "
+        "labels are answered 'expired'); ~100 bytes a row (bench/join_store.py)",
+        check=_positive,
+    )
     # Security (SECURITY.md): all off by default, as the loopback bind makes the server reachable only locally.
     auth_tokens_file: Path | None = setting(
         None,

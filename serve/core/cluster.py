@@ -7,10 +7,15 @@ each worker applies them on its LocalCluster. Without workers the LocalCluster a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from serve.core.rollouts import Rollouts
 from serve.errors import ModelLoadError
+from serve.ground_truth.document import PerformanceDocumentJson
+from serve.ground_truth.labels import Label
+from serve.ground_truth.outcomes import Outcome
+from serve.ground_truth.wiring import GroundTruth
 from serve.metrics.triton_statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.repository import ModelRepository
@@ -39,15 +44,30 @@ class Cluster(Protocol):
         """The model's rollout evidence (JSON), merged over the workers."""
         ...
 
+    async def join_labels(self, name: str, version: str, labels: Sequence[Label]) -> list[Outcome]:
+        """Each label's outcome, joined on every worker: its prediction may be any worker's."""
+        ...
+
+    async def performance(self, name: str, version: str) -> PerformanceDocumentJson:
+        """The model's performance document, merged over the workers."""
+        ...
+
 
 class LocalCluster:
     """This process's own repository and statistics: the whole server when there are no workers,
     and what a worker applies when the supervisor asks it."""
 
-    def __init__(self, repository: ModelRepository, statistics: TritonStatistics, rollouts: Rollouts) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        statistics: TritonStatistics,
+        rollouts: Rollouts,
+        ground_truth: GroundTruth,
+    ) -> None:
         self._repository = repository
         self._statistics = statistics
         self._rollouts = rollouts
+        self._ground_truth = ground_truth
 
     async def model_statistics(self, name: str, version: str) -> list[dict[str, Any]]:
         return self.statistics_now(name, version)
@@ -81,3 +101,9 @@ class LocalCluster:
 
     async def rollout_evidence(self, name: str) -> bytes:
         return self._rollouts.local_evidence(name)
+
+    async def join_labels(self, name: str, version: str, labels: Sequence[Label]) -> list[Outcome]:
+        return self._ground_truth.join(name, version, labels)
+
+    async def performance(self, name: str, version: str) -> PerformanceDocumentJson:
+        return self._ground_truth.document(name, version)

@@ -25,6 +25,10 @@ from serve.core.rollouts import Rollouts
 from serve.core.served_versions import ServedVersions
 from serve.core.validation import validate
 from serve.errors import ModelControlDisabled, ModelNotFound, ModelNotReady, ServeError, ShuttingDown
+from serve.ground_truth.document import PerformanceDocumentJson
+from serve.ground_truth.labels import Label
+from serve.ground_truth.outcomes import FeedbackCounts
+from serve.ground_truth.wiring import GroundTruth
 from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
 from serve.metrics.triton_statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
@@ -68,6 +72,7 @@ class InferenceService:
         readiness: ReadinessSignal | None = None,
         rollouts: Rollouts | None = None,
         mirror: Mirror | None = None,
+        ground_truth: GroundTruth | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         self.repository = repository
@@ -82,7 +87,9 @@ class InferenceService:
         # This process's own answers; and where the server-wide ones come from: the same, or every
         # worker when this process is one of several behind one port (serve/workers).
         self.rollouts = rollouts or Rollouts()
-        self.local = LocalCluster(repository, statistics, self.rollouts)
+        # Without one (a core built bare, in tests) no predictions are kept and feedback says so.
+        self.ground_truth = ground_truth or GroundTruth(window_s=60.0, retention_s=0.0, max_rows=1)
+        self.local = LocalCluster(repository, statistics, self.rollouts, self.ground_truth)
         self.cluster: Cluster = cluster or self.local
         self.rollouts.bind(repository, self.cluster)
         # The same (live) mapping Rollouts keeps: one lookup per request says whether a model has a rollout.
@@ -115,6 +122,7 @@ class InferenceService:
         listeners += [statistics, served, readiness, rollouts, *([audit] if audit is not None else [])]
         repository = ModelRepository(root, settings, listeners=listeners)
         mirror = mirror_of(everyone) if mirror_of is not None else None
+        ground_truth = next((o for o in observers if isinstance(o, GroundTruth)), None)
         return cls(
             repository,
             served,
@@ -124,6 +132,7 @@ class InferenceService:
             readiness=readiness,
             rollouts=rollouts,
             mirror=mirror,
+            ground_truth=ground_truth,
             **kwargs,
         )
 
@@ -216,6 +225,7 @@ class InferenceService:
         timings = None
         role: Role = ""
         request_id = ""
+        answered: Mapping[str, np.ndarray] = {}
         error: BaseException | None = None
         try:
             if self._shutting_down:
@@ -248,7 +258,7 @@ class InferenceService:
                 timeout_us=valid.timeout_us,
                 client_gone=request.client_gone,
             )
-            timings = result.timings
+            timings, answered = result.timings, result.outputs
             if mirrored and routing is not None:
                 primary_ns = self._clock() - started
                 self._offer_shadow(name, routing, valid.feeds, key, result.outputs, primary_ns, protocol, request_id)
@@ -261,7 +271,14 @@ class InferenceService:
         finally:
             self._observer.on_request(
                 RequestEvent(
-                    key, protocol, outcome_of(error), self._clock() - started, timings, role, request_id=request_id
+                    key,
+                    protocol,
+                    outcome_of(error),
+                    self._clock() - started,
+                    timings,
+                    role,
+                    request_id=request_id,
+                    outputs=answered,
                 )
             )
             # The exception's traceback holds this frame, and the frame held the exception: a cycle
@@ -308,6 +325,27 @@ class InferenceService:
             )
         except Exception:
             log.exception("model %s: mirroring a request to shadow version %d failed", name, shadow.version)
+
+    # ---- ground truth ----------------------------------------------------------------------
+    async def feedback(self, name: str, version: str, labels: Sequence[Label]) -> FeedbackCounts:
+        """Joins ``labels`` to the model's predictions (``version``'s, or every version's that answered the
+        request, a shadow's copy included), on every worker; the whole call is refused before anything
+        joins when one label does not fit the model."""
+        self._known(name, version)
+        self.ground_truth.check(name, version, labels)
+        return FeedbackCounts.of(await self.cluster.join_labels(name, version, labels))
+
+    async def performance(self, name: str, version: str) -> PerformanceDocumentJson:
+        """The model's realized performance per version and window of prediction, for the whole server."""
+        self._known(name, version)
+        return await self.cluster.performance(name, version)
+
+    def _known(self, name: str, version: str) -> None:
+        """NOT_FOUND for a model this server does not serve; a version need not serve any more (an unloaded
+        version's predictions still join until they leave retention)."""
+        if version:
+            parse_version(version)
+        self.repository.get(name)
 
     # ---- repository ------------------------------------------------------------------------
     @contextmanager

@@ -227,13 +227,28 @@ class ShadowMirror:
                 raise
             return
         duration_ns = self._clock() - started
-        self._observe(copy, "success", duration_ns, result.timings)
+        self._observe(copy, "success", duration_ns, result.timings, result.outputs)
         self._compare(copy, result.outputs, duration_ns)
 
-    def _observe(self, copy: _Copy, outcome: str, duration_ns: int, timings: BatchTimings | None = None) -> None:
+    def _observe(
+        self,
+        copy: _Copy,
+        outcome: str,
+        duration_ns: int,
+        timings: BatchTimings | None = None,
+        outputs: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         key = copy.shadow.model.key
         event = RequestEvent(
-            key, copy.protocol, outcome, duration_ns, timings, role="shadow", rows=copy.rows, request_id=copy.request_id
+            key,
+            copy.protocol,
+            outcome,
+            duration_ns,
+            timings,
+            role="shadow",
+            rows=copy.rows,
+            request_id=copy.request_id,
+            outputs=outputs if outputs is not None else {},
         )
         try:
             self._observer.on_request(event)

@@ -89,7 +89,9 @@ def create_grpc_server(
     add_rollout_servicer(server, service, register_methods=frontend.register_every_method)
     services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, ROLLOUT_SERVICE_NAME]
     if stats_lookup is not None and baseline_lookup is not None:
-        add_monitoring_servicer(server, stats_lookup, baseline_lookup, register_methods=frontend.register_every_method)
+        add_monitoring_servicer(
+            server, stats_lookup, baseline_lookup, service, register_methods=frontend.register_every_method
+        )
         services.append(MONITORING_SERVICE_NAME)
     _add_to_pool(health_pb2)
     reflection.enable_server_reflection(services, server, pool=POOL)

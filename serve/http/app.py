@@ -25,6 +25,7 @@ from serve.http.body import read_body
 from serve.http.errors import ErrorBoundary
 from serve.http.infer import InferEndpoint
 from serve.http.openapi import openapi_document
+from serve.http.feedback_routes import feedback_routes
 from serve.http.rollout_routes import rollout_routes
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.config_file import parse_config_json
@@ -201,6 +202,7 @@ def create_app(
     routes = [
         *_Routes(service, max_request_bytes).table(),
         *rollout_routes(service, max_request_bytes=max_request_bytes),
+        *feedback_routes(service, max_request_bytes=max_request_bytes),
         *_unsupported_extensions(),
         *(extra_routes or []),
     ]

@@ -32,14 +32,17 @@ log = logging.getLogger("serve.monitor.alerts")
 class AlertJson(TypedDict):
     """An alert as logged, stored and POSTed: the condition's details, then its key, state, time and message."""
 
-    kind: str  # input_drift | output_drift | dataset_drift | slo_latency | slo_errors
+    # input_drift | output_drift | dataset_drift | slo_latency | slo_errors | accuracy_drop | performance_divergence
+    kind: str
     model: str
     version: str
     feature: NotRequired[str]  # *_drift of one feature
     role: NotRequired[str]
     samples: NotRequired[int]
     measures: NotRequired[dict[str, MeasureJson]]
-    value: NotRequired[float | None]  # slo_*
+    value: NotRequired[float | None]  # slo_*, accuracy_drop (the value judged), performance_divergence
+    source: NotRequired[str]  # accuracy_drop: realized | estimated
+    reference: NotRequired[float | None]  # accuracy_drop: the held-out value; performance_divergence: the estimate
     drifted_share: NotRequired[float | None]  # dataset_drift
     threshold: NotRequired[float | None]  # slo_* and dataset_drift
     key: NotRequired[str]

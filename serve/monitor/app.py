@@ -12,6 +12,9 @@
 * ``GET /api/rollouts/compare[?model=M]``: with or without ``--rollouts``, each arm of each rollout the replicas
   report against its primary: per input and output feature the measures and samples, the shadow's comparison
   counts and the arm's gates (rollout_compare.py); 404 when ``model`` has no rollout.
+* ``GET /api/performance[?model=M[&version=V]]``: per model version whose servers join labels, realized and
+  estimated performance over the horizon and per window of prediction, the baseline's held-out values, the label
+  coverage and the verdicts (performance.py); 404 when ``model`` has none.
 * ``GET /metrics``: Prometheus gauges (prom.py).
 """
 
@@ -35,6 +38,7 @@ from serve.monitor.model_report_json import ModelReportJson, ReplicaJson, Report
 from serve.monitor.plots import PlotCache
 from serve.monitor.prom import DriftCollector
 from serve.monitor.report import render_page
+from serve.monitor.performance_report import performance_sections
 from serve.monitor.rollout_report import rollout_sections
 from serve.monitor.service import Monitor
 from serve.repository.layout import is_version_number
@@ -93,8 +97,9 @@ def render_report(monitor: Monitor, plots: PlotCache | None = None) -> str:
         newest = max((at for _, _, at in latest), default=None)
         note = "a newer evaluation is being drawn" + (f" ({_clock(newest)})" if newest is not None else "")
     servers = [s.to_json() for s in monitor.servers.values()]
-    rollouts = rollout_sections(drawn.comparisons, drawn.rollout_plots)
-    return render_page(drawn.reports, drawn.plots, servers, note, rollouts)
+    sections = rollout_sections(drawn.comparisons, drawn.rollout_plots)
+    sections += performance_sections(drawn.performance, drawn.performance_plots)
+    return render_page(drawn.reports, drawn.plots, servers, note, sections)
 
 
 def _clock(t: float) -> str:
@@ -173,6 +178,17 @@ def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Star
             return _json({"error": f"no rollout of model '{model}' reported by the servers"}, 404)
         return _json({"evaluated_at": monitor.last_evaluation, "rollouts": found})
 
+    async def performance(request: Request) -> Response:
+        model, version = request.query_params.get("model"), request.query_params.get("version")
+        found = [
+            p
+            for (m, v), p in sorted(monitor.performance.items())
+            if (model is None or m == model) and (version is None or v == version)
+        ]
+        if model is not None and not found:
+            return _json({"error": f"no performance of model '{model}' reported by the servers"}, 404)
+        return _json({"evaluated_at": monitor.last_evaluation, "performance": found})
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -186,6 +202,7 @@ def create_monitor_app(monitor: Monitor, plots: PlotCache | None = None) -> Star
             Route("/api/alerts", alerts, methods=["GET"]),
             Route("/api/rollouts", rollouts, methods=["GET"]),
             Route("/api/rollouts/compare", compare, methods=["GET"]),
+            Route("/api/performance", performance, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ]
     )

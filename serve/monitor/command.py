@@ -122,6 +122,31 @@ def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
         "--slo-p99", type=float, default=None, metavar="SECONDS", help="p99 latency SLO per model (seconds)"
     )
     parser.add_argument("--slo-error-rate", type=float, default=None, help="error-rate SLO per model (0..1)")
+    parser.add_argument(
+        "--accuracy-drop",
+        type=float,
+        default=0.05,
+        help="alert (accuracy_drop) when realized accuracy — or, while labels are too few, the estimate — is "
+        "this far below the baseline's held-out accuracy [default 0.05]",
+    )
+    parser.add_argument(
+        "--mae-increase",
+        type=float,
+        default=0.2,
+        help="a regressor's accuracy_drop: realized MAE this share above the baseline's held-out MAE [default 0.2]",
+    )
+    parser.add_argument(
+        "--accuracy-divergence",
+        type=float,
+        default=0.05,
+        help="alert when realized and estimated accuracy are this far apart (concept drift) [default 0.05]",
+    )
+    parser.add_argument(
+        "--min-labels",
+        type=int,
+        default=200,
+        help="labelled rows over the horizon before realized performance is judged [default 200]",
+    )
     parser.add_argument("--webhook", default=None, metavar="URL", help="POST every alert as JSON to this URL")
     parser.add_argument("--alert-rate", type=float, default=30.0, help="webhook calls per minute at most [30]")
 
@@ -149,6 +174,7 @@ def _read_token(path: Path | None) -> str | None:
 def settings_from_args(args: argparse.Namespace) -> MonitorSettings:
     from serve.monitor.config import MonitorSettings, load_config_file, parse_duration, parse_threshold_flags
     from serve.monitor.discovery import parse_target
+    from serve.monitor.performance import PerformancePolicy
     from serve.monitor.policy import Policy, SloPolicy
 
     for url in args.server:
@@ -166,6 +192,10 @@ def settings_from_args(args: argparse.Namespace) -> MonitorSettings:
         timeout_s=parse_duration(args.timeout), db_path=args.db or (":memory:" if args.once else "serve-monitor.db"),
         retention_s=parse_duration(args.retention),
         host=args.host, port=args.port, webhook=args.webhook, alert_rate_per_minute=args.alert_rate, policy=policy,
+        performance=PerformancePolicy(
+            accuracy_drop=args.accuracy_drop, mae_increase=args.mae_increase, divergence=args.accuracy_divergence,
+            min_labels=args.min_labels, min_estimate_rows=args.min_labels,
+        ),
     )  # fmt: skip
     if args.config is not None:
         settings = load_config_file(args.config, settings)

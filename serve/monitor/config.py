@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypedDict, cast
 
+from serve.monitor.performance import PerformancePolicy
 from serve.monitor.policy import DEFAULT_THRESHOLDS, MEASURES, Policy, SloPolicy
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -93,6 +94,7 @@ class MonitorSettings:
     # thresholds here are only explicit overrides (flags, file); policy_for() layers them over the defaults
     policy: Policy = field(default_factory=lambda: Policy(thresholds={}))
     model_overrides: dict[str, ModelOverrides] = field(default_factory=dict)
+    performance: PerformancePolicy = field(default_factory=PerformancePolicy)  # realized / estimated accuracy
 
     def policy_for(self, model: str, baseline_thresholds: Mapping[str, float | None] | None = None) -> Policy:
         base = self.policy

@@ -14,6 +14,7 @@ from serve.monitor import verdicts as vd
 from serve.monitor.baselines import BaselineJson
 from serve.monitor.collector import InstanceSeen, RestartJson
 from serve.monitor.evaluate import FeatureWindow, PlotView
+from serve.monitor.performance import PerformanceReportJson
 
 
 class MeasureJson(TypedDict):
@@ -103,3 +104,4 @@ class ModelReportJson(TypedDict):
     drifted_state_share: NotRequired[float | None]  # once recorded
     prediction_drift_state: NotRequired[str | None]
     dataset_state: NotRequired[str]
+    performance: NotRequired[PerformanceReportJson]  # --once, where the version's servers join labels

@@ -7,7 +7,7 @@ draws that evaluation's plots while the monitor goes on polling, and the page sh
 evaluation: its table and its plots together, at once. While a newer evaluation is being drawn the page shows the
 one before and says so; only before the first drawing has ended does a page wait for it. The rollout comparisons
 of the same cycle (rollout_compare.py) are drawn with it: each arm's most different outputs, both versions on the
-same axes.
+same axes; and so is each version's performance per window (performance_report.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from serve.monitor.model_report import FeatureEntry, ModelReport
 from serve.monitor.model_report_json import History
+from serve.monitor.performance import PerformanceReportJson
+from serve.monitor.performance_report import PerformancePlots, performance_plot
 from serve.monitor.report import data_uri, feature_plot
 from serve.monitor.rollout_compare import RolloutComparisonJson
 from serve.monitor.rollout_features import FeatureComparisonJson
@@ -32,6 +34,7 @@ log = logging.getLogger("serve.monitor")
 
 Plots = dict[tuple[str, str], dict[str, str]]  # (model, version) → feature → data: URI
 Key = tuple[tuple[str, str, float], ...]  # the evaluation a set of plots belongs to: (model, version, evaluated_at)
+_Pending = tuple[Key, list[ModelReport], list[RolloutComparisonJson], list[PerformanceReportJson]]
 
 
 def evaluation_key(reports: Sequence[ModelReport]) -> Key:
@@ -47,6 +50,8 @@ class Drawn:
     plots: Plots
     comparisons: list[RolloutComparisonJson] = field(default_factory=list)
     rollout_plots: RolloutPlots = field(default_factory=dict)
+    performance: list[PerformanceReportJson] = field(default_factory=list)
+    performance_plots: PerformancePlots = field(default_factory=dict)
 
 
 class PlotCache:
@@ -61,7 +66,7 @@ class PlotCache:
         self._draw_pair = draw_pair
         self._changed = threading.Condition()
         self._drawn: Drawn | None = None
-        self._pending: tuple[Key, list[ModelReport], list[RolloutComparisonJson]] | None = None
+        self._pending: _Pending | None = None
         self._drawing: Key | None = None
 
     def latest_reports(self) -> list[ModelReport]:
@@ -81,7 +86,8 @@ class PlotCache:
         self._schedule(key, reports)
         with self._changed:
             self._changed.wait_for(lambda: self._drawn is not None, timeout_s)
-            return self._drawn or Drawn(key, reports, {}, list(self._monitor.comparisons)), key
+            performance = [p for _, p in sorted(self._monitor.performance.items())]
+            return self._drawn or Drawn(key, reports, {}, list(self._monitor.comparisons), {}, performance), key
 
     def wait_drawn(self, timeout_s: float) -> bool:
         """Wait until nothing is being drawn or queued (tests and the benchmark)."""
@@ -93,7 +99,8 @@ class PlotCache:
             if key in (self._drawing, self._drawn.key if self._drawn else None):
                 return
             start = self._drawing is None and self._pending is None
-            self._pending = (key, list(reports), list(self._monitor.comparisons))
+            performance = [p for _, p in sorted(self._monitor.performance.items())]
+            self._pending = (key, list(reports), list(self._monitor.comparisons), performance)
             if start:
                 threading.Thread(target=self._work, name="serve-monitor-plots", daemon=True).start()
 
@@ -103,15 +110,17 @@ class PlotCache:
                 if self._pending is None:
                     self._changed.notify_all()
                     return
-                key, reports, comparisons = self._pending
+                key, reports, comparisons, performance = self._pending
                 self._pending, self._drawing = None, key
             try:
                 plots, rollout_plots = self._draw_all(reports), self._draw_rollouts(comparisons)
+                performance_plots = {(r["model"], r["version"]): data_uri(performance_plot(r)) for r in performance}
             except Exception:  # a failed drawing must not leave a page waiting; it shows no plots
                 log.exception("drawing the drift report's plots failed")
-                plots, rollout_plots = {}, {}
+                plots, rollout_plots, performance_plots = {}, {}, {}
             with self._changed:
-                self._drawn, self._drawing = Drawn(key, reports, plots, comparisons, rollout_plots), None
+                drawn = Drawn(key, reports, plots, comparisons, rollout_plots, performance, performance_plots)
+                self._drawn, self._drawing = drawn, None
                 self._changed.notify_all()
 
     def _draw_all(self, reports: Sequence[ModelReport]) -> Plots:

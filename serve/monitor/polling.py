@@ -22,12 +22,14 @@ from typing import TypedDict, cast
 
 import orjson
 
+from serve.ground_truth.document import parse_document
 from serve.input_stats.served_baseline import BASELINE_SHA256_HEADER, MODEL_SHA256_HEADER
 from serve.monitor.baselines import BaselineRegistry
 from serve.monitor.collector import StatsCollector, StatsDocument
 from serve.monitor.config import MonitorSettings
 from serve.monitor.discovery import Discovery, HostsFile, Resolver, system_resolver, tls_server_name
 from serve.monitor.fetch import error_message, http_get_or_post, http_response
+from serve.monitor.performance import PerformanceCollector
 from serve.monitor.slo import SloTracker, parse_metrics
 from serve.rollout.documents import StatusDocument
 
@@ -97,9 +99,11 @@ class Poller:
         slo: SloTracker,
         clock: Callable[[], float],
         resolver: Resolver | None = None,
+        performance: PerformanceCollector | None = None,
     ) -> None:
         self.settings = settings
         self.collector = collector
+        self.performance = performance or PerformanceCollector()
         self.registry = registry
         self.slo = slo
         self.clock = clock
@@ -136,6 +140,7 @@ class Poller:
                 self.collector.ingest(status.url, document)
             self._baseline_from(status, model, version, document)
         self._poll_rollouts(status, sorted({model for model, _ in models}))
+        self._poll_performance(status, sorted({model for model, _ in models}))
         try:
             metrics = http_get_or_post(status.url + "/metrics", timeout, token=token, tls_name=name).decode()
             self.slo.add(status.url, self.clock(), parse_metrics(metrics))
@@ -171,6 +176,20 @@ class Poller:
             if isinstance(document, dict) and document.get("plan") is not None and document.get("routing"):
                 rollouts[model] = cast(StatusDocument, document)  # a rollout status (serve/rollout/documents.py)
         status.rollouts, status.rollout_problems = rollouts, problems
+
+    def _poll_performance(self, status: ServerStatus, models: list[str]) -> None:
+        """Each model's performance document (labels joined to predictions); a server without the route (404)
+        or a model that keeps no predictions (400) is left out."""
+        for model in models:
+            url = f"{status.url}/v2/models/{urllib.parse.quote(model, safe='')}/performance"
+            try:
+                data = http_get_or_post(url, self.settings.timeout_s, None, self.settings.token, status.tls_name)
+                self.performance.ingest(status.url, parse_document(data))
+            except urllib.error.HTTPError as exc:
+                if exc.code not in (400, 404):
+                    log.warning("performance of %s from %s: %s", model, status.url, error_message(exc))
+            except (OSError, ValueError) as exc:
+                log.warning("performance of %s from %s: %s", model, status.url, getattr(exc, "reason", exc))
 
     def _baseline_from(self, status: ServerStatus, model: str, version: str, document: StatsDocument) -> None:
         """Fetch the baseline this replica bins against when no local one covers the version and it is new;
@@ -230,6 +249,7 @@ class Poller:
                 log.info("replica %s is gone from %s; marked stale", url, status.target)
             elif now - status.vanished_at > self.settings.horizon_s:
                 del self.servers[url]
+                self.performance.forget(url)  # until now its last document counted: those labels were joined
                 log.info("replica %s forgotten: gone for longer than the horizon", url)
 
     async def poll(self) -> None:

@@ -17,7 +17,7 @@ with this baseline.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from serve.monitor.model_report import FeatureEntry, MeasureEntry, ModelReport
+from serve.monitor.performance import PerformanceReportJson
 
 if TYPE_CHECKING:
     from serve.monitor.service import Monitor
@@ -89,6 +90,16 @@ FAMILIES = (
            "Features left out of these series (only the top ones by score are exported)", MV),
     Family("serve_slo_latency_p99_seconds", "p99 latency of successful requests over the horizon, all replicas", MV),
     Family("serve_slo_error_ratio", "Share of failed requests over the horizon", MV),
+    Family("serve_model_performance",
+           "A model version's performance over the horizon: realized from joined labels, estimated from its output "
+           "statistics and the baseline's calibration, or the baseline's held-out value", (*MV, "metric", "source")),
+    Family("serve_label_coverage_ratio", "Share of the horizon's predicted rows that have a joined label", MV),
+    Family("serve_labelled_rows", "Predicted rows of the horizon with a joined label", MV),
+    Family("serve_accuracy_drop_detected",
+           "1 if accuracy (realized, else estimated) fell below the held-out accuracy by more than the threshold "
+           "(a regressor: MAE rose), 0 if not; no series while there is not enough to judge", MV),
+    Family("serve_performance_divergence_detected",
+           "1 if realized and estimated accuracy differ by more than the threshold (concept drift), 0 if not", MV),
     Family("serve_monitor_server_up", "1 if the last poll of the server succeeded", ("server",)),
     Family("serve_monitor_alerts", "Alerts by outcome", ("outcome",), counter=True),
 )  # fmt: skip
@@ -120,6 +131,8 @@ class DriftCollector(Collector):
         series = Series()
         for (model, version), report in sorted(m.latest.items()):
             _add_model(series, [model, version], report, m.settings.max_series_features)
+        for report in m.performance.values():
+            _add_performance(series, [report["model"], report["version"]], report)
         for s in m.servers.values():
             if s.vanished_at is None:  # a replica gone from its DNS name was scaled away, not unreachable
                 series.add("serve_monitor_server_up", [s.url], 1.0 if s.up else 0.0)
@@ -182,3 +195,26 @@ def _add_measure(series: Series, labels: list[str], m: MeasureEntry) -> None:
         series.add("serve_drift_detected", labels, float(m.drifted))
     if m.noise is not None and m.noise["ceiling"] is not None:
         series.add("serve_drift_noise_ceiling", labels, m.noise["ceiling"])
+
+
+PERFORMANCE_METRICS = ("accuracy", "f1", "auc", "log_loss", "mae", "rmse", "bias")
+
+
+def _add_performance(series: Series, mv: list[str], report: PerformanceReportJson) -> None:
+    sources: tuple[tuple[str, Mapping[str, object] | None], ...] = (
+        ("realized", report["realized"]), ("estimated", report["estimated"]), ("baseline", report["baseline"])
+    )  # fmt: skip
+    for source, values in sources:
+        for metric in PERFORMANCE_METRICS:
+            value = values.get(metric) if values is not None else None
+            if isinstance(value, int | float):
+                series.add("serve_model_performance", [*mv, metric, source], float(value))
+    if report["label_coverage"] is not None:
+        series.add("serve_label_coverage_ratio", mv, report["label_coverage"])
+    realized = report["realized"]
+    series.add("serve_labelled_rows", mv, float(realized.get("rows", 0)) if realized is not None else 0.0)
+    verdicts = report["verdicts"]
+    if verdicts["accuracy_drop"] is not None:
+        series.add("serve_accuracy_drop_detected", mv, float(verdicts["accuracy_drop"]))
+    if verdicts["divergence"] is not None:
+        series.add("serve_performance_divergence_detected", mv, float(verdicts["divergence"]))

@@ -7,11 +7,12 @@ The states are kept in the history store, so a restarted monitor neither forgets
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from serve.monitor.alerts import Alerter, AlertJson
 from serve.monitor.evaluate import FeatureResult, ModelEvaluation
+from serve.monitor.performance import PerformanceReportJson
 from serve.monitor.model_report import MeasureEntry, ModelOutcome, ModelReport, SloStatus
 from serve.monitor.policy import StateTracker
 from serve.monitor.store import HistoryRow, HistoryStore
@@ -48,6 +49,12 @@ class Recorder:
         if tracker is None:
             tracker = self.trackers[key] = StateTracker(since=self.clock())
         return tracker
+
+    def record_performance(self, reports: Iterable[PerformanceReportJson], now: float) -> None:
+        """Accuracy drops and divergences: alerts on their state changes, like drift."""
+        for report in reports:
+            for condition, verdict in _performance_conditions(report):
+                self.observe(condition, verdict, self.default_persistence, now)
 
     def observe(self, condition: Condition, verdict: bool | None, persistence: int, now: float) -> str:
         """Feed the condition's verdict; alert when its state changes. Returns the state."""
@@ -165,3 +172,40 @@ def _crossed(f: FeatureResult) -> str:
             )
             hits.append(f"{k} {m.value:.3g} ≥ threshold {m.threshold:.3g}{noise}")
     return ", ".join(hits) or "threshold crossed"
+
+
+def _performance_conditions(report: PerformanceReportJson) -> list[tuple[Condition, bool | None]]:
+    """A version's accuracy drop and its divergence of realized from estimated, as tracked conditions."""
+    model, version, verdicts = report["model"], report["version"], report["verdicts"]
+    regression = report["target"] is not None and report["target"]["task"] == "regression"
+    metric = "mae" if regression else "accuracy"
+    source = verdicts["accuracy_drop_source"] or "realized"
+    judged = report["realized"] if source == "realized" else report["estimated"]
+    value = _number(judged, metric)
+    reference = _number(report["baseline"], metric)
+    realized = _number(report["realized"], "accuracy")
+    estimated = _number(report["estimated"], "accuracy")
+    shown = f"{metric} {value:.4g}" if value is not None else metric
+    held = f"held-out {reference:.4g}" if reference is not None else "no held-out value"
+    drop = Condition(
+        condition_key("accuracy_drop", model, version),
+        {"kind": "accuracy_drop", "model": model, "version": version, "value": value, "source": source,
+         "reference": reference, "threshold": verdicts["accuracy_drop_threshold"]},
+        f"{model} v{version}: {source} {shown} against {held} (ServeAccuracyDrop)",
+        f"{model} v{version}: {source} {shown} back near {held}",
+    )  # fmt: skip
+    gap = abs(realized - estimated) if realized is not None and estimated is not None else None
+    divergence = Condition(
+        condition_key("performance_divergence", model, version),
+        {"kind": "performance_divergence", "model": model, "version": version, "value": realized,
+         "reference": estimated, "threshold": verdicts["divergence_threshold"]},
+        f"{model} v{version}: realized accuracy {realized} and estimated {estimated} differ by {gap:.3g} "
+        "(concept drift: the estimate cannot see it)" if gap is not None else "",
+        f"{model} v{version}: realized and estimated accuracy agree again",
+    )  # fmt: skip
+    return [(drop, verdicts["accuracy_drop"]), (divergence, verdicts["divergence"])]
+
+
+def _number(values: Mapping[str, object] | None, key: str) -> float | None:
+    value = values.get(key) if values is not None else None
+    return float(value) if isinstance(value, int | float) else None

@@ -22,6 +22,7 @@ from serve.monitor.discovery import Discovery, Resolver, TargetJson
 from serve.monitor.evaluate import evaluate_model
 from serve.monitor.model_report import Findings, ModelOutcome, ModelReport, build_report, slo_status
 from serve.monitor.model_report_json import ModelReportJson, ReplicaJson
+from serve.monitor.performance import PerformanceReportJson, evaluate_performance
 from serve.monitor.polling import Poller, ServerJson, ServerStatus
 from serve.monitor.recording import Recorder
 from serve.monitor.rollout_compare import Horizon, ReplicaRollout, RolloutComparisonJson, compare_rollouts
@@ -40,7 +41,7 @@ class OnceDocument(TypedDict):
     generated_at: float
     servers: list[ServerJson]
     discovery: list[TargetJson]
-    models: list[ModelReportJson]
+    models: list[ModelReportJson]  # each with its "performance" where its server joins labels
     rollouts: list[RolloutComparisonJson]  # each rollout's arms against its primary
 
 
@@ -71,6 +72,7 @@ class Monitor:
         self.last_evaluation: float | None = None
         self.evaluations = 0
         self.comparisons: list[RolloutComparisonJson] = []  # the latest cycle's rollout comparisons
+        self.performance: dict[tuple[str, str], PerformanceReportJson] = {}  # the latest cycle's, by version
         # Called on the event loop after each evaluation is recorded (the report app draws its plots then).
         self.evaluation_listeners: list[Callable[[], None]] = []
         self.rollouts = (
@@ -150,8 +152,35 @@ class Monitor:
             ]
         return comparisons
 
-    def _evaluate_all(self, include_open: bool) -> tuple[Outcomes, list[RolloutComparisonJson]]:
-        return self.evaluate(include_open=include_open), self.compare_rollouts(include_open=include_open)
+    def evaluate_performance(self) -> dict[tuple[str, str], PerformanceReportJson]:
+        """Realized, estimated and held-out performance of every version whose servers join labels (blocking)."""
+        now = self.clock()
+        start = now - self.settings.horizon_s
+        reports = {}
+        for model, version in self.poller.performance.versions():
+            target, windows = self.poller.performance.windows(model, version, start)
+            entry = self.registry.get(model, version, self.collector.baseline_shas(model, version))
+            baseline = entry.baseline if entry.usable else None
+            stats = []
+            if baseline is not None:  # the output's confidence bins of each window, for the estimate
+                collected = self.collector.collected(
+                    model, version, start, include_open=True, baseline_sha256=baseline.sha256
+                )
+                stats = collected.windows
+            held_out = baseline.document.get("performance") if baseline is not None else None
+            reports[(model, version)] = evaluate_performance(
+                model, version, target, windows, stats, held_out, self.settings.performance
+            )
+        return reports
+
+    def _evaluate_all(
+        self, include_open: bool
+    ) -> tuple[Outcomes, list[RolloutComparisonJson], dict[tuple[str, str], PerformanceReportJson]]:
+        return (
+            self.evaluate(include_open=include_open),
+            self.compare_rollouts(include_open=include_open),
+            self.evaluate_performance(),
+        )
 
     def _replicas(self, model: str, version: str) -> tuple[ReplicaJson, ...]:
         servers = self.servers
@@ -185,7 +214,9 @@ class Monitor:
 
     async def cycle(self, *, include_open: bool = False) -> Outcomes:
         await self.poll()
-        outcomes, self.comparisons = await asyncio.to_thread(self._evaluate_all, include_open)
+        outcomes, self.comparisons, performance = await asyncio.to_thread(self._evaluate_all, include_open)
+        self.performance = performance
+        self.recorder.record_performance(performance.values(), self.clock())
         return self.record(outcomes)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -216,9 +247,15 @@ class Monitor:
             "generated_at": self.clock(),
             "servers": [s.to_json() for s in self.servers.values()],
             "discovery": [t.to_json() for t in self.discovery.targets],
-            "models": [outcome.report.once_json() for _, outcome in sorted(outcomes.items())],
+            "models": [self._with_performance(key, outcome.report.once_json()) for key, outcome in sorted(outcomes.items())],
             "rollouts": self.comparisons,
         }
+
+    def _with_performance(self, key: tuple[str, str], report: ModelReportJson) -> ModelReportJson:
+        performance = self.performance.get(key)
+        if performance is not None:
+            report["performance"] = performance
+        return report
 
     def close(self) -> None:
         self.store.close()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\x16serve_monitoring.proto\x12\x10serve.monitoring\"M\n\x11InputStatsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05since\x18\x03 \x01(\x04\"\"\n\x12InputStatsResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\"<\n\x0f\x42\x61selineRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"u\n\x10\x42\x61selineResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x05 \x01(\t2\xbc\x01\n\nMonitoring\x12Y\n\nInputStats\x12#.serve.monitoring.InputStatsRequest\x1a$.serve.monitoring.InputStatsResponse\"\x00\x12S\n\x08\x42\x61seline\x12!.serve.monitoring.BaselineRequest\x1a\".serve.monitoring.BaselineResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\x16serve_monitoring.proto\x12\x10serve.monitoring\"M\n\x11InputStatsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05since\x18\x03 \x01(\x04\"\"\n\x12InputStatsResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\"<\n\x0f\x42\x61selineRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"u\n\x10\x42\x61selineResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x05 \x01(\t\"w\n\rFeedbackLabel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03row\x18\x02 \x01(\r\x12\x0f\n\x05label\x18\x03 \x01(\x03H\x00\x12\x14\n\nlabel_text\x18\x04 \x01(\tH\x00\x12\x0f\n\x05value\x18\x05 \x01(\x01H\x00\x12\x0c\n\x04time\x18\x06 \x01(\x01\x42\x07\n\x05truth\"m\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12/\n\x06labels\x18\x03 \x03(\x0b\x32\x1f.serve.monitoring.FeedbackLabel\"l\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x0e\n\x06joined\x18\x01 \x01(\x04\x12\x0f\n\x07unknown\x18\x02 \x01(\x04\x12\x0f\n\x07\x65xpired\x18\x03 \x01(\x04\x12\x11\n\tduplicate\x18\x04 \x01(\x04\x12\x13\n\x0b\x63onflicting\x18\x05 \x01(\x04\"?\n\x12PerformanceRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"#\n\x13PerformanceResponse\x12\x0c\n\x04json\x18\x01 \x01(\t2\xef\x02\n\nMonitoring\x12Y\n\nInputStats\x12#.serve.monitoring.InputStatsRequest\x1a$.serve.monitoring.InputStatsResponse\"\x00\x12S\n\x08\x42\x61seline\x12!.serve.monitoring.BaselineRequest\x1a\".serve.monitoring.BaselineResponse\"\x00\x12S\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12!.serve.monitoring.FeedbackRequest\x1a\".serve.monitoring.FeedbackResponse\"\x00\x12\\\n\x0bPerformance\x12$.serve.monitoring.PerformanceRequest\x1a%.serve.monitoring.PerformanceResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BASELINEREQUEST']._serialized_end=219
   _globals['_BASELINERESPONSE']._serialized_start=221
   _globals['_BASELINERESPONSE']._serialized_end=338
-  _globals['_MONITORING']._serialized_start=341
-  _globals['_MONITORING']._serialized_end=529
+  _globals['_FEEDBACKLABEL']._serialized_start=340
+  _globals['_FEEDBACKLABEL']._serialized_end=459
+  _globals['_FEEDBACKREQUEST']._serialized_start=461
+  _globals['_FEEDBACKREQUEST']._serialized_end=570
+  _globals['_FEEDBACKRESPONSE']._serialized_start=572
+  _globals['_FEEDBACKRESPONSE']._serialized_end=680
+  _globals['_PERFORMANCEREQUEST']._serialized_start=682
+  _globals['_PERFORMANCEREQUEST']._serialized_end=745
+  _globals['_PERFORMANCERESPONSE']._serialized_start=747
+  _globals['_PERFORMANCERESPONSE']._serialized_end=782
+  _globals['_MONITORING']._serialized_start=785
+  _globals['_MONITORING']._serialized_end=1152
 # @@protoc_insertion_point(module_scope)

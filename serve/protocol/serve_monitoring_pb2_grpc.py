@@ -45,6 +45,16 @@ class MonitoringStub:
                 request_serializer=serve__monitoring__pb2.BaselineRequest.SerializeToString,
                 response_deserializer=serve__monitoring__pb2.BaselineResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/serve.monitoring.Monitoring/Feedback',
+                request_serializer=serve__monitoring__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=serve__monitoring__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.Performance = channel.unary_unary(
+                '/serve.monitoring.Monitoring/Performance',
+                request_serializer=serve__monitoring__pb2.PerformanceRequest.SerializeToString,
+                response_deserializer=serve__monitoring__pb2.PerformanceResponse.FromString,
+                _registered_method=True)
 
 
 class MonitoringServicer:
@@ -68,6 +78,22 @@ class MonitoringServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Labels (ground truth) for earlier predictions, joined by request id and row, as over HTTP at
+        POST /v2/models/{model}[/versions/{version}]/feedback. INVALID_ARGUMENT naming the label when one
+        does not fit the model (nothing joins then), NOT_FOUND for an unknown model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Performance(self, request, context):
+        """The realized performance document, as over HTTP at GET /v2/models/{model}[/versions/{version}]/performance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitoringServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +106,16 @@ def add_MonitoringServicer_to_server(servicer, server):
                     servicer.Baseline,
                     request_deserializer=serve__monitoring__pb2.BaselineRequest.FromString,
                     response_serializer=serve__monitoring__pb2.BaselineResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=serve__monitoring__pb2.FeedbackRequest.FromString,
+                    response_serializer=serve__monitoring__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'Performance': grpc.unary_unary_rpc_method_handler(
+                    servicer.Performance,
+                    request_deserializer=serve__monitoring__pb2.PerformanceRequest.FromString,
+                    response_serializer=serve__monitoring__pb2.PerformanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +172,60 @@ class Monitoring:
             '/serve.monitoring.Monitoring/Baseline',
             serve__monitoring__pb2.BaselineRequest.SerializeToString,
             serve__monitoring__pb2.BaselineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serve.monitoring.Monitoring/Feedback',
+            serve__monitoring__pb2.FeedbackRequest.SerializeToString,
+            serve__monitoring__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Performance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serve.monitoring.Monitoring/Performance',
+            serve__monitoring__pb2.PerformanceRequest.SerializeToString,
+            serve__monitoring__pb2.PerformanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,16 @@ class EvidenceAnswer(Answer):
 
 
 @dataclass(frozen=True)
+class JoinAnswer(Answer):
+    outcomes: bytes  # one code per label, in the labels' order (serve/ground_truth/feedback_codec.py)
+
+
+@dataclass(frozen=True)
+class PerformanceAnswer(Answer):
+    document: bytes  # JSON: a model's performance document (serve/ground_truth/document.py)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model as a load request gave it: a config and files, or neither (load from the repository)."""
 
@@ -99,6 +109,24 @@ class Request(Generic[A]):
 @dataclass(frozen=True)
 class ModelStatistics(Request[StatisticsAnswer], kind="statistics"):
     """Triton's statistics: the supervisor answers for the whole server, a worker for itself."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class JoinLabels(Request[JoinAnswer], kind="join_labels"):
+    """Labels of one feedback call: the supervisor has every serving worker join them (a prediction may be
+    any worker's) and combines their outcomes; a worker joins them to its own predictions."""
+
+    name: str
+    version: str
+    labels: bytes  # JSON, the feedback API's format (feedback_codec.encode_labels)
+
+
+@dataclass(frozen=True)
+class Performance(Request[PerformanceAnswer], kind="performance"):
+    """A model's performance document: the supervisor's merged over the workers, a worker's its own."""
 
     name: str
     version: str
@@ -196,14 +224,19 @@ class ExportEvidence(Request[EvidenceAnswer], kind="export_evidence"):
 
 SupervisorRequest = (
     ModelStatistics | InputStats | Load | Unload | RolloutChanged | RolloutEvidence | StartupModels | Ready
+    | JoinLabels | Performance
 )
-WorkerRequest = ModelStatistics | Export | ApplyLoad | ApplyUnload | Loaded | ReloadRollout | ExportEvidence
+WorkerRequest = (
+    ModelStatistics | Export | ApplyLoad | ApplyUnload | Loaded | ReloadRollout | ExportEvidence | JoinLabels
+    | Performance
+)
 
 SUPERVISOR_REQUESTS: tuple[type[SupervisorRequest], ...] = (
-    ModelStatistics, InputStats, Load, Unload, RolloutChanged, RolloutEvidence, StartupModels, Ready,
+    ModelStatistics, InputStats, Load, Unload, RolloutChanged, RolloutEvidence, StartupModels, Ready, JoinLabels,
+    Performance,
 )  # fmt: skip
 WORKER_REQUESTS: tuple[type[WorkerRequest], ...] = (
-    ModelStatistics, Export, ApplyLoad, ApplyUnload, Loaded, ReloadRollout, ExportEvidence,
+    ModelStatistics, Export, ApplyLoad, ApplyUnload, Loaded, ReloadRollout, ExportEvidence, JoinLabels, Performance,
 )  # fmt: skip
 
 
@@ -216,6 +249,8 @@ class SupervisorHandler(Protocol):
     async def rollout_evidence(self, request: RolloutEvidence) -> EvidenceAnswer: ...
     async def startup_models(self, request: StartupModels) -> StartupModelsAnswer: ...
     async def ready(self, request: Ready) -> Done: ...
+    async def join_labels(self, request: JoinLabels) -> JoinAnswer: ...
+    async def performance(self, request: Performance) -> PerformanceAnswer: ...
 
 
 class WorkerHandler(Protocol):
@@ -226,6 +261,8 @@ class WorkerHandler(Protocol):
     async def loaded(self, request: Loaded) -> LoadedAnswer: ...
     async def reload_rollout(self, request: ReloadRollout) -> Done: ...
     async def export_evidence(self, request: ExportEvidence) -> EvidenceAnswer: ...
+    async def join_labels(self, request: JoinLabels) -> JoinAnswer: ...
+    async def performance(self, request: Performance) -> PerformanceAnswer: ...
 
 
 async def answer_supervisor_request(handler: SupervisorHandler, request: SupervisorRequest) -> Answer:
@@ -246,6 +283,10 @@ async def answer_supervisor_request(handler: SupervisorHandler, request: Supervi
             return await handler.startup_models(request)
         case Ready():
             return await handler.ready(request)
+        case JoinLabels():
+            return await handler.join_labels(request)
+        case Performance():
+            return await handler.performance(request)
         case _:
             assert_never(request)
 
@@ -266,5 +307,9 @@ async def answer_worker_request(handler: WorkerHandler, request: WorkerRequest) 
             return await handler.reload_rollout(request)
         case ExportEvidence():
             return await handler.export_evidence(request)
+        case JoinLabels():
+            return await handler.join_labels(request)
+        case Performance():
+            return await handler.performance(request)
         case _:
             assert_never(request)

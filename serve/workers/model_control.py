@@ -17,6 +17,9 @@ from typing import Protocol
 import orjson
 
 from serve.errors import ModelLoadError, ServeError
+from serve.ground_truth.document import encode, merge_documents, parse_document
+from serve.ground_truth.feedback_codec import decode_outcomes, encode_outcomes
+from serve.ground_truth.outcomes import combine
 from serve.input_stats.windows import ServerInstance
 from serve.metrics.triton_statistics import sum_statistics
 from serve.repository.repository import STARTUP
@@ -33,10 +36,14 @@ from serve.workers.messages import (
     ExportEvidence,
     InputStats,
     InputStatsAnswer,
+    JoinAnswer,
+    JoinLabels,
     Load,
     Loaded,
     ModelSpec,
     ModelStatistics,
+    Performance,
+    PerformanceAnswer,
     Ready,
     ReloadRollout,
     Request,
@@ -108,6 +115,15 @@ class ModelControl:
     async def rollout_evidence(self, request: RolloutEvidence) -> EvidenceAnswer:
         answers = await self._ask_serving(ExportEvidence(request.name))
         return EvidenceAnswer(merge_evidence([a.document for a in answers]))
+
+    async def join_labels(self, request: JoinLabels) -> JoinAnswer:
+        answers = await self._ask_serving(request)
+        return JoinAnswer(encode_outcomes(combine([decode_outcomes(a.outcomes) for a in answers])))
+
+    async def performance(self, request: Performance) -> PerformanceAnswer:
+        answers = await self._ask_serving(request)
+        documents = [parse_document(a.document) for a in answers]
+        return PerformanceAnswer(encode(merge_documents(documents)))
 
     async def rollout_changed(self, request: RolloutChanged) -> Done:
         """A rollout.yaml was written: every serving worker re-reads it (a worker that starts later reads it

@@ -17,12 +17,17 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 
 from serve import settings as settings_module
 from serve.errors import ServeError
+from serve.ground_truth.document import PerformanceDocumentJson, encode, parse_document
+from serve.ground_truth.feedback_codec import decode_outcomes, encode_labels, encode_outcomes
+from serve.ground_truth.labels import Label, parse_feedback
+from serve.ground_truth.outcomes import Outcome
 from serve.memory import return_freed_memory
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.repository import STARTUP
@@ -39,11 +44,15 @@ from serve.workers.messages import (
     ExportEvidence,
     InputStats,
     InputStatsAnswer,
+    JoinAnswer,
+    JoinLabels,
     Load,
     Loaded,
     LoadedAnswer,
     ModelSpec,
     ModelStatistics,
+    Performance,
+    PerformanceAnswer,
     Ready,
     ReloadRollout,
     RolloutChanged,
@@ -98,6 +107,13 @@ class SupervisorLink:
     async def rollout_evidence(self, name: str) -> bytes:
         return (await ipc.call(self._path, RolloutEvidence(name))).document
 
+    async def join_labels(self, name: str, version: str, labels: Sequence[Label]) -> list[Outcome]:
+        answer = await ipc.call(self._path, JoinLabels(name, version, encode_labels(labels)))
+        return decode_outcomes(answer.outcomes)
+
+    async def performance(self, name: str, version: str) -> PerformanceDocumentJson:
+        return parse_document((await ipc.call(self._path, Performance(name, version))).document)
+
     async def input_stats(self, name: str, version: str, since: int) -> bytes:
         return (await ipc.call(self._path, InputStats(name, version, since))).document
 
@@ -139,6 +155,15 @@ class WorkerControl:
 
     async def export_evidence(self, request: ExportEvidence) -> EvidenceAnswer:
         return EvidenceAnswer(await self._server.service.local.rollout_evidence(request.name))
+
+    async def join_labels(self, request: JoinLabels) -> JoinAnswer:
+        labels = parse_feedback(request.labels)
+        outcomes = await self._server.service.local.join_labels(request.name, request.version, labels)
+        return JoinAnswer(encode_outcomes(outcomes))
+
+    async def performance(self, request: Performance) -> PerformanceAnswer:
+        document = await self._server.service.local.performance(request.name, request.version)
+        return PerformanceAnswer(encode(document))
 
 
 async def _apply_load(server: Server, spec: ModelSpec, actor: str) -> None:
