@@ -30,6 +30,7 @@ from serve.ground_truth.targets import Target
 PENDING_REQUESTS = 4096
 _INITIAL_SLOTS = 1024
 _AGE_SCAN = 65_536  # requests looked at per step when dropping for age
+_STR_BYTES = sys.getsizeof("")  # an ASCII str's header and terminator
 _INT_OBJECT_BYTES = 32  # the dict's value, a request's sequence number, is an int object of its own
 
 
@@ -186,14 +187,16 @@ class JoinStore:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        pending = [p for p in pending if _fits(p[1], self._width)]  # a malformed output is not joined, not fatal
-        if not pending:
-            return
+        try:
+            flat, rows = _stack([p[1] for p in pending], self._width)
+        except ValueError:  # a malformed output is not joined, and does not stop the others
+            pending = [p for p in pending if _fits(p[1], self._width)]
+            if not pending:
+                return
+            flat, rows = _stack([p[1] for p in pending], self._width)
         ids = [p[0] for p in pending]
-        outputs = [p[1] for p in pending]
         times = np.fromiter((p[2] for p in pending), np.float64, count=len(pending))
-        rows = np.fromiter((o.shape[0] for o in outputs), np.int64, count=len(outputs))
-        predictions = self.target.predictions(np.concatenate([o.reshape(len(o), -1) for o in outputs]))
+        predictions = self.target.predictions(flat)
         self._count_predicted(times, rows)
         self._expire(self._clock())
         # A batch larger than the store keeps its newest requests that fit.
@@ -226,7 +229,7 @@ class JoinStore:
         seq_of = self._seq_of
         for request_id, seq in zip(ids, range(self._req_tail, self._req_tail + len(ids)), strict=True):
             seq_of[request_id] = seq
-        self._id_bytes += sum(map(sys.getsizeof, ids))
+        self._id_bytes += _str_bytes(ids)
         self._req_tail += len(ids)
         self._row_tail += total
 
@@ -253,7 +256,7 @@ class JoinStore:
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.retention_s
-        while self._req_head < self._req_tail:
+        while self._req_head < self._req_tail and self._times[self._req_head % len(self._times)] < cutoff:
             n = min(self._req_tail - self._req_head, _AGE_SCAN)
             times = self._times[(self._req_head + np.arange(n)) % len(self._times)]
             recent = np.flatnonzero(times >= cutoff)
@@ -268,7 +271,7 @@ class JoinStore:
 
     def _drop_oldest_rows(self, rows: int) -> None:
         """Drops the oldest requests until at least ``rows`` rows are freed."""
-        n = self._req_tail - self._req_head
+        n = min(self._req_tail - self._req_head, rows)  # every request holds a row or more
         slots = (self._req_head + np.arange(n)) % len(self._ids)
         freed = np.cumsum(self._rows[slots])
         count = int(np.searchsorted(freed, rows, side="left")) + 1
@@ -282,7 +285,7 @@ class JoinStore:
         for request_id, seq in zip(ids, range(self._req_head, new_head), strict=True):
             if seq_of.get(request_id) == seq:  # not if a later request reused the id
                 del seq_of[request_id]
-        self._id_bytes -= sum(map(sys.getsizeof, ids))
+        self._id_bytes -= _str_bytes(ids)
         self._dropped.add(digests(ids))
         self._ids[slots] = None
         self._req_head = new_head
@@ -317,6 +320,27 @@ class JoinStore:
         labelled = np.zeros(size, np.bool_)
         labelled[new] = self._labelled[old]
         self._predictions, self._truth, self._labelled = predictions, truth, labelled
+
+
+def _stack(outputs: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """All requests' rows as one rows x width array, and each request's row count; ValueError if one is malformed."""
+    try:
+        rows = np.fromiter(map(len, outputs), np.int64, count=len(outputs))
+    except TypeError:  # len() of a 0-d array
+        raise ValueError("a 0-d output") from None
+    try:  # the usual case, every output rows x K (or every one a vector of rows), without a reshape each
+        flat = np.concatenate(outputs)
+    except ValueError:
+        flat = np.concatenate([o.reshape(len(o), -1) for o in outputs])
+    flat = flat.reshape(len(flat), -1)
+    if flat.shape[1] != width or rows.min() == 0:
+        raise ValueError("an output of another width, or without rows")
+    return flat, rows
+
+
+def _str_bytes(ids: list[str]) -> int:
+    """What the ids cost as str objects: 49 bytes and one a character for ASCII (request ids are ASCII)."""
+    return _STR_BYTES * len(ids) + sum(map(len, ids))
 
 
 def _fits(output: np.ndarray, width: int) -> bool:
