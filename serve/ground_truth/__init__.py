@@ -1,0 +1,1 @@
+"""Ground truth: labels joined to predictions by request id, realized and estimated performance."""
