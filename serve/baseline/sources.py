@@ -131,6 +131,10 @@ class NpzSource(DataSource):
             self.label_column = labels
         inputs = {s.name for s in specs}
         extra = sorted(set(self._headers) - inputs - {labels})
+        if extra and labels is not None and self.label_column is None:
+            raise BaselineInputError(
+                f"--labels {labels}: no such array in {path.name} (arrays: {sorted(self._headers)})"
+            )
         if extra:
             raise BaselineInputError(
                 f"{path.name}: arrays {extra} are not model inputs {sorted(inputs)}; drop them with "
@@ -198,7 +202,13 @@ class _TableSource(DataSource):
         if labels is not None and labels in header:
             self.label_column = labels
             ignore = [*ignore, labels]  # not an input: neither a feature nor an unknown column
-        self.mapping = map_columns(header, specs, feature_names, ignore)
+        try:
+            self.mapping = map_columns(header, specs, feature_names, ignore)
+        except BaselineInputError:
+            if labels is None or labels in header:
+                raise
+            # Most likely the label is here under another name: say that rather than that columns do not fit.
+            raise BaselineInputError(f"--labels {labels}: no such column in {path.name} (columns: {header})") from None
         self.tensors = sorted({s.tensor for s in self.mapping.slots}, key=[s.name for s in specs].index)
         self.feature_names = self.mapping.feature_names
 
