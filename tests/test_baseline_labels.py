@@ -219,6 +219,7 @@ class Shifted:
 
     calibration: dict[str, Any]
     reference_proba: np.ndarray  # class 1's probability per reference row (onnxruntime)
+    reference_predicted: np.ndarray
     reference_y: np.ndarray
     window_proba: np.ndarray
     window_predicted: np.ndarray  # the argmax of the probabilities, as the server's predicted_class
@@ -258,12 +259,14 @@ def shifted_randhie(root: Path) -> Shifted:
     coinsurance = features["lncoins"].to_numpy()
     window = rest & (coinsurance > np.quantile(coinsurance[rest], 0.4))
     window_proba = onnx_probabilities(root / "repo", "visits", x[window])
+    reference_proba = onnx_probabilities(root / "repo", "visits", x[reference])
     calibration = performance(root / "repo", "visits")["calibration"]
     group = NumericSpec(["confidence"], [np.asarray(calibration["edges"])], kll_k=0).new_group()
     group.update(classifier_views(window_proba)[:1])  # the server's view and accumulator
     return Shifted(
         calibration=calibration,
-        reference_proba=onnx_probabilities(root / "repo", "visits", x[reference])[:, 1].astype(np.float64),
+        reference_proba=reference_proba[:, 1].astype(np.float64),
+        reference_predicted=reference_proba.argmax(axis=1),
         reference_y=y[reference],
         window_proba=window_proba[:, 1].astype(np.float64),
         window_predicted=window_proba.argmax(axis=1),
