@@ -29,7 +29,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
 from serve.ground_truth.estimate import EstimateJson, estimate_accuracy
-from serve.input_stats.baseline import Baseline
+from serve.input_stats.baseline import Baseline, BaselineError
 from serve.input_stats.extracts import classifier_views
 from serve.input_stats.numeric_group import NumericSpec
 
@@ -143,6 +143,28 @@ def test_calibration_is_a_monotone_share_of_correct_predictions(binary: Binary) 
 
     assert (np.diff(p) >= 0).all()
     assert count @ p == pytest.approx(sum(calibration["correct"]))  # pooling keeps each block's total
+
+
+def test_labels_from_parquet_and_npz_give_the_same_performance(binary: Binary, tmp_path: Path) -> None:
+    d = load_breast_cancer()
+    table(binary.x, list(d.feature_names), "y", binary.y).to_parquet(tmp_path / "train.parquet", index=False)
+    np.savez(tmp_path / "train.npz", X=binary.x, y=binary.y)
+    expected = performance(binary.repo, "cancer")
+
+    for data in ("train.parquet", "train.npz"):
+        out = tmp_path / f"{data}.json"
+        done = serve_baseline(binary.repo, "cancer", tmp_path / data, "--labels", "y", "--out", str(out))
+
+        assert done.returncode == 0, done.stderr
+        assert json.loads(out.read_bytes())["performance"] == expected
+
+
+def test_a_baseline_whose_calibration_does_not_fit_its_bins_is_refused(binary: Binary) -> None:
+    document = json.loads((binary.repo / "cancer" / "baseline.json").read_bytes())
+    document["performance"]["calibration"]["p_correct"].pop()
+
+    with pytest.raises(BaselineError, match="calibration has"):
+        Baseline.from_dict(document)
 
 
 def test_missing_label_column_is_a_one_line_error(binary: Binary) -> None:
