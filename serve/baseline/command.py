@@ -6,6 +6,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serve.input_stats.baseline_file import PerformanceJson
 
 log = logging.getLogger("serve.baseline")
 
@@ -217,10 +221,7 @@ def _build(args: argparse.Namespace, loaded: object, default_out: Path) -> int:
     return 0
 
 
-def _performance_line(performance: object) -> str:
-    from serve.input_stats.baseline_file import PerformanceJson
-
-    section: PerformanceJson = performance  # type: ignore[assignment]
+def _performance_line(section: PerformanceJson) -> str:
     held = section["held_out"]
     if section["task"] == "classification":
         measured = f"accuracy {held['accuracy']:.4f} ± {held['accuracy_se']:.4f}, F1 {held['f1']:.4f}"
