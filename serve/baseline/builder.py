@@ -18,6 +18,9 @@ The model's output distribution is computed on a held-out sample: each row is ke
 probability ``holdout`` (seeded), at most ``max_holdout_rows``, and run through the model
 with onnxruntime on the CPU. Inputs use every row.
 
+With ``label_column`` (``--labels``) the held-out rows' labels are kept beside their outputs, and the document
+gains ``performance``: held-out metrics and the calibration of the prediction's confidence (performance.py).
+
 Last, every numeric and categorical feature gets its no-drift calibration table
 (serve/drift/calibration.py): a seeded bootstrap on its bins at window sizes 100 …
 100,000, bounded by ``calibration_time_s`` (features left over keep the closed form).
@@ -34,12 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from serve.baseline.chunks import rows_of, served_chunks
+from serve.baseline.chunks import check_labels, rows_of, served_chunks
 from serve.baseline.model import BaselineInputError, ModelInfo
+from serve.baseline.performance import Prediction, choose_prediction, performance_section
 from serve.baseline.runner import ModelRunner
-from serve.baseline.sources import Chunk, DataSource
+from serve.baseline.sources import LABEL, Chunk, DataSource
 from serve.baseline.streamed import KLL_K, Sketches, streamed_features
 from serve.input_stats.baseline import (
+    Baseline,
     BaselineDocument,
     BaselineFeatureJson,
     BaselineSourceJson,
@@ -48,6 +53,7 @@ from serve.input_stats.baseline import (
     declared_baseline,
     make_baseline_document,
 )
+from serve.input_stats.baseline_file import PerformanceJson
 from serve.input_stats.document import BaselineModel
 from serve.input_stats.views import Extractor, build_extractors
 
@@ -68,6 +74,7 @@ class BaselineOptions:
     progress: bool = True
     calibration_replicates: int = 2000  # bootstrap replicates per feature and window size; 0: no table
     calibration_time_s: float = 300.0
+    label_column: str | None = None  # --labels: the held-out rows' labels give the document's performance
 
 
 # ---------------------------------------------------------------- the command's core
@@ -110,6 +117,10 @@ def _resolved(info: ModelInfo, sources: Sequence[DataSource], options: BaselineO
     """The options checked against the model, with its declared categories and the sources' column names."""
     if not 0 <= options.holdout <= 1:
         raise BaselineInputError("--holdout must be a fraction between 0 and 1")
+    if options.label_column is not None:
+        check_labels(sources, options.label_column)
+        if options.holdout == 0:
+            raise BaselineInputError("--labels needs held-out rows to measure the model on: --holdout above 0")
     covered = {t for s in sources for t in s.tensors}
     missing_inputs = [s.name for s in info.inputs if s.name not in covered]
     if missing_inputs:
@@ -131,6 +142,7 @@ class _FirstPass:
     rows: int = 0
     held_out: int = 0
     outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    labels: list[np.ndarray] = field(default_factory=list)  # the held-out rows' (with --labels)
     buffered: list[Chunk] | None = field(default_factory=list)  # None once sketching
     buffered_bytes: int = 0
     sketches: Sketches | None = None
@@ -162,8 +174,12 @@ class _FirstPass:
             return
         pick = np.flatnonzero(self.rng.random(n) < o.holdout)[: o.max_holdout_rows - self.held_out]
         if pick.size:
-            for name, array in self.runner.run({k: v[pick] for k, v in chunk.items()}).items():
+            outputs = self.runner.run({k: v[pick] for k, v in chunk.items() if k != LABEL})
+            for name, array in outputs.items():
                 self.outputs.setdefault(name, []).append(array)
+            if LABEL in chunk:
+                ran = rows_of(outputs)  # a model without batching leaves out a remainder that fills no group
+                self.labels.append(chunk[LABEL][pick[:ran]])
             self.held_out += int(pick.size)
 
 
@@ -220,11 +236,20 @@ def _calibrate(features: list[BaselineFeatureJson], options: BaselineOptions) ->
     return report.to_json(options.calibration_replicates, options.seed)
 
 
-def build_baseline(info: ModelInfo, sources: Sequence[DataSource], options: BaselineOptions) -> BaselineDocument:
-    """The baseline document for ``info`` from ``sources`` (see the module docstring)."""
+def build_baseline(
+    info: ModelInfo,
+    sources: Sequence[DataSource],
+    options: BaselineOptions,
+    class_labels: Mapping[str, Sequence[str]] | None = None,
+) -> BaselineDocument:
+    """The baseline document for ``info`` from ``sources`` (see the module docstring); ``class_labels``: the
+    outputs' class labels as the server serves them (``model.load_model``), which ``--labels`` values name."""
     options = _resolved(info, sources, options)
+    prediction = choose_prediction(info.outputs, class_labels or {}) if options.label_column is not None else None
     first = _read(info, sources, options)
     features, tensors, sampling = _input_features(info, sources, options, first)
+    out_arrays: dict[str, np.ndarray] = {}
+    out_features: list[BaselineFeatureJson] = []
     if first.outputs:
         out_arrays = {k: np.concatenate(v) for k, v in first.outputs.items()}
         out_features, out_tensors = build_baseline_features(out_arrays, info.outputs, role="output")
@@ -240,4 +265,22 @@ def build_baseline(info: ModelInfo, sources: Sequence[DataSource], options: Base
     if options.calibration_replicates > 0:
         source["calibration"] = _calibrate(features, options)
     model: BaselineModel = {"name": info.name, "version": info.version_str, "onnx_sha256": info.onnx_sha256}
-    return make_baseline_document(model, features, tensors, source=source)
+    document = make_baseline_document(model, features, tensors, source=source)
+    if prediction is not None:
+        document["performance"] = _performance(prediction, first, out_arrays, out_features, options)
+        Baseline.from_dict(document)  # the section as readers check it
+    return document
+
+
+def _performance(
+    prediction: Prediction,
+    first: _FirstPass,
+    out_arrays: Mapping[str, np.ndarray],
+    out_features: Sequence[BaselineFeatureJson],
+    options: BaselineOptions,
+) -> PerformanceJson:
+    assert options.label_column is not None
+    name = prediction.output.name
+    outputs = out_arrays.get(name, np.empty((0, *prediction.output.dims)))
+    labels = np.concatenate(first.labels) if first.labels else np.empty(0, dtype=object)
+    return performance_section(prediction, outputs, labels, options.label_column, out_features)

@@ -1,4 +1,6 @@
-"""The training data as one stream of chunks: several ``--data`` sources combined, cast as clients send them."""
+"""The training data as one stream of chunks: several ``--data`` sources combined, cast as clients send them.
+
+The labels (``--labels``) travel in the same chunks under ``sources.LABEL``, so they stay with their rows."""
 
 from __future__ import annotations
 
@@ -67,9 +69,25 @@ def combined_chunks(sources: Sequence[DataSource], chunk_rows: int) -> Iterator[
         yield out
 
 
+def check_labels(sources: Sequence[DataSource], column: str) -> None:
+    """The label column must come with the rows exactly once: in every shard of one group of sources."""
+    holders = [s for s in sources if s.label_column == column]
+    if not holders:
+        files = ", ".join(s.describe() for s in sources)
+        raise BaselineInputError(f"--labels {column}: no such column (or .npz array) in the data ({files})")
+    groups = {tuple(sorted(s.tensors)) for s in holders}
+    group = [s for s in sources if tuple(sorted(s.tensors)) in groups]
+    if len(groups) > 1 or len(group) != len(holders):
+        raise BaselineInputError(
+            f"--labels {column}: give the column in one file of the same rows, and in every shard of it "
+            f"(found in {[s.describe() for s in holders]} of {[s.describe() for s in group]})"
+        )
+
+
 def served_chunks(sources: Sequence[DataSource], specs: Sequence[TensorSpec], chunk_rows: int) -> Iterator[Chunk]:
     """``combined_chunks`` as clients will send them: each input cast to its datatype (``as_sent``), so that
     every pass sees the values the server will bin (CSV and Parquet are read as float64)."""
     datatypes = {s.name: s.datatype for s in specs}
     for chunk in combined_chunks(sources, chunk_rows):
-        yield {name: as_sent(array, datatypes[name]) for name, array in chunk.items()}
+        # The labels (LABEL) are no input: they pass as read.
+        yield {name: as_sent(array, datatypes[name]) if name in datatypes else array for name, array in chunk.items()}

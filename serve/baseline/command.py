@@ -6,6 +6,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serve.input_stats.baseline_file import PerformanceJson
 
 log = logging.getLogger("serve.baseline")
 
@@ -92,6 +96,16 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="COLUMN",
         help="a data column (or .npz array) that is not a model input, e.g. the label",
     )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        metavar="COLUMN",
+        help="the label column (or .npz array) of the data; not a model input. The held-out rows' labels against "
+        "the model's prediction give baseline.json's 'performance': held-out accuracy, F1, AUC and log loss "
+        "(classifiers; labels are class values, matched to the output's class labels or indices) or MAE, RMSE "
+        "and bias (regressors), and P(correct) per confidence bin, from which the monitor estimates each "
+        "window's accuracy before its labels come",
+    )
     parser.add_argument("--no-header", action="store_true", help="CSV files have no header row (map by order)")
 
 
@@ -134,13 +148,14 @@ def run(args: argparse.Namespace) -> int:
         baseline_path,
         check_baseline,
         find_baseline,
-        load_model_info,
+        load_model,
     )
     from serve.extras import MissingExtraError, require_extra
     from serve.input_stats.baseline import Baseline, BaselineError
 
     try:
-        info = load_model_info(args.model_repository, args.model, args.version)
+        loaded = load_model(args.model_repository, args.model, args.version)
+        info = loaded.info
         if args.check:
             path = args.out or find_baseline(info.model_dir, info.version)
             if path is None or not Path(path).is_file():
@@ -155,19 +170,20 @@ def run(args: argparse.Namespace) -> int:
         if not args.data:
             raise BaselineInputError("--data is required (training data to compute the baseline from)")
         require_extra("baseline")  # reading the data needs pyarrow and tqdm; --check needs neither
-        return _build(args, info, baseline_path(info.model_dir, info.version))
+        return _build(args, loaded, baseline_path(info.model_dir, info.version))
     except (BaselineInputError, BaselineError, MissingExtraError) as exc:
         print(f"serve baseline: {exc}", file=sys.stderr)
         return 2
 
 
-def _build(args: argparse.Namespace, info: object, default_out: Path) -> int:
+def _build(args: argparse.Namespace, loaded: object, default_out: Path) -> int:
     from serve.baseline.builder import BaselineOptions, build_baseline
-    from serve.baseline.model import ModelInfo
+    from serve.baseline.model import LoadedModel
     from serve.baseline.sources import open_source
     from serve.input_stats.baseline import write_baseline
 
-    assert isinstance(info, ModelInfo)
+    assert isinstance(loaded, LoadedModel)
+    info = loaded.info
     feature_names = {k: v for k, v in _pairs(args.feature_names, "--feature-names").items()}
     categorical = [c.strip() for raw in args.categorical for c in raw.split(",") if c.strip()]
     missing = {k: [_number_or_text(v) for v in vs] for k, vs in _pairs(args.missing_value, "--missing-value").items()}
@@ -178,6 +194,7 @@ def _build(args: argparse.Namespace, info: object, default_out: Path) -> int:
             feature_names=feature_names,
             ignore=args.ignore_column,
             csv_header=not args.no_header,
+            labels=args.labels,
         )
         for d in args.data
     ]
@@ -186,8 +203,9 @@ def _build(args: argparse.Namespace, info: object, default_out: Path) -> int:
         max_holdout_rows=args.max_holdout_rows, chunk_rows=args.chunk_rows,
         memory_limit_bytes=args.memory_limit_mb << 20, seed=args.seed, progress=not args.no_progress,
         calibration_replicates=args.calibration_replicates, calibration_time_s=args.calibration_time,
+        label_column=args.labels,
     )  # fmt: skip
-    document = build_baseline(info, sources, options)
+    document = build_baseline(info, sources, options, loaded.class_labels)
     out = args.out or default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     digest = write_baseline(document, out)
@@ -198,4 +216,17 @@ def _build(args: argparse.Namespace, info: object, default_out: Path) -> int:
         f"feature(s), {outputs} output feature(s) from {document['source']['holdout']['rows']} held-out rows; "
         f"sha256 {digest[:16]}…"
     )
+    if "performance" in document:
+        print(_performance_line(document["performance"]))
     return 0
+
+
+def _performance_line(section: PerformanceJson) -> str:
+    held = section["held_out"]
+    if section["task"] == "classification":
+        measured = f"accuracy {held['accuracy']:.4f} ± {held['accuracy_se']:.4f}, F1 {held['f1']:.4f}"
+        if held.get("auc") is not None:
+            measured += f", AUC {held['auc']:.4f}"
+    else:
+        measured = f"MAE {held['mae']:.4g} ± {held['mae_se']:.2g}, RMSE {held['rmse']:.4g}, bias {held['bias']:.3g}"
+    return f"held out ({held['rows']} rows, labels '{section['label_column']}' vs '{section['output']}'): {measured}"

@@ -12,6 +12,7 @@ held-out sample runs through the graph the server runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
@@ -22,6 +23,7 @@ from serve.input_stats.baseline_fit import ModelInfo, baseline_path, check_basel
 from serve.protocol import model_config_pb2 as mc
 from serve.repository import config_file
 from serve.repository import model_config as cfg
+from serve.repository.labels import read_labels
 from serve.repository.layout import is_version_number
 from serve.repository.mlflow import MlflowModel, check_signature, read_mlmodel, signature_outputs
 from serve.runtime.model_file import prepare_model
@@ -61,8 +63,20 @@ def _choose_version(model_dir: Path, config: mc.ModelConfig, version: int | None
     return max(chosen)
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    info: ModelInfo
+    # Class labels by output, as the server serves them: a ZipMap's labels, then config.pbtxt's label_filename.
+    class_labels: dict[str, list[str]]
+
+
 def load_model_info(repository: Path, name: str, version: int | None = None) -> ModelInfo:
     """Read a model's config and graph the way the server does (no batcher, one CPU session)."""
+    return load_model(repository, name, version).info
+
+
+def load_model(repository: Path, name: str, version: int | None = None) -> LoadedModel:
+    """``load_model_info``, with the outputs' class labels."""
     model_dir = repository / name
     if not model_dir.is_dir():
         raise BaselineInputError(f"model '{name}' is not in the model repository {repository}")
@@ -87,6 +101,8 @@ def load_model_info(repository: Path, name: str, version: int | None = None) -> 
         )  # fmt: skip
         if mlmodel is not None:
             _signature_outputs(mlmodel, raw, config)
+        class_labels = {z.output: list(z.labels) for z in prepared.zipmaps}
+        class_labels.update(read_labels(config, model_dir))
     except ServeError as exc:
         raise BaselineInputError(f"model '{name}': {exc.message}") from None
     categorical: list[str] = []
@@ -101,7 +117,7 @@ def load_model_info(repository: Path, name: str, version: int | None = None) -> 
         first_dim = firsts.pop() if len(firsts) == 1 else -1
         inputs = [TensorSpec(s.name, s.datatype, tuple(s.dims[1:])) for s in inputs]
         outputs = [TensorSpec(s.name, s.datatype, tuple(s.dims[1:])) for s in outputs]
-    return ModelInfo(
+    info = ModelInfo(
         name=name,
         version=chosen,
         model_dir=model_dir,
@@ -114,6 +130,7 @@ def load_model_info(repository: Path, name: str, version: int | None = None) -> 
         categorical=categorical,
         graph=prepared.graph,
     )
+    return LoadedModel(info, class_labels)
 
 
 def open_session(graph: bytes, path: Path) -> ort.InferenceSession:
@@ -142,10 +159,12 @@ def _signature_outputs(mlmodel: MlflowModel, raw: mc.ModelConfig, config: mc.Mod
 
 __all__ = [
     "BaselineInputError",
+    "LoadedModel",
     "ModelInfo",
     "baseline_path",
     "check_baseline",
     "file_sha256",
     "find_baseline",
+    "load_model",
     "load_model_info",
 ]

@@ -13,6 +13,10 @@ file, so data larger than memory works. The mapping rule:
 Numeric inputs read every column as float64 (empty cells and nulls become NaN, which the
 statistics count as missing; the builder then casts float inputs to their datatype, as clients
 send them); BYTES inputs read text (nulls become empty, also missing).
+
+``--labels COLUMN`` names the label: a table column or an ``.npz`` array that is not an input. A source
+that holds it yields it in every chunk under ``LABEL`` (table cells as text, None where empty; ``.npz``
+values as stored), beside the inputs of the same rows.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from serve.baseline.model import BaselineInputError
 from serve.types import TensorSpec
 
 Chunk = dict[str, np.ndarray]
+# The chunk key of the labels: NUL cannot start a tensor name a client can send, so no input is called this.
+LABEL = "\0label"
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -40,6 +46,7 @@ class DataSource:
     rows: int | None  # None when unknown before reading (CSV)
     tensors: list[str]
     feature_names: dict[str, list[str]]
+    label_column: str | None = None  # the --labels column, when this source holds it
 
     def chunks(self, chunk_rows: int) -> Iterator[Chunk]:
         raise NotImplementedError
@@ -107,19 +114,27 @@ def _npz_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
 class NpzSource(DataSource):
     """Arrays read member by member from the zip stream (compressed or not), ``chunk_rows`` at a time."""
 
-    def __init__(self, path: Path, specs: Sequence[TensorSpec], ignore: Sequence[str]) -> None:
+    def __init__(
+        self, path: Path, specs: Sequence[TensorSpec], ignore: Sequence[str], labels: str | None = None
+    ) -> None:
         self.path = path
         self.feature_names = {}
         self._headers: dict[str, tuple[tuple[int, ...], bool, np.dtype]] = {}
         with zipfile.ZipFile(path) as zf:
             for member in zf.namelist():
                 key = member[:-4] if member.endswith(".npy") else member
-                if key in ignore:
+                if key in ignore and key != labels:
                     continue
                 with zf.open(member) as f:
                     self._headers[key] = _npz_header(f)
+        if labels is not None and labels in self._headers:
+            self.label_column = labels
         inputs = {s.name for s in specs}
-        extra = sorted(set(self._headers) - inputs)
+        extra = sorted(set(self._headers) - inputs - {labels})
+        if extra and labels is not None and self.label_column is None:
+            raise BaselineInputError(
+                f"--labels {labels}: no such array in {path.name} (arrays: {sorted(self._headers)})"
+            )
         if extra:
             raise BaselineInputError(
                 f"{path.name}: arrays {extra} are not model inputs {sorted(inputs)}; drop them with "
@@ -127,7 +142,11 @@ class NpzSource(DataSource):
             )
         rows = set()
         for key, (shape, fortran, dtype) in self._headers.items():
-            _check_rows(shape, _spec_for(specs, key, path), f"{path.name}:{key}")
+            if key == self.label_column:
+                if len(shape) != 1:
+                    raise BaselineInputError(f"{path.name}:{key}: labels must be a 1-D array, not {list(shape)}")
+            else:
+                _check_rows(shape, _spec_for(specs, key, path), f"{path.name}:{key}")
             if fortran and len(shape) > 1:
                 raise BaselineInputError(f"{path.name}:{key} is stored in Fortran order; save it C-contiguous")
             if dtype.hasobject:
@@ -138,13 +157,14 @@ class NpzSource(DataSource):
         if len(rows) > 1:
             raise BaselineInputError(f"{path.name}: arrays have different row counts {sorted(rows)}")
         self.rows = rows.pop() if rows else 0
-        self.tensors = list(self._headers)
+        self.tensors = [k for k in self._headers if k != self.label_column]
 
     def chunks(self, chunk_rows: int) -> Iterator[Chunk]:
+        read = self.tensors + ([self.label_column] if self.label_column is not None else [])
         with zipfile.ZipFile(self.path) as zf:
             streams = {}
             try:
-                for key in self.tensors:
+                for key in read:
                     member = key + ".npy" if key + ".npy" in zf.namelist() else key
                     f = zf.open(member)
                     streams[key] = f
@@ -156,7 +176,8 @@ class NpzSource(DataSource):
                         shape, _, dtype = self._headers[key]
                         per_row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
                         data = f.read(n * per_row * dtype.itemsize)
-                        chunk[key] = np.frombuffer(data, dtype=dtype).reshape((n, *shape[1:]))
+                        values: np.ndarray = np.frombuffer(data, dtype=dtype).reshape((n, *shape[1:]))
+                        chunk[LABEL if key == self.label_column else key] = values
                     yield chunk
             finally:
                 for f in streams.values():
@@ -174,10 +195,20 @@ class _TableSource(DataSource):
         header: list[str],
         feature_names: Mapping[str, Sequence[str]] | None,
         ignore: Sequence[str],
+        labels: str | None,
     ) -> None:
         self.path = path
         self.specs = {s.name: s for s in specs}
-        self.mapping = map_columns(header, specs, feature_names, ignore)
+        if labels is not None and labels in header:
+            self.label_column = labels
+            ignore = [*ignore, labels]  # not an input: neither a feature nor an unknown column
+        try:
+            self.mapping = map_columns(header, specs, feature_names, ignore)
+        except BaselineInputError:
+            if labels is None or labels in header:
+                raise
+            # Most likely the label is here under another name: say that rather than that columns do not fit.
+            raise BaselineInputError(f"--labels {labels}: no such column in {path.name} (columns: {header})") from None
         self.tensors = sorted({s.tensor for s in self.mapping.slots}, key=[s.name for s in specs].index)
         self.feature_names = self.mapping.feature_names
 
@@ -208,7 +239,15 @@ class _TableSource(DataSource):
                         ) from None
                     out[:, slot.column or 0] = numbers.to_numpy(zero_copy_only=False)
             chunk[tensor] = out[:, 0] if own[0][1].column is None else out
+        if self.label_column is not None:
+            text = batch.column(batch.schema.get_field_index(self.label_column)).cast(pa.string()).to_pylist()
+            labels = np.empty(rows, dtype=object)
+            labels[:] = text
+            chunk[LABEL] = labels
         return chunk
+
+    def _read_columns(self) -> list[str]:
+        return self.mapping.columns + ([self.label_column] if self.label_column is not None else [])
 
 
 def _csv_header(path: Path, delimiter: str) -> list[str]:
@@ -224,6 +263,7 @@ class CsvSource(_TableSource):
         feature_names: Mapping[str, Sequence[str]] | None,
         ignore: Sequence[str],
         header: bool = True,
+        labels: str | None = None,
     ) -> None:
         self.delimiter = "\t" if path.suffix == ".tsv" else ","
         self.has_header = header
@@ -233,7 +273,7 @@ class CsvSource(_TableSource):
         if not names:
             raise BaselineInputError(f"{path.name} is empty")
         self.header = names
-        super().__init__(path, specs, names, feature_names, ignore)
+        super().__init__(path, specs, names, feature_names, ignore, labels)
         self.rows = None
 
     def chunks(self, chunk_rows: int) -> Iterator[Chunk]:
@@ -244,13 +284,15 @@ class CsvSource(_TableSource):
             c: (pa.string() if self.specs[s.tensor].datatype == "BYTES" else pa.float64())
             for c, s in zip(self.mapping.columns, self.mapping.slots, strict=True)
         }
+        if self.label_column is not None:
+            types[self.label_column] = pa.string()  # class values or numbers: the builder reads them
         read = pacsv.ReadOptions(
             block_size=max(1 << 16, chunk_rows * 16 * len(self.header)),
             column_names=None if self.has_header else self.header,
         )
         parse = pacsv.ParseOptions(delimiter=self.delimiter)
         convert = pacsv.ConvertOptions(
-            column_types=types, include_columns=self.mapping.columns, strings_can_be_null=True
+            column_types=types, include_columns=self._read_columns(), strings_can_be_null=True
         )
         try:
             reader = pacsv.open_csv(self.path, read_options=read, parse_options=parse, convert_options=convert)
@@ -267,15 +309,16 @@ class ParquetSource(_TableSource):
         specs: Sequence[TensorSpec],
         feature_names: Mapping[str, Sequence[str]] | None,
         ignore: Sequence[str],
+        labels: str | None = None,
     ) -> None:
         import pyarrow.parquet as pq
 
         self._file = pq.ParquetFile(path)
-        super().__init__(path, specs, list(self._file.schema_arrow.names), feature_names, ignore)
+        super().__init__(path, specs, list(self._file.schema_arrow.names), feature_names, ignore, labels)
         self.rows = int(self._file.metadata.num_rows)
 
     def chunks(self, chunk_rows: int) -> Iterator[Chunk]:
-        for batch in self._file.iter_batches(batch_size=chunk_rows, columns=self.mapping.columns):
+        for batch in self._file.iter_batches(batch_size=chunk_rows, columns=self._read_columns()):
             yield self._to_chunk(batch)
 
 
@@ -286,8 +329,10 @@ def open_source(
     feature_names: Mapping[str, Sequence[str]] | None = None,
     ignore: Sequence[str] = (),
     csv_header: bool = True,
+    labels: str | None = None,
 ) -> DataSource:
-    """``FILE`` or ``NAME=FILE`` (NAME only for .npy) → a source; the format comes from the suffix."""
+    """``FILE`` or ``NAME=FILE`` (NAME only for .npy) → a source; the format comes from the suffix. ``labels``: the
+    label column, read beside the inputs where the file holds it (``label_column``)."""
     name: str | None = None
     text = spec_text
     if "=" in text and not Path(text).exists():
@@ -301,10 +346,10 @@ def open_source(
     if suffix == ".npy":
         return NpySource(path, specs, name)
     if suffix == ".npz":
-        return NpzSource(path, specs, ignore)
+        return NpzSource(path, specs, ignore, labels)
     kind = TABLE_SUFFIXES.get(suffix)
     if kind == "csv":
-        return CsvSource(path, specs, feature_names, ignore, csv_header)
+        return CsvSource(path, specs, feature_names, ignore, csv_header, labels)
     if kind == "parquet":
-        return ParquetSource(path, specs, feature_names, ignore)
+        return ParquetSource(path, specs, feature_names, ignore, labels)
     raise BaselineInputError(f"--data {spec_text}: unknown format '{suffix}' (use .npy, .npz, .csv, .tsv or .parquet)")

@@ -3,7 +3,9 @@ model version and per window of the prediction time. Pure and server-independent
 
 targets (which output is the prediction), labels (a feedback call's labels, parsed and checked), store (the
 bounded join store of one version; dropped: its record of dropped ids), outcomes (what became of each label,
-and the counts answered), performance (mergeable per-window counts and their JSON), realized (the metrics).
+and the counts answered), performance (mergeable per-window counts and their JSON), realized (the metrics),
+estimate (accuracy expected from binned confidence and a baseline's calibration, before labels come). The server's
+side: wiring (the stores of a process), document (the performance document and its merge), feedback_codec.
 """
 
 from serve.ground_truth.labels import Label, check_labels, class_index, parse_feedback

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Required, TypedDict, cast
+from typing import Any, NotRequired, Required, TypedDict, cast
 
 import numpy as np
 import orjson
@@ -77,6 +77,45 @@ class DatasetRuleJson(TypedDict):
     drift_share: float
 
 
+class HeldOutJson(TypedDict, total=False):
+    """The model's performance on the held-out rows: classification or regression fields, with ``rows``."""
+
+    rows: Required[int]  # held-out rows with a label and a finite prediction
+    accuracy: float  # classification
+    accuracy_se: float  # sqrt(accuracy (1 - accuracy) / rows)
+    f1: float  # two classes: of class index 1; more: macro
+    auc: float | None  # two classes: of class index 1's score; more: one-vs-rest macro; None if a class is absent
+    log_loss: float
+    mae: float  # regression
+    mae_se: float
+    rmse: float
+    bias: float  # mean of prediction minus label
+
+
+class CalibrationJson(TypedDict):
+    """P(prediction correct | confidence) per bin of the output feature ``feature`` (``<tensor>::confidence``),
+    with the edges the server bins that feature against, so a window's published bin counts weigh it directly.
+    The same shape as serve/ground_truth/estimate.py's ``CalibrationJson``, which estimates from it (this layer
+    cannot import that one)."""
+
+    feature: str
+    edges: list[float]
+    count: list[int]  # held-out rows per bin (len(edges) + 1 bins, open tails)
+    correct: list[int]  # of those, predicted right
+    p_correct: list[float]  # correct / count made non-decreasing (isotonic); empty bins take a neighbour's
+
+
+class PerformanceJson(TypedDict, total=False):
+    """``performance``: written by ``serve baseline --labels COLUMN`` (absent otherwise)."""
+
+    output: Required[str]  # the output tensor that is the prediction
+    task: Required[str]  # "classification" | "regression"
+    label_column: Required[str]
+    classes: list[str]  # classification: the label of each class index (column of the output)
+    held_out: Required[HeldOutJson]
+    calibration: CalibrationJson  # classification only
+
+
 class BaselineDocument(TypedDict):
     format: str
     format_version: int
@@ -89,6 +128,10 @@ class BaselineDocument(TypedDict):
     features: list[BaselineFeatureJson]
     thresholds: dict[str, float]
     dataset_rule: DatasetRuleJson
+    performance: NotRequired[PerformanceJson]
+
+
+TASKS = ("classification", "regression")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +197,23 @@ def _feature_from_dict(raw: Mapping[str, Any]) -> BaselineFeature:
     )
 
 
+def _performance_from_dict(raw: Any) -> PerformanceJson | None:
+    """The ``performance`` section, checked where a reader relies on it: the task, the calibration's bins."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("held_out"), Mapping):
+        raise BaselineError("performance must be an object with 'output', 'task', 'label_column' and 'held_out'")
+    if raw.get("task") not in TASKS:
+        raise BaselineError(f"performance: task must be one of {TASKS}, not {raw.get('task')!r}")
+    calibration = raw.get("calibration")
+    if calibration is not None:
+        bins = len(calibration.get("edges", [])) + 1
+        sizes = {key: len(calibration.get(key, [])) for key in ("count", "correct", "p_correct")}
+        if any(size != bins for size in sizes.values()):
+            raise BaselineError(f"performance: calibration has {sizes} values for {bins} bins")
+    return cast(PerformanceJson, dict(raw))
+
+
 def _tensor_from_dict(raw: Mapping[str, Any]) -> BaselineTensor:
     view = raw.get("view")
     if view is not None and view not in VIEWS:
@@ -176,6 +236,7 @@ class Baseline:
     tensors: list[BaselineTensor] = field(default_factory=list)
     document: dict[str, Any] = field(default_factory=dict)  # the whole file as read (unknown keys too)
     sha256: str | None = None  # of the file's bytes; reported by the server, checked by the monitor
+    performance: PerformanceJson | None = None  # written with --labels: held-out performance and calibration
 
     @classmethod
     def from_dict(cls, document: Mapping[str, Any], sha256: str | None = None) -> Baseline:
@@ -199,6 +260,7 @@ class Baseline:
             tensors=[_tensor_from_dict(t) for t in document.get("tensors", [])],
             document=dict(document),
             sha256=sha256,
+            performance=_performance_from_dict(document.get("performance")),
         )
 
     @classmethod
