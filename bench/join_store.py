@@ -7,7 +7,7 @@ recording every answered request costs the hot path ≤ 3 % at c=64.
   ``record`` per call. Past ``max_rows`` every figure must stay flat.
 * ``hot-path``: two `serve run` processes over the same small model (bench/throughput.py's 32-256-256-8 MLP,
   a classifier by its FP32 [8] output): one keeping predictions (the default), one with
-  ``--feedback-retention 0``. They run one at a time, alternating in each round, at c=64 over gRPC and HTTP
+  ``--feedback-retention-s 0``. They run one at a time, alternating in each round, at c=64 over gRPC and HTTP
   binary tensors (h2load); it prints req/s and server CPU per request of each and their ratio.
 
     python -m bench.join_store memory [--predictions 3000000] [--max-rows 1000000]
@@ -78,7 +78,7 @@ def hot_path(args: argparse.Namespace) -> None:
         write_repository(tmp / "models", ["small"], 1)
         servers: dict[str, ServerProcess] = {
             "kept": start_server(tmp / "models", log=tmp / "kept.log"),
-            "off": start_server(tmp / "models", "--feedback-retention", "0", log=tmp / "off.log"),
+            "off": start_server(tmp / "models", "--feedback-retention-s", "0", log=tmp / "off.log"),
         }
         try:
             for round_index in range(args.rounds):

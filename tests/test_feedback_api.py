@@ -86,7 +86,9 @@ def labelled_rows(document: Any, version: str) -> int:
 async def test_labels_for_every_row_of_a_request_join_and_are_counted(server: InProcess) -> None:
     data = cancer_data()
     await predict(server, CLASSIFIER, data.x[:4], "every-row", version="1")
-    answer = await feedback(server, CLASSIFIER, [{"id": "every-row", "row": r, "label": int(data.y[r])} for r in range(4)])
+    answer = await feedback(
+        server, CLASSIFIER, [{"id": "every-row", "row": r, "label": int(data.y[r])} for r in range(4)]
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"joined": 4, "unknown": 0, "expired": 0, "duplicate": 0, "conflicting": 0}
 
@@ -147,7 +149,9 @@ async def test_a_label_sent_to_the_version_url_joins_only_that_version(server: I
 async def test_a_regressors_values_join(server: InProcess) -> None:
     data = diabetes_data()
     await predict(server, REGRESSOR, data.x[:3], "regressed")
-    answer = await feedback(server, REGRESSOR, [{"id": "regressed", "row": r, "value": float(data.y[r])} for r in range(3)])
+    answer = await feedback(
+        server, REGRESSOR, [{"id": "regressed", "row": r, "value": float(data.y[r])} for r in range(3)]
+    )
     assert answer.json()["joined"] == 3
 
 
@@ -232,7 +236,7 @@ async def test_feedback_with_retention_off_is_refused_saying_so(tmp_path: Path) 
     async with in_process(root, feedback_retention_s=0.0) as off:
         answer = await feedback(off, CLASSIFIER, [{"id": "a", "label": 1}])
     assert answer.status_code == 400
-    assert "--feedback-retention" in answer.json()["error"]
+    assert "--feedback-retention-s" in answer.json()["error"]
 
 
 # ---- gRPC -------------------------------------------------------------------------------------------

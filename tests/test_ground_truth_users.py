@@ -125,7 +125,11 @@ def predict(client: Client, protocol: str, model: str, x: np.ndarray, client_id:
     assert status == 200, data[:300]
     document = json.loads(data)
     output = next(o for o in document["outputs"] if o["name"] == name)
-    return str(document["model_version"]), document["id"], np.asarray(output["data"], np.float32).reshape(output["shape"])
+    return (
+        str(document["model_version"]),
+        document["id"],
+        np.asarray(output["data"], np.float32).reshape(output["shape"]),
+    )
 
 
 @pytest.fixture

@@ -155,7 +155,9 @@ def test_readme_block_runs_as_written(
     command = (
         [sys.executable, str(script)] if block.language == "python" else ["bash", "-e", "-o", "pipefail", str(script)]
     )
-    env = {**os.environ, "HOME": str(block_directory / "home")}
+    # The environment `pip install` made: its `serve` command on PATH, as in an activated virtual environment.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "HOME": str(block_directory / "home"), "PATH": path}
     done = subprocess.run(command, cwd=block_directory, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, (
         f"README.md line {block.line} ({block.section}) failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"

@@ -7,7 +7,7 @@ which is not a dependency of this project.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -135,7 +135,8 @@ async def test_http_errors_are_json_with_the_errors_status(client: Client, path:
 @pytest.fixture
 async def grpc_target(recorders) -> AsyncIterator[str]:  # noqa: ANN001
     server = grpc.aio.server()
-    add_monitoring_servicer(server, local_documents(_lookup(recorders)), _no_baselines)
+    # No core: these tests ask only for statistics (the feedback RPCs are tests/test_feedback_api.py's).
+    add_monitoring_servicer(server, local_documents(_lookup(recorders)), _no_baselines, cast(Any, None))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

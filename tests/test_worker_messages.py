@@ -27,11 +27,15 @@ from serve.workers.messages import (
     ExportEvidence,
     InputStats,
     InputStatsAnswer,
+    JoinAnswer,
+    JoinLabels,
     Load,
     Loaded,
     LoadedAnswer,
     ModelSpec,
     ModelStatistics,
+    Performance,
+    PerformanceAnswer,
     Ready,
     ReloadRollout,
     Request,
@@ -62,6 +66,8 @@ REQUESTS: list[Request[Answer]] = [
     RolloutEvidence("fraud"),
     ReloadRollout("fraud"),
     ExportEvidence("fraud"),
+    JoinLabels("fraud", "2", b'[{"id": "a", "label": 1}]'),
+    Performance("fraud", ""),
 ]
 ANSWERS: list[tuple[Request[Answer], Answer]] = [
     (ModelStatistics("fraud", ""), StatisticsAnswer(b'[{"name":"fraud"}]')),
@@ -70,6 +76,8 @@ ANSWERS: list[tuple[Request[Answer], Answer]] = [
     (Loaded(), LoadedAnswer(("a", "b"))),
     (Unload("fraud", "x"), Done()),
     (RolloutEvidence("fraud"), EvidenceAnswer(b'{"arms":{}}')),
+    (JoinLabels("fraud", "", b"[]"), JoinAnswer(bytes([0, 1, 2, 3, 4]))),
+    (Performance("fraud", ""), PerformanceAnswer(b'{"versions":[]}')),
 ]
 EVERY_REQUEST = (*SUPERVISOR_REQUESTS, *WORKER_REQUESTS)
 
@@ -87,7 +95,7 @@ def test_every_request_kind_decodes_to_what_was_encoded(request_: Request[Answer
 def test_each_request_kind_has_a_name_of_its_own_on_the_socket_that_answers_it() -> None:
     for kinds in (SUPERVISOR_REQUESTS, WORKER_REQUESTS):
         assert len({cls.kind for cls in kinds}) == len(kinds)
-    assert len({cls.kind for cls in EVERY_REQUEST}) == len(set(EVERY_REQUEST)) == 14
+    assert len({cls.kind for cls in EVERY_REQUEST}) == len(set(EVERY_REQUEST)) == 16
     assert {type(r) for r in REQUESTS} == set(EVERY_REQUEST)  # REQUESTS has every kind
 
 
@@ -186,6 +194,14 @@ class _Worker:
         self.asked.append(request)
         return EvidenceAnswer(b'{"arms": {}}')
 
+    async def join_labels(self, request: JoinLabels) -> JoinAnswer:
+        self.asked.append(request)
+        return JoinAnswer(bytes([0, 4]))
+
+    async def performance(self, request: Performance) -> PerformanceAnswer:
+        self.asked.append(request)
+        return PerformanceAnswer(b'{"versions": []}')
+
 
 @pytest.fixture
 async def worker(tmp_path: Path) -> AsyncIterator[tuple[Path, _Worker]]:
@@ -224,6 +240,14 @@ async def test_the_rollout_requests_reach_the_worker_and_its_evidence_comes_back
     assert await ipc.call(path, ReloadRollout("fraud")) == Done()
     assert await ipc.call(path, ExportEvidence("fraud")) == EvidenceAnswer(b'{"arms": {}}')
     assert handler.asked == [ReloadRollout("fraud"), ExportEvidence("fraud")]
+
+
+async def test_labels_and_the_performance_document_travel_as_bytes(worker: tuple[Path, _Worker]) -> None:
+    path, handler = worker
+    labels = b'[{"id": "a", "row": 0, "label": 1}]'
+    assert await ipc.call(path, JoinLabels("fraud", "", labels)) == JoinAnswer(bytes([0, 4]))
+    assert await ipc.call(path, Performance("fraud", "2")) == PerformanceAnswer(b'{"versions": []}')
+    assert handler.asked == [JoinLabels("fraud", "", labels), Performance("fraud", "2")]
 
 
 async def test_a_serve_error_in_a_handler_reaches_the_caller_as_itself(worker: tuple[Path, _Worker]) -> None:

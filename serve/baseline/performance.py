@@ -23,14 +23,12 @@ import numpy as np
 
 from serve.baseline.model import BaselineInputError
 from serve.ground_truth import estimate
+from serve.ground_truth.targets import MAX_CLASSES, MIN_CLASSES, target_of
 from serve.input_stats.baseline_file import BaselineFeatureJson, CalibrationJson, HeldOutJson, PerformanceJson
-from serve.input_stats.extracts import _as_probabilities as probabilities  # the server's rule, not a copy
 from serve.input_stats.extracts import classifier_views
 from serve.input_stats.numeric_group import NumericSpec
-from serve.input_stats.views import ViewOptions
+from serve.scores import as_probabilities as probabilities
 from serve.types import TensorSpec
-
-_FLOATS = ("FP16", "FP32", "FP64")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,22 +41,19 @@ class Prediction:
 
 
 def choose_prediction(outputs: Sequence[TensorSpec], class_labels: Mapping[str, Sequence[str]]) -> Prediction:
-    """The output a label is compared with (module docstring)."""
-    max_classes = ViewOptions().max_classes
-    for spec in outputs:
-        dims = tuple(spec.dims)
-        if spec.datatype in _FLOATS and len(dims) == 1 and 2 <= dims[0] <= max_classes:
-            named = list(class_labels.get(spec.name, ()))
-            classes = named if len(named) == dims[0] else [str(i) for i in range(dims[0])]
-            return Prediction(spec, "classification", tuple(classes))
-    for spec in outputs:
-        if spec.datatype in _FLOATS and tuple(spec.dims) in ((), (1,)):
-            return Prediction(spec, "regression")
-    shown = [f"{s.name} {s.datatype} {list(s.dims)}" for s in outputs]
-    raise BaselineInputError(
-        f"--labels: no output is a prediction to compare labels with: a classifier's is a float row of 2 to "
-        f"{max_classes} classes, a regressor's a float scalar (outputs: {shown})"
-    )
+    """The output a label is compared with: the one the server joins labels to (serve/ground_truth/targets.py)."""
+    target = target_of(outputs, class_labels)
+    if target is None:
+        shown = [f"{s.name} {s.datatype} {list(s.dims)}" for s in outputs]
+        raise BaselineInputError(
+            f"--labels: no output is a prediction to compare labels with: a classifier's is a float row of "
+            f"{MIN_CLASSES} to {MAX_CLASSES} classes, a regressor's a float scalar (outputs: {shown})"
+        )
+    spec = next(s for s in outputs if s.name == target.output)
+    if target.task == "regression":
+        return Prediction(spec, "regression")
+    classes = target.class_labels or tuple(str(i) for i in range(target.classes))
+    return Prediction(spec, "classification", classes)
 
 
 def _text(value: object) -> str | None:

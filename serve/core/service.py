@@ -25,11 +25,11 @@ from serve.core.rollouts import Rollouts
 from serve.core.served_versions import ServedVersions
 from serve.core.validation import validate
 from serve.errors import ModelControlDisabled, ModelNotFound, ModelNotReady, ServeError, ShuttingDown
+from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
 from serve.ground_truth.document import PerformanceDocumentJson
 from serve.ground_truth.labels import Label
 from serve.ground_truth.outcomes import FeedbackCounts
 from serve.ground_truth.wiring import GroundTruth
-from serve.events import UNKNOWN_VERSION, Observer, Observers, RequestEvent, VersionKey, outcome_of
 from serve.metrics.triton_statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.layout import parse_version

@@ -10,7 +10,7 @@ with the newest document rather than adding documents up; documents of *differen
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TypedDict
+from typing import TypedDict, cast
 
 import orjson
 
@@ -65,8 +65,7 @@ def parse_document(data: bytes) -> PerformanceDocumentJson:
         raise ValueError(f"not a {FORMAT} document")
     if doc.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{FORMAT} format_version {doc.get('format_version')!r}, this code reads {FORMAT_VERSION}")
-    parsed: PerformanceDocumentJson = doc
-    return parsed
+    return cast(PerformanceDocumentJson, doc)
 
 
 def merge_documents(documents: Sequence[PerformanceDocumentJson]) -> PerformanceDocumentJson:

@@ -104,7 +104,10 @@ def estimate_accuracy(calibration: CalibrationJson, bin_counts: Sequence[float])
     run_p = np.bincount(runs, weights=p) / np.bincount(runs)
     run_held = np.bincount(runs, weights=held)
     run_window = np.bincount(runs, weights=c)
-    calibration_var = float(np.sum((run_window / n) ** 2 * run_p * (1 - run_p) / run_held))
+    # A run no held-out row fell in (only a hand-made calibration has one) adds no held-out error it could know.
+    per_run = np.divide((run_window / n) ** 2 * run_p * (1 - run_p), run_held, out=np.zeros_like(run_p),
+                        where=run_held > 0)  # fmt: skip
+    calibration_var = float(np.sum(per_run))
     window_var = float(c @ (p * (1 - p))) / n**2
     se = float(np.sqrt(calibration_var + window_var))
     return {"accuracy": accuracy, "accuracy_se": se, "rows": int(round(n))}

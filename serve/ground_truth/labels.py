@@ -32,7 +32,15 @@ class Label:
     time: float | None = None  # unix seconds when the truth was observed
 
 
-def parse_feedback(body: bytes, *, max_labels: int = 100_000) -> list[Label]:
+MAX_LABELS = 100_000  # per feedback call
+
+
+def check_request_id(value: str, index: int) -> str:
+    """``value`` as a label's request id, or InvalidInput naming item ``index`` (gRPC labels come typed)."""
+    return _request_id(index, value)
+
+
+def parse_feedback(body: bytes, *, max_labels: int = MAX_LABELS) -> list[Label]:
     items = _items(body, max_labels)
     if not items:
         raise InvalidInput("feedback has no labels: send a JSON array of {id, row?, label | value, time?} objects")

@@ -15,6 +15,7 @@ from typing import Literal, TypedDict
 
 import numpy as np
 
+from serve.scores import as_probabilities
 from serve.types import TensorSpec
 
 Task = Literal["classification", "regression"]
@@ -23,7 +24,6 @@ FLOAT_DATATYPES = ("FP16", "FP32", "FP64")
 MIN_CLASSES = 2
 MAX_CLASSES = 1000
 # A row is already a distribution when it is non-negative and sums to 1 within this (as input statistics judge).
-DISTRIBUTION_TOLERANCE = 1e-3
 
 
 class TargetJson(TypedDict):
@@ -63,16 +63,6 @@ class Target:
         if task not in ("classification", "regression"):
             raise ValueError(f"target task must be 'classification' or 'regression', got {task!r}")
         return cls(doc["output"], task, int(doc["classes"]), tuple(str(c) for c in doc["class_labels"]))
-
-
-def as_probabilities(x: np.ndarray) -> np.ndarray:
-    """Rows that are distributions as they are; other rows (logits) softmaxed."""
-    is_distribution = (x.min(axis=1) >= 0) & (np.abs(x.sum(axis=1) - 1.0) <= DISTRIBUTION_TOLERANCE)
-    if is_distribution.all():
-        return x
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    out: np.ndarray = np.where(is_distribution[:, None], x, e / e.sum(axis=1, keepdims=True))
-    return out
 
 
 def target_of(outputs: Sequence[TensorSpec], labels: Mapping[str, Sequence[str]]) -> Target | None:

@@ -116,8 +116,8 @@ class GroundTruth(Observer, VersionListener):
     def _stores_of(self, name: str, version: str) -> list[JoinStore]:
         if not self.enabled:
             raise InvalidInput(
-                "this server keeps no predictions to join labels to (it runs --feedback-retention 0); "
-                "start it with a retention, e.g. --feedback-retention 86400"
+                "this server keeps no predictions to join labels to (it runs --feedback-retention-s 0); "
+                "start it with a retention, e.g. --feedback-retention-s 86400"
             )
         stores = [s for (n, v), s in self._stores.items() if n == name and (not version or v == version)]
         if not stores:
@@ -138,7 +138,9 @@ def _row_outputs(version: ModelVersion) -> list[TensorSpec]:
 
 
 def _describe(targets: set[Target]) -> str:
-    return ", ".join(sorted(f"{t.task} of '{t.output}'" + (f" over {t.classes} classes" if t.classes else "") for t in targets))
+    return ", ".join(
+        sorted(f"{t.task} of '{t.output}'" + (f" over {t.classes} classes" if t.classes else "") for t in targets)
+    )
 
 
 def _version_document(version: str, store: JoinStore) -> VersionPerformanceJson:

@@ -47,7 +47,6 @@ class MonitoringServicer(pb_grpc.MonitoringServicer):
             model_sha256=served.model_sha256,
         )
 
-
     @rpc
     async def Feedback(self, request: pb.FeedbackRequest, context: Any) -> pb.FeedbackResponse:
         self._service.repository.get(request.model_name)  # NOT_FOUND before the labels are read

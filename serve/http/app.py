@@ -23,9 +23,9 @@ from serve.errors import InvalidInput, Unsupported
 from serve.http.auth import actor_of
 from serve.http.body import read_body
 from serve.http.errors import ErrorBoundary
+from serve.http.feedback_routes import feedback_routes
 from serve.http.infer import InferEndpoint
 from serve.http.openapi import openapi_document
-from serve.http.feedback_routes import feedback_routes
 from serve.http.rollout_routes import rollout_routes
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.config_file import parse_config_json

@@ -6,22 +6,15 @@ from collections.abc import Callable
 
 import numpy as np
 
+from serve.scores import as_probabilities
+
 
 def _float64(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float64, copy=False)
 
 
-def _as_probabilities(x: np.ndarray) -> np.ndarray:
-    """Rows that are distributions (non-negative, sum within 1e-3 of 1) as they are, others softmaxed."""
-    is_prob = (x.min(axis=1) >= 0) & (np.abs(x.sum(axis=1) - 1.0) <= 1e-3)
-    if is_prob.all():
-        return x
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return np.where(is_prob[:, None], x, e / e.sum(axis=1, keepdims=True))
-
-
 def classifier_views(a: np.ndarray) -> np.ndarray:
-    p = _as_probabilities(_float64(a))
+    p = as_probabilities(_float64(a))
     ranked = np.sort(p, axis=1)  # K is small; a sort beats partition at these sizes
     top1, top2 = ranked[:, -1], ranked[:, -2]
     # 0 · log(tiny) = 0: the 0 log 0 = 0 convention without a branch.

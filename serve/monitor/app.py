@@ -35,10 +35,10 @@ from serve.monitor.baselines import BaselineJson
 from serve.monitor.collector import RestartJson
 from serve.monitor.model_report import ModelReport
 from serve.monitor.model_report_json import ModelReportJson, ReplicaJson, ReportWindow, SloJson
+from serve.monitor.performance_report import performance_sections
 from serve.monitor.plots import PlotCache
 from serve.monitor.prom import DriftCollector
 from serve.monitor.report import render_page
-from serve.monitor.performance_report import performance_sections
 from serve.monitor.rollout_report import rollout_sections
 from serve.monitor.service import Monitor
 from serve.repository.layout import is_version_number

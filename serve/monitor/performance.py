@@ -18,17 +18,18 @@ arrive, and the held-out values of the baseline, over the horizon and window by 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
 from serve.ground_truth.document import PerformanceDocumentJson, merge_windows
-from serve.ground_truth.targets import TargetJson
 from serve.ground_truth.estimate import EstimateJson, estimate_accuracy
 from serve.ground_truth.performance import WindowPerformance, merged
 from serve.ground_truth.realized import RealizedJson, realized
-from serve.input_stats.baseline_file import BaselinePerformanceJson
-from serve.input_stats.document import MergedWindow
+from serve.ground_truth.targets import TargetJson
+from serve.input_stats.baseline_file import HeldOutJson
+from serve.input_stats.baseline_file import PerformanceJson as BaselinePerformanceJson
+from serve.monitor.collector import MergedWindow
 
 Source = Literal["realized", "estimated"]
 
@@ -65,7 +66,7 @@ class PerformanceReportJson(TypedDict):
     target: TargetJson | None
     realized: RealizedJson | None  # over the horizon's windows of prediction time
     estimated: EstimateJson | None
-    baseline: dict[str, float] | None  # the held-out values of baseline.json
+    baseline: HeldOutJson | None  # the held-out values of baseline.json
     label_coverage: float | None
     windows: list[PerformanceWindowJson]
     verdicts: VerdictsJson
@@ -140,7 +141,7 @@ def evaluate_performance(
         estimated = estimate_accuracy(calibration, summed) if summed else None
     if calibration is None and target is not None and target["task"] == "classification":
         problems.append("no estimate: the baseline has no calibration (run `serve baseline --labels COLUMN`)")
-    held_out = dict(baseline["held_out"]) if baseline is not None else None
+    held_out = baseline["held_out"] if baseline is not None else None
     coverage = total.labelled_rows / total.predicted_rows if total is not None and total.predicted_rows else None
     return {
         "model": model,
@@ -173,7 +174,7 @@ def _verdicts(
     target: TargetJson | None,
     real: RealizedJson | None,
     estimated: EstimateJson | None,
-    held_out: dict[str, float] | None,
+    held_out: HeldOutJson | None,
     policy: PerformancePolicy,
 ) -> VerdictsJson:
     out: VerdictsJson = {
@@ -202,3 +203,9 @@ def _verdicts(
         out["accuracy_drop"] = estimated["accuracy"] < reference - policy.accuracy_drop
         out["accuracy_drop_source"] = "estimated"
     return out
+
+
+def number(values: Mapping[str, object] | None, key: str) -> float | None:
+    """``values[key]`` where it is a number (realized, estimated and held-out values are optional)."""
+    value = values.get(key) if values is not None else None
+    return float(value) if isinstance(value, int | float) else None

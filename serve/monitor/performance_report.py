@@ -8,7 +8,7 @@ import html
 import io
 from collections.abc import Mapping, Sequence
 
-from serve.monitor.performance import PerformanceReportJson
+from serve.monitor.performance import PerformanceReportJson, number
 from serve.monitor.report import _badge, _fmt
 
 PerformancePlots = dict[tuple[str, str], str]  # (model, version) → data: URI
@@ -38,7 +38,7 @@ def performance_plot(report: PerformanceReportJson) -> bytes:
                  if w["estimated"] is not None]  # fmt: skip
     if estimated and metric == "accuracy":
         ax.plot(*zip(*estimated, strict=True), marker="s", markersize=3, color=_ESTIMATED, label="estimated")
-    held_out = report["baseline"].get(metric) if report["baseline"] is not None else None
+    held_out = number(report["baseline"], metric)
     if held_out is not None:
         ax.axhline(held_out, color=_BASELINE, linestyle="--", linewidth=1, label="held-out")
     ax.set_ylabel(metric, fontsize=8)
@@ -60,7 +60,7 @@ def performance_sections(reports: Sequence[PerformanceReportJson], plots: Mappin
 def _section(report: PerformanceReportJson, uri: str | None) -> str:
     model, version = html.escape(report["model"]), html.escape(report["version"])
     metric = _metric(report)
-    real, estimated, held_out = report["realized"] or {}, report["estimated"], report["baseline"] or {}
+    real, estimated, held_out = report["realized"], report["estimated"], report["baseline"]
     verdicts = report["verdicts"]
     drop = verdicts["accuracy_drop"]
     badge = _badge("accuracy drop", "bad") if drop else _badge("ok", "good") if drop is False else _badge(
@@ -69,15 +69,15 @@ def _section(report: PerformanceReportJson, uri: str | None) -> str:
         badge += " " + _badge("realized ≠ estimated", "bad")
     keys = ("accuracy", "f1", "auc", "log_loss") if metric == "accuracy" else ("mae", "rmse", "bias")
     cells = "".join(
-        f"<tr><td class='name'>{k}</td><td>{_fmt(real.get(k))}</td>"
+        f"<tr><td class='name'>{k}</td><td>{_fmt(number(real, k))}</td>"
         f"<td>{_fmt(estimated['accuracy'] if estimated is not None and k == 'accuracy' else None)}</td>"
-        f"<td>{_fmt(held_out.get(k))}</td></tr>"
+        f"<td>{_fmt(number(held_out, k))}</td></tr>"
         for k in keys
     )
     parts = [
         f'<section id="performance-{model}-{version}"><h2>{model} v{version} <small>performance</small> {badge}</h2>',
-        f'<p class="meta">{real.get("rows", 0)} labelled rows over the horizon · label coverage '
-        f"{_fmt(report['label_coverage'])} · label delay p50 {_fmt(real.get('delay_p50_s'))} s · "
+        f'<p class="meta">{_fmt(number(real, "rows") or 0)} labelled rows over the horizon · label coverage '
+        f"{_fmt(report['label_coverage'])} · label delay p50 {_fmt(number(real, 'delay_p50_s'))} s · "
         f'<a href="/api/performance?model={model}&amp;version={version}">/api/performance</a></p>',
         f"<table><tr><th class='name'>metric</th><th>realized</th><th>estimated</th><th>held-out</th></tr>{cells}"
         "</table>",

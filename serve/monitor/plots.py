@@ -116,7 +116,8 @@ class PlotCache:
                 plots, rollout_plots = self._draw_all(reports), self._draw_rollouts(comparisons)
                 performance_plots = {(r["model"], r["version"]): data_uri(performance_plot(r)) for r in performance}
             except Exception:  # a failed drawing must not leave a page waiting; it shows no plots
-                log.exception("drawing the drift report's plots failed")
+                if not self._monitor.closed:  # closed under the drawing: its store is gone, and so is the page
+                    log.exception("drawing the drift report's plots failed")
                 plots, rollout_plots, performance_plots = {}, {}, {}
             with self._changed:
                 drawn = Drawn(key, reports, plots, comparisons, rollout_plots, performance, performance_plots)

@@ -131,8 +131,8 @@ class DriftCollector(Collector):
         series = Series()
         for (model, version), report in sorted(m.latest.items()):
             _add_model(series, [model, version], report, m.settings.max_series_features)
-        for report in m.performance.values():
-            _add_performance(series, [report["model"], report["version"]], report)
+        for performance in m.performance.values():
+            _add_performance(series, [performance["model"], performance["version"]], performance)
         for s in m.servers.values():
             if s.vanished_at is None:  # a replica gone from its DNS name was scaled away, not unreachable
                 series.add("serve_monitor_server_up", [s.url], 1.0 if s.up else 0.0)

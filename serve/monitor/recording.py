@@ -7,13 +7,13 @@ The states are kept in the history store, so a restarted monitor neither forgets
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from serve.monitor.alerts import Alerter, AlertJson
 from serve.monitor.evaluate import FeatureResult, ModelEvaluation
-from serve.monitor.performance import PerformanceReportJson
 from serve.monitor.model_report import MeasureEntry, ModelOutcome, ModelReport, SloStatus
+from serve.monitor.performance import PerformanceReportJson, number
 from serve.monitor.policy import StateTracker
 from serve.monitor.store import HistoryRow, HistoryStore
 
@@ -181,10 +181,10 @@ def _performance_conditions(report: PerformanceReportJson) -> list[tuple[Conditi
     metric = "mae" if regression else "accuracy"
     source = verdicts["accuracy_drop_source"] or "realized"
     judged = report["realized"] if source == "realized" else report["estimated"]
-    value = _number(judged, metric)
-    reference = _number(report["baseline"], metric)
-    realized = _number(report["realized"], "accuracy")
-    estimated = _number(report["estimated"], "accuracy")
+    value = number(judged, metric)
+    reference = number(report["baseline"], metric)
+    realized = number(report["realized"], "accuracy")
+    estimated = number(report["estimated"], "accuracy")
     shown = f"{metric} {value:.4g}" if value is not None else metric
     held = f"held-out {reference:.4g}" if reference is not None else "no held-out value"
     drop = Condition(
@@ -204,8 +204,3 @@ def _performance_conditions(report: PerformanceReportJson) -> list[tuple[Conditi
         f"{model} v{version}: realized and estimated accuracy agree again",
     )  # fmt: skip
     return [(drop, verdicts["accuracy_drop"]), (divergence, verdicts["divergence"])]
-
-
-def _number(values: Mapping[str, object] | None, key: str) -> float | None:
-    value = values.get(key) if values is not None else None
-    return float(value) if isinstance(value, int | float) else None

@@ -73,6 +73,7 @@ class Monitor:
         self.evaluations = 0
         self.comparisons: list[RolloutComparisonJson] = []  # the latest cycle's rollout comparisons
         self.performance: dict[tuple[str, str], PerformanceReportJson] = {}  # the latest cycle's, by version
+        self.closed = False
         # Called on the event loop after each evaluation is recorded (the report app draws its plots then).
         self.evaluation_listeners: list[Callable[[], None]] = []
         self.rollouts = (
@@ -247,7 +248,9 @@ class Monitor:
             "generated_at": self.clock(),
             "servers": [s.to_json() for s in self.servers.values()],
             "discovery": [t.to_json() for t in self.discovery.targets],
-            "models": [self._with_performance(key, outcome.report.once_json()) for key, outcome in sorted(outcomes.items())],
+            "models": [
+                self._with_performance(key, outcome.report.once_json()) for key, outcome in sorted(outcomes.items())
+            ],
             "rollouts": self.comparisons,
         }
 
@@ -258,6 +261,7 @@ class Monitor:
         return report
 
     def close(self) -> None:
+        self.closed = True
         self.store.close()
 
 

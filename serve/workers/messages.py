@@ -223,11 +223,26 @@ class ExportEvidence(Request[EvidenceAnswer], kind="export_evidence"):
 # ---- who answers what ------------------------------------------------------------------------------
 
 SupervisorRequest = (
-    ModelStatistics | InputStats | Load | Unload | RolloutChanged | RolloutEvidence | StartupModels | Ready
-    | JoinLabels | Performance
+    ModelStatistics
+    | InputStats
+    | Load
+    | Unload
+    | RolloutChanged
+    | RolloutEvidence
+    | StartupModels
+    | Ready
+    | JoinLabels
+    | Performance
 )
 WorkerRequest = (
-    ModelStatistics | Export | ApplyLoad | ApplyUnload | Loaded | ReloadRollout | ExportEvidence | JoinLabels
+    ModelStatistics
+    | Export
+    | ApplyLoad
+    | ApplyUnload
+    | Loaded
+    | ReloadRollout
+    | ExportEvidence
+    | JoinLabels
     | Performance
 )
 
