@@ -223,7 +223,8 @@ class ServerSettings:
     feedback_max_rows: int = setting(
         1_000_000,
         help="predicted rows kept for joining, per model version and worker; the oldest go first past it (their "
-        "labels are answered 'expired'); ~100 bytes a row (bench/join_store.py)",
+        "labels are answered 'expired'); ~220 bytes a one-row prediction of a binary classifier, 8 more per class "
+        "and row (bench/join_store.py)",
         check=_positive,
     )
     # Security (SECURITY.md): all off by default, as the loopback bind makes the server reachable only locally.

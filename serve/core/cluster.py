@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import orjson
+
 from serve.core.rollouts import Rollouts
 from serve.errors import ModelLoadError
 from serve.ground_truth.document import PerformanceDocumentJson
@@ -19,6 +21,7 @@ from serve.ground_truth.wiring import GroundTruth
 from serve.metrics.triton_statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.repository import ModelRepository
+from serve.rollout.evidence import Labelled, evidence_from_bytes
 
 
 class Cluster(Protocol):
@@ -100,7 +103,15 @@ class LocalCluster:
         self._rollouts.reload(name)
 
     async def rollout_evidence(self, name: str) -> bytes:
-        return self._rollouts.local_evidence(name)
+        """The rollout's evidence with each version's labels (the accuracy gate's), joined in this process."""
+        raw = self._rollouts.local_evidence(name)
+        labels = self._ground_truth.wrong_predictions(name)
+        if not labels or raw == b"{}":  # nothing labelled, or no rollout evidence kept (a bare core)
+            return raw
+        evidence = evidence_from_bytes(raw)
+        for version, (rows, wrong) in labels.items():
+            evidence.labels[int(version)] = Labelled(rows, wrong)
+        return orjson.dumps(evidence.to_json())
 
     async def join_labels(self, name: str, version: str, labels: Sequence[Label]) -> list[Outcome]:
         return self._ground_truth.join(name, version, labels)

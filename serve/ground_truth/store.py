@@ -1,13 +1,19 @@
 """The bounded join store of one model version: the predictions labels may still join, and the performance of
 every window of the prediction time still within retention.
 
-record() is on the event loop's path for every answered request, so it only appends (id, output, time) to a
-pending list; the list is folded into ring buffers in bulk (numpy, one dict insert per request) once it holds
-PENDING_REQUESTS requests, or before anything reads the store. Predictions live in two rings: one slot per
-request (id, first row, rows, time) and one per row (prediction, truth, labelled). Both are indexed by an ever-
-growing sequence number modulo their size, grow by doubling up to max_rows, and drop their oldest entries for
-age (retention_s) or for space (more than max_rows rows): held memory is bounded by max_rows, whatever the
-traffic. A single-row binary classifier holds about 200 bytes per prediction (bytes_per_row, plus the id).
+record() is on the event loop's path for every answered request, so it only copies the request's rows into a
+staging array and appends its id, row count and time to lists: nothing it keeps is an object the garbage
+collector tracks (holding each request's output views until a fold made every collection of the server's busy
+loop longer: 10 % of HTTP throughput at c=64, bench/join_store.py hot-path). The staged requests are folded into
+the rings in bulk (numpy, one dict insert per request) once PENDING_REQUESTS of them or a staging array's worth
+of rows are waiting, or before anything reads the store. Predictions live in two rings of max_rows slots:
+one per request (first row, rows, time) and one per row (prediction, truth, labelled), each indexed by an
+ever-growing sequence number modulo max_rows; the requests' ids sit in a queue of the folds' own lists. Both drop
+their oldest entries for age (retention_s) or for space (more than max_rows rows): held memory is bounded by
+max_rows, whatever the traffic. The rings are allocated whole but zeroed lazily (calloc: pages become memory as
+they are first written), and never grow: growing by doubling copied a million slots at a time and held the
+event loop for 80-120 ms (bench/join_store.py memory). A single-row binary classifier holds about 200 bytes per
+prediction (bytes_per_row, plus the id, its index entry and its dropped-id record).
 
 An id recorded twice (a client reusing ids) joins its later prediction; the earlier one stays in the ring,
 unreachable, until it ages out. All calls come from one event loop thread: no locks.
@@ -17,18 +23,20 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from serve.ground_truth.dropped import DroppedIds, digests
+from serve.ground_truth.id_index import IdIndex
 from serve.ground_truth.labels import Label, class_index
 from serve.ground_truth.outcomes import Outcome
 from serve.ground_truth.performance import WindowPerformance
 from serve.ground_truth.targets import Target
 
-PENDING_REQUESTS = 4096
-_INITIAL_SLOTS = 1024
+STAGING_BYTES = 1 << 20  # the staging array's size, in rows of the target's width (64 to 4096 rows)
+PENDING_REQUESTS = 512  # a fold of 512 takes ~0.5 ms: the longest record() holds the event loop
 _AGE_SCAN = 65_536  # requests looked at per step when dropping for age
 _STR_BYTES = sys.getsizeof("")  # an ASCII str's header and terminator
 _INT_OBJECT_BYTES = 32  # the dict's value, a request's sequence number, is an int object of its own
@@ -54,20 +62,24 @@ class JoinStore:
         self.target, self.window_s, self.retention_s, self.max_rows = target, window_s, retention_s, max_rows
         self._clock = clock
         self._width = max(1, target.classes)
-        self._pending: list[tuple[str, np.ndarray, float]] = []
-        self._seq_of: dict[str, int] = {}  # request id -> its latest request's sequence number
+        # Staged requests, not yet folded: their ids, row counts and times, and their rows in _staging.
+        self._pending_ids: list[str] = []
+        self._pending_rows: list[int] = []
+        self._pending_times: list[float] = []
+        self._staging = np.zeros((max(64, min(4096, STAGING_BYTES // (8 * self._width))), self._width), np.float64)
+        self._staged = 0  # rows of _staging in use
+        self._seq_of = IdIndex()  # request id -> its latest request's sequence number
         self._id_bytes = 0
         # Request ring, sequence numbers [_req_head, _req_tail); row ring, [_row_head, _row_tail).
         self._req_head = self._req_tail = self._row_head = self._row_tail = 0
-        self._ids = np.empty(0, object)
-        self._first_row = np.zeros(0, np.int64)
-        self._rows = np.zeros(0, np.int32)
-        self._times = np.zeros(0, np.float64)
-        self._predictions = np.zeros((0, self._width), np.float64)
-        self._truth = np.zeros(0, np.float64)  # class index or value; valid where labelled
-        self._labelled = np.zeros(0, np.bool_)
-        self._resize_requests(min(max_rows, _INITIAL_SLOTS))
-        self._resize_rows(min(max_rows, _INITIAL_SLOTS))
+        # Every request holds a row or more, so max_rows request slots always suffice.
+        self._id_chunks: deque[tuple[int, list[str]]] = deque()  # (first sequence number, the ids of one fold)
+        self._first_row = np.zeros(max_rows, np.int64)
+        self._rows = np.zeros(max_rows, np.int32)
+        self._times = np.zeros(max_rows, np.float64)
+        self._predictions = np.zeros((max_rows, self._width), np.float64)
+        self._truth = np.zeros(max_rows, np.float64)  # class index or value; valid where labelled
+        self._labelled = np.zeros(max_rows, np.bool_)
         self._dropped = DroppedIds(max_rows)
         self._windows: dict[float, WindowPerformance] = {}
         self.dropped_for_age = 0  # predictions (requests)
@@ -76,11 +88,27 @@ class JoinStore:
     # -- the hot path -------------------------------------------------------------------------------------------
 
     def record(self, request_id: str, output: np.ndarray) -> None:
-        """One answered request's rows of the target output (rows x K, rows, or rows x 1). The array is kept
-        until folded: the caller must not write to it afterwards."""
-        self._pending.append((request_id, output, self._clock()))
-        if len(self._pending) >= PENDING_REQUESTS:
+        """One answered request's rows of the target output (rows x K, rows, or rows x 1), copied: the caller
+        keeps its array. One of another width, or without rows, is not held."""
+        rows = output.shape[0] if output.ndim else 0
+        if rows == 0 or output.size != rows * self._width:
+            return
+        if self._staged + rows > len(self._staging):
             self._fold()
+            if rows > len(self._staging):  # a request larger than the staging array is folded on its own
+                self._stage(request_id, np.asarray(output, np.float64).reshape(rows, self._width), rows)
+                return
+        self._staging[self._staged : self._staged + rows] = output.reshape(rows, self._width)
+        self._staged += rows
+        self._pending_ids.append(request_id)
+        self._pending_rows.append(rows)
+        self._pending_times.append(self._clock())
+        if len(self._pending_ids) >= PENDING_REQUESTS:
+            self._fold()
+
+    def _stage(self, request_id: str, flat: np.ndarray, rows: int) -> None:
+        now = self._clock()
+        self._fold_rows([request_id], np.asarray([rows]), np.asarray([now]), flat)
 
     # -- reading ------------------------------------------------------------------------------------------------
 
@@ -101,16 +129,20 @@ class JoinStore:
         return [self._windows[start] for start in sorted(self._windows)]
 
     def memory_bytes(self) -> int:
-        arrays = (self._ids, self._first_row, self._rows, self._times, self._predictions, self._truth, self._labelled)
-        pending = sum(o.nbytes + 150 for _, o, _ in self._pending)
+        # The rings' slots in use (their untouched pages are not memory yet), the id lists' pointers.
+        requests, rows = self._req_tail - self._req_head, self._row_tail - self._row_head
+        request_bytes = requests * (self._first_row.itemsize + self._rows.itemsize + self._times.itemsize + 8)
+        row_bytes = rows * (self._predictions.itemsize * self._width + self._truth.itemsize + self._labelled.itemsize)
+        pending = self._staging.nbytes + 80 * len(self._pending_ids)
         return (
-            sum(a.nbytes for a in arrays)
-            + sys.getsizeof(self._seq_of)
+            request_bytes
+            + row_bytes
+            + 56 * len(self._id_chunks)
+            + self._seq_of.memory_bytes()
             + len(self._seq_of) * _INT_OBJECT_BYTES
             + self._id_bytes
             + self._dropped.memory_bytes()
             + sum(w.memory_bytes() for w in self._windows.values())
-            + sys.getsizeof(self._pending)
             + pending
         )
 
@@ -127,7 +159,7 @@ class JoinStore:
         joined_truth: list[float] = []
         joined_seen: list[float] = []
         joined_predicted: list[float] = []
-        req_size, row_size = len(self._ids), len(self._labelled)
+        req_size = row_size = self.max_rows
         for i, item in enumerate(labels):
             seq = self._seq_of.get(item.request_id)
             if seq is None:
@@ -184,18 +216,17 @@ class JoinStore:
     # -- folding pending predictions in -------------------------------------------------------------------------
 
     def _fold(self) -> None:
-        if not self._pending:
+        if not self._pending_ids:
             return
-        pending, self._pending = self._pending, []
-        try:
-            flat, rows = _stack([p[1] for p in pending], self._width)
-        except ValueError:  # a malformed output is not joined, and does not stop the others
-            pending = [p for p in pending if _fits(p[1], self._width)]
-            if not pending:
-                return
-            flat, rows = _stack([p[1] for p in pending], self._width)
-        ids = [p[0] for p in pending]
-        times = np.fromiter((p[2] for p in pending), np.float64, count=len(pending))
+        ids, self._pending_ids = self._pending_ids, []
+        rows = np.asarray(self._pending_rows, np.int64)
+        times = np.asarray(self._pending_times, np.float64)
+        self._pending_rows, self._pending_times = [], []
+        flat = self._staging[: self._staged]
+        self._staged = 0
+        self._fold_rows(ids, rows, times, flat)
+
+    def _fold_rows(self, ids: list[str], rows: np.ndarray, times: np.ndarray, flat: np.ndarray) -> None:
         predictions = self.target.predictions(flat)
         self._count_predicted(times, rows)
         self._expire(self._clock())
@@ -215,20 +246,17 @@ class JoinStore:
         held_rows = self._row_tail - self._row_head
         if held_rows + total > self.max_rows:
             self._drop_oldest_rows(held_rows + total - self.max_rows)
-        self._ensure_sizes(self._req_tail - self._req_head + len(ids), self._row_tail - self._row_head + total)
         seqs = self._req_tail + np.arange(len(ids))
-        slots = seqs % len(self._ids)
+        slots = seqs % self.max_rows
         first_rows = self._row_tail + np.concatenate(([0], np.cumsum(rows)[:-1]))
-        self._ids[slots] = ids
+        self._id_chunks.append((self._req_tail, ids))
         self._first_row[slots] = first_rows
         self._rows[slots] = rows
         self._times[slots] = times
-        row_slots = (self._row_tail + np.arange(total)) % len(self._labelled)
+        row_slots = (self._row_tail + np.arange(total)) % self.max_rows
         self._predictions[row_slots] = predictions.reshape(total, self._width)
         self._labelled[row_slots] = False
-        seq_of = self._seq_of
-        for request_id, seq in zip(ids, range(self._req_tail, self._req_tail + len(ids)), strict=True):
-            seq_of[request_id] = seq
+        self._seq_of.set_many(zip(ids, range(self._req_tail, self._req_tail + len(ids)), strict=True))
         self._id_bytes += _str_bytes(ids)
         self._req_tail += len(ids)
         self._row_tail += total
@@ -272,54 +300,35 @@ class JoinStore:
     def _drop_oldest_rows(self, rows: int) -> None:
         """Drops the oldest requests until at least ``rows`` rows are freed."""
         n = min(self._req_tail - self._req_head, rows)  # every request holds a row or more
-        slots = (self._req_head + np.arange(n)) % len(self._ids)
+        slots = (self._req_head + np.arange(n)) % self.max_rows
         freed = np.cumsum(self._rows[slots])
         count = int(np.searchsorted(freed, rows, side="left")) + 1
         self._drop_requests(self._req_head + min(count, n))
         self.dropped_for_space += min(count, n)
 
     def _drop_requests(self, new_head: int) -> None:
-        slots = (self._req_head + np.arange(new_head - self._req_head)) % len(self._ids)
-        ids = self._ids[slots].tolist()
-        seq_of = self._seq_of
-        for request_id, seq in zip(ids, range(self._req_head, new_head), strict=True):
-            if seq_of.get(request_id) == seq:  # not if a later request reused the id
-                del seq_of[request_id]
+        ids = self._take_ids(new_head)
+        self._seq_of.drop_many(zip(ids, range(self._req_head, new_head), strict=True))  # not ids a later request took
         self._id_bytes -= _str_bytes(ids)
         self._dropped.add(digests(ids))
-        self._ids[slots] = None
         self._req_head = new_head
         if new_head == self._req_tail:
             self._row_head = self._row_tail
         else:
-            self._row_head = int(self._first_row[new_head % len(self._ids)])
+            self._row_head = int(self._first_row[new_head % self.max_rows])
 
-    # -- ring sizes ---------------------------------------------------------------------------------------------
-
-    def _ensure_sizes(self, requests: int, rows: int) -> None:
-        if requests > len(self._ids):
-            self._resize_requests(min(self.max_rows, max(requests, 2 * len(self._ids))))
-        if rows > len(self._labelled):
-            self._resize_rows(min(self.max_rows, max(rows, 2 * len(self._labelled))))
-
-    def _resize_requests(self, size: int) -> None:
-        seqs = np.arange(self._req_head, self._req_tail)
-        old, new = seqs % max(1, len(self._ids)), seqs % size
-        for name, dtype in (("_ids", object), ("_first_row", np.int64), ("_rows", np.int32), ("_times", np.float64)):
-            grown = np.zeros(size, dtype) if dtype is not object else np.empty(size, object)
-            grown[new] = getattr(self, name)[old]
-            setattr(self, name, grown)
-
-    def _resize_rows(self, size: int) -> None:
-        seqs = np.arange(self._row_head, self._row_tail)
-        old, new = seqs % max(1, len(self._labelled)), seqs % size
-        predictions = np.zeros((size, self._width), np.float64)
-        predictions[new] = self._predictions[old]
-        truth = np.zeros(size, np.float64)
-        truth[new] = self._truth[old]
-        labelled = np.zeros(size, np.bool_)
-        labelled[new] = self._labelled[old]
-        self._predictions, self._truth, self._labelled = predictions, truth, labelled
+    def _take_ids(self, new_head: int) -> list[str]:
+        """The ids of requests [head, new_head), off the front of the queue."""
+        taken: list[str] = []
+        chunks = self._id_chunks
+        while chunks and chunks[0][0] < new_head:
+            first, ids = chunks.popleft()
+            end = first + len(ids)
+            if end > new_head:  # the rest of this fold's ids stay
+                chunks.appendleft((new_head, ids[new_head - first :]))
+                ids = ids[: new_head - first]
+            taken += ids
+        return taken
 
 
 def _stack(outputs: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from serve.errors import InvalidInput
 from serve.events import Observer, RequestEvent
 from serve.ground_truth.document import (
@@ -112,6 +114,19 @@ class GroundTruth(Observer, VersionListener):
             if n == name and (not version or v == version):
                 doc["versions"].append(_version_document(v, store))
         return doc
+
+    def wrong_predictions(self, name: str) -> dict[str, tuple[int, int]]:
+        """Per version of a classifier: its labelled rows and how many of its predictions were wrong, over
+        every window still held (what a rollout's accuracy gate judges)."""
+        counts = {}
+        for (n, v), store in self._stores.items():
+            if n != name or store.target.task != "classification":
+                continue
+            windows = store.windows()
+            rows = sum(w.labelled_rows for w in windows)
+            right = sum(int(np.trace(w.confusion)) for w in windows if w.confusion is not None)
+            counts[v] = (rows, rows - right)
+        return counts
 
     def _stores_of(self, name: str, version: str) -> list[JoinStore]:
         if not self.enabled:

@@ -114,7 +114,8 @@ def evaluate(plan: RolloutPlan, evidence: RolloutEvidence, arm: ArmKey, at: str)
     candidate = evidence.arm(arm.version, arm.role)
     comparison = evidence.comparison(primary_version, arm.version) if arm.role == "shadow" else None
     gates = plan.spec.gates
-    results = judge(primary, candidate, comparison, gates)
+    labels = (evidence.labelled(primary_version), evidence.labelled(arm.version))
+    results = judge(primary, candidate, comparison, gates, labels)
     verdict = overall(results, (primary.requests, candidate.requests), gates.min_requests)
     return Evaluation(at, arm.version, arm.role, verdict, results)
 

@@ -22,6 +22,7 @@ class GatesDocument(TypedDict):
     max_error_rate_increase: float | None
     max_p99_ratio: float | None
     max_disagreement: float | None
+    max_accuracy_drop: float | None
     bake_s: float
 
 

@@ -10,13 +10,18 @@ causes it), ``rejected`` (its queue was full: a slow arm fills its own queue fir
 Client mistakes (``invalid_input``) and callers who gave up (``cancelled``) say nothing about the
 version and are left out of both the requests and the errors. Latency is recorded for every judged
 request, failures included: a timeout is the slowest answer a client got.
+
+**Labels.** Per version, the rows labelled through the feedback API and how many of them its prediction
+got wrong (serve/ground_truth: a label joins the version that answered its request, a shadow's copy too). A
+version has one role in a plan, so its labels are its arm's. Counted by the join stores, not here: the core
+adds them to the evidence it reads (serve/core/cluster.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import orjson
 
@@ -36,9 +41,33 @@ class ArmJson(TypedDict):
     latency_counts: list[int]  # serve/rollout/latency.py buckets
 
 
+class LabelsJson(TypedDict):
+    version: int
+    labelled: int
+    wrong: int
+
+
 class RolloutEvidenceJson(TypedDict):
     arms: list[ArmJson]
     comparisons: dict[str, ComparisonDocument]  # comparison_key(primary, shadow) -> comparison
+    labels: NotRequired[list[LabelsJson]]  # where the model's versions keep predictions to join labels to
+
+
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """A version's labelled rows and how many of its predictions were wrong."""
+
+    rows: int = 0
+    wrong: int = 0
+
+    def __add__(self, other: Labelled) -> Labelled:
+        return Labelled(self.rows + other.rows, self.wrong + other.wrong)
+
+    def minus(self, earlier: Labelled) -> Labelled:
+        # A window of predictions leaving retention takes its labels with it: never below nothing.
+        return Labelled(
+            max(0, self.rows - earlier.rows), max(0, min(self.wrong - earlier.wrong, self.rows - earlier.rows))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +113,14 @@ class RolloutEvidence:
 
     arms: dict[ArmKey, ArmEvidence] = field(default_factory=dict)
     comparisons: dict[str, OutputComparison] = field(default_factory=dict)
+    labels: dict[int, Labelled] = field(default_factory=dict)  # version -> its labelled rows
 
     def arm(self, version: int, role: str) -> ArmEvidence:
         """The arm's evidence; empty when it saw no request."""
         return self.arms.get(ArmKey(version, role)) or ArmEvidence()
+
+    def labelled(self, version: int) -> Labelled:
+        return self.labels.get(version) or Labelled()
 
     def comparison(self, primary: int, shadow: int) -> OutputComparison:
         return self.comparisons.get(comparison_key(str(primary), str(shadow))) or OutputComparison()
@@ -105,6 +138,8 @@ class RolloutEvidence:
                 self.comparisons[name] = comparison.copy()
             else:
                 held.merge(comparison)
+        for version, counts in other.labels.items():
+            self.labels[version] = self.labelled(version) + counts
 
     def minus(self, earlier: RolloutEvidence) -> RolloutEvidence:
         """What was added since ``earlier``: arms and comparisons with nothing new are left out."""
@@ -119,7 +154,8 @@ class RolloutEvidence:
             added_rows = comparison.since(before) if before is not None else comparison.copy()
             if added_rows.rows:
                 comparisons[name] = added_rows
-        return RolloutEvidence(arms, comparisons)
+        labels = {v: c.minus(earlier.labelled(v)) for v, c in self.labels.items()}
+        return RolloutEvidence(arms, comparisons, {v: c for v, c in labels.items() if c.rows})
 
     def to_json(self) -> RolloutEvidenceJson:
         return {
@@ -134,6 +170,10 @@ class RolloutEvidence:
                 for key, arm in sorted(self.arms.items(), key=lambda item: (item[0].version, item[0].role))
             ],
             "comparisons": {name: comparison.to_json() for name, comparison in sorted(self.comparisons.items())},
+            "labels": [
+                {"version": version, "labelled": counts.rows, "wrong": counts.wrong}
+                for version, counts in sorted(self.labels.items())
+            ],
         }
 
     @classmethod
@@ -145,7 +185,8 @@ class RolloutEvidence:
             for arm in doc["arms"]
         }
         comparisons = {name: OutputComparison.from_json(c) for name, c in doc["comparisons"].items()}
-        return cls(arms, comparisons)
+        labels = {item["version"]: Labelled(item["labelled"], item["wrong"]) for item in doc.get("labels", [])}
+        return cls(arms, comparisons, labels)
 
 
 def evidence_from_bytes(doc: bytes) -> RolloutEvidence:

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from serve.rollout.comparison import OutputComparison
-from serve.rollout.evidence import ArmEvidence
+from serve.rollout.evidence import ArmEvidence, Labelled
 from serve.rollout.latency import LatencyHistogram
 from serve.rollout.spec import Gates, Verdict
 
 ERROR_RATE = "error_rate"
 P99_RATIO = "p99_ratio"
 DISAGREEMENT = "disagreement"
+ACCURACY_DROP = "accuracy_drop"
 _P99 = 0.99
 
 
@@ -90,6 +91,18 @@ def error_rate_gate(primary: ArmEvidence, candidate: ArmEvidence, gates: Gates, 
     return GateResult(ERROR_RATE, value, threshold, n1, n2, _verdict(low, high, threshold, enough), low, high)
 
 
+def accuracy_gate(primary: Labelled, candidate: Labelled, gates: Gates, threshold: float) -> GateResult:
+    """The primary's accuracy minus the candidate's on the rows labelled through the feedback API, failing when
+    its lower bound exceeds ``threshold``: the error-rate gate's interval on the share of wrong predictions."""
+    n1, n2 = primary.rows, candidate.rows
+    if n1 == 0 or n2 == 0:
+        return GateResult(ACCURACY_DROP, None, threshold, n1, n2, "inconclusive")
+    low, high = difference_interval((primary.wrong, n1), (candidate.wrong, n2), _z(gates.confidence))
+    value = candidate.wrong / n2 - primary.wrong / n1
+    enough = min(n1, n2) >= gates.min_requests
+    return GateResult(ACCURACY_DROP, value, threshold, n1, n2, _verdict(low, high, threshold, enough), low, high)
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     if denominator > 0:
         return numerator / denominator
@@ -129,10 +142,15 @@ def disagreement_gate(comparison: OutputComparison, gates: Gates, threshold: flo
 
 
 def judge(
-    primary: ArmEvidence, candidate: ArmEvidence, comparison: OutputComparison | None, gates: Gates
+    primary: ArmEvidence,
+    candidate: ArmEvidence,
+    comparison: OutputComparison | None,
+    gates: Gates,
+    labels: tuple[Labelled, Labelled] = (Labelled(), Labelled()),
 ) -> tuple[GateResult, ...]:
     """Every gate that is switched on. The disagreement gate needs a comparison, which only a shadow
-    arm has (the shadow package compares its outputs with the primary's): ``None`` leaves it out."""
+    arm has (the shadow package compares its outputs with the primary's): ``None`` leaves it out.
+    ``labels``: the primary's and the candidate's labelled rows, for the accuracy gate."""
     results: list[GateResult] = []
     if gates.max_error_rate_increase is not None:
         results.append(error_rate_gate(primary, candidate, gates, gates.max_error_rate_increase))
@@ -140,6 +158,8 @@ def judge(
         results.append(p99_ratio_gate(primary.latency, candidate.latency, gates, gates.max_p99_ratio))
     if gates.max_disagreement is not None and comparison is not None:
         results.append(disagreement_gate(comparison, gates, gates.max_disagreement))
+    if gates.max_accuracy_drop is not None:
+        results.append(accuracy_gate(*labels, gates, gates.max_accuracy_drop))
     return tuple(results)
 
 

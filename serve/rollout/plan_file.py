@@ -145,6 +145,7 @@ def _gates(value: object) -> Gates:
         ),
         max_p99_ratio=_optional_gate(fields, "max_p99_ratio", default.max_p99_ratio, 0, 1e6),
         max_disagreement=_optional_gate(fields, "max_disagreement", default.max_disagreement, 0, 1),
+        max_accuracy_drop=_optional_gate(fields, "max_accuracy_drop", default.max_accuracy_drop, 0, 1),
         bake_s=required("bake_s", 0.0, 86400.0 * 30),
     )
 
@@ -286,6 +287,7 @@ def spec_document(spec: RolloutSpec) -> SpecDocument:
             "max_error_rate_increase": g.max_error_rate_increase,
             "max_p99_ratio": g.max_p99_ratio,
             "max_disagreement": g.max_disagreement,
+            "max_accuracy_drop": g.max_accuracy_drop,
             "bake_s": g.bake_s,
         },
     }

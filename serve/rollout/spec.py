@@ -49,6 +49,8 @@ class Gates:
     max_error_rate_increase: float | None = 0.02  # candidate − primary error rate (0.02 = 2 points)
     max_p99_ratio: float | None = 1.5  # candidate p99 latency / primary's, from the two histograms
     max_disagreement: float | None = None  # share of compared rows whose predicted class differs
+    # primary − candidate accuracy on the rows labelled through the feedback API (README: Ground truth)
+    max_accuracy_drop: float | None = None
     bake_s: float = 60.0  # healthy for this long before the next step
 
 
