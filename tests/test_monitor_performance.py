@@ -128,6 +128,14 @@ def test_a_regressors_mae_above_its_held_out_one_is_an_accuracy_drop() -> None:
     assert report["verdicts"]["accuracy_drop"] is True
 
 
+def test_windows_before_the_horizon_are_listed_but_not_judged() -> None:
+    old, recent = classified(10, 90, start=0.0), classified(170, 30, start=3600.0)
+    report = evaluate_performance("m", "1", TARGET, [old, recent], [], baseline(0.95), POLICY, horizon_start=3000.0)
+    assert [w["start"] for w in report["windows"]] == [0.0, 3600.0]
+    assert report["realized"] is not None and report["realized"]["accuracy"] == 0.85
+    assert report["verdicts"]["accuracy_drop"] is True
+
+
 # ---- as a user runs it -----------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ arrive, and the held-out values of the baseline, over the horizon and window by 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
@@ -111,8 +112,11 @@ def evaluate_performance(
     stats_windows: Sequence[MergedWindow],
     baseline: BaselinePerformanceJson | None,
     policy: PerformancePolicy,
+    horizon_start: float = -math.inf,
 ) -> PerformanceReportJson:
-    """The version's performance over ``windows`` (of prediction time, within the horizon)."""
+    """The version's performance: ``realized``, ``estimated`` and the verdicts over the windows of prediction time
+    that start at ``horizon_start`` or later; ``windows`` lists every window the servers still hold (their
+    retention, 24 h by default), with the estimate where the monitor still has the window's statistics."""
     problems: list[str] = []
     calibration = baseline.get("calibration") if baseline is not None else None
     if baseline is not None and target is not None and baseline["output"] != target["output"]:
@@ -133,11 +137,12 @@ def evaluate_performance(
             "realized": realized(window),
             "estimated": estimate,
         })  # fmt: skip
-    total = merged(list(windows))
+    total = merged([w for w in windows if w.start >= horizon_start])
     over_all = realized(total) if total is not None else None
     estimated = None
-    if calibration is not None and bins_by_start:
-        summed = _sum_counts([c for c in bins_by_start.values() if c])
+    recent = [c for start, c in bins_by_start.items() if c and start >= horizon_start]
+    if calibration is not None and recent:
+        summed = _sum_counts(recent)
         estimated = estimate_accuracy(calibration, summed) if summed else None
     if calibration is None and target is not None and target["task"] == "classification":
         problems.append("no estimate: the baseline has no calibration (run `serve baseline --labels COLUMN`)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TypedDict
@@ -159,18 +160,18 @@ class Monitor:
         start = now - self.settings.horizon_s
         reports = {}
         for model, version in self.poller.performance.versions():
-            target, windows = self.poller.performance.windows(model, version, start)
+            target, windows = self.poller.performance.windows(model, version, -math.inf)  # all the servers hold
             entry = self.registry.get(model, version, self.collector.baseline_shas(model, version))
             baseline = entry.baseline if entry.usable else None
             stats = []
             if baseline is not None:  # the output's confidence bins of each window, for the estimate
                 collected = self.collector.collected(
-                    model, version, start, include_open=True, baseline_sha256=baseline.sha256
+                    model, version, -math.inf, include_open=True, baseline_sha256=baseline.sha256
                 )
                 stats = collected.windows
             held_out = baseline.document.get("performance") if baseline is not None else None
             reports[(model, version)] = evaluate_performance(
-                model, version, target, windows, stats, held_out, self.settings.performance
+                model, version, target, windows, stats, held_out, self.settings.performance, start
             )
         return reports
 
