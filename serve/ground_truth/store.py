@@ -3,17 +3,17 @@ every window of the prediction time still within retention.
 
 record() is on the event loop's path for every answered request, so it only copies the request's rows into a
 staging array and appends its id, row count and time to lists: nothing it keeps is an object the garbage
-collector tracks (holding each request's output views until a fold made every collection of the server's busy
-loop longer: 10 % of HTTP throughput at c=64, bench/join_store.py hot-path). The staged requests are folded into
-the rings in bulk (numpy, one dict insert per request) once PENDING_REQUESTS of them or a staging array's worth
-of rows are waiting, or before anything reads the store. Predictions live in two rings of max_rows slots:
+collector tracks, nor one of the caller's arrays (bench/join_store.py hot-path: ≤ 3 % of the hot path at c=64
+in the quieter runs). The staged requests are folded into the rings in bulk (numpy, one dict insert per
+request) once PENDING_REQUESTS of them or a staging array's worth of rows are waiting, or before anything reads
+the store. Predictions live in two rings of max_rows slots:
 one per request (first row, rows, time) and one per row (prediction, truth, labelled), each indexed by an
 ever-growing sequence number modulo max_rows; the requests' ids sit in a queue of the folds' own lists. Both drop
 their oldest entries for age (retention_s) or for space (more than max_rows rows): held memory is bounded by
 max_rows, whatever the traffic. The rings are allocated whole but zeroed lazily (calloc: pages become memory as
 they are first written), and never grow: growing by doubling copied a million slots at a time and held the
 event loop for 80-120 ms (bench/join_store.py memory). A single-row binary classifier holds about 200 bytes per
-prediction (bytes_per_row, plus the id, its index entry and its dropped-id record).
+prediction (bytes_per_row, plus the id, its index entry and its dropped-id record), ~220 past the first wrap.
 
 An id recorded twice (a client reusing ids) joins its later prediction; the earlier one stays in the ring,
 unreachable, until it ages out. All calls come from one event loop thread: no locks.
