@@ -279,3 +279,19 @@ async def test_grpc_performance_is_the_http_document(server: InProcess) -> None:
     document = json.loads(answer.json)
     assert document["format"] == "serve.performance"
     assert document == await performance(server, CLASSIFIER)
+
+
+async def test_feedback_needs_a_token_of_scope_inference_when_auth_is_on(tmp_path: Path) -> None:
+    root = write_ground_truth_repository(tmp_path / "models")
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("labeller inference t-inference-0123456789\n")
+    async with in_process(root, auth_tokens_file=tokens) as guarded:
+        refused = await guarded.http.post(f"/v2/models/{CLASSIFIER}/feedback", content=b'[{"id": "a", "label": 1}]')
+        allowed = await guarded.http.post(
+            f"/v2/models/{CLASSIFIER}/feedback",
+            content=b'[{"id": "a", "label": 1}]',
+            headers={"Authorization": "Bearer t-inference-0123456789"},
+        )
+    assert refused.status_code == 401
+    assert "error" in refused.json()
+    assert allowed.json()["unknown"] == 1

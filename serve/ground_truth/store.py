@@ -331,26 +331,6 @@ class JoinStore:
         return taken
 
 
-def _stack(outputs: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """All requests' rows as one rows x width array, and each request's row count; ValueError if one is malformed."""
-    try:
-        rows = np.fromiter(map(len, outputs), np.int64, count=len(outputs))
-    except TypeError:  # len() of a 0-d array
-        raise ValueError("a 0-d output") from None
-    try:  # the usual case, every output rows x K (or every one a vector of rows), without a reshape each
-        flat = np.concatenate(outputs)
-    except ValueError:
-        flat = np.concatenate([o.reshape(len(o), -1) for o in outputs])
-    flat = flat.reshape(len(flat), -1)
-    if flat.shape[1] != width or rows.min() == 0:
-        raise ValueError("an output of another width, or without rows")
-    return flat, rows
-
-
 def _str_bytes(ids: list[str]) -> int:
     """What the ids cost as str objects: 49 bytes and one a character for ASCII (request ids are ASCII)."""
     return _STR_BYTES * len(ids) + sum(map(len, ids))
-
-
-def _fits(output: np.ndarray, width: int) -> bool:
-    return output.ndim >= 1 and output.shape[0] > 0 and output.size == output.shape[0] * width

@@ -82,25 +82,29 @@ def difference_interval(primary: tuple[int, int], candidate: tuple[int, int], z:
 
 def error_rate_gate(primary: ArmEvidence, candidate: ArmEvidence, gates: Gates, threshold: float) -> GateResult:
     """The candidate's error rate minus the primary's, failing when its lower bound exceeds ``threshold``."""
-    n1, n2 = primary.requests, candidate.requests
-    if n1 == 0 or n2 == 0:
-        return GateResult(ERROR_RATE, None, threshold, n1, n2, "inconclusive")
-    low, high = difference_interval((primary.errors, n1), (candidate.errors, n2), _z(gates.confidence))
-    value = candidate.errors / n2 - primary.errors / n1
-    enough = min(n1, n2) >= gates.min_requests
-    return GateResult(ERROR_RATE, value, threshold, n1, n2, _verdict(low, high, threshold, enough), low, high)
+    return _difference_gate(
+        ERROR_RATE, (primary.errors, primary.requests), (candidate.errors, candidate.requests), gates, threshold
+    )
 
 
 def accuracy_gate(primary: Labelled, candidate: Labelled, gates: Gates, threshold: float) -> GateResult:
     """The primary's accuracy minus the candidate's on the rows labelled through the feedback API, failing when
     its lower bound exceeds ``threshold``: the error-rate gate's interval on the share of wrong predictions."""
-    n1, n2 = primary.rows, candidate.rows
+    return _difference_gate(
+        ACCURACY_DROP, (primary.wrong, primary.rows), (candidate.wrong, candidate.rows), gates, threshold
+    )
+
+
+def _difference_gate(
+    name: str, primary: tuple[int, int], candidate: tuple[int, int], gates: Gates, threshold: float
+) -> GateResult:
+    """The candidate's share of bad events minus the primary's, from (events, trials), with Newcombe's bounds."""
+    (e1, n1), (e2, n2) = primary, candidate
     if n1 == 0 or n2 == 0:
-        return GateResult(ACCURACY_DROP, None, threshold, n1, n2, "inconclusive")
-    low, high = difference_interval((primary.wrong, n1), (candidate.wrong, n2), _z(gates.confidence))
-    value = candidate.wrong / n2 - primary.wrong / n1
+        return GateResult(name, None, threshold, n1, n2, "inconclusive")
+    low, high = difference_interval(primary, candidate, _z(gates.confidence))
     enough = min(n1, n2) >= gates.min_requests
-    return GateResult(ACCURACY_DROP, value, threshold, n1, n2, _verdict(low, high, threshold, enough), low, high)
+    return GateResult(name, e2 / n2 - e1 / n1, threshold, n1, n2, _verdict(low, high, threshold, enough), low, high)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
