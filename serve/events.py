@@ -104,6 +104,8 @@ class RequestEvent:
     # The request's own rows of every output (views into its batch's arrays) when it succeeded, so that
     # its prediction can be joined to a label later (serve/ground_truth); observers must not modify them.
     outputs: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_TENSORS)
+    # The request's decoded inputs once it was validated (what the model was fed), for the payload log.
+    inputs: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_TENSORS)
 
 
 class Observer:

@@ -21,6 +21,7 @@ from serve.repository.layout import repository_mistake
 from serve.repository.repository import valid_model_name
 from serve.security.tls import load_tls
 from serve.security.tokens import read_tokens
+from serve.payload_log.wiring import payload_log_options
 from serve.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def preflight(settings: ServerSettings, root: Path) -> None:
     """Raise PreflightError for the first mistake found; warn about an empty repository."""
     _check_repository(settings, root)
     _check_security_files(settings)
+    _check_payload_log(settings)
     _check_ports(settings)
 
 
@@ -68,6 +70,13 @@ def _check_security_files(settings: ServerSettings) -> None:
             read_tokens(settings.auth_tokens_file)
     except ServeError as exc:
         raise PreflightError(exc.message) from None
+
+
+def _check_payload_log(settings: ServerSettings) -> None:
+    try:
+        payload_log_options(settings)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
 
 
 def _check_ports(settings: ServerSettings) -> None:

@@ -27,6 +27,7 @@ from serve.core.rollout_parts import RolloutParts
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
 from serve.ground_truth.wiring import GroundTruth
+from serve.payload_log.wiring import PayloadLogger, payload_logger
 from serve.grpc.auth import BearerAuthInterceptor
 from serve.grpc.drain import DrainGate
 from serve.grpc.frontends import choose_frontend
@@ -68,6 +69,8 @@ _FLUSH_S = 2.0
 _GRPC_QUIET_S = 0.25
 # ... waiting at most this long for it (clients that do not wait for answers never go quiet).
 _GRPC_QUIET_MAX_S = 2.0
+# After the transports stopped: time for the payload log to hand its last events to its sink.
+_PAYLOAD_FLUSH_S = 5.0
 # After grpc's shutdown began: time for its GOAWAY to leave before the held calls are answered.
 _GRPC_GOAWAY_S = 0.1
 
@@ -132,6 +135,9 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
     observers: list[Observer] = [metrics, rollouts.evidence, ground_truth]
     if stats is not None:
         observers.insert(0, stats)
+    payloads = payload_logger(settings, metrics.registry)
+    if payloads is not None:
+        observers.append(payloads)
     service = InferenceService.create(
         repository_root,
         settings,
@@ -155,7 +161,7 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
         guard = BearerAuthInterceptor(tokens, protect_inference=settings.auth_inference, audit=service.audit)
         interceptors.append(guard)
     transports = Transports(app, interceptors, gate, documents, tls, tokens)
-    return Server(settings, role, service, metrics, stats, access, transports, rollouts)
+    return Server(settings, role, service, metrics, stats, access, transports, rollouts, payloads)
 
 
 def grpc_handed_off(settings: ServerSettings, workers: int) -> bool:
@@ -189,8 +195,10 @@ class Server:
         input_stats: InputStatsAccess,
         transports: Transports,
         rollouts: RolloutParts,
+        payloads: PayloadLogger | None = None,
     ) -> None:
         self.settings = settings
+        self.payloads = payloads
         self.rollouts = rollouts
         self.role = role
         self.service = service
@@ -409,6 +417,9 @@ class Server:
             self._http_socket.close()  # uvicorn closes its servers, not a socket it was handed
         if self._metrics_socket is not None:
             self._metrics_socket.close()
+        if self.payloads is not None:  # every answer is out: its events are the last to log
+            if not await asyncio.to_thread(self.payloads.close, _PAYLOAD_FLUSH_S):
+                log.warning("payload log: not every event reached its sink within %.0f s", _PAYLOAD_FLUSH_S)
         log.info("stopped")
 
     def _stop_listening(self, http: InLoopUvicorn) -> None:

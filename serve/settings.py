@@ -33,6 +33,7 @@ ModelLoadCheck = Literal["auto", "child", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 WorkerHttpSocket = Literal["shared", "reuseport"]
 GrpcFrontend = Literal["aio", "native"]
+PayloadLogMode = Literal["requests", "responses", "all"]
 
 
 def _positive(value: float) -> str | None:
@@ -49,6 +50,10 @@ def _port(value: int) -> str | None:
 
 def _share(value: float) -> str | None:
     return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
+def _share_or_zero(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "must be between 0 and 1"
 
 
 def _workers(value: str) -> str | None:
@@ -225,6 +230,40 @@ class ServerSettings:
         help="predicted rows kept for joining, per model version and worker; the oldest go first past it (their "
         "labels are answered 'expired'); ~220 bytes a one-row prediction of a binary classifier, 8 more per class "
         "and row (bench/join_store.py)",
+        check=_positive,
+    )
+    # Payload logs (README: Payload logs): off unless a sink is given.
+    payload_log_file: Path | None = setting(
+        None,
+        help="log sampled inference requests and responses as CloudEvents, one JSON line each, to this file (every "
+        "worker appends to it; rotated at 100 MiB, 5 kept)",
+    )
+    payload_log_url: str | None = setting(
+        None,
+        help="POST the payload events to this URL (a KServe logger's consumer: CloudEvents, batched, structured "
+        "mode), retried with back-off; events that cannot be delivered are dropped and counted",
+    )
+    payload_log_sample: float = setting(
+        1.0,
+        help="share of requests whose events are logged, by a hash of the request id: a request's request, response "
+        "and shadow events are all logged or none",
+        check=_share_or_zero,
+    )
+    payload_log_mode: PayloadLogMode = setting("all", help="which events are logged: requests, responses or all")
+    payload_log_redact: list[str] = setting(
+        help="INPUT[=drop|hash|mask]: an input never logged as it is (repeatable; comma-separated in the "
+        "environment); hash needs --payload-log-hash-key-file",
+        default_factory=list,
+    )
+    payload_log_hash_key_file: Path | None = setting(
+        None, help="the HMAC-SHA256 key of --payload-log-redact INPUT=hash", check=_existing_file
+    )
+    payload_log_namespace: str = setting(
+        "", help="the events' namespace extension (KServe's ce-namespace) [default: $POD_NAMESPACE, else empty]"
+    )
+    payload_log_max_tensor_bytes: int = setting(
+        1 << 20,
+        help="a tensor larger than this is logged as {'truncated': true, 'bytes': N} instead of its data",
         check=_positive,
     )
     # Security (SECURITY.md): all off by default, as the loopback bind makes the server reachable only locally.

@@ -226,6 +226,7 @@ class InferenceService:
         role: Role = ""
         request_id = ""
         answered: Mapping[str, np.ndarray] = {}
+        fed: Mapping[str, np.ndarray] = {}
         error: BaseException | None = None
         try:
             if self._shutting_down:
@@ -252,6 +253,7 @@ class InferenceService:
             request.id = request_id = resolve_id(request)
             served = self._served.get(model)
             valid = validate(served.signature, request)
+            fed = valid.feeds
             result = await served.batcher.submit(
                 valid.feeds,
                 priority=valid.priority,
@@ -279,6 +281,7 @@ class InferenceService:
                     role,
                     request_id=request_id,
                     outputs=answered,
+                    inputs=fed,
                 )
             )
             # The exception's traceback holds this frame, and the frame held the exception: a cycle

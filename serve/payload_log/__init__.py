@@ -1,1 +1,1 @@
-"""Payload logs (README: Payload logs): inference requests and responses as CloudEvents, sampled, redacted, queued, written."""
+"""Payload logs (README: Payload logs): requests and responses as CloudEvents, sampled, redacted, queued, written."""
