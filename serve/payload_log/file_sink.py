@@ -20,6 +20,8 @@ import os
 import threading
 from collections.abc import Iterator
 
+from serve.payload_log.queue import SinkWriteError
+
 __all__ = ["WRITE_CHUNK", "FileSink"]
 
 MiB = 1024 * 1024
@@ -50,8 +52,13 @@ class FileSink:
             try:
                 if self._replaced():
                     self._open()
-                for chunk in _chunks(lines, WRITE_CHUNK):
-                    _write_all(self._fd, chunk)
+                left = len(lines)
+                for chunk, count in _chunks(lines, WRITE_CHUNK):
+                    try:
+                        _write_all(self._fd, chunk)
+                    except OSError as exc:  # the disk is full, say: the earlier chunks are written
+                        raise SinkWriteError(f"{self.path}: {exc.strerror or exc}", failed=left) from exc
+                    left -= count
                 if os.fstat(self._fd).st_size >= self.max_bytes:
                     self._rotate()
             finally:
@@ -110,16 +117,17 @@ class FileSink:
         self._fd = self._lock_fd = -1
 
 
-def _chunks(lines: list[bytes], limit: int) -> Iterator[bytes]:
-    """Concatenate consecutive lines into chunks of at most ``limit`` bytes; a longer line goes alone."""
+def _chunks(lines: list[bytes], limit: int) -> Iterator[tuple[bytes, int]]:
+    """Consecutive lines joined into chunks of at most ``limit`` bytes (a longer line goes alone), with
+    the number of lines in each."""
     start, size = 0, 0
     for i, line in enumerate(lines):
         if size and size + len(line) > limit:
-            yield b"".join(lines[start:i])
+            yield b"".join(lines[start:i]), i - start
             start, size = i, 0
         size += len(line)
     if size:
-        yield b"".join(lines[start:])
+        yield b"".join(lines[start:]), len(lines) - start
 
 
 def _write_all(fd: int, data: bytes) -> None:
