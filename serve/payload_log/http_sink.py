@@ -25,7 +25,7 @@ import orjson
 
 from serve.payload_log.queue import SinkWriteError
 
-__all__ = ["MAX_BACKOFF_S", "HttpSink", "SinkMode"]
+__all__ = ["BATCH_CONTENT_TYPE", "MAX_BACKOFF_S", "HttpSink", "SinkMode", "binary_message"]
 
 SinkMode = Literal["structured", "binary"]
 MAX_BACKOFF_S = 10.0

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["DropReason", "EventQueue", "QueueCounters", "Sink", "SinkWriteError"]
+__all__ = ["DROP_REASONS", "DropReason", "EventQueue", "QueueCounters", "Sink", "SinkWriteError"]
 
 log = logging.getLogger(__name__)
 
