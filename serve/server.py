@@ -27,7 +27,6 @@ from serve.core.rollout_parts import RolloutParts
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
 from serve.ground_truth.wiring import GroundTruth
-from serve.payload_log.wiring import PayloadLogger, payload_logger
 from serve.grpc.auth import BearerAuthInterceptor
 from serve.grpc.drain import DrainGate
 from serve.grpc.frontends import choose_frontend
@@ -46,6 +45,7 @@ from serve.listening import bind_http_socket
 from serve.memory import return_freed_memory
 from serve.metrics.endpoint import create_metrics_app, metrics_route
 from serve.metrics.prometheus import PrometheusMetrics
+from serve.payload_log.wiring import PayloadLogger, payload_logger
 from serve.repository.poller import RepositoryPoller
 from serve.repository.repository import ModelRepository
 from serve.roles import SINGLE_PROCESS, Role

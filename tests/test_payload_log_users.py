@@ -82,7 +82,9 @@ async def test_the_four_wire_forms_log_identical_data_and_every_event_is_a_cloud
         body = json.loads(json_body({"features": x}))
         for request_id in ("json", "binary"):
             if request_id == "json":
-                response = await server.http.post(f"/v2/models/{MODEL}/infer", content=json.dumps({**body, "id": "json"}))
+                response = await server.http.post(
+                    f"/v2/models/{MODEL}/infer", content=json.dumps({**body, "id": "json"})
+                )
             else:
                 raw, headers = binary_body({"features": x})
                 response = await server.http.post(
@@ -105,7 +107,9 @@ async def test_the_four_wire_forms_log_identical_data_and_every_event_is_a_cloud
     inputs = {e["requestid"]: json.dumps(e["data"]["inputs"], sort_keys=True) for e in events if e["type"] == REQUEST}
     assert set(inputs) == {"json", "binary", "raw", "typed"}
     assert len(set(inputs.values())) == 1
-    outputs = {e["requestid"]: json.dumps(e["data"]["outputs"], sort_keys=True) for e in events if e["type"] == RESPONSE}
+    outputs = {
+        e["requestid"]: json.dumps(e["data"]["outputs"], sort_keys=True) for e in events if e["type"] == RESPONSE
+    }
     assert len(set(outputs.values())) == 1
     first = next(e for e in events if e["type"] == RESPONSE)
     assert (first["inferenceservicename"], first["modelname"], first["modelversion"], first["status"]) == (
@@ -126,8 +130,8 @@ async def test_a_masked_input_never_reaches_the_log(demo_repository: Path, tmp_p
 async def test_a_refused_request_is_logged_with_its_status(demo_repository: Path, tmp_path: Path) -> None:
     log_file = tmp_path / "payloads.jsonl"
     async with in_process(demo_repository, payload_log_file=log_file, payload_log_mode="responses") as server:
-        wrong = {"id": "too-wide", "inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
-                                               "data": [0.5] * 8}], "outputs": [{"name": "no-such-output"}]}  # fmt: skip
+        tensor = {"name": "features", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
+        wrong = {"id": "too-wide", "inputs": [tensor], "outputs": [{"name": "no-such-output"}]}
         assert (await server.http.post(f"/v2/models/{MODEL}/infer", content=json.dumps(wrong))).status_code == 400
     (event,) = read_events(log_file)
     assert (event["type"], event["requestid"], event["status"]) == (RESPONSE, "too-wide", 400)
@@ -136,7 +140,9 @@ async def test_a_refused_request_is_logged_with_its_status(demo_repository: Path
 # ---- as deployed: two workers, one file, 10 % sampled, stopped with SIGTERM ------------------------------
 
 
-@pytest.mark.parametrize("requests", [pytest.param(2_000, id="2k"), pytest.param(10_000, id="10k", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "requests", [pytest.param(2_000, id="2k"), pytest.param(10_000, id="10k", marks=pytest.mark.slow)]
+)
 def test_a_tenth_of_the_requests_is_logged_whole_by_two_workers_into_one_file(
     demo_repository: Path, tmp_path: Path, requests: int
 ) -> None:

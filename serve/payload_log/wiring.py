@@ -170,7 +170,7 @@ def payload_logger(settings: ServerSettings, registry: CollectorRegistry) -> Pay
     counter = Counter(
         "serve_payload_events_dropped",
         "Payload log events dropped: busy (the encoder behind), full (the sink's queue), sink (undeliverable), "
-        "encoding (could not be encoded)",
+        "closed (still waiting when the server stopped), encoding (could not be encoded)",
         ("reason",),
         registry=registry,
     )
@@ -179,7 +179,8 @@ def payload_logger(settings: ServerSettings, registry: CollectorRegistry) -> Pay
         counter.labels(reason).inc(count)
 
     sink: Sink = sinks[0] if len(sinks) == 1 else _Both(sinks)
-    return PayloadLogger(options, EventQueue(sink, on_drop=dropped), dropped)
+    # 32 MiB of waiting events at most: a sink that hangs costs the process no more than that (issue 22: < 50 MiB).
+    return PayloadLogger(options, EventQueue(sink, max_bytes=32 << 20, on_drop=dropped), dropped)
 
 
 def payload_log_options(settings: ServerSettings) -> PayloadLogOptions:
