@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 
 from serve.errors import ServeError
-from serve.payload_log.wiring import payload_log_options
+from serve.payload_log.options import payload_log_options
 from serve.repository.layout import repository_mistake
 from serve.repository.repository import valid_model_name
 from serve.security.tls import load_tls

@@ -10,14 +10,10 @@ drops the event, counted by reason, and never slows a request: ``serve_payload_e
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -32,28 +28,17 @@ from serve.payload_log.events import (
 )
 from serve.payload_log.file_sink import FileSink
 from serve.payload_log.http_sink import HttpSink
+from serve.payload_log.options import PayloadLogOptions, payload_log_options
 from serve.payload_log.queue import EventQueue, Sink
-from serve.payload_log.redaction import RedactionPolicy, load_key, parse_redact_flag
 from serve.payload_log.sampling import sampled
 from serve.repository.model_version import ModelVersion, VersionListener
 from serve.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["requests", "responses", "all"]
 # Sampled requests waiting for the encoding thread; past it they are dropped (reason "busy").
 MAX_PENDING = 10_000
 _COMPONENT = "predictor"  # KServe's ce-component for a model server
-
-
-@dataclass(frozen=True, slots=True)
-class PayloadLogOptions:
-    mode: Mode
-    sample: float
-    redaction: RedactionPolicy
-    namespace: str
-    max_tensor_bytes: int
-    replica: str
 
 
 class PayloadLogger(Observer, VersionListener):
@@ -181,22 +166,6 @@ def payload_logger(settings: ServerSettings, registry: CollectorRegistry) -> Pay
     sink: Sink = sinks[0] if len(sinks) == 1 else _Both(sinks)
     # 32 MiB of waiting events at most: a sink that hangs costs the process no more than that (issue 22: < 50 MiB).
     return PayloadLogger(options, EventQueue(sink, max_bytes=32 << 20, on_drop=dropped), dropped)
-
-
-def payload_log_options(settings: ServerSettings) -> PayloadLogOptions:
-    """The options the flags give; ValueError naming the flag that is wrong (serve run checks this at start)."""
-    rules = dict(parse_redact_flag(raw) for raw in settings.payload_log_redact)
-    if "hash" in rules.values() and settings.payload_log_hash_key_file is None:
-        raise ValueError("--payload-log-redact INPUT=hash needs --payload-log-hash-key-file (the HMAC key)")
-    key = load_key(settings.payload_log_hash_key_file) if settings.payload_log_hash_key_file is not None else None
-    return PayloadLogOptions(
-        mode=settings.payload_log_mode,
-        sample=settings.payload_log_sample,
-        redaction=RedactionPolicy(rules, key),
-        namespace=settings.payload_log_namespace or os.environ.get("POD_NAMESPACE", ""),
-        max_tensor_bytes=settings.payload_log_max_tensor_bytes,
-        replica=socket.gethostname(),
-    )
 
 
 class _Both:
