@@ -87,9 +87,12 @@ def test_the_monitor_rolls_back_every_replica_on_their_summed_evidence(tmp_path:
 
     # Neither replica decided: each would have needed min_requests per arm of its own.
     assert all(min(counts.values()) < GATES["min_requests"] for counts in replicas)
-    # The monitor judged the two together, every request of both.
-    summed = {arm: replicas[0].get(arm, 0) + replicas[1].get(arm, 0) for arm in replicas[0].keys() | replicas[1].keys()}
-    assert _arm_requests(judged["evidence"]) == summed
+    # The monitor judged the two together: more of each arm than either replica holds, none it did not see. (It
+    # may decide before the last requests arrive, when the machine is slow: the gate fails as soon as it can.)
+    judged_counts = _arm_requests(judged["evidence"])
+    for arm, count in judged_counts.items():
+        assert max(r.get(arm, 0) for r in replicas) < count <= replicas[0].get(arm, 0) + replicas[1].get(arm, 0)
+    assert min(judged_counts.values()) >= GATES["min_requests"]
     assert judged["evaluation"]["verdict"] == "failing"
     for plan in plans:  # each replica stamps when it took the plan
         del plan["status"]["updated_at"]
