@@ -164,8 +164,8 @@ def payload_logger(settings: ServerSettings, registry: CollectorRegistry) -> Pay
         counter.labels(reason).inc(count)
 
     sink: Sink = sinks[0] if len(sinks) == 1 else _Both(sinks)
-    # 32 MiB of waiting events at most: a sink that hangs costs the process no more than that (issue 22: < 50 MiB).
-    return PayloadLogger(options, EventQueue(sink, max_bytes=32 << 20, on_drop=dropped), dropped)
+    # A sink that hangs costs the process ~20 MiB of RSS with these bounds (bench/payload_log.py; issue 22: < 50 MiB).
+    return PayloadLogger(options, EventQueue(sink, max_events=2_000, max_bytes=8 << 20, on_drop=dropped), dropped)
 
 
 class _Both:

@@ -1,0 +1,159 @@
+"""A payload-log sink that hangs or fails (issue 22): inference p99 within 5 % of no logging, RSS growth under
+50 MiB, a drop counter equal to the events lost, and logging that resumes once the sink answers.
+
+Two `serve run` processes over the small model (bench/throughput.py's 32-256-256-8 MLP): one without a
+payload log, one logging every request and response (`--payload-log-sample 1`, the worst case) to an HTTP sink
+that this script runs on loopback. Both get the same offered load (h2load `--rps` over HTTP binary tensors), one
+after the other, while the sink:
+
+1. hangs (`--fault hang`: every POST waits past the sink's 5 s timeout) or answers 503 (`--fault 503`) for
+   `--duration` seconds;
+2. then answers 200 again, and a short second point checks that events arrive again.
+
+It prints both servers' p99 and their ratio, the logged server's RSS before and after the fault, and the events
+sent against those received plus those counted as dropped (``serve_payload_events_dropped_total``).
+
+    python -m bench.payload_log [--fault hang|503] [--duration 60] [--rate 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench._harness import HOST, ServerProcess, start_server
+from bench.throughput import MODELS, run_point, write_repository
+
+
+class Sink:
+    """An HTTP payload consumer on loopback that counts the events it takes, or hangs, or fails."""
+
+    def __init__(self) -> None:
+        self.fault: str | None = None
+        self.received = 0
+        self.released = threading.Event()
+        lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if sink.fault == "hang":
+                    sink.released.wait(30)  # past the sink's timeout: the server gives the batch up
+                if sink.fault == "503":
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                with lock:
+                    sink.received += len(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.server.server_address[1]}/"
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+
+
+def dropped(server: ServerProcess) -> float:
+    with urllib.request.urlopen(f"http://{HOST}:{server.http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "serve_payload_events_dropped_total"
+    )
+
+
+def answered(server: ServerProcess) -> int:
+    with urllib.request.urlopen(f"http://{HOST}:{server.http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return int(
+        sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "serve_requests_total" and s.labels.get("model") == "small"
+        )
+    )
+
+
+def rss_mib(server: ServerProcess) -> float:
+    return float(psutil.Process(server.process.pid).memory_info().rss) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fault", choices=["hang", "503"], default="hang")
+    parser.add_argument("--duration", type=float, default=60, help="seconds the sink is faulty (and measured)")
+    parser.add_argument("--rate", type=float, default=400, help="requests per second offered to each server")
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    if shutil.which("h2load") is None:
+        raise SystemExit("h2load not found: apt-get install nghttp2-client")
+    dims = MODELS["small"]
+    sink = Sink()
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        write_repository(tmp / "models", ["small"], 1)
+        plain = start_server(tmp / "models", log=tmp / "plain.log")
+        logged = start_server(
+            tmp / "models", "--payload-log-url", sink.url, "--payload-log-sample", "1", log=tmp / "logged.log"
+        )
+        try:
+            for server in (plain, logged):  # warm both, the sink healthy
+                run_point(server, "small", dims, "http", args.concurrency, 1, 3, tmp, rate=args.rate)
+            time.sleep(2)
+            rss_before, plain_before = rss_mib(logged), rss_mib(plain)
+            sent_before, dropped_before, received_before = answered(logged), dropped(logged), sink.received
+            base = run_point(plain, "small", dims, "http", args.concurrency, 1, args.duration, tmp, rate=args.rate)
+            plain_after = rss_mib(plain)
+            sink.fault = args.fault
+            faulty = run_point(logged, "small", dims, "http", args.concurrency, 1, args.duration, tmp, rate=args.rate)
+            rss_after = rss_mib(logged)
+            sink.fault = None
+            sink.released.set()
+            time.sleep(12)  # the hung batches time out and their retries give up
+            received_mid = sink.received
+            run_point(logged, "small", dims, "http", args.concurrency, 1, 5, tmp, rate=args.rate)
+            time.sleep(3)
+            events = 2 * (answered(logged) - sent_before)
+            received = sink.received - received_before
+            lost = dropped(logged) - dropped_before
+        finally:
+            plain.stop()
+            logged.stop()
+            sink.close()
+    print(f"fault {args.fault} for {args.duration:g} s at {args.rate:g} req/s, every request logged")
+    print(f"p99 no logging {base.p99_ms:.2f} ms, logging to a faulty sink {faulty.p99_ms:.2f} ms: "
+          f"{faulty.p99_ms / base.p99_ms:.2f}x (p50 {base.p50_ms:.2f} / {faulty.p50_ms:.2f} ms)")  # fmt: skip
+    print(f"RSS of the logging server {rss_before:.0f} MiB before, {rss_after:.0f} MiB at the fault's end: "
+          f"+{rss_after - rss_before:.1f} MiB; the server without logging over the same load "
+          f"+{plain_after - plain_before:.1f} MiB")  # fmt: skip
+    print(f"events {events}: received {received} + dropped {lost:.0f} = {received + lost:.0f}; "
+          f"after the fault the sink received {sink.received - received_mid} more")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
