@@ -13,7 +13,7 @@ after the other, while the sink:
 It prints both servers' p99 and their ratio, the logged server's RSS before and after the fault, and the events
 sent against those received plus those counted as dropped (``serve_payload_events_dropped_total``).
 
-    python -m bench.payload_log [--fault hang|503] [--duration 60] [--rate 400]
+    python -m bench.payload_log [--fault hang|503] [--duration 60] [--rate 400] [--sample 1]
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60, help="seconds the sink is faulty (and measured)")
     parser.add_argument("--rate", type=float, default=400, help="requests per second offered to each server")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--sample", type=float, default=1.0, help="--payload-log-sample of the logging server")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
@@ -119,7 +120,12 @@ def main() -> None:
         write_repository(tmp / "models", ["small"], 1)
         plain = start_server(tmp / "models", log=tmp / "plain.log")
         logged = start_server(
-            tmp / "models", "--payload-log-url", sink.url, "--payload-log-sample", "1", log=tmp / "logged.log"
+            tmp / "models",
+            "--payload-log-url",
+            sink.url,
+            "--payload-log-sample",
+            str(args.sample),
+            log=tmp / "logged.log",
         )
         try:
             for server in (plain, logged):  # warm both, the sink healthy
@@ -138,20 +144,21 @@ def main() -> None:
             received_mid = sink.received
             run_point(logged, "small", dims, "http", args.concurrency, 1, 5, tmp, rate=args.rate)
             time.sleep(3)
-            events = 2 * (answered(logged) - sent_before)
+            events = 2 * (answered(logged) - sent_before)  # every request's two events when all are sampled
             received = sink.received - received_before
             lost = dropped(logged) - dropped_before
         finally:
             plain.stop()
             logged.stop()
             sink.close()
-    print(f"fault {args.fault} for {args.duration:g} s at {args.rate:g} req/s, every request logged")
+    print(f"fault {args.fault} for {args.duration:g} s at {args.rate:g} req/s, {args.sample:.0%} of requests logged")
     print(f"p99 no logging {base.p99_ms:.2f} ms, logging to a faulty sink {faulty.p99_ms:.2f} ms: "
           f"{faulty.p99_ms / base.p99_ms:.2f}x (p50 {base.p50_ms:.2f} / {faulty.p50_ms:.2f} ms)")  # fmt: skip
     print(f"RSS of the logging server {rss_before:.0f} MiB before, {rss_after:.0f} MiB at the fault's end: "
           f"+{rss_after - rss_before:.1f} MiB; the server without logging over the same load "
           f"+{plain_after - plain_before:.1f} MiB")  # fmt: skip
-    print(f"events {events}: received {received} + dropped {lost:.0f} = {received + lost:.0f}; "
+    print(f"events {events if args.sample == 1 else 'sampled'}: received {received} + dropped {lost:.0f} = "
+          f"{received + lost:.0f}; "
           f"after the fault the sink received {sink.received - received_mid} more")  # fmt: skip
 
 
