@@ -67,7 +67,7 @@ class Target:
 
 def target_of(outputs: Sequence[TensorSpec], labels: Mapping[str, Sequence[str]]) -> Target | None:
     """The model's target, from its outputs' row specs (dims without the batch dimension, as
-    serve.input_stats.wiring.row_specs gives them) and the class labels per output.
+    ModelVersion.row_specs gives them) and the class labels per output.
 
     Labels whose count is not K are ignored (class_labels empty): naming a class by a label that may not be
     its own would join labels to the wrong class."""

@@ -26,7 +26,6 @@ from serve.ground_truth.outcomes import Outcome, combine
 from serve.ground_truth.store import JoinStore
 from serve.ground_truth.targets import Target, target_of
 from serve.repository.model_version import ModelVersion, VersionListener
-from serve.types import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class GroundTruth(Observer, VersionListener):
     def attached(self, version: ModelVersion) -> None:
         if not self.enabled:
             return
-        target = target_of(_row_outputs(version), version.labels)
+        target = target_of(version.row_specs()[1], version.labels)
         slot = (version.name, version.version_str)
         held = self._stores.get(slot)
         if target is None:
@@ -124,8 +123,9 @@ class GroundTruth(Observer, VersionListener):
                 continue
             windows = store.windows()
             rows = sum(w.labelled_rows for w in windows)
-            right = sum(int(np.trace(w.confusion)) for w in windows if w.confusion is not None)
-            counts[v] = (rows, rows - right)
+            if rows:  # a version with nothing labelled has nothing for the gate: the evidence stays as it is
+                right = sum(int(np.trace(w.confusion)) for w in windows if w.confusion is not None)
+                counts[v] = (rows, rows - right)
         return counts
 
     def _stores_of(self, name: str, version: str) -> list[JoinStore]:
@@ -142,14 +142,6 @@ class GroundTruth(Observer, VersionListener):
                 "(FP32/FP64 [K], 2 <= K <= 1000) or a regressor's value (FP32/FP64 [] or [1])"
             )
         return stores
-
-
-def _row_outputs(version: ModelVersion) -> list[TensorSpec]:
-    """Outputs per row as a request's answer holds them: a model that does not batch answers its whole
-    first dimension as rows."""
-    if version.max_batch_size > 0:
-        return list(version.outputs)
-    return [TensorSpec(s.name, s.datatype, s.dims[1:]) for s in version.outputs]
 
 
 def _describe(targets: set[Target]) -> str:

@@ -49,7 +49,6 @@ class MonitoringServicer(pb_grpc.MonitoringServicer):
 
     @rpc
     async def Feedback(self, request: pb.FeedbackRequest, context: Any) -> pb.FeedbackResponse:
-        self._service.repository.get(request.model_name)  # NOT_FOUND before the labels are read
         counts = await self._service.feedback(request.model_name, request.model_version, labels_of(request))
         return pb.FeedbackResponse(
             joined=counts.joined,

@@ -20,7 +20,6 @@ from serve.input_stats.windows import ServerInstance
 from serve.paths import confined
 from serve.repository.repository import ModelVersion, VersionListener
 from serve.settings import ServerSettings
-from serve.types import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +41,6 @@ def local_documents(lookup: StatsLookup) -> StatsDocuments:
     return documents
 
 
-def row_specs(model: ModelVersion) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs per row, as the batcher hands them over: rows are the first axis of
-    every array, which for a model that does not batch is its own first dimension."""
-    if model.max_batch_size > 0:
-        return model.inputs, model.outputs
-
-    def per_row(specs: list[TensorSpec]) -> list[TensorSpec]:
-        return [TensorSpec(s.name, s.datatype, s.dims[1:]) for s in specs]
-
-    return per_row(model.inputs), per_row(model.outputs)
-
-
 def judge_baseline(model: ModelVersion) -> ServedBaseline:
     """The version's baseline.json, its exact bytes and whether it may be used (and why not).
 
@@ -68,7 +55,7 @@ def judge_baseline(model: ModelVersion) -> ServedBaseline:
     except (BaselineError, OSError) as exc:
         return ServedBaseline(model.name, model.version, served.UNREADABLE, problems=(str(exc),))
     assert model.model_path is not None
-    inputs, outputs = row_specs(model)
+    inputs, outputs = model.row_specs()
     info = ModelInfo(
         name=model.name,
         version=model.version,
@@ -118,7 +105,7 @@ class InputStatistics(Observer, VersionListener):
         self._baselines: dict[VersionKey, ServedBaseline] = {}
 
     def attached(self, version: ModelVersion) -> None:
-        inputs, outputs = row_specs(version)
+        inputs, outputs = version.row_specs()
         judged = judge_baseline(version)
         if judged.problems:
             log.error(

@@ -76,7 +76,7 @@ class PayloadLogger(Observer, VersionListener):
         if not sampled(event.request_id, self.options.sample):
             return
         if len(self._pending) >= self._max_pending:
-            self._dropped("busy", self._events_of(event))
+            self._dropped("busy", self._events_per_request)
             return
         self._pending.append(event)
         with self._wake:
@@ -93,7 +93,8 @@ class PayloadLogger(Observer, VersionListener):
 
     # -- the encoding thread ------------------------------------------------------------------------------------
 
-    def _events_of(self, event: RequestEvent) -> int:
+    @property
+    def _events_per_request(self) -> int:
         return 2 if self.options.mode == "all" else 1
 
     def _encode_forever(self) -> None:
@@ -109,7 +110,7 @@ class PayloadLogger(Observer, VersionListener):
                         self._queue.offer(line)
                 except Exception:  # one event that cannot be encoded must not stop the log
                     log.exception("payload event of request %s could not be encoded", event.request_id)
-                    self._dropped("encoding", self._events_of(event))
+                    self._dropped("encoding", self._events_per_request)
 
     def _lines(self, event: RequestEvent) -> list[bytes]:
         o = self.options

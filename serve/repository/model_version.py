@@ -68,6 +68,17 @@ class ModelVersion:
     def max_batch_size(self) -> int:
         return self.config.max_batch_size if self.config is not None else 0
 
+    def row_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """Inputs and outputs per row, as the batcher hands them over: rows are the first axis of every array,
+        which for a model that does not batch is its own first dimension."""
+        if self.max_batch_size > 0:
+            return self.inputs, self.outputs
+
+        def per_row(specs: list[TensorSpec]) -> list[TensorSpec]:
+            return [TensorSpec(s.name, s.datatype, s.dims[1:]) for s in specs]
+
+        return per_row(self.inputs), per_row(self.outputs)
+
 
 @dataclass(frozen=True, slots=True)
 class LoadOutcome:
