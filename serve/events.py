@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -106,6 +106,16 @@ class RequestEvent:
     outputs: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_TENSORS)
     # The request's decoded inputs once it was validated (what the model was fed), for the payload log.
     inputs: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_TENSORS)
+    # The W3C traceparent of the request's server span when it was traced (serve/tracing), else "".
+    traceparent: str = ""
+    # The request's header (HTTP) or metadata (gRPC) by lower-case name, once it was decoded; valid only during
+    # on_request, which runs while the request is still live (the payload log's header allowlist reads it).
+    header: Callable[[str], str | None] | None = None
+
+    @property
+    def trace_id(self) -> str:
+        """The 32 hex digits of the trace, "" when the request was not traced."""
+        return self.traceparent[3:35]
 
 
 class Observer:

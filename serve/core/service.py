@@ -227,6 +227,7 @@ class InferenceService:
         request_id = ""
         answered: Mapping[str, np.ndarray] = {}
         fed: Mapping[str, np.ndarray] = {}
+        header: Callable[[str], str | None] | None = None
         error: BaseException | None = None
         try:
             if self._shutting_down:
@@ -251,6 +252,7 @@ class InferenceService:
                 mirrored = self.mirror is not None and mirrors(routing, key_value)
             # Once, here, for every transport; written back so that the adapter's encoder and its error answer see it.
             request.id = request_id = resolve_id(request)
+            header = request.header
             served = self._served.get(model)
             valid = validate(served.signature, request)
             fed = valid.feeds
@@ -282,6 +284,7 @@ class InferenceService:
                     request_id=request_id,
                     outputs=answered,
                     inputs=fed,
+                    header=header,
                 )
             )
             # The exception's traceback holds this frame, and the frame held the exception: a cycle
