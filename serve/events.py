@@ -61,6 +61,7 @@ class BatchTimings:
     compute_infer_ns: int  # running the model on the batch
     compute_output_ns: int  # validating and splitting the batch's outputs
     batch_size: int  # rows in the batch that ran
+    batch_started_ns: int = 0  # when its batch started, on the batcher's clock (time.monotonic_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,9 @@ class Execution:
     error: BaseException | None = None
     inputs: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_TENSORS)
     outputs: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_TENSORS)
+    started_ns: int = 0  # when the execution began, on the batcher's clock (time.monotonic_ns)
+    # The trace contexts (serve/tracing) of the traced requests it served, for the batch span's links; opaque here.
+    traces: tuple[object, ...] = ()
 
     @property
     def compute_ns(self) -> int:

@@ -23,6 +23,7 @@ from serve.repository.repository import valid_model_name
 from serve.security.tls import load_tls
 from serve.security.tokens import read_tokens
 from serve.settings import ServerSettings
+from serve.tracing.options import tracing_options
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def preflight(settings: ServerSettings, root: Path) -> None:
     _check_repository(settings, root)
     _check_security_files(settings)
     _check_payload_log(settings)
+    _check_tracing(settings)
     _check_ports(settings)
 
 
@@ -75,6 +77,13 @@ def _check_security_files(settings: ServerSettings) -> None:
 def _check_payload_log(settings: ServerSettings) -> None:
     try:
         payload_log_options(settings)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+
+
+def _check_tracing(settings: ServerSettings) -> None:
+    try:
+        tracing_options(settings.trace, os.environ)
     except ValueError as exc:
         raise PreflightError(str(exc)) from None
 

@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import socket
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -55,7 +57,12 @@ from serve.rollout.plan_file import FILE_NAME as ROLLOUT_FILE
 from serve.security.tls import TlsFiles, load_tls
 from serve.security.tokens import TokenStore
 from serve.settings import ServerSettings
+from serve.tracing.options import tracing_options
+from serve.tracing.settings import TraceSettings
 from serve.uvicorn_server import InLoopUvicorn, start_uvicorn
+
+if TYPE_CHECKING:  # imported when tracing is on, and only then (_tracing)
+    from serve.tracing.spans import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,8 @@ _GRPC_QUIET_S = 0.25
 _GRPC_QUIET_MAX_S = 2.0
 # After the transports stopped: time for the payload log to hand its last events to its sink.
 _PAYLOAD_FLUSH_S = 5.0
+# ... and for the last spans to reach the trace exporter (which may be down: it never holds the exit longer).
+_TRACE_FLUSH_S = 5.0
 # After grpc's shutdown began: time for its GOAWAY to leave before the held calls are answered.
 _GRPC_GOAWAY_S = 0.1
 
@@ -138,6 +147,9 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
     payloads = payload_logger(settings, metrics.registry)
     if payloads is not None:
         observers.append(payloads)
+    trace_settings, tracer = _tracing(settings)
+    if tracer is not None:
+        observers.append(tracer)
     service = InferenceService.create(
         repository_root,
         settings,
@@ -146,6 +158,7 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
         model_control=settings.model_control_mode,
         cluster=role.cluster,
         mirror_of=rollouts.mirror_of,
+        tracer=tracer,
     )
     rollouts.attach(service, metrics.rollouts, decides=role.decides_rollouts and settings.rollout_decider == "server")
     metrics.queue_probe = service.queue_depths
@@ -161,7 +174,18 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
         guard = BearerAuthInterceptor(tokens, protect_inference=settings.auth_inference, audit=service.audit)
         interceptors.append(guard)
     transports = Transports(app, interceptors, gate, documents, tls, tokens)
-    return Server(settings, role, service, metrics, stats, access, transports, rollouts, payloads)
+    return Server(settings, role, service, metrics, stats, access, transports, rollouts, payloads, tracer)
+
+
+def _tracing(settings: ServerSettings) -> tuple[TraceSettings, Tracer | None]:
+    """The trace settings, and the tracer when tracing is on: only then is the OpenTelemetry SDK imported."""
+    options = tracing_options(settings.trace, os.environ)
+    if options is None:
+        return TraceSettings(enabled=False, sampler_ratio=None), None
+    from serve.tracing.spans import Tracer
+
+    trace_settings = TraceSettings(enabled=True, sampler_ratio=options.sampler.root_ratio)
+    return trace_settings, Tracer(options, trace_settings)
 
 
 def grpc_handed_off(settings: ServerSettings, workers: int) -> bool:
@@ -196,9 +220,11 @@ class Server:
         transports: Transports,
         rollouts: RolloutParts,
         payloads: PayloadLogger | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.payloads = payloads
+        self.tracer = tracer
         self.rollouts = rollouts
         self.role = role
         self.service = service
@@ -420,6 +446,8 @@ class Server:
         if self.payloads is not None:  # every answer is out: its events are the last to log
             if not await asyncio.to_thread(self.payloads.close, _PAYLOAD_FLUSH_S):
                 log.warning("payload log: not every event reached its sink within %.0f s", _PAYLOAD_FLUSH_S)
+        if self.tracer is not None:  # after the batchers and the transports: the last spans have ended
+            await asyncio.to_thread(self.tracer.close, _TRACE_FLUSH_S)
         log.info("stopped")
 
     def _stop_listening(self, http: InLoopUvicorn) -> None:

@@ -232,6 +232,18 @@ class ServerSettings:
         "and row (bench/join_store.py)",
         check=_positive,
     )
+    # Traces (README: Tracing): the OpenTelemetry SDK is imported only when they are on.
+    trace: bool = setting(
+        False,
+        help="trace requests with OpenTelemetry (also on when OTEL_TRACES_EXPORTER is set): a span per request, one "
+        "per batch linked to its requests; configured by the OTEL_* variables (sampler, OTLP endpoint and protocol, "
+        "service name); needs serve[tracing]",
+    )
+    access_log: bool = setting(
+        False,
+        help="log one JSON line per inference request (logger serve.access, on stderr): model, version, outcome, "
+        "duration, request id and trace id",
+    )
     # Payload logs (README: Payload logs): off unless a sink is given.
     payload_log_file: Path | None = setting(
         None,

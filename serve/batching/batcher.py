@@ -98,6 +98,7 @@ class Batcher:
         priority: int = 0,
         timeout_us: int = 0,
         client_gone: Callable[[], bool] | None = None,
+        trace: object | None = None,
     ) -> BatchResult:
         if self._closing:
             raise ShuttingDown(f"model {self._name!r} is shutting down")
@@ -128,6 +129,7 @@ class Batcher:
             deadline_ns=now + timeout * 1000 if timeout else 0,
             future=loop.create_future(),
             client_gone=client_gone,
+            trace=trace,
         )
         if timeout:
             request.timer = loop.call_later(timeout / 1e6, self._on_deadline, request)

@@ -190,23 +190,60 @@ class BatchExecution:
         try:
             parts = runner.split(outputs, live, rows)
         except Exception as exc:
-            runner.observe(Execution(runner.key, rows, len(live), self._input_ns, infer_ns, 0, exc))
+            runner.observe(
+                Execution(
+                    runner.key,
+                    rows,
+                    len(live),
+                    self._input_ns,
+                    infer_ns,
+                    0,
+                    exc,
+                    started_ns=self._start,
+                    traces=_traces(live),
+                )
+            )
             self._fail(live, exc, rows)
             return
         output_ns = runner.clock() - now
+        start = self._start
         for request, part in zip(live, parts, strict=True):
             if not request.future.done():
-                timings = BatchTimings(self._start - request.enqueue_ns, self._input_ns, infer_ns, output_ns, rows)
+                timings = BatchTimings(start - request.enqueue_ns, self._input_ns, infer_ns, output_ns, rows, start)
                 request.future.set_result(BatchResult(part, timings))
         runner.observe(
-            Execution(runner.key, rows, len(live), self._input_ns, infer_ns, output_ns, None, inputs, outputs)
+            Execution(
+                runner.key,
+                rows,
+                len(live),
+                self._input_ns,
+                infer_ns,
+                output_ns,
+                None,
+                inputs,
+                outputs,
+                start,
+                _traces(live),
+            )
         )
 
     def _model_failed(self, exc: Exception, mark: int) -> bool:
         """The runtime raised. True when each caller should now run alone: the model failed on several callers
         together, so that one caller's bad values (an index out of range, say) fail only that caller."""
         runner, live, rows = self._runner, self._live, self._rows
-        runner.observe(Execution(runner.key, rows, len(live), self._input_ns, runner.clock() - mark, 0, exc))
+        runner.observe(
+            Execution(
+                runner.key,
+                rows,
+                len(live),
+                self._input_ns,
+                runner.clock() - mark,
+                0,
+                exc,
+                started_ns=self._start,
+                traces=_traces(live),
+            )
+        )
         if runner.batching and len(live) > 1:
             self._alone = True
             return True
@@ -230,19 +267,31 @@ class BatchExecution:
             if request.future.done():
                 continue
             mark = runner.clock()
+            traces = _traces([request])
             try:
                 outputs = await runner.execute(request.inputs)
                 infer_ns = runner.clock() - mark
                 (part,) = runner.split(outputs, [request], request.rows)
             except Exception as exc:
-                runner.observe(Execution(runner.key, request.rows, 1, 0, runner.clock() - mark, 0, exc))
+                runner.observe(
+                    Execution(
+                        runner.key, request.rows, 1, 0, runner.clock() - mark, 0, exc, started_ns=mark, traces=traces
+                    )
+                )
                 if not request.future.done():
                     request.future.set_exception(runner.as_serve_error(exc, request.rows))
                 continue
             if not request.future.done():
-                timings = BatchTimings(self._start - request.enqueue_ns, 0, infer_ns, 0, request.rows)
+                timings = BatchTimings(self._start - request.enqueue_ns, 0, infer_ns, 0, request.rows, self._start)
                 request.future.set_result(BatchResult(part, timings))
-            runner.observe(Execution(runner.key, request.rows, 1, 0, infer_ns, 0, None, request.inputs, outputs))
+            runner.observe(
+                Execution(runner.key, request.rows, 1, 0, infer_ns, 0, None, request.inputs, outputs, mark, traces)
+            )
+
+
+def _traces(requests: list[PendingRequest]) -> tuple[object, ...]:
+    """The trace contexts of the traced requests among ``requests`` (usually none: one pass, no allocation)."""
+    return tuple(request.trace for request in requests if request.trace is not None)
 
 
 def _live(requests: list[PendingRequest]) -> list[PendingRequest]:

@@ -35,6 +35,8 @@ class PendingRequest:
     # Asked just before the request runs: True when its caller has gone (an HTTP client that
     # disconnected), so it is dropped without running. Cheaper than a watcher task per request.
     client_gone: Callable[[], bool] | None = None
+    # The request's trace context when it is traced (serve/tracing), opaque to the batcher: its batch links to it.
+    trace: object | None = None
 
     @property
     def live(self) -> bool:

@@ -9,6 +9,7 @@ import numpy as np
 
 from serve.core.served_versions import ServedVersion
 from serve.events import VersionKey
+from serve.tracing.request import TracedRequest
 
 
 class Mirror(Protocol):
@@ -22,8 +23,10 @@ class Mirror(Protocol):
         protocol: str,
         *,
         request_id: str = "",
+        trace: TracedRequest | None = None,
     ) -> bool:
         """Run ``feeds`` on ``shadow`` in the background, never awaited by the client, and compare
         its outputs with the primary's; False when the copy was shed (counted). The copy's event carries
-        the client request's ``request_id``, so that it joins the request it copies."""
+        the client request's ``request_id`` and ``trace``'s traceparent, so that it joins the request it copies;
+        the shadow's batch span links to ``trace``."""
         ...

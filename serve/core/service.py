@@ -38,6 +38,7 @@ from serve.rollout.router import mirrors, pick
 from serve.rollout.spec import Role, Routing
 from serve.security.audit import ERROR, OK, AuditLog
 from serve.settings import ModelControlMode, ServerSettings
+from serve.tracing.request import RequestTracer, TracedRequest
 from serve.types import InferRequest, InferResponse, OutputTensor, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class InferenceService:
         rollouts: Rollouts | None = None,
         mirror: Mirror | None = None,
         ground_truth: GroundTruth | None = None,
+        tracer: RequestTracer | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         self.repository = repository
@@ -95,6 +97,8 @@ class InferenceService:
         # The same (live) mapping Rollouts keeps: one lookup per request says whether a model has a rollout.
         self._routings = self.rollouts.routings
         self.mirror = mirror
+        # Starts the server span of each traced request (serve/tracing); None with tracing off.
+        self.tracer = tracer
         self._shutting_down = False
 
     @classmethod
@@ -214,13 +218,19 @@ class InferenceService:
         """Run a request that is already decoded."""
         return await self.infer_decoding(request.model_name, request.model_version, lambda _: request, protocol)
 
-    async def infer_decoding(self, name: str, version: str, decode: Decode, protocol: str) -> InferResponse:
+    async def infer_decoding(
+        self, name: str, version: str, decode: Decode, protocol: str, trace: TracedRequest | None = None
+    ) -> InferResponse:
         """Resolve the model first (an unknown model is NOT_FOUND whatever the body holds), then
         decode, validate and run. Every request, however it ends, is observed exactly once.
 
         A model with a rollout answers a request that names no version from the arm the router picks
-        (decoded as the primary's, run on the arm's version); one that names a version is never diverted."""
+        (decoded as the primary's, run on the arm's version); one that names a version is never diverted.
+
+        ``trace``: the request's server span when it is traced; its decode and queue are recorded into it."""
         started = self._clock()
+        if trace is not None:
+            decode = self._timed(decode, trace)
         key = UNKNOWN_VERSION
         timings = None
         role: Role = ""
@@ -261,11 +271,17 @@ class InferenceService:
                 priority=valid.priority,
                 timeout_us=valid.timeout_us,
                 client_gone=request.client_gone,
+                trace=trace.context if trace is not None else None,
             )
             timings, answered = result.timings, result.outputs
+            if trace is not None:
+                trace.queued(timings.batch_started_ns, timings.queue_ns)
+                trace.answered_by(model.name, model.version_str, role, request_id)
             if mirrored and routing is not None:
                 primary_ns = self._clock() - started
-                self._offer_shadow(name, routing, valid.feeds, key, result.outputs, primary_ns, protocol, request_id)
+                self._offer_shadow(
+                    name, routing, valid.feeds, key, result.outputs, primary_ns, protocol, request_id, trace
+                )
             outputs = [OutputTensor(n, datatype, result.outputs[n]) for n, datatype in valid.outputs]
             outputs = classify(outputs, request.outputs, model.labels, batching=model.max_batch_size > 0)
             return InferResponse(model.name, model.version_str, request_id, outputs)
@@ -284,6 +300,7 @@ class InferenceService:
                     request_id=request_id,
                     outputs=answered,
                     inputs=fed,
+                    traceparent=trace.traceparent if trace is not None else "",
                     header=header,
                 )
             )
@@ -291,6 +308,19 @@ class InferenceService:
             # that kept the request's body and decoded tensors alive until the garbage collector
             # ran (48-65 MiB after 100 refused 8 MiB requests).
             error = None
+
+    def _timed(self, decode: Decode, trace: TracedRequest) -> Decode:
+        """``decode`` recording its time as the trace's decode span."""
+        clock = self._clock
+
+        def timed(model: ModelVersion) -> InferRequest:
+            begun = clock()
+            try:
+                return decode(model)
+            finally:
+                trace.phase("decode", begun, clock())
+
+        return timed
 
     def _arm(self, name: str, version: int) -> ModelVersion | None:
         """The rollout's ``version`` if it serves; None (said once in the log) if not."""
@@ -319,15 +349,24 @@ class InferenceService:
         primary_ns: int,
         protocol: str,
         request_id: str,
+        trace: TracedRequest | None,
     ) -> None:
-        """Hand the shadow its copy; the client's answer never waits for it nor fails with it."""
+        """Hand the shadow its copy; the client's answer never waits for it nor fails with it. A traced request's copy
+        carries its span as a link for the shadow's batch span, not as a parent: the client's trace ends with it."""
         assert self.mirror is not None and routing.shadow is not None
         shadow = self._arm(name, routing.shadow.version)
         if shadow is None:
             return
         try:
             self.mirror.offer(
-                self._served.get(shadow), feeds, primary, outputs, primary_ns, protocol, request_id=request_id
+                self._served.get(shadow),
+                feeds,
+                primary,
+                outputs,
+                primary_ns,
+                protocol,
+                request_id=request_id,
+                trace=trace,
             )
         except Exception:
             log.exception("model %s: mirroring a request to shadow version %d failed", name, shadow.version)

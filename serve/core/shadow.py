@@ -33,6 +33,7 @@ from serve.core.served_versions import ServedVersion
 from serve.errors import QueueFull
 from serve.events import BatchTimings, Observer, RequestEvent, VersionKey, outcome_of
 from serve.rollout.comparison import OutputComparison, ShadowDocument, compare, comparison_key
+from serve.tracing.request import TracedRequest
 
 DEFAULT_MAX_IN_FLIGHT = 64
 # On close: how long copies still running may finish before they are cancelled, and how long the
@@ -68,6 +69,7 @@ class _Copy:
     primary_ns: int
     protocol: str
     request_id: str  # the client request's: the copy's event joins it
+    trace: TracedRequest | None  # the client request's span, when traced: the shadow's batch links to it
 
 
 class ShadowMirror:
@@ -119,9 +121,10 @@ class ShadowMirror:
         protocol: str,
         *,
         request_id: str = "",
+        trace: TracedRequest | None = None,
     ) -> bool:
         try:
-            copy = self._admitted(shadow, feeds, primary, primary_outputs, primary_ns, protocol, request_id)
+            copy = self._admitted(shadow, feeds, primary, primary_outputs, primary_ns, protocol, request_id, trace)
             if copy is None:
                 self._drop(shadow.model.key)
                 return False
@@ -181,6 +184,7 @@ class ShadowMirror:
         primary_ns: int,
         protocol: str,
         request_id: str,
+        trace: TracedRequest | None,
     ) -> _Copy | None:
         """The copy to run, or None when it is shed."""
         if self._closing or len(self._running) >= self._max_in_flight:
@@ -191,7 +195,9 @@ class ShadowMirror:
             return None
         # As in Triton, level 1 is the highest: the copy goes in at the largest level number.
         priority = policy.priority_levels
-        return _Copy(shadow, dict(feeds), rows, priority, primary, primary_outputs, primary_ns, protocol, request_id)
+        return _Copy(
+            shadow, dict(feeds), rows, priority, primary, primary_outputs, primary_ns, protocol, request_id, trace
+        )
 
     def _policy(self, shadow: ServedVersion) -> BatchingPolicy:
         key = shadow.model.key
@@ -216,7 +222,8 @@ class ShadowMirror:
         key = copy.shadow.model.key
         started = self._clock()
         try:
-            result = await copy.shadow.batcher.submit(copy.feeds, priority=copy.priority)
+            trace = copy.trace.context if copy.trace is not None else None
+            result = await copy.shadow.batcher.submit(copy.feeds, priority=copy.priority, trace=trace)
         except QueueFull:  # the queue filled between the offer and the submit: shed after all
             self._drop(key)
             return
@@ -249,6 +256,7 @@ class ShadowMirror:
             rows=copy.rows,
             request_id=copy.request_id,
             outputs=outputs if outputs is not None else {},
+            traceparent=copy.trace.traceparent if copy.trace is not None else "",
         )
         try:
             self._observer.on_request(event)

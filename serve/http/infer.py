@@ -8,7 +8,9 @@ answers them the same way as for every other route.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import time
 import zlib
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -16,11 +18,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve.codecs import http_codec
 from serve.core import InferenceService
 from serve.core.request_ids import HEADER, is_header_value
-from serve.errors import InvalidInput
+from serve.errors import InvalidInput, RequestCancelled, ServeError
 from serve.http.body import read_body
 from serve.http.disconnect import DisconnectProbe
-from serve.http.errors import REQUEST_ID
+from serve.http.errors import REQUEST_ID, ClientGone
 from serve.repository.repository import ModelVersion
+from serve.tracing.request import HttpTracedRequest
 from serve.types import InferRequest, TensorSpec
 
 _PREFIX = "/v2/models/"
@@ -29,6 +32,9 @@ _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 MODEL_VERSION_HEADER = b"x-model-version"
 REQUEST_ID_HEADER = HEADER.encode()
+# The span names (semantic conventions: "{method} {http.route}"): the route's template, never a model's name.
+ROUTE = "/v2/models/{model_name}/infer"
+VERSION_ROUTE = "/v2/models/{model_name}/versions/{model_version}/infer"
 
 
 def parse_infer_path(path: str) -> tuple[str, str] | None:
@@ -112,6 +118,40 @@ class InferEndpoint:
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str, version: str) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        tracer = self._service.tracer
+        span = None
+        if tracer is not None:
+            span = tracer.http_request(
+                name,
+                VERSION_ROUTE if version else ROUTE,
+                headers.get,
+                time.perf_counter_ns(),
+                path=scope["path"],
+                scheme=scope.get("scheme", "http"),
+                server=scope.get("server"),
+                client=scope.get("client"),
+                http_version=scope.get("http_version", "1.1"),
+            )
+        if span is None:
+            await self._answer(scope, receive, send, name, version, headers, None)
+            return
+        try:
+            await self._answer(scope, receive, send, name, version, headers, span)
+        except BaseException as exc:
+            span.end_http(_status_of(exc), exc)
+            raise
+        span.end_http(200)
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        version: str,
+        headers: dict[str, str],
+        span: HttpTracedRequest | None,
+    ) -> None:
         decoded: list[InferRequest] = []
         try:
             body = await read_body(headers, receive, self._max)
@@ -139,12 +179,13 @@ class InferEndpoint:
             return request
 
         try:
-            response = await self._service.infer_decoding(name, version, decode, "http")
+            response = await self._service.infer_decoding(name, version, decode, "http", span)
         except BaseException:
             _keep_id_for_error(scope, decoded, headers)
             raise
         finally:
             probe.close()
+        encoding = time.perf_counter_ns() if span is not None else 0
         payload, json_length = http_codec.encode_infer_response(response, decoded[0])
         out: list[tuple[bytes, bytes]] = []
         accept = headers.get("accept-encoding")
@@ -152,6 +193,8 @@ class InferEndpoint:
             payload, applied = compress(payload, accept)
             if applied:
                 out.append((b"content-encoding", applied))
+        if span is not None:
+            span.phase("encode", encoding, time.perf_counter_ns())
         if json_length is None:
             out.append((b"content-type", _JSON))
         else:
@@ -164,3 +207,12 @@ class InferEndpoint:
             out.append((REQUEST_ID_HEADER, response.id.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _status_of(exc: BaseException) -> int:
+    """The status the ErrorBoundary answers ``exc`` with (499: the client went away, nginx's code)."""
+    if isinstance(exc, ServeError):
+        return exc.http_status
+    if isinstance(exc, ClientGone | RequestCancelled | asyncio.CancelledError):
+        return 499
+    return 500
