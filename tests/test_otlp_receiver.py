@@ -225,3 +225,11 @@ def test_an_otlp_json_body_is_refused_naming_the_content_type_to_send(otlp: Otlp
 
     assert refused.value.code == 415
     assert b"send application/x-protobuf" in refused.value.read()
+
+
+def test_received_spans_are_known_by_their_ids_in_a_set(otlp: OtlpReceiver, traced: list[Traced]) -> None:
+    t = simple(exporter_to(otlp.http_endpoint, "http/protobuf"), traced)
+    t.one_span("a")
+    t.one_span("b")
+
+    assert len(set(otlp.spans()) | set(otlp.spans())) == 2
