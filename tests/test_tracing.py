@@ -251,9 +251,9 @@ async def test_the_request_event_carries_the_server_spans_traceparent(
     seen: list[str] = []
     original = traced.service._observer.on_request
 
-    def spy(event: object) -> None:
+    def spy(event: RequestEvent) -> None:
         seen.append(event.traceparent)
-        original(event)  # type: ignore[arg-type]
+        original(event)
 
     traced.service._observer.on_request = spy  # type: ignore[method-assign]
     await traced.http.post("/v2/models/m/infer", json=BODY, headers={"traceparent": SAMPLED})
