@@ -137,7 +137,9 @@ class Tracer(Observer):
         self.sampling = Sampling(options.sampler, settings)
         self.settings = settings
         self.old_rpc_attributes = options.old_rpc_attributes
-        self._provider = TracerProvider(sampler=ALWAYS_ON, resource=_resource())
+        # No atexit hook: close() flushes within its bound on SIGTERM; the SDK's hook would wait out a collector that is
+        # down (its retries) before the process could exit.
+        self._provider = TracerProvider(sampler=ALWAYS_ON, resource=_resource(), shutdown_on_exit=False)
         for exporter in exporters if exporters is not None else _exporters(options):
             self._provider.add_span_processor(span_processor(exporter))
         self._tracer = self._provider.get_tracer("serve", __version__)
