@@ -286,6 +286,19 @@ def test_an_events_traceparent_is_the_requests_and_an_untraced_request_has_none(
     }
 
 
+async def test_a_reloaded_version_is_still_logged_after_its_previous_load_detaches() -> None:
+    lines: list[bytes] = []
+    logger = _logger(lines)
+    old, new = _version(), _version()  # the same version loaded twice: the reload attaches before the old detaches
+    logger.attached(old)
+    logger.attached(new)
+    await logger.detached(old)
+    logger.on_request(_event(old, "to-the-old-load", ""))
+    logger.on_request(_event(new, "to-the-reload", ""))
+    assert logger.close()
+    assert {json.loads(line)["requestid"] for line in lines} == {"to-the-reload"}
+
+
 class _ListSink:
     def __init__(self, lines: list[bytes]) -> None:
         self.lines = lines
