@@ -34,6 +34,9 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 WorkerHttpSocket = Literal["shared", "reuseport"]
 GrpcFrontend = Literal["aio", "native"]
 PayloadLogMode = Literal["requests", "responses", "all"]
+PayloadLogHttpMode = Literal["structured", "binary"]
+# CloudEvents' dataclassification extension: its four values.
+DataClassification = Literal["public", "internal", "confidential", "restricted"]
 
 
 def _positive(value: float) -> str | None:
@@ -277,6 +280,22 @@ class ServerSettings:
         1 << 20,
         help="a tensor larger than this is logged as {'truncated': true, 'bytes': N} instead of its data",
         check=_positive,
+    )
+    payload_log_headers: list[str] = setting(
+        help="NAME,...: request headers (HTTP) / metadata (gRPC) logged with the request event, in its 'metadata' "
+        "extension as KServe's logger writes it (repeatable; authorization, cookie, proxy-authorization and "
+        "x-api-key are refused)",
+        default_factory=list,
+    )
+    payload_log_data_classification: DataClassification | None = setting(
+        None,
+        help="the events' dataclassification extension (CloudEvents): public, internal, confidential or restricted "
+        "[default: none set]; a model's payload_log_data_classification parameter overrides it",
+    )
+    payload_log_http_mode: PayloadLogHttpMode = setting(
+        "structured",
+        help="how --payload-log-url receives events: structured (a JSON array per batch) or binary (one POST per "
+        "event, attributes in ce-* headers, as KServe's logger sends them)",
     )
     # Security (SECURITY.md): all off by default, as the loopback bind makes the server reachable only locally.
     auth_tokens_file: Path | None = setting(

@@ -340,6 +340,14 @@ def test_optional_extensions_are_absent_when_not_configured() -> None:
     request, response = request_and_response(context(traceparent=None, data_classification=None, replica=""))
     for event in (request, response):
         assert "traceparent" not in event and "dataclassification" not in event and "replica" not in event
+        assert "metadata" not in event
+
+
+def test_allowlisted_headers_travel_as_kserves_metadata_extension_a_json_string_of_value_lists() -> None:
+    request, response = request_and_response(context(headers={"x-tenant": "acme", "x-region": "eu"}))
+    for event in (request, response):
+        assert orjson.loads(event["metadata"]) == {"x-tenant": ["acme"], "x-region": ["eu"]}
+        from_json(CloudEvent, orjson.dumps(event))  # a String attribute the SDK accepts
 
 
 def test_time_is_rfc3339_utc_with_microseconds() -> None:

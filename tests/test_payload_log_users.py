@@ -9,6 +9,9 @@ workers appending to one file and the SIGTERM flush run a real process.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,8 +23,10 @@ import pytest
 from cloudevents.conversion import from_json
 from cloudevents.http import CloudEvent
 
+from serve.demo import write_demo_repository
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
+from tests.fixtures.clients import post_json
 from tests.fixtures.inprocess import in_process
 from tests.fixtures.rollout_clients import HttpInfer, binary_body, json_body
 from tests.fixtures.servers import RunningServer, serving
@@ -189,3 +194,52 @@ def _send(server: RunningServer, requests: int) -> None:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(requests)))
     channel.close()
+
+
+# ---- as deployed: a model's own settings in its config.pbtxt, headers and classification from the flags ---------
+
+
+def test_a_models_config_parameters_shape_its_events_and_leave_another_models_to_the_flags(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    write_demo_repository(tmp_path / "demo")
+    for name in ("tabular", "plain"):
+        shutil.copytree(tmp_path / "demo" / "tabular", root / name)
+    plain = root / "plain" / "config.pbtxt"
+    plain.write_text(plain.read_text().replace('name: "tabular"', 'name: "plain"'))
+    with (root / "tabular" / "config.pbtxt").open("a") as config:
+        for key, value in (("payload_log_mode", "requests"), ("payload_log_redact", "features=mask"),
+                           ("payload_log_data_classification", "restricted")):  # fmt: skip
+            config.write(f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n')
+    log_file = tmp_path / "payloads.jsonl"
+    args = ("--payload-log-file", str(log_file), "--payload-log-headers", "x-tenant",
+            "--payload-log-data-classification", "internal")  # fmt: skip
+    tensor = {"name": "features", "shape": [1, 8], "datatype": "FP32", "data": features(SECRET).ravel().tolist()}
+    with serving(root, tmp_path, *args) as server:
+        for model in ("tabular", "plain"):
+            headers = {"x-tenant": "acme", "authorization": "Bearer never-logged"}
+            body = {"id": f"{model}-1", "inputs": [tensor]}
+            response = post_json(server.http_port, f"/v2/models/{model}/infer", body, headers)
+            assert response.status == 200, response.error()
+        assert server.stop() == 0
+    events = read_events(log_file)
+    summary = sorted((e["modelname"], e["type"], e["dataclassification"], e["metadata"]) for e in events)
+    tenant = '{"x-tenant":["acme"]}'
+    assert summary == [
+        ("plain", REQUEST, "internal", tenant),
+        ("plain", RESPONSE, "internal", tenant),
+        ("tabular", REQUEST, "restricted", tenant),
+    ]
+    inputs = {e["modelname"]: e["data"]["inputs"][0]["data"] for e in events if e["type"] == REQUEST}
+    assert set(inputs["tabular"]) == {"***"} and SECRET in inputs["plain"]
+    assert "never-logged" not in log_file.read_text()
+
+
+def test_serve_run_refuses_to_start_when_the_header_allowlist_names_a_credential(
+    demo_repository: Path, tmp_path: Path
+) -> None:
+    log_file = str(tmp_path / "payloads.jsonl")
+    args = [sys.executable, "-m", "serve", "run", "--model-repository", str(demo_repository),
+            "--payload-log-file", log_file, "--payload-log-headers", "x-tenant,Authorization"]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "--payload-log-headers 'Authorization': credentials are never logged" in done.stderr + done.stdout

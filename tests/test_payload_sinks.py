@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover
 from serve.payload_log.file_sink import WRITE_CHUNK, FileSink
 from serve.payload_log.http_sink import BATCH_CONTENT_TYPE, HttpSink
 from serve.payload_log.queue import EventQueue, QueueCounters, SinkWriteError
+from tests.fixtures.inprocess import in_process
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -488,3 +489,21 @@ def test_a_hanging_sink_never_blocks_offer_drops_are_exact_and_logging_resumes(r
     assert c.written == delivered >= 10
     assert orjson.loads(state.delivered[-1][1])[-1]["id"] == "id-9"
     assert len([r for r in caplog.records if "TimeoutError" in r.getMessage()]) == 1
+
+
+async def test_the_http_mode_flag_sends_each_event_in_binary_mode_with_ce_headers(
+    receiver, demo_repository: Path
+) -> None:
+    state, url = receiver
+    settings = {"payload_log_url": url, "payload_log_http_mode": "binary"}
+    async with in_process(demo_repository, **settings) as server:
+        tensor = {"name": "features", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
+        body = orjson.dumps({"id": "binary-flag", "inputs": [tensor]})
+        assert (await server.http.post("/v2/models/tabular/infer", content=body)).status_code == 200
+    assert len(state.delivered) == 2  # one POST per event, none a batch
+    for headers, body in state.delivered:
+        assert headers["content-type"] == "application/json"
+        assert headers["ce-requestid"] == "binary-flag" and headers["ce-modelname"] == "tabular"
+        assert from_http(headers, body)["requestid"] == "binary-flag"
+    types = sorted(headers["ce-type"] for headers, _ in state.delivered)
+    assert types == ["org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"]

@@ -4,7 +4,9 @@ The types and extensions are KServe's logger's (``org.kubeflow.serving.inference
 ``inferenceservicename``, ``namespace``, ``component``, ``endpoint``), so its consumers accept them; unlike
 KServe, every event has its own ``id`` (the spec requires source + id to be unique, and KServe gives a
 request and its response the same one), and the request id, model version, ``traceparent`` and status
-travel as extensions. ``data`` is the Open Inference Protocol JSON body.
+travel as extensions. ``data`` is the Open Inference Protocol JSON body. Allowlisted request headers travel as
+KServe's logger sends its ``metadataHeaders``: the ``metadata`` extension, a String holding the JSON object
+``{"<lower-case name>": ["<value>"]}``.
 
 Tensors are normalised from decoded arrays, never from wire bytes, so HTTP JSON, the HTTP binary extension
 and gRPC (raw or typed contents) give byte-identical ``data``. A tensor larger than ``max_tensor_bytes``
@@ -93,6 +95,7 @@ class EventAttributes(TypedDict):
     sampledrate: int
     dataclassification: NotRequired[str]
     replica: NotRequired[str]
+    metadata: NotRequired[str]  # allowlisted request headers, JSON in a String (KServe's logger's form)
 
 
 class CloudEventJson(EventAttributes):
@@ -114,6 +117,8 @@ class EventContext:
     sample_rate: float  # the payload log's sampling rate, in (0, 1]
     data_classification: str | None  # e.g. "confidential"; the CloudEvents dataclassification extension
     replica: str  # this server's replica (host name or pod); "" leaves it out
+    # Allowlisted request headers by lower-case name (those the request carried); None: no allowlist, no extension.
+    headers: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -264,6 +269,9 @@ def _event(
         attributes["dataclassification"] = ctx.data_classification
     if ctx.replica:
         attributes["replica"] = ctx.replica
+    if ctx.headers is not None:
+        # KServe's logger: json.Marshal of the request's map[string][]string, as the extension's String value.
+        attributes["metadata"] = orjson.dumps({name: [value] for name, value in ctx.headers.items()}).decode()
     # data last, so that a reader of the file sees every attribute before a long payload.
     return {**attributes, "data": body}
 

@@ -5,14 +5,21 @@ set)."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
+from serve.payload_log.http_sink import SinkMode
 from serve.payload_log.redaction import RedactionPolicy, load_key, parse_redact_flag
 from serve.settings import ServerSettings
 
 Mode = Literal["requests", "responses", "all"]
+
+# Credentials: never in a payload log, whatever the allowlist says (issue 22: "authorization never logged").
+NEVER_LOGGED_HEADERS: Final[frozenset[str]] = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
+# RFC 9110's token characters, lower-cased: what an HTTP field name or a gRPC metadata key may be.
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +30,9 @@ class PayloadLogOptions:
     namespace: str
     max_tensor_bytes: int
     replica: str
+    headers: tuple[str, ...] = ()  # lower-case names logged in the request event's "metadata" extension
+    data_classification: str | None = None
+    http_mode: SinkMode = "structured"
 
 
 def payload_log_options(settings: ServerSettings) -> PayloadLogOptions:
@@ -38,4 +48,28 @@ def payload_log_options(settings: ServerSettings) -> PayloadLogOptions:
         namespace=settings.payload_log_namespace or os.environ.get("POD_NAMESPACE", ""),
         max_tensor_bytes=settings.payload_log_max_tensor_bytes,
         replica=socket.gethostname(),
+        headers=header_allowlist(settings.payload_log_headers),
+        data_classification=settings.payload_log_data_classification,
+        http_mode=settings.payload_log_http_mode,
     )
+
+
+def header_allowlist(values: list[str]) -> tuple[str, ...]:
+    """``--payload-log-headers`` values (each ``NAME,...``) as lower-case names, in order, each once."""
+    names: dict[str, None] = {}
+    for value in values:
+        for raw in value.split(","):
+            name = raw.strip().lower()
+            if not name:
+                continue  # "a,,b" or a trailing comma: nothing was named
+            if name in NEVER_LOGGED_HEADERS:
+                raise ValueError(
+                    f"--payload-log-headers {raw.strip()!r}: credentials are never logged "
+                    f"({', '.join(sorted(NEVER_LOGGED_HEADERS))}); remove it from the list"
+                )
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"--payload-log-headers {raw.strip()!r} is not a header name (letters, digits and -_.!#$%&'*+^`|~)"
+                )
+            names[name] = None
+    return tuple(names)

@@ -35,6 +35,11 @@ _KNOWN_PARAMETERS = {
     "categorical_features",
     # "false" serves a graph's ZipMap outputs as they are (and so refuses them) instead of as tensors.
     "rewrite_zipmap",
+    # The model's payload log settings over the server's flags; read and checked by serve/payload_log/model_options.py.
+    "payload_log_mode",
+    "payload_log_sample",
+    "payload_log_redact",
+    "payload_log_data_classification",
 }
 
 
