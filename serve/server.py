@@ -24,12 +24,14 @@ import grpc
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
+from serve.access_log import AccessLog
 from serve.core import InferenceService
 from serve.core.rollout_parts import RolloutParts
 from serve.errors import ModelNotFound, NotFound
 from serve.events import Observer
 from serve.ground_truth.wiring import GroundTruth
 from serve.grpc.auth import BearerAuthInterceptor
+from serve.grpc.caller_trace import CallerTraceInterceptor
 from serve.grpc.drain import DrainGate
 from serve.grpc.frontends import choose_frontend
 from serve.grpc.handoff.front import HandoffFront as HandoffFront  # the supervisor runs the one grpc_front builds
@@ -38,6 +40,7 @@ from serve.grpc.health import ServiceHealth
 from serve.grpc.server import create_grpc_server, set_serving
 from serve.http.app import create_app
 from serve.http.auth import BearerAuth
+from serve.http.caller_trace import CallerTrace
 from serve.http.connection import HeaderLimits, limited_protocol
 from serve.http.input_stats_routes import monitoring_routes
 from serve.input_stats.recorder import StatsRecorder
@@ -150,6 +153,8 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
     trace_settings, tracer = _tracing(settings)
     if tracer is not None:
         observers.append(tracer)
+    if settings.access_log:
+        observers.append(AccessLog())
     service = InferenceService.create(
         repository_root,
         settings,
@@ -173,6 +178,9 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
         app = BearerAuth(app, tokens, protect_inference=settings.auth_inference, audit=service.audit)
         guard = BearerAuthInterceptor(tokens, protect_inference=settings.auth_inference, audit=service.audit)
         interceptors.append(guard)
+    if tracer is not None:  # the audit log's trace_id: the caller's trace of an admin call
+        app = CallerTrace(app)
+        interceptors.append(CallerTraceInterceptor())
     transports = Transports(app, interceptors, gate, documents, tls, tokens)
     return Server(settings, role, service, metrics, stats, access, transports, rollouts, payloads, tracer)
 

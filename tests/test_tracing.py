@@ -6,6 +6,7 @@ through a real collector is tests/test_tracing_users.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,7 +22,8 @@ import serve.tracing.spans as spans
 from serve.events import RequestEvent
 from serve.modelgen import mlp, save
 from serve.protocol import grpc_service_pb2 as pb
-from serve.tracing.sampling import Parent, SamplerSpec, Sampling, parse_traceparent
+from serve.trace_context import Parent, parse_traceparent
+from serve.tracing.sampling import SamplerSpec, Sampling
 from serve.tracing.settings import TraceSettings
 from tests.fixtures.inprocess import InProcess, in_process
 
@@ -353,3 +355,58 @@ print(loaded)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+async def test_the_access_log_line_of_a_traced_request_carries_its_trace_id(
+    tmp_path: Path, exported: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="serve.access")
+    async with in_process(write_model(tmp_path), trace=True, access_log=True) as server:
+        await server.http.post("/v2/models/m/infer", json=BODY, headers={"traceparent": SAMPLED})
+        await server.http.post("/v2/models/m/infer", json=BODY, headers={"traceparent": NOT_SAMPLED})
+    traced, untraced = (json.loads(r.getMessage()) for r in caplog.records if r.name == "serve.access")
+    assert traced["trace_id"] == TRACE_ID and traced["model"] == "m" and traced["outcome"] == "success"
+    assert "trace_id" not in untraced and untraced["request_id"]
+
+
+async def test_a_traced_request_leaves_its_trace_id_as_an_exemplar_on_the_latency_histograms(
+    traced: InProcess, exported: InMemorySpanExporter
+) -> None:
+    await traced.http.post("/v2/models/m/infer", json=BODY, headers={"traceparent": SAMPLED})
+    scrape = await traced.http.get("/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"})
+    exemplars = [line for line in scrape.text.splitlines() if f'# {{trace_id="{TRACE_ID}"}}' in line]
+    assert any(line.startswith("serve_request_duration_seconds_bucket") for line in exemplars)
+    assert any(line.startswith("serve_queue_duration_seconds_bucket") for line in exemplars)
+
+
+async def test_an_audited_http_call_records_its_callers_trace_id(tmp_path: Path, exported: InMemorySpanExporter) -> None:
+    audit = tmp_path / "audit.jsonl"
+    root = write_model(tmp_path / "models")
+    async with in_process(root, trace=True, audit_log_file=audit, model_control_mode="explicit") as server:
+        answer = await server.http.post("/v2/repository/models/m/load", headers={"traceparent": SAMPLED})
+        assert answer.status_code == 200
+    calls = [json.loads(line) for line in audit.read_text().splitlines() if '"api_call"' in line]
+    assert [(c["action"], c.get("trace_id")) for c in calls] == [("load", TRACE_ID)]
+
+
+async def test_an_audited_grpc_call_records_its_callers_trace_id(tmp_path: Path, exported: InMemorySpanExporter) -> None:
+    audit = tmp_path / "audit.jsonl"
+    root = write_model(tmp_path / "models")
+    async with in_process(root, trace=True, audit_log_file=audit, model_control_mode="explicit") as server:
+        await server.grpc.RepositoryModelLoad(
+            pb.RepositoryModelLoadRequest(model_name="m"), metadata=(("traceparent", SAMPLED),)
+        )
+    calls = [json.loads(line) for line in audit.read_text().splitlines() if '"api_call"' in line]
+    assert [(c["action"], c.get("trace_id")) for c in calls] == [("load", TRACE_ID)]
+
+
+async def test_a_payload_event_carries_the_traceparent_of_its_requests_server_span(
+    tmp_path: Path, exported: InMemorySpanExporter
+) -> None:
+    log_file = tmp_path / "payloads.jsonl"
+    async with in_process(write_model(tmp_path / "models"), trace=True, payload_log_file=log_file) as server:
+        await server.http.post("/v2/models/m/infer", json=BODY, headers={"traceparent": SAMPLED})
+        (server_span,) = named(finished(server, exported), HTTP_ROUTE)
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert len(events) == 2
+    assert {e["traceparent"] for e in events} == {f"00-{TRACE_ID}-{server_span.context.span_id:016x}-01"}

@@ -276,12 +276,15 @@ class PrometheusMetrics(Observer, VersionListener):
                 self.queue_duration.labels(*labels[:3]) if key.name else None,
             )
         children[0].inc()
-        children[1].observe(event.duration_ns / 1e9)
+        # A traced request leaves its trace id as the bucket's exemplar (OpenMetrics scrapes show it;
+        # prometheus_client's multiprocess files, under --workers, keep none).
+        exemplar = {"trace_id": event.trace_id} if event.traceparent else None
+        children[1].observe(event.duration_ns / 1e9, exemplar)
         if children[2] is None:
             return  # the request named no loaded version: nothing is counted per model
         timings = event.timings
         if timings is not None:
-            children[2].observe(timings.queue_ns / 1e9)
+            children[2].observe(timings.queue_ns / 1e9, exemplar)
         if self.triton is None or event.role == "shadow":
             return  # Triton's counters count what clients were answered
         t = self._model_series(key.name, key.version).triton

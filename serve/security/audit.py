@@ -19,7 +19,8 @@ interleave) and fsync'd before the event goes on. Events:
   ``samples`` per arm, the plan's new ``phase`` and ``revision``, and the ``reason`` it states.
 
 Every line has ``time`` (UTC, ISO 8601), ``event``, ``actor`` (a token identity, ``anonymous``
-without auth, ``startup``, ``poll``, ``shutdown``), ``model`` and ``pid``; model events also
+without auth, ``startup``, ``poll``, ``shutdown``), ``model`` and ``pid``; with tracing on, a call whose caller
+sent a W3C ``traceparent`` also ``trace_id`` (the caller's trace); model events also
 ``version``, ``onnx_sha256`` and ``config_sha256``. The operator rotates the file: once it is
 moved away, the next line opens a new one at the configured path.
 """
@@ -36,6 +37,7 @@ from pathlib import Path
 import orjson
 
 from serve.repository.model_version import LoadOutcome, ModelVersion, VersionListener
+from serve.trace_context import CALLER_TRACE_ID
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,9 @@ class AuditLog(VersionListener):
 
     def _write(self, event: str, actor: str, model: str, **fields: object) -> None:
         record = {"time": self._clock(), "event": event, "actor": actor, "model": model, **fields, "pid": self._pid}
+        caller_trace = CALLER_TRACE_ID.get()
+        if caller_trace:
+            record["trace_id"] = caller_trace
         try:
             self._file.write(orjson.dumps(record) + b"\n")
         except OSError:

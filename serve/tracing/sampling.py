@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from serve.trace_context import Parent
 from serve.tracing.settings import TraceSettings
 
 Root = Literal["always_on", "always_off", "ratio"]
@@ -61,44 +62,6 @@ class SamplerSpec:
     def root_ratio(self) -> float:
         """The share of requests without a parent that the sampler traces."""
         return {"always_on": 1.0, "always_off": 0.0, "ratio": self.ratio}[self.root]
-
-
-@dataclass(frozen=True, slots=True)
-class Parent:
-    """A W3C ``traceparent`` a client sent (version 00), with its ``tracestate``."""
-
-    trace_id: int
-    span_id: int
-    flags: int
-    tracestate: str = ""
-
-    @property
-    def sampled(self) -> bool:
-        return bool(self.flags & 1)
-
-
-def parse_traceparent(value: str | None, tracestate: str | None = None) -> Parent | None:
-    """The parent a ``traceparent`` header names, None when it is absent or malformed (W3C: then start a new trace)."""
-    if not value or len(value) < 55:
-        return None
-    version, _, rest = value.strip().partition("-")
-    if len(version) != 2 or version == "ff" or not _is_hex(version):
-        return None
-    parts = rest.split("-")
-    # Version 00 has exactly four fields; a later version may append more after the flags (W3C: parse what we know).
-    if len(parts) < 3 or (version == "00" and len(parts) != 3):
-        return None
-    trace, span, flags = parts[0], parts[1], parts[2]
-    if len(trace) != 32 or len(span) != 16 or len(flags) != 2 or not _is_hex(trace + span + flags):
-        return None
-    trace_id, span_id = int(trace, 16), int(span, 16)
-    if trace_id == 0 or span_id == 0:
-        return None
-    return Parent(trace_id, span_id, int(flags, 16), tracestate or "")
-
-
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
 
 
 class Sampling:

@@ -30,8 +30,9 @@ from opentelemetry.util.types import AttributeValue
 
 from serve import __version__
 from serve.events import Execution, Observer
+from serve.trace_context import Parent, parse_traceparent
 from serve.tracing.options import TracingOptions
-from serve.tracing.sampling import Parent, Sampling, parse_traceparent
+from serve.tracing.sampling import Sampling
 from serve.tracing.settings import TraceSettings
 
 log = logging.getLogger(__name__)
