@@ -164,6 +164,7 @@ def build_server(settings: ServerSettings, repository_root: Path, role: Role = S
         cluster=role.cluster,
         mirror_of=rollouts.mirror_of,
         tracer=tracer,
+        trace_settings=trace_settings,
     )
     rollouts.attach(service, metrics.rollouts, decides=role.decides_rollouts and settings.rollout_decider == "server")
     metrics.queue_probe = service.queue_depths

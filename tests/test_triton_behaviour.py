@@ -1,5 +1,5 @@
 """Where Triton's behaviour is well known, ours matches it: model control switched off, the
-extensions we do not implement, a load-time config override that holds, and --load-model=*."""
+extensions we do not implement (shared memory, logging), a load-time config override that holds, and --load-model=*."""
 
 from __future__ import annotations
 
@@ -40,8 +40,6 @@ async def test_load_and_unload_without_explicit_model_control_are_unavailable(de
         ("POST", "/v2/systemsharedmemory/unregister", "system shared memory"),
         ("GET", "/v2/cudasharedmemory/region/r0/status", "CUDA shared memory"),
         ("POST", "/v2/cudasharedmemory/region/r0/unregister", "CUDA shared memory"),
-        ("GET", "/v2/trace/setting", "trace"),
-        ("POST", "/v2/models/tabular/trace/setting", "trace"),
         ("GET", "/v2/logging", "logging"),
     ],
 )
@@ -59,7 +57,6 @@ async def test_unimplemented_extensions_answer_unimplemented_over_grpc(demo: Pat
         calls = [
             (server.grpc.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()), "system shared memory"),
             (server.grpc.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest()), "CUDA shared memory"),
-            (server.grpc.TraceSetting(pb.TraceSettingRequest()), "trace"),
             (server.grpc.LogSettings(pb.LogSettingsRequest()), "logging"),
         ]
         for call, extension in calls:

@@ -20,6 +20,7 @@ from serve.workers.messages import (
     WORKER_REQUESTS,
     Answer,
     ApplyLoad,
+    ApplyTraceSettings,
     ApplyUnload,
     Done,
     EvidenceAnswer,
@@ -44,6 +45,7 @@ from serve.workers.messages import (
     StartupModels,
     StartupModelsAnswer,
     StatisticsAnswer,
+    TraceSettingsChanged,
     Unload,
     WorkerRequest,
     answer_worker_request,
@@ -68,11 +70,14 @@ REQUESTS: list[Request[Answer]] = [
     ExportEvidence("fraud"),
     JoinLabels("fraud", "2", b'[{"id": "a", "label": 1}]'),
     Performance("fraud", ""),
+    TraceSettingsChanged("fraud", b'{"trace_rate": "10", "trace_count": null}'),
+    ApplyTraceSettings("", b'{"trace_level": ["TIMESTAMPS"]}'),
 ]
 ANSWERS: list[tuple[Request[Answer], Answer]] = [
     (ModelStatistics("fraud", ""), StatisticsAnswer(b'[{"name":"fraud"}]')),
     (Export("fraud", ""), InputStatsAnswer(b"{}" * 1000)),
     (StartupModels(), StartupModelsAnswer(5, (SPEC, ModelSpec("plain")))),
+    (StartupModels(), StartupModelsAnswer(6, (), b'{"fraud": {"trace_rate": "10"}}')),
     (Loaded(), LoadedAnswer(("a", "b"))),
     (Unload("fraud", "x"), Done()),
     (RolloutEvidence("fraud"), EvidenceAnswer(b'{"arms":{}}')),
@@ -95,7 +100,7 @@ def test_every_request_kind_decodes_to_what_was_encoded(request_: Request[Answer
 def test_each_request_kind_has_a_name_of_its_own_on_the_socket_that_answers_it() -> None:
     for kinds in (SUPERVISOR_REQUESTS, WORKER_REQUESTS):
         assert len({cls.kind for cls in kinds}) == len(kinds)
-    assert len({cls.kind for cls in EVERY_REQUEST}) == len(set(EVERY_REQUEST)) == 16
+    assert len({cls.kind for cls in EVERY_REQUEST}) == len(set(EVERY_REQUEST)) == 18
     assert {type(r) for r in REQUESTS} == set(EVERY_REQUEST)  # REQUESTS has every kind
 
 
@@ -202,6 +207,10 @@ class _Worker:
         self.asked.append(request)
         return PerformanceAnswer(b'{"versions": []}')
 
+    async def apply_trace_settings(self, request: ApplyTraceSettings) -> Done:
+        self.asked.append(request)
+        return Done()
+
 
 @pytest.fixture
 async def worker(tmp_path: Path) -> AsyncIterator[tuple[Path, _Worker]]:
@@ -248,6 +257,37 @@ async def test_labels_and_the_performance_document_travel_as_bytes(worker: tuple
     assert await ipc.call(path, JoinLabels("fraud", "", labels)) == JoinAnswer(bytes([0, 4]))
     assert await ipc.call(path, Performance("fraud", "2")) == PerformanceAnswer(b'{"versions": []}')
     assert handler.asked == [JoinLabels("fraud", "", labels), Performance("fraud", "2")]
+
+
+async def test_trace_settings_reach_the_worker_as_the_json_the_client_sent(worker: tuple[Path, _Worker]) -> None:
+    path, handler = worker
+    changes = codec.trace_changes_to_json({"trace_level": ("TIMESTAMPS",), "trace_rate": "5", "trace_count": None})
+    assert await ipc.call(path, ApplyTraceSettings("fraud", changes)) == Done()
+    assert handler.asked == [ApplyTraceSettings("fraud", changes)]
+    assert codec.trace_changes_from_json(changes) == {
+        "trace_level": ["TIMESTAMPS"],
+        "trace_rate": "5",
+        "trace_count": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        (b"[1]", "trace settings: expected dict, got list"),
+        (b'{"trace_rate": 5}', "trace settings.trace_rate: expected a string, a list of strings or null"),
+        (b'{"trace_level": ["A", 1]}', "trace settings.trace_level: expected a string, a list of strings or null"),
+        (b"{nope", "trace settings: not JSON"),
+    ],
+)
+def test_malformed_trace_settings_are_an_error_naming_what_is_wrong(document: bytes, reason: str) -> None:
+    with pytest.raises(MalformedMessage, match=reason):
+        codec.trace_changes_from_json(document)
+
+
+def test_the_startup_trace_settings_are_every_model_s_changes() -> None:
+    document = codec.trace_settings_to_json({"": {"trace_rate": "2"}, "fraud": {"trace_level": ["OFF"]}})
+    assert codec.trace_settings_from_json(document) == {"": {"trace_rate": "2"}, "fraud": {"trace_level": ["OFF"]}}
 
 
 async def test_a_serve_error_in_a_handler_reaches_the_caller_as_itself(worker: tuple[Path, _Worker]) -> None:

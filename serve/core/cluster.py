@@ -7,7 +7,7 @@ each worker applies them on its LocalCluster. Without workers the LocalCluster a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -22,6 +22,7 @@ from serve.metrics.triton_statistics import TritonStatistics
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.repository import ModelRepository
 from serve.rollout.evidence import Labelled, evidence_from_bytes
+from serve.tracing.settings import SettingValue, TraceSettings
 
 
 class Cluster(Protocol):
@@ -55,6 +56,11 @@ class Cluster(Protocol):
         """The model's performance document, merged over the workers."""
         ...
 
+    async def trace_settings_changed(self, model: str, changes: Mapping[str, SettingValue]) -> None:
+        """Triton's trace settings of ``model`` ("" = global) changed: every worker applies ``changes`` (already
+        validated) before this returns, and a worker that starts later applies them as it starts."""
+        ...
+
 
 class LocalCluster:
     """This process's own repository and statistics: the whole server when there are no workers,
@@ -66,8 +72,10 @@ class LocalCluster:
         statistics: TritonStatistics,
         rollouts: Rollouts,
         ground_truth: GroundTruth,
+        trace_settings: TraceSettings,
     ) -> None:
         self._repository = repository
+        self._trace_settings = trace_settings
         self._statistics = statistics
         self._rollouts = rollouts
         self._ground_truth = ground_truth
@@ -118,3 +126,6 @@ class LocalCluster:
 
     async def performance(self, name: str, version: str) -> PerformanceDocumentJson:
         return self._ground_truth.document(name, version)
+
+    async def trace_settings_changed(self, model: str, changes: Mapping[str, SettingValue]) -> None:
+        self._trace_settings.update(model, changes)

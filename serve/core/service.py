@@ -39,6 +39,7 @@ from serve.rollout.spec import Role, Routing
 from serve.security.audit import ERROR, OK, AuditLog
 from serve.settings import ModelControlMode, ServerSettings
 from serve.tracing.request import RequestTracer, TracedRequest
+from serve.tracing.settings import SettingValue, TraceSettings, TraceSettingsDocument
 from serve.types import InferRequest, InferResponse, OutputTensor, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ EXTENSIONS = [
     "schedule_policy",
     "statistics",
     "parameters",
+    "trace",
 ]
 
 # Turns what a transport received into a request, once the model it names is known
@@ -75,6 +77,7 @@ class InferenceService:
         mirror: Mirror | None = None,
         ground_truth: GroundTruth | None = None,
         tracer: RequestTracer | None = None,
+        trace_settings: TraceSettings | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         self.repository = repository
@@ -91,7 +94,9 @@ class InferenceService:
         self.rollouts = rollouts or Rollouts()
         # Without one (a core built bare, in tests) no predictions are kept and feedback says so.
         self.ground_truth = ground_truth or GroundTruth(window_s=60.0, retention_s=0.0, max_rows=1)
-        self.local = LocalCluster(repository, statistics, self.rollouts, self.ground_truth)
+        # Triton's trace settings of this process; off unless the composition root passes the ones --trace made.
+        self.trace_settings = trace_settings or TraceSettings(enabled=False, sampler_ratio=None)
+        self.local = LocalCluster(repository, statistics, self.rollouts, self.ground_truth, self.trace_settings)
         self.cluster: Cluster = cluster or self.local
         self.rollouts.bind(repository, self.cluster)
         # The same (live) mapping Rollouts keeps: one lookup per request says whether a model has a rollout.
@@ -391,6 +396,26 @@ class InferenceService:
         if version:
             parse_version(version)
         self.repository.get(name)
+
+    # ---- trace settings (Triton's trace extension) --------------------------------------------
+    def trace_setting(self, model: str) -> TraceSettingsDocument:
+        """The model's trace settings (the global ones for model ""); NOT_FOUND for a model not served."""
+        if model:
+            self._known(model, "")
+        return self.trace_settings.document(model)
+
+    async def update_trace_setting(
+        self, model: str, changes: Mapping[str, SettingValue], actor: str
+    ) -> TraceSettingsDocument:
+        """Applies ``changes`` (Triton's keys; None clears a model's own value) on every worker and answers the
+        settings after them. All or nothing: a change that cannot apply is refused here, before any worker
+        applies a key of it."""
+        if model:
+            self._known(model, "")
+        self.trace_settings.validate(changes)
+        await self.cluster.trace_settings_changed(model, changes)
+        log.info("trace settings of %s changed by %s: %s", f"model {model}" if model else "the server", actor, changes)
+        return self.trace_settings.document(model)
 
     # ---- repository ------------------------------------------------------------------------
     @contextmanager

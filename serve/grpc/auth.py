@@ -5,6 +5,8 @@ The token comes in the ``authorization`` metadata (``Bearer <token>``; tritoncli
 - the standard health service, server reflection, ServerLive and ServerReady: nothing;
 - RepositoryModelLoad, RepositoryModelUnload and every method of ``serve.rollout.Rollouts``: scope ``admin``,
   always; RepositoryIndex (read-only) ``inference``;
+- TraceSetting, one method for reading and changing: decided per request, once it is decoded: with settings (a
+  change) ``admin``, always; without (a read) ``inference``, like metadata;
 - everything else (inference, metadata, config, statistics, the monitoring service): scope
   ``inference`` (or admin), unless --no-auth-inference.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -43,6 +46,9 @@ ADMIN_METHODS = {
     _ROLLOUT_SERVICE + "AbortRollout": "rollout_abort",
 }
 
+TRACE_SETTING = "trace_setting"  # the audit log's action, as over HTTP
+_TRACE_SETTING_METHOD = _INFERENCE_SERVICE + "TraceSetting"
+
 _actor: ContextVar[str] = ContextVar("serve_grpc_actor", default=ANONYMOUS)
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
@@ -59,6 +65,14 @@ def required_scope(method: str) -> Scope | None:
     if method in ADMIN_METHODS and ADMIN_METHODS[method] != "index":  # the index is read-only: inference
         return ADMIN
     return INFERENCE
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    code: grpc.StatusCode
+    message: str
+    actor: str  # for the audit log: the token's identity, or ``unauthenticated``
+    reason: str
 
 
 def _token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -115,27 +129,62 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method: str = details.method
+        if handler is not None and method == _TRACE_SETTING_METHOD:
+            return self._per_request(handler, details.invocation_metadata)
         needed = required_scope(method)
         if handler is None or needed is None or (needed == INFERENCE and not self._protect_inference):
             return handler
-        presented = _token(details.invocation_metadata)
+        checked = self._identify(needed, details.invocation_metadata)
+        if isinstance(checked, _Refused):
+            audit = self._auditor(method, checked.actor, checked.reason)
+            return _refusal(handler, checked.code, checked.message, audit)
+        return _as(handler, checked) if method in ADMIN_METHODS else handler
+
+    def _identify(self, needed: Scope, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | _Refused:
+        """The identity of the call's token if it has scope ``needed``, else why it is refused."""
+        presented = _token(metadata)
         identity = self._tokens.identify(presented)
         if identity is None:
             why = "no bearer token was sent" if presented is None else "the bearer token is not valid"
-            return _refusal(
-                handler,
+            return _Refused(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"{why}: this method needs 'authorization: Bearer <token>' metadata with a token of scope {needed}",
-                self._auditor(method, UNAUTHENTICATED, why),
+                UNAUTHENTICATED,
+                why,
             )
         if not identity.allows(needed):
-            return _refusal(
-                handler,
+            return _Refused(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the token of '{identity.name}' has scope {identity.scope}; this method needs scope {needed}",
-                self._auditor(method, identity.name, f"the token's scope is {identity.scope}"),
+                identity.name,
+                f"the token's scope is {identity.scope}",
             )
-        return _as(handler, identity.name) if method in ADMIN_METHODS else handler
+        return identity.name
+
+    def _per_request(
+        self, handler: grpc.RpcMethodHandler, metadata: Sequence[tuple[str, str | bytes]] | None
+    ) -> grpc.RpcMethodHandler:
+        """TraceSetting reads and changes through one method: its scope depends on the request (settings or none),
+        so it is decided once the request is decoded."""
+        behavior: Behavior = handler.unary_unary
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            needed = ADMIN if request.settings else INFERENCE
+            if needed == INFERENCE and not self._protect_inference:
+                return await behavior(request, context)
+            checked = self._identify(needed, metadata)
+            if isinstance(checked, _Refused):
+                if needed == ADMIN and self._audit is not None:
+                    self._audit.api_call(TRACE_SETTING, checked.actor, request.model_name, DENIED, checked.reason)
+                await context.abort(checked.code, checked.message)
+                raise AssertionError("unreachable: abort raises")
+            token = _actor.set(checked)
+            try:
+                return await behavior(request, context)
+            finally:
+                _actor.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(guarded, handler.request_deserializer, handler.response_serializer)
 
     def _auditor(self, method: str, actor: str, reason: str) -> Callable[[Any], None] | None:
         action = ADMIN_METHODS.get(method)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -17,13 +17,14 @@ from serve.codecs import grpc_codec
 from serve.core import InferenceService
 from serve.core.request_ids import HEADER, is_header_value
 from serve.errors import InvalidInput, ServeError, Unsupported
-from serve.grpc.auth import current_actor
+from serve.grpc.auth import TRACE_SETTING, current_actor
 from serve.grpc.errors import message_of, rpc
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.config_file import parse_config_json
 from serve.tracing.request import GrpcTracedRequest
+from serve.tracing.settings import SettingValue, TraceSettingsDocument
 from serve.types import InferRequest
 
 Context = Any  # grpc.aio.ServicerContext; the generated base class leaves it untyped
@@ -43,6 +44,22 @@ def _repository_parameters(params: Any) -> tuple[mc.ModelConfig | None, dict[str
                 raise InvalidInput(f"parameter '{key}' must be bytes")
             files[key[5:]] = value.bytes_param
     return config, files
+
+
+def _setting_value(values: Sequence[str]) -> SettingValue:
+    """No value clears the key (HTTP's null); one value is that string, so that a document read back (trace_file
+    "") is taken as it is; more are a list (trace_level)."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else list(values)
+
+
+def _trace_response(document: TraceSettingsDocument) -> pb.TraceSettingResponse:
+    response = pb.TraceSettingResponse()
+    for key, value in document.items():
+        assert isinstance(value, str | list)
+        response.settings[key].value.extend([value] if isinstance(value, str) else value)
+    return response
 
 
 class _Metadata:
@@ -269,8 +286,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._unsupported(context, "CUDA shared memory")
 
     @rpc
-    async def TraceSetting(self, request: Any, context: Context) -> Any:
-        return await self._unsupported(context, "trace")
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Context) -> pb.TraceSettingResponse:
+        """Triton's trace extension: a request without settings reads them (model_name "" = the global ones), one
+        with settings changes them (admin scope: auth.py decides per request) and answers them after."""
+        model = request.model_name
+        if not request.settings:
+            return _trace_response(self._service.trace_setting(model))
+        actor = current_actor()
+        with self._service.audited(TRACE_SETTING, actor, model):
+            self._service.trace_setting(model)  # NOT_FOUND whatever the settings hold
+            changes = {key: _setting_value(setting.value) for key, setting in request.settings.items()}
+            return _trace_response(await self._service.update_trace_setting(model, changes, actor))
 
     @rpc
     async def LogSettings(self, request: Any, context: Context) -> Any:

@@ -27,6 +27,7 @@ from serve.http.feedback_routes import feedback_routes
 from serve.http.infer import InferEndpoint
 from serve.http.openapi import openapi_document
 from serve.http.rollout_routes import rollout_routes
+from serve.http.trace_routes import trace_routes
 from serve.protocol import model_config_pb2 as mc
 from serve.repository.config_file import parse_config_json
 from serve.repository.config_json import message_to_json
@@ -72,7 +73,7 @@ def _load_parameters(body: dict[str, Any]) -> tuple[mc.ModelConfig | None, dict[
 
 
 def _unsupported_extensions() -> list[BaseRoute]:
-    """Triton's shared-memory, trace and log-settings endpoints: 501 naming the extension, not 404
+    """Triton's shared-memory and log-settings endpoints: 501 naming the extension, not 404
     (Triton's clients read a 404 as "model not found")."""
 
     def refuse(extension: str) -> Handler:
@@ -94,12 +95,7 @@ def _unsupported_extensions() -> list[BaseRoute]:
             Route(prefix + "/region/{region}/register", handler, methods=["POST"]),
             Route(prefix + "/region/{region}/unregister", handler, methods=["POST"]),
         ]
-    trace = refuse("trace")
-    routes += [
-        Route("/v2/trace/setting", trace, methods=["GET", "POST"]),
-        Route("/v2/models/{model}/trace/setting", trace, methods=["GET", "POST"]),
-        Route("/v2/logging", refuse("logging"), methods=["GET", "POST"]),
-    ]
+    routes.append(Route("/v2/logging", refuse("logging"), methods=["GET", "POST"]))
     return routes
 
 
@@ -203,6 +199,7 @@ def create_app(
         *_Routes(service, max_request_bytes).table(),
         *rollout_routes(service, max_request_bytes=max_request_bytes),
         *feedback_routes(service, max_request_bytes=max_request_bytes),
+        *trace_routes(service, max_request_bytes=max_request_bytes),
         *_unsupported_extensions(),
         *(extra_routes or []),
     ]

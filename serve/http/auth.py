@@ -2,12 +2,12 @@
 
 What each path needs:
 - ``/v2/health/live`` and ``/v2/health/ready``: nothing, so that probes need no secret;
-- ``/v2/repository/.../load`` and ``.../unload``, and ``/v2/models/{m}/rollout[/...]``: a token of scope
-  ``admin``, always;
+- ``/v2/repository/.../load`` and ``.../unload``, ``/v2/models/{m}/rollout[/...]``, and a POST to
+  ``/v2[/models/{m}]/trace/setting`` (a change of the trace settings): a token of scope ``admin``, always;
 - ``/v2/repository/.../index`` (read-only: what metadata shows too): scope ``inference``, so that the
   drift monitor can find the models with an inference token;
-- everything else (inference, metadata, config, statistics, input-stats, baseline, /metrics, and
-  paths that do not exist, so that a scanner learns nothing): scope ``inference`` (or admin),
+- everything else (inference, metadata, config, statistics, input-stats, baseline, reading the trace settings,
+  /metrics, and paths that do not exist, so that a scanner learns nothing): scope ``inference`` (or admin),
   unless --no-auth-inference.
 
 A missing or unknown token is 401 with ``WWW-Authenticate: Bearer``; a known token without the
@@ -30,18 +30,34 @@ OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 REPOSITORY_PREFIX = "/v2/repository"
 MODELS_PREFIX = "/v2/models/"
 ROLLOUT = "rollout"
+TRACE_SETTING = "trace_setting"  # the audit log's action for a change of the trace settings
+_GLOBAL_TRACE_SETTING = "/v2/trace/setting"
 _ACTOR = "serve.actor"  # the scope key carrying an admin call's identity
 _AUTHORIZATION = b"authorization"
 
 
-def required_scope(path: str) -> TokenScope | None:
+def required_scope(path: str, method: str) -> TokenScope | None:
     if path in OPEN_PATHS:
         return None
     if path.startswith(REPOSITORY_PREFIX):  # a prefix, not the routes: whatever lies below is admin's
         return INFERENCE if path.rstrip("/").endswith("/index") else ADMIN
-    if rollout_call(path)[0]:
+    if rollout_call(path)[0] or trace_setting_call(path, method)[0]:
         return ADMIN
     return INFERENCE
+
+
+def trace_setting_call(path: str, method: str) -> tuple[str, str]:
+    """(action, model) of a change of the trace settings (a POST; model "" for the global ones); ("", "")
+    otherwise: reading them is the inference scope's, like metadata."""
+    if method != "POST":
+        return "", ""
+    if path == _GLOBAL_TRACE_SETTING:
+        return TRACE_SETTING, ""
+    if path.startswith(MODELS_PREFIX):
+        parts = path[len(MODELS_PREFIX) :].split("/")
+        if len(parts) == 3 and parts[1:] == ["trace", "setting"]:
+            return TRACE_SETTING, parts[0]
+    return "", ""
 
 
 def rollout_call(path: str) -> tuple[str, str]:
@@ -91,7 +107,7 @@ class BearerAuth:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        needed = required_scope(scope["path"])
+        needed = required_scope(scope["path"], scope["method"])
         if needed is None or (needed == INFERENCE and not self._protect_inference):
             await self._app(scope, receive, send)
             return
@@ -125,6 +141,8 @@ class BearerAuth:
         action, model = repository_call(scope["path"])
         if not action:
             action, model = rollout_call(scope["path"])
+        if not action:
+            action, model = trace_setting_call(scope["path"], scope["method"])
         if action:
             self._audit.api_call(action, actor, model, DENIED, reason)
 

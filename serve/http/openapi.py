@@ -1,8 +1,8 @@
 """The HTTP API as an OpenAPI 3.1 document, served at ``GET /openapi.json``.
 
 It describes what clients send and what every route answers, errors included (``{"error":
-message}``). Triton's shared-memory, trace and logging endpoints, which answer 501 naming the
-extension, are left out: there is nothing to call. The document is checked against the server by
+message}``). Triton's shared-memory and logging endpoints, which answer 501 naming the extension,
+are left out: there is nothing to call. The document is checked against the server by
 schemathesis (tests/test_openapi_api.py).
 """
 
@@ -212,6 +212,45 @@ def _rollout_routes() -> JsonObject:
     }
 
 
+def _trace_routes() -> JsonObject:
+    settings = _json(_ref("TraceSettings"), "the settings (a model's: the global ones with its own on top)")
+    read_errors = _errors(404, 503)
+    routes: JsonObject = {}
+    targets: list[tuple[str, list[JsonValue], str]] = [
+        ("/v2/trace/setting", [], "the global trace settings"),
+        ("/v2/models/{model}/trace/setting", [_MODEL], "the model's trace settings"),
+    ]
+    for path, parameters, whose in targets:
+        routes[path] = {
+            "get": _operation(f"{whose} (Triton's trace extension)", parameters, {"200": settings, **read_errors}),
+            "post": _operation(
+                f"change {whose}: null clears a model's own value (admin scope); answers them after",
+                parameters,
+                {"200": settings, **_errors(400, 404, 413, 503)},
+                body="TraceSettingsChange",
+            ),
+        }
+    return routes
+
+
+def _trace_schemas() -> JsonObject:
+    text = _string()
+    value: JsonObject = {"oneOf": [text, _array(text), {"type": "null"}]}
+    document = _object(
+        {
+            "trace_level": _array(_string("OFF or TIMESTAMPS")),
+            "trace_rate": _string("trace one request in N (an integer)"),
+            "trace_count": _string("how many more requests to trace, -1 for no limit"),
+            "log_frequency": text,
+            "trace_file": text,
+            "trace_mode": _string("opentelemetry"),
+        },
+        required=["trace_level", "trace_rate", "trace_count", "log_frequency", "trace_file", "trace_mode"],
+    )
+    change: JsonObject = {"type": "object", "additionalProperties": value}
+    return {"TraceSettings": document, "TraceSettingsChange": change}
+
+
 def _rollout_schemas() -> JsonObject:
     arm = _object({"version": {"type": "integer"}, "percent": {"type": "number"}}, required=["version"])
     nullable_arm: JsonObject = {"oneOf": [_ref("RolloutArm"), {"type": "null"}]}
@@ -358,7 +397,14 @@ def _repository_schemas() -> JsonObject:
 
 
 def _schemas() -> JsonObject:
-    return _status_schemas() | _metadata_schemas() | _inference_schemas() | _repository_schemas() | _rollout_schemas()
+    return (
+        _status_schemas()
+        | _metadata_schemas()
+        | _inference_schemas()
+        | _repository_schemas()
+        | _rollout_schemas()
+        | _trace_schemas()
+    )
 
 
 def openapi_document() -> JsonObject:
@@ -400,6 +446,7 @@ def openapi_document() -> JsonObject:
     paths |= _repository_routes("/v2/repository", [])
     paths |= _repository_routes("/v2/repository/{repository}", [_REPOSITORY])
     paths |= _rollout_routes()
+    paths |= _trace_routes()
     return {
         "openapi": "3.1.0",
         "info": {

@@ -12,7 +12,8 @@ interleave) and fsync'd before the event goes on. Events:
   newest ready one), from ``from_version`` to ``version``;
 - ``config_change``: a load's config hash differs from the one this version last loaded with,
   or, for a version not loaded before, from the model's last load;
-- ``api_call``: a repository API call (``action`` index, load or unload) and its ``outcome``:
+- ``api_call``: an admin API call (``action`` index, load, unload, the rollout_* changes or trace_setting) and
+  its ``outcome``:
   ``ok``, ``error`` (with ``reason``) or ``denied`` (refused by token auth, before it ran);
 - ``rollout_decision``: the rollout analyser changed a model's plan (``decision`` advance, promote or
   rollback) on the evidence of ``version``: each gate's ``measured`` value, its ``thresholds`` and its

@@ -147,12 +147,7 @@ class TraceSettings:
     def update(self, model: str, changes: Mapping[str, SettingValue]) -> TraceSettingsDocument:
         """Applies ``changes`` (Triton's names) to the model's settings, or the global ones for model "", all or
         none: InvalidInput naming the first key that cannot be applied."""
-        parsed = _parse(changes)
-        if not self.enabled and any(value is not None for value in parsed.values()):
-            raise InvalidInput(
-                "tracing is off on this server: start it with --trace (or OTEL_TRACES_EXPORTER=otlp) to change "
-                "trace settings"
-            )
+        parsed = self.validate(changes)
         with self._lock:
             current = self._models.get(model, Overrides()) if model else self._global
             level = parsed.get(LEVEL, current.level)
@@ -176,6 +171,16 @@ class TraceSettings:
             self._effective.clear()
         return self.document(model)
 
+    def validate(self, changes: Mapping[str, SettingValue]) -> dict[str, object]:
+        """What ``update`` would apply, without applying it: InvalidInput naming the first key that cannot be."""
+        parsed = _parse(changes)
+        if not self.enabled and any(value is not None for value in parsed.values()):
+            raise InvalidInput(
+                "tracing is off on this server: start it with --trace (or OTEL_TRACES_EXPORTER=otlp) to change "
+                "trace settings"
+            )
+        return parsed
+
     # -- helpers ---------------------------------------------------------------------------------------------
 
     def _merged(self, model: str) -> Overrides:
@@ -194,7 +199,8 @@ def _parse(changes: Mapping[str, SettingValue]) -> dict[str, object]:
     parsed: dict[str, object] = {}
     for key, value in changes.items():
         if key in (FILE, LOG_FREQUENCY):
-            if value is None or value == "" or value == [] or (key == LOG_FREQUENCY and _one(key, value) == "0"):
+            text = "" if value is None or (not isinstance(value, str) and len(value) == 0) else _one(key, value)
+            if text == "" or (key == LOG_FREQUENCY and text == "0"):
                 continue  # what it already is: Triton's clients send the whole document back
             raise InvalidInput(
                 f"trace setting '{key}' is Triton's trace file, which this server does not write: spans leave "

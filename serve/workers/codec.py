@@ -17,8 +17,11 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
+import orjson
+
 from serve import errors
 from serve.errors import ServeError
+from serve.tracing.settings import SettingValue
 from serve.workers.messages import A, Answer, Request
 
 JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
@@ -161,3 +164,49 @@ def decode_answer(request: Request[A], header: Mapping[str, object], body: bytes
         raise kind(str(header.get("error", "the other process failed")))
     # Request.__init_subclass__ took ``answer`` from the request's own Request[...] base.
     return cast(A, _build(request.answer, header, body, f"answer to {request.kind}"))
+
+
+# ---- trace settings, as the JSON bytes their messages carry -------------------------------------------------
+
+
+def trace_changes_to_json(changes: Mapping[str, SettingValue]) -> bytes:
+    return orjson.dumps(_plain(changes))
+
+
+def trace_settings_to_json(models: Mapping[str, Mapping[str, SettingValue]]) -> bytes:
+    return orjson.dumps({model: _plain(changes) for model, changes in models.items()})
+
+
+def _plain(changes: Mapping[str, SettingValue]) -> dict[str, str | list[str] | None]:
+    return {key: value if value is None or isinstance(value, str) else list(value) for key, value in changes.items()}
+
+
+def trace_changes_from_json(document: bytes) -> dict[str, SettingValue]:
+    """A change of trace settings as TraceSettingsChanged carries it; MalformedMessage if it is not one."""
+    return _trace_changes(_loads(document, "trace settings"), "trace settings")
+
+
+def trace_settings_from_json(document: bytes) -> dict[str, dict[str, SettingValue]]:
+    """Every model's changed trace settings as StartupModelsAnswer carries them."""
+    models = _loads(document, "startup trace settings")
+    return {model: _trace_changes(changes, f"trace settings of {model!r}") for model, changes in models.items()}
+
+
+def _loads(document: bytes, what: str) -> dict[str, object]:
+    try:
+        value = orjson.loads(document)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage(f"{what}: not JSON ({exc})") from None
+    return _expect(value, dict, what)
+
+
+def _trace_changes(value: object, what: str) -> dict[str, SettingValue]:
+    changes: dict[str, SettingValue] = {}
+    for key, setting in _expect(value, dict, what).items():
+        if setting is None or isinstance(setting, str):
+            changes[key] = setting
+        elif isinstance(setting, list) and all(isinstance(item, str) for item in setting):
+            changes[key] = [str(item) for item in setting]
+        else:
+            raise MalformedMessage(f"{what}.{key}: expected a string, a list of strings or null")
+    return changes

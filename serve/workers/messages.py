@@ -81,6 +81,9 @@ class ModelSpec:
 class StartupModelsAnswer(Answer):
     generation: int  # counts model-control changes, so that a starting worker knows whether it missed one
     models: tuple[ModelSpec, ...]
+    # JSON: {model ("" = global): {trace setting: value}}, the trace settings changed since the server started
+    # (codec.trace_settings_from_json), for the starting worker to apply too.
+    trace_settings: bytes = b"{}"
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,15 @@ class RolloutEvidence(Request[EvidenceAnswer], kind="rollout_evidence"):
 
 
 @dataclass(frozen=True)
+class TraceSettingsChanged(Request[Done], kind="trace_settings_changed"):
+    """A client changed Triton's trace settings through a worker (already validated there): every serving worker
+    applies them before the answer, and the supervisor keeps them for the workers that start later."""
+
+    model: str  # "" = the global settings
+    changes: bytes  # JSON: {trace setting: a string, a list of strings, or null} (codec.trace_changes_from_json)
+
+
+@dataclass(frozen=True)
 class StartupModels(Request[StartupModelsAnswer], kind="startup_models"):
     pass
 
@@ -220,6 +232,12 @@ class ExportEvidence(Request[EvidenceAnswer], kind="export_evidence"):
     name: str
 
 
+@dataclass(frozen=True)
+class ApplyTraceSettings(Request[Done], kind="apply_trace_settings"):
+    model: str
+    changes: bytes  # as in TraceSettingsChanged
+
+
 # ---- who answers what ------------------------------------------------------------------------------
 
 SupervisorRequest = (
@@ -233,6 +251,7 @@ SupervisorRequest = (
     | Ready
     | JoinLabels
     | Performance
+    | TraceSettingsChanged
 )
 WorkerRequest = (
     ModelStatistics
@@ -244,14 +263,16 @@ WorkerRequest = (
     | ExportEvidence
     | JoinLabels
     | Performance
+    | ApplyTraceSettings
 )
 
 SUPERVISOR_REQUESTS: tuple[type[SupervisorRequest], ...] = (
     ModelStatistics, InputStats, Load, Unload, RolloutChanged, RolloutEvidence, StartupModels, Ready, JoinLabels,
-    Performance,
+    Performance, TraceSettingsChanged,
 )  # fmt: skip
 WORKER_REQUESTS: tuple[type[WorkerRequest], ...] = (
     ModelStatistics, Export, ApplyLoad, ApplyUnload, Loaded, ReloadRollout, ExportEvidence, JoinLabels, Performance,
+    ApplyTraceSettings,
 )  # fmt: skip
 
 
@@ -266,6 +287,7 @@ class SupervisorHandler(Protocol):
     async def ready(self, request: Ready) -> Done: ...
     async def join_labels(self, request: JoinLabels) -> JoinAnswer: ...
     async def performance(self, request: Performance) -> PerformanceAnswer: ...
+    async def trace_settings_changed(self, request: TraceSettingsChanged) -> Done: ...
 
 
 class WorkerHandler(Protocol):
@@ -278,6 +300,7 @@ class WorkerHandler(Protocol):
     async def export_evidence(self, request: ExportEvidence) -> EvidenceAnswer: ...
     async def join_labels(self, request: JoinLabels) -> JoinAnswer: ...
     async def performance(self, request: Performance) -> PerformanceAnswer: ...
+    async def apply_trace_settings(self, request: ApplyTraceSettings) -> Done: ...
 
 
 async def answer_supervisor_request(handler: SupervisorHandler, request: SupervisorRequest) -> Answer:
@@ -302,6 +325,8 @@ async def answer_supervisor_request(handler: SupervisorHandler, request: Supervi
             return await handler.join_labels(request)
         case Performance():
             return await handler.performance(request)
+        case TraceSettingsChanged():
+            return await handler.trace_settings_changed(request)
         case _:
             assert_never(request)
 
@@ -326,5 +351,7 @@ async def answer_worker_request(handler: WorkerHandler, request: WorkerRequest) 
             return await handler.join_labels(request)
         case Performance():
             return await handler.performance(request)
+        case ApplyTraceSettings():
+            return await handler.apply_trace_settings(request)
         case _:
             assert_never(request)

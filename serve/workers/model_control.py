@@ -24,11 +24,14 @@ from serve.input_stats.windows import ServerInstance
 from serve.metrics.triton_statistics import sum_statistics
 from serve.repository.repository import STARTUP
 from serve.settings import ServerSettings
+from serve.tracing.settings import SettingValue
 from serve.workers import ipc
+from serve.workers.codec import trace_changes_from_json, trace_changes_to_json, trace_settings_to_json
 from serve.workers.merged_input_stats import WorkerDocuments
 from serve.workers.messages import (
     A,
     ApplyLoad,
+    ApplyTraceSettings,
     ApplyUnload,
     Done,
     EvidenceAnswer,
@@ -52,6 +55,7 @@ from serve.workers.messages import (
     StartupModels,
     StartupModelsAnswer,
     StatisticsAnswer,
+    TraceSettingsChanged,
     Unload,
 )
 from serve.workers.worker import worker_socket
@@ -99,6 +103,9 @@ class ModelControl:
         self.documents = WorkerDocuments(instance)
         self._lock = asyncio.Lock()  # one model-control operation at a time, on every worker
         self._desired: dict[str, ModelSpec] = {}  # explicit mode: what every worker must have loaded
+        # Trace settings changed through the API, per model ("" = global), merged: a worker that starts later
+        # applies them too, so that every worker answers the same settings.
+        self._trace: dict[str, dict[str, SettingValue]] = {}
         self._generation = 0
         if settings.model_control_mode == "explicit":
             self._desired = {name: ModelSpec(name) for name in settings.load_models}
@@ -131,13 +138,25 @@ class ModelControl:
         await self._ask_serving(ReloadRollout(request.name))
         return Done()
 
+    async def trace_settings_changed(self, request: TraceSettingsChanged) -> Done:
+        """Applied on every serving worker (it was validated where it came in) and kept for those that start
+        later; one change at a time, like model control, so that every worker applies them in the same order."""
+        async with self._lock:
+            failed = await self._apply_everywhere(ApplyTraceSettings(request.model, request.changes))
+            self._trace.setdefault(request.model, {}).update(trace_changes_from_json(request.changes))
+            self._generation += 1
+        if failed:
+            index, error = failed[0]
+            raise type(error)(f"worker {index} did not apply the trace settings: {error.message}")
+        return Done()
+
     async def _ask_serving(self, request: Request[A]) -> list[A]:
         indices = self._serving()
         return list(await asyncio.gather(*(ipc.call(self._socket(i), request) for i in indices)))
 
     # ---- workers starting --------------------------------------------------------------------------
     async def startup_models(self, request: StartupModels) -> StartupModelsAnswer:
-        return StartupModelsAnswer(self._generation, tuple(self._desired.values()))
+        return StartupModelsAnswer(self._generation, tuple(self._desired.values()), trace_settings_to_json(self._trace))
 
     async def ready(self, request: Ready) -> Done:
         if not self._pool.is_current(request.index, request.pid):
@@ -156,6 +175,8 @@ class ModelControl:
             await ipc.call(path, ApplyUnload(name, STARTUP), timeout_s=_APPLY_TIMEOUT_S)
         for spec in self._desired.values():
             await ipc.call(path, ApplyLoad(spec, STARTUP), timeout_s=_APPLY_TIMEOUT_S)
+        for model, changes in self._trace.items():
+            await ipc.call(path, ApplyTraceSettings(model, trace_changes_to_json(changes)))
 
     # ---- model control -----------------------------------------------------------------------------
     async def load(self, request: Load) -> Done:
@@ -183,7 +204,9 @@ class ModelControl:
             self._generation += 1
         return Done()
 
-    async def _apply_everywhere(self, request: ApplyLoad | ApplyUnload) -> list[tuple[int, ServeError]]:
+    async def _apply_everywhere(
+        self, request: ApplyLoad | ApplyUnload | ApplyTraceSettings
+    ) -> list[tuple[int, ServeError]]:
         indices = self._serving()
 
         async def apply(index: int) -> ServeError | None:

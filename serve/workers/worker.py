@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -33,10 +33,13 @@ from serve.protocol import model_config_pb2 as mc
 from serve.repository.repository import STARTUP
 from serve.server import GrpcHandoff, Server, WorkerRole, build_server
 from serve.settings import ServerSettings
+from serve.tracing.settings import SettingValue
 from serve.workers import ipc
+from serve.workers.codec import trace_changes_from_json, trace_changes_to_json, trace_settings_from_json
 from serve.workers.messages import (
     WORKER_REQUESTS,
     ApplyLoad,
+    ApplyTraceSettings,
     ApplyUnload,
     Done,
     EvidenceAnswer,
@@ -60,6 +63,7 @@ from serve.workers.messages import (
     StartupModels,
     StartupModelsAnswer,
     StatisticsAnswer,
+    TraceSettingsChanged,
     Unload,
     answer_worker_request,
 )
@@ -114,6 +118,9 @@ class SupervisorLink:
     async def performance(self, name: str, version: str) -> PerformanceDocumentJson:
         return parse_document((await ipc.call(self._path, Performance(name, version))).document)
 
+    async def trace_settings_changed(self, model: str, changes: Mapping[str, SettingValue]) -> None:
+        await ipc.call(self._path, TraceSettingsChanged(model, trace_changes_to_json(changes)))
+
     async def input_stats(self, name: str, version: str, since: int) -> bytes:
         return (await ipc.call(self._path, InputStats(name, version, since))).document
 
@@ -165,6 +172,10 @@ class WorkerControl:
         document = await self._server.service.local.performance(request.name, request.version)
         return PerformanceAnswer(encode(document))
 
+    async def apply_trace_settings(self, request: ApplyTraceSettings) -> Done:
+        await self._server.service.local.trace_settings_changed(request.model, trace_changes_from_json(request.changes))
+        return Done()
+
 
 async def _apply_load(server: Server, spec: ModelSpec, actor: str) -> None:
     await server.service.local.load_model(spec.name, spec.model_config(), spec.model_files(), actor=actor)
@@ -192,6 +203,8 @@ async def run_worker(settings: ServerSettings, root: Path, index: int, run_dir: 
                 await _apply_load(server, spec, STARTUP)
             except ServeError as exc:
                 log.error("worker %d: model %s did not load: %s", index, spec.name, exc.message)
+        for model, changes in trace_settings_from_json(startup.trace_settings).items():
+            await server.service.local.trace_settings_changed(model, changes)
         await link.ready(index, startup.generation)
         await server.wait()
     finally:
