@@ -21,7 +21,7 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels .
 
 FROM build AS venv-server
 RUN python -m venv /opt/serve \
-    && /opt/serve/bin/pip install --constraint deploy/constraints.txt /wheels/serve-*.whl \
+    && /opt/serve/bin/pip install --constraint deploy/constraints.txt "$(ls /wheels/serve-*.whl)[tracing]" \
     && /opt/serve/bin/pip uninstall --yes pip setuptools \
     && slim-venv /opt/serve \
     && /opt/serve/bin/serve demo-repo /models

@@ -31,7 +31,8 @@ def _pins() -> dict[str, str]:
 def _image_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    return [Requirement(r) for r in [*project["dependencies"], *extras["baseline"], *extras["monitor"]]]
+    images = [*project["dependencies"], *extras["baseline"], *extras["monitor"], *extras["tracing"]]
+    return [Requirement(r) for r in images]
 
 
 def test_constraints_pin_every_image_dependency_within_pyprojects_range() -> None:
