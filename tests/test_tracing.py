@@ -26,6 +26,7 @@ from serve.trace_context import Parent, parse_traceparent
 from serve.tracing.sampling import SamplerSpec, Sampling
 from serve.tracing.settings import TraceSettings
 from tests.fixtures.inprocess import InProcess, in_process
+from tests.fixtures.rollout_models import two_versions
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_SPAN = "b7ad6b7169203331"
@@ -379,7 +380,9 @@ async def test_a_traced_request_leaves_its_trace_id_as_an_exemplar_on_the_latenc
     assert any(line.startswith("serve_queue_duration_seconds_bucket") for line in exemplars)
 
 
-async def test_an_audited_http_call_records_its_callers_trace_id(tmp_path: Path, exported: InMemorySpanExporter) -> None:
+async def test_an_audited_http_call_records_its_callers_trace_id(
+    tmp_path: Path, exported: InMemorySpanExporter
+) -> None:
     audit = tmp_path / "audit.jsonl"
     root = write_model(tmp_path / "models")
     async with in_process(root, trace=True, audit_log_file=audit, model_control_mode="explicit") as server:
@@ -389,7 +392,9 @@ async def test_an_audited_http_call_records_its_callers_trace_id(tmp_path: Path,
     assert [(c["action"], c.get("trace_id")) for c in calls] == [("load", TRACE_ID)]
 
 
-async def test_an_audited_grpc_call_records_its_callers_trace_id(tmp_path: Path, exported: InMemorySpanExporter) -> None:
+async def test_an_audited_grpc_call_records_its_callers_trace_id(
+    tmp_path: Path, exported: InMemorySpanExporter
+) -> None:
     audit = tmp_path / "audit.jsonl"
     root = write_model(tmp_path / "models")
     async with in_process(root, trace=True, audit_log_file=audit, model_control_mode="explicit") as server:
@@ -410,3 +415,40 @@ async def test_a_payload_event_carries_the_traceparent_of_its_requests_server_sp
     events = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert len(events) == 2
     assert {e["traceparent"] for e in events} == {f"00-{TRACE_ID}-{server_span.context.span_id:016x}-01"}
+
+
+async def test_a_shadow_copy_runs_in_a_batch_span_linked_to_the_clients_span_not_in_its_trace(
+    tmp_path: Path, exported: InMemorySpanExporter
+) -> None:
+    directory = two_versions(tmp_path, "ab")
+    (directory / "rollout.yaml").write_text("primary: 1\nshadow: {version: 2, percent: 100}\n")
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
+    async with in_process(tmp_path, trace=True) as server:
+        answer = await server.http.post("/v2/models/ab/infer", json=body, headers={"traceparent": SAMPLED})
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+        for _ in range(100):  # the copy runs after the client's answer
+            found = finished(server, exported)
+            if len(named(found, "batch ab")) == 2:
+                break
+            await asyncio.sleep(0.02)
+    (request_span,) = named(found, HTTP_ROUTE)
+    batches = {(span.attributes or {})["serve.model.version"]: span for span in named(found, "batch ab")}
+    for batch in batches.values():
+        assert [link.context.span_id for link in batch.links] == [request_span.context.span_id]
+        assert batch.context.trace_id != request_span.context.trace_id
+    client_trace = [span for span in found if span.context.trace_id == request_span.context.trace_id]
+    assert sorted(span.name for span in client_trace) == sorted([HTTP_ROUTE, "decode", "queue", "encode"])
+
+
+async def test_each_message_of_a_stream_gets_a_server_span_under_the_streams_traceparent(
+    traced: InProcess, exported: InMemorySpanExporter
+) -> None:
+    async def messages() -> AsyncIterator[pb.ModelInferRequest]:
+        for _ in range(3):
+            yield grpc_request()
+
+    replies = [r async for r in traced.grpc.ModelStreamInfer(messages(), metadata=(("traceparent", SAMPLED),))]
+    assert [r.error_message for r in replies] == ["", "", ""]
+    streamed = named(finished(traced, exported), "inference.GRPCInferenceService/ModelStreamInfer")
+    assert len(streamed) == 3
+    assert all(span.parent is not None and f"{span.parent.span_id:016x}" == PARENT_SPAN for span in streamed)

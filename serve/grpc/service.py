@@ -196,6 +196,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 reply = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))
                 if span is not None:
                     span.end_grpc("OK")
+            except asyncio.CancelledError:  # the stream ended first: nobody to answer
+                if span is not None:
+                    span.end_grpc("CANCELLED")
+                raise
             except Exception as exc:  # every request gets an answer, whatever went wrong
                 if span is not None:
                     span.end_grpc(_code_of(exc), exc)
