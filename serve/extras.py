@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 
-# extra -> the top-level modules it brings; keep in step with [project.optional-dependencies].
+# extra -> the modules it brings (one per distribution); keep in step with [project.optional-dependencies].
 EXTRAS: dict[str, tuple[str, ...]] = {
     "baseline": ("pyarrow", "tqdm"),
     "monitor": ("matplotlib",),
     "grpc-native": ("pygrpc_native",),
+    "tracing": (
+        "opentelemetry.sdk",
+        "opentelemetry.exporter.otlp.proto.http",
+        "opentelemetry.exporter.otlp.proto.grpc",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+import serve.tracing.options as options_module
 import serve.tracing.spans as spans
 from serve.events import RequestEvent
 from serve.modelgen import mlp, save
@@ -452,3 +454,33 @@ async def test_each_message_of_a_stream_gets_a_server_span_under_the_streams_tra
     streamed = named(finished(traced, exported), "inference.GRPCInferenceService/ModelStreamInfer")
     assert len(streamed) == 3
     assert all(span.parent is not None and f"{span.parent.span_id:016x}" == PARENT_SPAN for span in streamed)
+
+
+def test_tracing_without_its_extra_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(options_module, "missing_modules", lambda extra: ["opentelemetry.sdk"])
+    with pytest.raises(ValueError, match=r"pip install 'serve\[tracing\]'"):
+        options_module.tracing_options(True, {})
+
+
+def test_serve_run_refuses_an_unknown_sampler_before_it_starts(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serve",
+            "run",
+            "--model-repository",
+            str(write_model(tmp_path)),
+            "--trace",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OTEL_TRACES_SAMPLER": "jaeger_remote"},
+    )
+    assert done.returncode == 1  # as for every mistake serve run finds before it starts (serve/preflight.py)
+    assert "OTEL_TRACES_SAMPLER='jaeger_remote'" in done.stderr

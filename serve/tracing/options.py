@@ -3,11 +3,11 @@ before anything starts. Imports no OpenTelemetry package: with tracing off, none
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from serve.extras import missing_modules
 from serve.tracing.sampling import SamplerSpec
 
 Exporter = Literal["otlp", "console"]
@@ -15,12 +15,6 @@ Protocol = Literal["http/protobuf", "grpc"]
 
 _EXPORTERS: Final = ("otlp", "console", "none")
 _PROTOCOLS: Final = ("http/protobuf", "grpc")
-# What each exporter needs installed: the `serve[tracing]` extra has all of them.
-_MODULES: Final[dict[str, str]] = {
-    "sdk": "opentelemetry.sdk.trace",
-    "http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-    "grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +46,11 @@ def tracing_options(trace_flag: bool, env: Mapping[str, str]) -> TracingOptions 
     if protocol_text not in _PROTOCOLS:
         raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol_text!r} is not supported: use http/protobuf or grpc")
     protocol: Protocol = "grpc" if protocol_text == "grpc" else "http/protobuf"
-    needed = ["sdk", *([protocol] if "otlp" in exporters else [])]
-    for need in needed:
-        if importlib.util.find_spec(_MODULES[need].rpartition(".")[0]) is None:
-            raise ValueError(
-                f"tracing needs the OpenTelemetry SDK and its OTLP exporter ({_MODULES[need]} is missing): "
-                "pip install 'serve[tracing]'"
-            )
+    missing = missing_modules("tracing")
+    if missing:
+        raise ValueError(
+            f"tracing needs the optional dependencies 'serve[tracing]' ({', '.join(missing)} not installed): "
+            "pip install 'serve[tracing]'"
+        )
     opt_in = {part.strip() for part in env.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")}
     return TracingOptions(exporters, protocol, SamplerSpec.from_env(env), "rpc/dup" in opt_in)
