@@ -24,6 +24,7 @@ from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.rollout.spec import Arm, RolloutSpec
 from serve.settings import GrpcFrontend, ServerSettings
+from serve.tracing.request import TracedRequest
 from serve.types import InferRequest, InputTensor
 from tests.fixtures.grpc_frontends import FRONTENDS, grpc_frontend
 from tests.fixtures.inprocess import InProcess, in_process
@@ -186,6 +187,7 @@ class _Offers:
         protocol: str,
         *,
         request_id: str = "",
+        trace: TracedRequest | None = None,
     ) -> bool:
         self.offered.append((shadow.model.version_str, primary, sorted(primary_outputs)))
         self.request_ids.append(request_id)
