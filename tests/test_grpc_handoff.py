@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from serve.core import InferenceService
 from serve.grpc.handoff.front import HandoffFront
@@ -24,6 +25,10 @@ from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.security.tokens import TokenStore
 from serve.settings import ServerSettings
+from serve.tracing.options import TracingOptions
+from serve.tracing.sampling import SamplerSpec
+from serve.tracing.settings import TraceSettings
+from serve.tracing.spans import Tracer
 
 pytest.importorskip("pygrpc_native")
 
@@ -55,8 +60,10 @@ def repository(tmp_path: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def handoff(repo: Path, tmp_path: Path, tokens: TokenStore | None = None) -> AsyncIterator[Handoff]:
-    service = InferenceService.create(repo, ServerSettings(stats_enabled=False))
+async def handoff(
+    repo: Path, tmp_path: Path, tokens: TokenStore | None = None, tracer: Tracer | None = None
+) -> AsyncIterator[Handoff]:
+    service = InferenceService.create(repo, ServerSettings(stats_enabled=False), tracer=tracer)
     await service.repository.load_all()
     workers = [
         HandoffListener(
@@ -225,3 +232,18 @@ async def test_other_methods_are_served_by_the_fallback_server(repository: Path,
         metadata = await h.stub.ModelMetadata(pb.ModelMetadataRequest(name="mlp"))
 
     assert live.live and metadata.name == "mlp"
+
+
+async def test_a_callers_traceparent_crosses_the_hand_off_to_the_workers_span(repository: Path, tmp_path: Path) -> None:
+    memory = InMemorySpanExporter()
+    options = TracingOptions((), "http/protobuf", SamplerSpec.from_env({}), old_rpc_attributes=False)
+    tracer = Tracer(options, TraceSettings(enabled=True, sampler_ratio=1.0), exporters=[memory])
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    rows = np.ones((1, 4), np.float32)
+    async with handoff(repository, tmp_path, tracer=tracer) as h:
+        await h.stub.ModelInfer(infer_request("mlp", rows), metadata=(("traceparent", caller),))
+        tracer.flush()
+    (span,) = [s for s in memory.get_finished_spans() if s.name == "inference.GRPCInferenceService/ModelInfer"]
+    assert f"{span.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert (span.attributes or {})["rpc.response.status_code"] == "OK"

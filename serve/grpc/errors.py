@@ -8,6 +8,7 @@ to a unary method; the stream method answers each failed request with ``message_
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import secrets
@@ -33,6 +34,15 @@ def status_of(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
     reference = secrets.token_hex(6)
     log.error("gRPC %s failed (reference %s)", what, reference, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (reference {reference}; the server log has the details)"
+
+
+def code_name_of(exc: BaseException) -> str:
+    """The name of the status a call that raised ``exc`` ends with (for its span), without logging anything."""
+    if isinstance(exc, ServeError):
+        return exc.grpc_code
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    return "INTERNAL"
 
 
 def message_of(exc: Exception, what: str) -> str:

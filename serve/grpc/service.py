@@ -16,9 +16,9 @@ from google.protobuf import json_format
 from serve.codecs import grpc_codec
 from serve.core import InferenceService
 from serve.core.request_ids import HEADER, is_header_value
-from serve.errors import InvalidInput, ServeError, Unsupported
+from serve.errors import InvalidInput, Unsupported
 from serve.grpc.auth import TRACE_SETTING, current_actor
-from serve.grpc.errors import message_of, rpc
+from serve.grpc.errors import code_name_of, message_of, rpc
 from serve.protocol import grpc_service_pb2 as pb
 from serve.protocol import grpc_service_pb2_grpc as pb_grpc
 from serve.protocol import model_config_pb2 as mc
@@ -144,7 +144,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             answer = await self._infer(request, context, span)
         except BaseException as exc:
-            span.end_grpc(_code_of(exc), exc)
+            span.end_grpc(code_name_of(exc), exc)
             raise
         span.end_grpc("OK")
         return answer
@@ -202,7 +202,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise
             except Exception as exc:  # every request gets an answer, whatever went wrong
                 if span is not None:
-                    span.end_grpc(_code_of(exc), exc)
+                    span.end_grpc(code_name_of(exc), exc)
                 request_id = decoded[0].id if decoded and decoded[0].id else message.id  # the core's, if it got one
                 reply = pb.ModelStreamInferResponse(
                     error_message=message_of(exc, "ModelStreamInfer"),
@@ -305,12 +305,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def LogSettings(self, request: Any, context: Context) -> Any:
         return await self._unsupported(context, "logging")
-
-
-def _code_of(exc: BaseException) -> str:
-    """The status ``rpc`` answers ``exc`` with, by name."""
-    if isinstance(exc, ServeError):
-        return exc.grpc_code
-    if isinstance(exc, asyncio.CancelledError):
-        return "CANCELLED"
-    return "INTERNAL"

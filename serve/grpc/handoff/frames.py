@@ -21,7 +21,7 @@ from enum import IntEnum
 import grpc
 
 _HEAD = struct.Struct("<IBQ")  # length of what follows the length, kind, call id
-_CALL = struct.Struct("<dHH")  # deadline, token length, request id length
+_CALL = struct.Struct("<dHHH")  # deadline, token length, request id length, trace context length
 _STATUS = struct.Struct("<BH")  # status, request id length
 _AFTER_LENGTH = _HEAD.size - 4  # the kind and call id count in the length
 
@@ -49,6 +49,8 @@ class Call:
     token: str  # the bearer token the client sent, "" for none
     payload: bytes  # the ModelInferRequest
     request_id: str = ""  # the x-request-id metadata value the client sent, "" for none
+    # The W3C traceparent the client sent, and its tracestate after a newline (neither holds one), "" for none.
+    trace: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +69,20 @@ class Answer:
 Frame = Call | Cancel | Answer
 
 
-def encode_call(call_id: int, deadline: float, token: str, payload: bytes, request_id: str = "") -> bytes:
+def encode_call(
+    call_id: int, deadline: float, token: str, payload: bytes, request_id: str = "", trace: str = ""
+) -> bytes:
     token_bytes = token.encode()
     id_bytes = request_id.encode()
-    length = _AFTER_LENGTH + _CALL.size + len(token_bytes) + len(id_bytes) + len(payload)
+    trace_bytes = trace.encode()
+    length = _AFTER_LENGTH + _CALL.size + len(token_bytes) + len(id_bytes) + len(trace_bytes) + len(payload)
     return b"".join(
         (
             _HEAD.pack(length, Kind.CALL, call_id),
-            _CALL.pack(deadline, len(token_bytes), len(id_bytes)),
+            _CALL.pack(deadline, len(token_bytes), len(id_bytes), len(trace_bytes)),
             token_bytes,
             id_bytes,
+            trace_bytes,
             payload,
         )
     )
@@ -119,11 +125,12 @@ class FrameReader:
 
 def _decode(kind: int, call_id: int, body: bytes) -> Frame:
     if kind == Kind.CALL:
-        deadline, token_length, id_length = _CALL.unpack_from(body)
+        deadline, token_length, id_length, trace_length = _CALL.unpack_from(body)
         token_end = _CALL.size + token_length
         id_end = token_end + id_length
+        trace_end = id_end + trace_length
         token, request_id = body[_CALL.size : token_end].decode(), body[token_end:id_end].decode()
-        return Call(call_id, deadline, token, body[id_end:], request_id)
+        return Call(call_id, deadline, token, body[trace_end:], request_id, body[id_end:trace_end].decode())
     if kind == Kind.CANCEL:
         return Cancel(call_id)
     if kind == Kind.ANSWER:

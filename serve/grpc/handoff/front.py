@@ -141,8 +141,10 @@ class HandoffFront:
                         continue
                     worker.outstanding.add(call_id)
                     self._calls[call_id] = worker
-                    token, deadline, request_id = _call_details(details)
-                    batches.setdefault(worker, []).append(encode_call(call_id, deadline, token, payload, request_id))
+                    token, deadline, request_id, trace = _call_details(details)
+                    batches.setdefault(worker, []).append(
+                        encode_call(call_id, deadline, token, payload, request_id, trace)
+                    )
             for call_id, status, message in refused:
                 front.fail(call_id, status, message)
             for worker, frames in batches.items():
@@ -216,17 +218,29 @@ class HandoffFront:
             self._front.fail(call_id, UNAVAILABLE, "the worker serving this call stopped before answering; retry")
 
 
-def _call_details(details: CallDetails | None) -> tuple[str, float, str]:
-    """The bearer token, the absolute deadline and the x-request-id of a call, from the front end's call details.
-    An id longer than the worker accepts is cut to one character more than that: it is refused there all the same,
-    and the frame's u16 length holds it."""
+_MAX_TRACEPARENT = 55 + 64  # version 00 is 55; a later version may add fields
+_MAX_TRACESTATE = 512  # W3C: 32 list members of at most 256 characters may be cut to 512
+
+
+def _call_details(details: CallDetails | None) -> tuple[str, float, str, str]:
+    """The bearer token, the absolute deadline, the x-request-id and the W3C trace context (traceparent, and
+    tracestate after a newline) of a call, from the front end's call details. An id longer than the worker accepts is
+    cut to one character more than that: it is refused there all the same, and the frame's u16 length holds it; a
+    trace context longer than W3C allows (55 + 512 characters) is dropped, as W3C says a receiver may."""
     if details is None:
-        return "", 0.0, ""
+        return "", 0.0, "", ""
     metadata, _peer, remaining = details
-    token = request_id = ""
+    token = request_id = traceparent = tracestate = ""
     for key, value in metadata:
-        if key == "authorization" and isinstance(value, str):
+        if not isinstance(value, str):
+            continue
+        if key == "authorization":
             token = bearer_token(value) or ""
-        elif key == HEADER and isinstance(value, str):
+        elif key == HEADER:
             request_id = value[: MAX_LENGTH + 1]
-    return token, (time.monotonic() + remaining) if remaining is not None else 0.0, request_id
+        elif key == "traceparent" and len(value) <= _MAX_TRACEPARENT:
+            traceparent = value
+        elif key == "tracestate" and len(value) <= _MAX_TRACESTATE:
+            tracestate = value
+    trace = f"{traceparent}\n{tracestate}" if traceparent and tracestate else traceparent
+    return token, (time.monotonic() + remaining) if remaining is not None else 0.0, request_id, trace

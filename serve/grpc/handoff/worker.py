@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -21,7 +22,7 @@ from google.protobuf.message import DecodeError
 from serve.codecs import grpc_codec
 from serve.core import InferenceService
 from serve.core.request_ids import HEADER, is_header_value
-from serve.grpc.errors import status_of
+from serve.grpc.errors import code_name_of, status_of
 from serve.grpc.handoff.frames import Answer, Call, Cancel, FrameError, FrameReader, encode_answer, status_number
 from serve.protocol import grpc_service_pb2 as pb
 from serve.security.tokens import TokenStore
@@ -37,6 +38,12 @@ def _decoded(message: pb.ModelInferRequest, request_id: str) -> InferRequest:
     if request_id:  # the only metadata the front end hands over besides the token
         request.header = {HEADER: request_id}.get
     return request
+
+
+def _trace_headers(trace: str) -> Callable[[str], str | None]:
+    """The call's traceparent and tracestate (frames.Call.trace) as the tracer reads metadata."""
+    traceparent, _, tracestate = trace.partition("\n")
+    return {"traceparent": traceparent or None, "tracestate": tracestate or None}.get
 
 
 class HandoffListener:
@@ -158,19 +165,34 @@ class _Link(asyncio.Protocol):
             message = f"the request is not a valid inference.ModelInferRequest message: {exc}"
             return status_number(grpc.StatusCode.INVALID_ARGUMENT), message.encode(), ""
         service = self.listener.service
+        span = None
+        if service.tracer is not None:
+            span = service.tracer.grpc_request(
+                request.model_name, "ModelInfer", _trace_headers(call.trace), time.perf_counter_ns()
+            )
         infer = service.infer_decoding(
-            request.model_name, request.model_version, lambda _: _decoded(request, call.request_id), "grpc"
+            request.model_name, request.model_version, lambda _: _decoded(request, call.request_id), "grpc", span
         )
-        if not call.deadline:
-            response = await infer
-        else:
-            try:
-                async with asyncio.timeout(call.deadline - time.monotonic()):
-                    response = await infer
-            except TimeoutError:
-                return status_number(grpc.StatusCode.DEADLINE_EXCEEDED), b"Deadline Exceeded", ""
+        try:
+            if not call.deadline:
+                response = await infer
+            else:
+                try:
+                    async with asyncio.timeout(call.deadline - time.monotonic()):
+                        response = await infer
+                except TimeoutError:
+                    if span is not None:
+                        span.end_grpc("DEADLINE_EXCEEDED")
+                    return status_number(grpc.StatusCode.DEADLINE_EXCEEDED), b"Deadline Exceeded", ""
+        except BaseException as exc:
+            if span is not None:
+                span.end_grpc(code_name_of(exc), exc)
+            raise
         request_id = response.id if is_header_value(response.id) else ""
-        return OK, grpc_codec.encode_infer_response(response).SerializeToString(), request_id
+        answer = grpc_codec.encode_infer_response(response).SerializeToString()
+        if span is not None:
+            span.end_grpc("OK")
+        return OK, answer, request_id
 
     def close(self) -> None:
         if self.transport is not None:
