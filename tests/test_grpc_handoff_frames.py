@@ -44,3 +44,9 @@ def test_a_frame_of_an_unknown_kind_is_a_frame_error() -> None:
 
     with pytest.raises(FrameError, match="unknown kind 99"):
         FrameReader(100).feed(bytes(frame))
+
+
+def test_a_call_frame_carries_the_request_id_and_the_trace_context() -> None:
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\nvendor=abc"
+    (frame,) = FrameReader(1 << 16).feed(encode_call(3, 0.0, "tok", b"\x05", "order-1", trace))
+    assert frame == Call(3, 0.0, "tok", b"\x05", "order-1", trace)
