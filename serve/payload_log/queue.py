@@ -133,6 +133,17 @@ class EventQueue:
         self._report_drop(reason, 1)
         return False
 
+    def refuse_if_full(self, events: int) -> bool:
+        """True, with ``events`` counted as offered and dropped ("full"), when the queue has no room left: the caller
+        then skips encoding events that could only be dropped (a sink that hangs costs no encoding)."""
+        with self._lock:
+            if self._closing or (self._queued < self.max_events and self._queued_bytes < self.max_bytes):
+                return False
+            self._offered += events
+            self._dropped["full"] += events
+        self._report_drop("full", events)
+        return True
+
     # ---------------------------------------------------------------- counters
 
     def counters(self) -> QueueCounters:

@@ -169,12 +169,17 @@ class PayloadLogger(Observer, VersionListener):
                     return
             while self._pending:
                 pending = self._pending.popleft()
+                if self._queue.refuse_if_full(_event_count(pending)):
+                    continue
                 try:
                     for line in self._lines(pending):
                         self._queue.offer(line)
                 except Exception:  # one event that cannot be encoded must not stop the log
                     log.exception("payload event of request %s could not be encoded", pending.event.request_id)
                     self._dropped("encoding", pending.log.options.events_per_request)
+                # Hand the GIL back after every event: the event loop, waiting for it, would otherwise wait out the
+                # interpreter's 5 ms switch interval while a backlog is encoded (the requests' p99).
+                time.sleep(0)
 
     def _lines(self, pending: _Pending) -> list[bytes]:
         o, event, model = self.options, pending.event, pending.log.options
@@ -206,6 +211,12 @@ class PayloadLogger(Observer, VersionListener):
             error = None if ok else event.outcome
             lines.append(encode_line(response_event(context, outputs, outcome_status(event.outcome), error)))
         return lines
+
+
+def _event_count(pending: _Pending) -> int:
+    """How many events ``_lines`` makes of ``pending``: a request refused before it was decoded has no request event."""
+    event, mode = pending.event, pending.log.options.mode
+    return int(mode in ("requests", "all") and bool(event.inputs)) + int(mode in ("responses", "all"))
 
 
 class _ParametersOnly(PayloadLogger):
