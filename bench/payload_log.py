@@ -3,15 +3,16 @@
 
 Two `serve run` processes over the small model (bench/throughput.py's 32-256-256-8 MLP): one without a
 payload log, one logging every request and response (`--payload-log-sample 1`, the worst case) to an HTTP sink
-that this script runs on loopback. Both get the same offered load (h2load `--rps` over HTTP binary tensors), one
-after the other, while the sink:
+that this script runs on loopback. Both get the same offered load (h2load `--rps` over HTTP binary tensors), in
+alternating points of `--point` seconds, while the sink:
 
-1. hangs (`--fault hang`: every POST waits past the sink's 5 s timeout) or answers 503 (`--fault 503`) for
-   `--duration` seconds;
+1. hangs (`--fault hang`: every POST waits past the sink's 5 s timeout) or answers 503 (`--fault 503`) for as long
+   as the logging server has had `--duration` seconds of load;
 2. then answers 200 again, and a short second point checks that events arrive again.
 
-It prints both servers' p99 and their ratio, the logged server's RSS before and after the fault, and the events
-sent against those received plus those counted as dropped (``serve_payload_events_dropped_total``).
+It prints both servers' median p99 over their points and the ratio (and each round's), the logged server's RSS
+before and after the fault, and the events sent against those received plus those counted as dropped
+(``serve_payload_events_dropped_total``).
 
     python -m bench.payload_log [--fault hang|503] [--duration 60] [--rate 400] [--sample 1]
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60, help="seconds the sink is faulty (and measured)")
     parser.add_argument("--rate", type=float, default=400, help="requests per second offered to each server")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--point", type=float, default=5, help="seconds of each alternating point")
     parser.add_argument("--sample", type=float, default=1.0, help="--payload-log-sample of the logging server")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
@@ -133,10 +136,21 @@ def main() -> None:
             time.sleep(2)
             rss_before, plain_before = rss_mib(logged), rss_mib(plain)
             sent_before, dropped_before, received_before = answered(logged), dropped(logged), sink.received
-            base = run_point(plain, "small", dims, "http", args.concurrency, 1, args.duration, tmp, rate=args.rate)
-            plain_after = rss_mib(plain)
             sink.fault = args.fault
-            faulty = run_point(logged, "small", dims, "http", args.concurrency, 1, args.duration, tmp, rate=args.rate)
+            # Points of --point seconds, alternating between the two servers (which goes first alternates too), so
+            # that both see the same moments of this shared machine: the logging server's points add up to
+            # --duration seconds of load on a faulty sink.
+            base_p99: list[float] = []
+            faulty_p99: list[float] = []
+            rounds = max(1, round(args.duration / args.point))
+            for round_ in range(rounds):
+                pair = ((plain, base_p99), (logged, faulty_p99))
+                for server, p99s in pair if round_ % 2 == 0 else pair[::-1]:
+                    point = run_point(
+                        server, "small", dims, "http", args.concurrency, 1, args.point, tmp, rate=args.rate
+                    )
+                    p99s.append(point.p99_ms)
+            plain_after = rss_mib(plain)
             rss_after = rss_mib(logged)
             sink.fault = None
             sink.released.set()
@@ -152,8 +166,11 @@ def main() -> None:
             logged.stop()
             sink.close()
     print(f"fault {args.fault} for {args.duration:g} s at {args.rate:g} req/s, {args.sample:.0%} of requests logged")
-    print(f"p99 no logging {base.p99_ms:.2f} ms, logging to a faulty sink {faulty.p99_ms:.2f} ms: "
-          f"{faulty.p99_ms / base.p99_ms:.2f}x (p50 {base.p50_ms:.2f} / {faulty.p50_ms:.2f} ms)")  # fmt: skip
+    base, faulty = statistics.median(base_p99), statistics.median(faulty_p99)
+    print(f"p99, median of {len(base_p99)} alternating {args.point:g} s points: no logging {base:.2f} ms, logging to "
+          f"a faulty sink {faulty:.2f} ms: {faulty / base:.2f}x")  # fmt: skip
+    ratios = sorted(f / b for f, b in zip(faulty_p99, base_p99, strict=True))
+    print(f"  per round: {', '.join(f'{r:.2f}' for r in ratios)}")
     print(f"RSS of the logging server {rss_before:.0f} MiB before, {rss_after:.0f} MiB at the fault's end: "
           f"+{rss_after - rss_before:.1f} MiB; the server without logging over the same load "
           f"+{plain_after - plain_before:.1f} MiB")  # fmt: skip
