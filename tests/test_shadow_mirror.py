@@ -22,12 +22,12 @@ from serve.batching.batcher import Batcher
 from serve.batching.policy import BatchingPolicy
 from serve.core.mirror import Mirror
 from serve.core.served_versions import ServedVersion, ServedVersions
-from serve.core.shadow import ShadowMirror, shed_bound
+from serve.core.shadow import ShadowMirror, _stacked, shed_bound
 from serve.events import Observer, Observers, RequestEvent
 from serve.metrics.triton_statistics import TritonStatistics
 from serve.modelgen import build, dense_stack, mlp, save, tensor
 from serve.repository.repository import ModelRepository
-from serve.rollout.comparison import ABS_DELTA_EDGES, comparison_key
+from serve.rollout.comparison import ABS_DELTA_EDGES, OutputComparison, compare, comparison_key
 from serve.settings import ServerSettings
 
 CONFIG = """\
@@ -358,3 +358,20 @@ async def test_the_comparison_document_holds_the_comparisons_and_the_drops(loade
     assert document["model"] == "classifier" and list(document["comparisons"]) == ["1->2"]
     assert document["comparisons"]["1->2"]["rows"] == ROWS and document["dropped"] == {}
     assert mirror.comparison_json("classifier").startswith(b'{"model":"classifier"')
+
+
+def test_outputs_that_stack_are_compared_together_and_count_as_each_pair_would() -> None:
+    rng = np.random.default_rng(3)
+    pairs = [({"y": rng.random((r, 3))}, {"y": rng.random((r, 3))}) for r in (1, 2, 5)]
+    stacked = _stacked(pairs)
+    assert stacked is not None and stacked[2] == 3
+    together = compare(stacked[0], stacked[1])
+    one_by_one = OutputComparison()
+    for primary, shadow in pairs:
+        one_by_one.merge(compare(primary, shadow))
+    assert together.to_json() == one_by_one.to_json()
+
+
+def test_outputs_whose_shapes_differ_past_the_first_dimension_do_not_stack() -> None:
+    pairs = [({"y": np.zeros((1, 3))}, {"y": np.zeros((1, 3))}), ({"y": np.zeros((1, 4))}, {"y": np.zeros((1, 4))})]
+    assert _stacked(pairs) is None
