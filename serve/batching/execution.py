@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from serve.events import BatchTimings, Execution, Observer, VersionKey
 logger = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
+_NO_TENSORS: Mapping[str, np.ndarray] = MappingProxyType({})  # what an execution that failed passes on
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,19 +192,7 @@ class BatchExecution:
         try:
             parts = runner.split(outputs, live, rows)
         except Exception as exc:
-            runner.observe(
-                Execution(
-                    runner.key,
-                    rows,
-                    len(live),
-                    self._input_ns,
-                    infer_ns,
-                    0,
-                    exc,
-                    started_ns=self._start,
-                    traces=_traces(live),
-                )
-            )
+            self._observe(infer_ns, error=exc)
             self._fail(live, exc, rows)
             return
         output_ns = runner.clock() - now
@@ -211,39 +201,13 @@ class BatchExecution:
             if not request.future.done():
                 timings = BatchTimings(start - request.enqueue_ns, self._input_ns, infer_ns, output_ns, rows, start)
                 request.future.set_result(BatchResult(part, timings))
-        runner.observe(
-            Execution(
-                runner.key,
-                rows,
-                len(live),
-                self._input_ns,
-                infer_ns,
-                output_ns,
-                None,
-                inputs,
-                outputs,
-                start,
-                _traces(live),
-            )
-        )
+        self._observe(infer_ns, output_ns, inputs=inputs, outputs=outputs)
 
     def _model_failed(self, exc: Exception, mark: int) -> bool:
         """The runtime raised. True when each caller should now run alone: the model failed on several callers
         together, so that one caller's bad values (an index out of range, say) fail only that caller."""
         runner, live, rows = self._runner, self._live, self._rows
-        runner.observe(
-            Execution(
-                runner.key,
-                rows,
-                len(live),
-                self._input_ns,
-                runner.clock() - mark,
-                0,
-                exc,
-                started_ns=self._start,
-                traces=_traces(live),
-            )
-        )
+        self._observe(runner.clock() - mark, error=exc)
         if runner.batching and len(live) > 1:
             self._alone = True
             return True
@@ -251,9 +215,35 @@ class BatchExecution:
         return False
 
     def _fail_all(self, exc: Exception) -> None:
-        runner, rows = self._runner, self._rows
-        runner.observe(Execution(runner.key, rows, len(self._live), self._input_ns, 0, 0, exc))
-        self._fail(self._live, exc, rows)
+        self._observe(0, error=exc)
+        self._fail(self._live, exc, self._rows)
+
+    def _observe(
+        self,
+        infer_ns: int,
+        output_ns: int = 0,
+        *,
+        error: Exception | None = None,
+        inputs: Mapping[str, np.ndarray] = _NO_TENSORS,
+        outputs: Mapping[str, np.ndarray] = _NO_TENSORS,
+    ) -> None:
+        """Tell the observers of this execution of the batch, with its traced callers for the batch span."""
+        runner, live = self._runner, self._live
+        runner.observe(
+            Execution(
+                runner.key,
+                self._rows,
+                len(live),
+                self._input_ns,
+                infer_ns,
+                output_ns,
+                error,
+                inputs,
+                outputs,
+                self._start,
+                _traces(live),
+            )
+        )
 
     def _fail(self, live: list[PendingRequest], exc: Exception, rows: int) -> None:
         error = self._runner.as_serve_error(exc, rows)
