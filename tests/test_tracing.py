@@ -484,3 +484,12 @@ def test_serve_run_refuses_an_unknown_sampler_before_it_starts(tmp_path: Path) -
     )
     assert done.returncode == 1  # as for every mistake serve run finds before it starts (serve/preflight.py)
     assert "OTEL_TRACES_SAMPLER='jaeger_remote'" in done.stderr
+
+
+def test_model_names_from_clients_share_the_global_settings_and_are_not_kept() -> None:
+    settings = TraceSettings(enabled=True, sampler_ratio=1.0)
+    settings.update("", {"trace_rate": "2"})
+    sampling = Sampling(SamplerSpec.from_env({}), settings)
+    decided = [sampling.decide(f"no-such-model-{i}", None) for i in range(1000)]
+    assert sum(decided) == 500  # one global counter of arrivals
+    assert settings.effective("another") is settings.effective("")

@@ -6,8 +6,8 @@ What each key means here (README: Tracing):
 
 - ``trace_level``: ``["TIMESTAMPS"]`` traces, ``["OFF"]`` does not. ``TENSORS`` is refused: tensors go to the
   payload log, which redacts them (--payload-log-file).
-- ``trace_rate``: N traces one request in every N that arrives without a sampled parent, counted per model and
-  process. Until a client sets it, the ``OTEL_TRACES_SAMPLER`` decides, and the value shown is that sampler's
+- ``trace_rate``: N traces one request in every N that arrives without a sampled parent, counted per process: per
+  model for a model with settings of its own, else over every model that follows the global ones. Until a client sets it, the ``OTEL_TRACES_SAMPLER`` decides, and the value shown is that sampler's
   1/ratio (0: none).
 - ``trace_count``: how many more requests may be traced, -1 for no limit; counted down per process.
 - ``trace_mode``: always ``opentelemetry``; ``trace_file`` and ``log_frequency`` belong to Triton's own trace files
@@ -100,7 +100,11 @@ class TraceSettings:
     # -- read on every request -------------------------------------------------------------------------------
 
     def effective(self, model: str) -> Effective:
-        """The model's current settings (the same object until the settings change)."""
+        """The model's current settings (the same object until the settings change). A model with no settings of its
+        own shares the global ones, counter included: the name is the client's, and only the names that settings were
+        made for (served models, checked by the API) are kept."""
+        if model not in self._models:
+            model = ""
         found = self._effective.get(model)
         if found is None:
             with self._lock:
