@@ -261,7 +261,7 @@ async def test_call_and_answer_frames_carry_the_request_id() -> None:
 
 
 async def test_the_front_end_cuts_an_overlong_x_request_id_to_one_more_than_allowed() -> None:
-    _, _, request_id = _call_details(((("x-request-id", "x" * 70_000),), "peer", None))
+    _, _, request_id, _ = _call_details(((("x-request-id", "x" * 70_000),), "peer", None))
     assert request_id == "x" * (MAX_LENGTH + 1)
 
 
