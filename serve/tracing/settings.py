@@ -7,8 +7,8 @@ What each key means here (README: Tracing):
 - ``trace_level``: ``["TIMESTAMPS"]`` traces, ``["OFF"]`` does not. ``TENSORS`` is refused: tensors go to the
   payload log, which redacts them (--payload-log-file).
 - ``trace_rate``: N traces one request in every N that arrives without a sampled parent, counted per process: per
-  model for a model with settings of its own, else over every model that follows the global ones. Until a client sets it, the ``OTEL_TRACES_SAMPLER`` decides, and the value shown is that sampler's
-  1/ratio (0: none).
+  model for a model with settings of its own, else over every model that follows the global ones. Until a client
+  sets it, the ``OTEL_TRACES_SAMPLER`` decides, and the value shown is that sampler's 1/ratio (0: none).
 - ``trace_count``: how many more requests may be traced, -1 for no limit; counted down per process.
 - ``trace_mode``: always ``opentelemetry``; ``trace_file`` and ``log_frequency`` belong to Triton's own trace files
   and are refused when set: spans leave through the OTLP exporter (``OTEL_EXPORTER_OTLP_ENDPOINT``).
