@@ -49,3 +49,9 @@ def parse_traceparent(value: str | None, tracestate: str | None = None) -> Paren
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
+
+
+def trace_id_of(traceparent: str | None) -> str:
+    """The 32 hex digits of the trace a ``traceparent`` names, "" when it is absent or malformed."""
+    parent = parse_traceparent(traceparent)
+    return f"{parent.trace_id:032x}" if parent is not None else ""

@@ -103,17 +103,19 @@ def _refusal(
     return grpc.stream_stream_rpc_method_handler(refuse, None, handler.response_serializer)
 
 
-def _as(handler: grpc.RpcMethodHandler, actor: str) -> grpc.RpcMethodHandler:
-    behavior: Behavior = handler.unary_unary  # admin methods are all unary
+def with_variable(handler: grpc.RpcMethodHandler, variable: ContextVar[str], value: str) -> grpc.RpcMethodHandler:
+    """``handler`` (unary) run with ``variable`` set to ``value``: the handler runs in a context of its own, not the
+    interceptor's, so the variable is set there."""
+    behavior: Behavior = handler.unary_unary
 
-    async def run_as(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        token = _actor.set(actor)
+    async def run_with(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        token = variable.set(value)
         try:
             return await behavior(request, context)
         finally:
-            _actor.reset(token)
+            variable.reset(token)
 
-    return grpc.unary_unary_rpc_method_handler(run_as, handler.request_deserializer, handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(run_with, handler.request_deserializer, handler.response_serializer)
 
 
 class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio ships no stubs
@@ -138,7 +140,7 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
         if isinstance(checked, _Refused):
             audit = self._auditor(method, checked.actor, checked.reason)
             return _refusal(handler, checked.code, checked.message, audit)
-        return _as(handler, checked) if method in ADMIN_METHODS else handler
+        return with_variable(handler, _actor, checked) if method in ADMIN_METHODS else handler
 
     def _identify(self, needed: Scope, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | _Refused:
         """The identity of the call's token if it has scope ``needed``, else why it is refused."""

@@ -8,7 +8,8 @@ from typing import Any
 
 import grpc
 
-from serve.trace_context import CALLER_TRACE_ID, parse_traceparent
+from serve.grpc.auth import with_variable
+from serve.trace_context import CALLER_TRACE_ID, trace_id_of
 
 _INFERENCE = frozenset(
     {"/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelStreamInfer"}
@@ -18,8 +19,7 @@ _INFERENCE = frozenset(
 def _trace_id(metadata: Any) -> str:
     for key, value in metadata or ():
         if key == "traceparent" and isinstance(value, str):
-            parent = parse_traceparent(value)
-            return f"{parent.trace_id:032x}" if parent is not None else ""
+            return trace_id_of(value)
     return ""
 
 
@@ -35,16 +35,4 @@ class CallerTraceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         trace_id = _trace_id(details.invocation_metadata)
         if not trace_id:
             return handler
-        behavior = handler.unary_unary
-
-        # The handler runs in a context of its own, not the interceptor's: the variable is set there.
-        async def with_caller_trace(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            token = CALLER_TRACE_ID.set(trace_id)
-            try:
-                return await behavior(request, context)
-            finally:
-                CALLER_TRACE_ID.reset(token)
-
-        return grpc.unary_unary_rpc_method_handler(
-            with_caller_trace, handler.request_deserializer, handler.response_serializer
-        )
+        return with_variable(handler, CALLER_TRACE_ID, trace_id)

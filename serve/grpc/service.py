@@ -47,11 +47,9 @@ def _repository_parameters(params: Any) -> tuple[mc.ModelConfig | None, dict[str
 
 
 def _setting_value(values: Sequence[str]) -> SettingValue:
-    """No value clears the key (HTTP's null); one value is that string, so that a document read back (trace_file
-    "") is taken as it is; more are a list (trace_level)."""
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else list(values)
+    """No value clears the key (HTTP's null); values are the list Triton's clients send (the settings take a
+    one-element list wherever they take a string)."""
+    return list(values) if values else None
 
 
 def _trace_response(document: TraceSettingsDocument) -> pb.TraceSettingResponse:
@@ -297,8 +295,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not request.settings:
             return _trace_response(self._service.trace_setting(model))
         actor = current_actor()
-        with self._service.audited(TRACE_SETTING, actor, model):
-            self._service.trace_setting(model)  # NOT_FOUND whatever the settings hold
+        with self._service.audited(TRACE_SETTING, actor, model):  # NOT_FOUND comes first, whatever the settings hold
             changes = {key: _setting_value(setting.value) for key, setting in request.settings.items()}
             return _trace_response(await self._service.update_trace_setting(model, changes, actor))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serve.trace_context import CALLER_TRACE_ID, parse_traceparent
+from serve.trace_context import CALLER_TRACE_ID, trace_id_of
 
 _TRACEPARENT = b"traceparent"
 
@@ -18,8 +18,6 @@ class CallerTrace:
         if scope["type"] == "http":
             for name, value in scope["headers"]:
                 if name == _TRACEPARENT:
-                    parent = parse_traceparent(value.decode("latin-1"))
-                    if parent is not None:
-                        CALLER_TRACE_ID.set(f"{parent.trace_id:032x}")
+                    CALLER_TRACE_ID.set(trace_id_of(value.decode("latin-1")))
                     break
         await self._app(scope, receive, send)

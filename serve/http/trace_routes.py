@@ -17,10 +17,9 @@ from starlette.routing import BaseRoute, Route
 
 from serve.codecs.http_codec import load_json_object
 from serve.core import InferenceService
-from serve.errors import InvalidInput
 from serve.http.auth import TRACE_SETTING, actor_of
 from serve.http.body import read_body
-from serve.tracing.settings import SettingValue
+from serve.tracing.settings import SettingValue, setting_values
 
 JSON = "application/json"
 GLOBAL_PATH = "/v2/trace/setting"
@@ -30,18 +29,7 @@ MODEL_PATH = "/v2/models/{model}/trace/setting"
 def parse_changes(body: bytes) -> dict[str, SettingValue]:
     """The POST body's settings; InvalidInput naming the first key whose value is not a string, a list of
     strings or null."""
-    changes: dict[str, SettingValue] = {}
-    for key, value in (load_json_object(body) if body.strip() else {}).items():
-        if value is None or isinstance(value, str):
-            changes[key] = value
-        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-            changes[key] = [str(item) for item in value]
-        else:
-            raise InvalidInput(
-                f"trace setting '{key}' must be a string, a list of strings or null (to clear it), "
-                f"not {orjson.dumps(value).decode()}"
-            )
-    return changes
+    return setting_values(load_json_object(body) if body.strip() else {})
 
 
 def trace_routes(service: InferenceService, *, max_request_bytes: int) -> list[BaseRoute]:

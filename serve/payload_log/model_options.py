@@ -41,9 +41,9 @@ class ModelLogOptions:
     def logs(self) -> bool:
         return self.mode != "none" and self.sample > 0.0
 
-    @property
-    def events_per_request(self) -> int:
-        return 2 if self.mode == "all" else 1
+    def event_count(self, has_inputs: bool) -> int:
+        """How many events a request makes: a request refused before it was decoded has no request event."""
+        return int(has_inputs and self.mode in ("requests", "all")) + int(self.mode in ("responses", "all"))
 
 
 def asks_for_logging(parameters: Mapping[str, str]) -> bool:

@@ -60,6 +60,10 @@ class _Pending:
     log: _VersionLog
     headers: Mapping[str, str] | None
 
+    @property
+    def event_count(self) -> int:
+        return self.log.options.event_count(bool(self.event.inputs))
+
 
 class PayloadLogger(Observer, VersionListener):
     """Logs the sampled requests of every version to ``queue``'s sink; with no queue (no sink flag) it only checks
@@ -126,7 +130,7 @@ class PayloadLogger(Observer, VersionListener):
         if not sampled(event.request_id, version.options.sample):
             return
         if len(self._pending) >= self._max_pending:
-            self._dropped("busy", version.options.events_per_request)
+            self._dropped("busy", version.options.event_count(bool(event.inputs)))
             return
         # The header probe is valid only now, while the request is live: read the few allowlisted names here.
         self._pending.append(_Pending(event, version, self._headers(event)))
@@ -169,14 +173,14 @@ class PayloadLogger(Observer, VersionListener):
                     return
             while self._pending:
                 pending = self._pending.popleft()
-                if self._queue.refuse_if_full(_event_count(pending)):
+                if self._queue.refuse_if_full(pending.event_count):
                     continue
                 try:
                     for line in self._lines(pending):
                         self._queue.offer(line)
                 except Exception:  # one event that cannot be encoded must not stop the log
                     log.exception("payload event of request %s could not be encoded", pending.event.request_id)
-                    self._dropped("encoding", pending.log.options.events_per_request)
+                    self._dropped("encoding", pending.event_count)
                 # Hand the GIL back after every event: the event loop, waiting for it, would otherwise wait out the
                 # interpreter's 5 ms switch interval while a backlog is encoded (the requests' p99).
                 time.sleep(0)
@@ -211,12 +215,6 @@ class PayloadLogger(Observer, VersionListener):
             error = None if ok else event.outcome
             lines.append(encode_line(response_event(context, outputs, outcome_status(event.outcome), error)))
         return lines
-
-
-def _event_count(pending: _Pending) -> int:
-    """How many events ``_lines`` makes of ``pending``: a request refused before it was decoded has no request event."""
-    event, mode = pending.event, pending.log.options.mode
-    return int(mode in ("requests", "all") and bool(event.inputs)) + int(mode in ("responses", "all"))
 
 
 class _ParametersOnly(PayloadLogger):

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias, TypedDict
 
+import orjson
+
 from serve.errors import InvalidInput
 
 Level = Literal["OFF", "TIMESTAMPS"]
@@ -196,6 +198,34 @@ class TraceSettings:
         if ratio is None:
             return 1
         return 0 if ratio <= 0 else max(1, round(1 / ratio))
+
+
+def setting_values(document: Mapping[str, object]) -> dict[str, SettingValue]:
+    """A change of settings as a client (JSON) or a worker message sends it; InvalidInput naming the first key whose
+    value is not a string, a list of strings, or null (which clears it)."""
+    changes: dict[str, SettingValue] = {}
+    for key, value in document.items():
+        if value is None or isinstance(value, str):
+            changes[key] = value
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            changes[key] = [str(item) for item in value]
+        else:
+            raise BadSettingValue(key, value)
+    return changes
+
+
+class BadSettingValue(InvalidInput):
+    """A setting whose value is not a string, a list of strings, or null."""
+
+    def __init__(self, key: str, value: object) -> None:
+        try:
+            shown = orjson.dumps(value).decode()
+        except TypeError:
+            shown = type(value).__name__
+        super().__init__(
+            f"trace setting '{key}' must be a string, a list of strings or null (to clear it), not {shown}"
+        )
+        self.key = key
 
 
 def _parse(changes: Mapping[str, SettingValue]) -> dict[str, object]:

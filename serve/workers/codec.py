@@ -21,7 +21,7 @@ import orjson
 
 from serve import errors
 from serve.errors import ServeError
-from serve.tracing.settings import SettingValue
+from serve.tracing.settings import BadSettingValue, SettingValue, setting_values
 from serve.workers.messages import A, Answer, Request
 
 JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
@@ -201,12 +201,7 @@ def _loads(document: bytes, what: str) -> dict[str, object]:
 
 
 def _trace_changes(value: object, what: str) -> dict[str, SettingValue]:
-    changes: dict[str, SettingValue] = {}
-    for key, setting in _expect(value, dict, what).items():
-        if setting is None or isinstance(setting, str):
-            changes[key] = setting
-        elif isinstance(setting, list) and all(isinstance(item, str) for item in setting):
-            changes[key] = [str(item) for item in setting]
-        else:
-            raise MalformedMessage(f"{what}.{key}: expected a string, a list of strings or null")
-    return changes
+    try:
+        return setting_values(_expect(value, dict, what))
+    except BadSettingValue as exc:
+        raise MalformedMessage(f"{what}.{exc.key}: expected a string, a list of strings or null") from None
