@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,3 +122,19 @@ def grpc_request_bytes(model: str, name: str, array: np.ndarray, datatype: str) 
 def percentiles_ms(samples_s: list[float]) -> tuple[float, float]:
     arr = np.asarray(samples_s) * 1000
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def metric_sum(
+    server: ServerProcess, name: str, where: Callable[[dict[str, str]], bool] = lambda labels: True
+) -> float:
+    """The sum of the server's ``name`` samples whose labels pass ``where`` (one scrape of /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{HOST}:{server.http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and where(sample.labels)
+    )

@@ -26,14 +26,12 @@ import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
-from bench._harness import HOST, ServerProcess, start_server
+from bench._harness import HOST, ServerProcess, metric_sum, start_server
 from bench.throughput import MODELS, run_point, write_repository
 
 
@@ -78,27 +76,11 @@ class Sink:
 
 
 def dropped(server: ServerProcess) -> float:
-    with urllib.request.urlopen(f"http://{HOST}:{server.http_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "serve_payload_events_dropped_total"
-    )
+    return metric_sum(server, "serve_payload_events_dropped_total")
 
 
 def answered(server: ServerProcess) -> int:
-    with urllib.request.urlopen(f"http://{HOST}:{server.http_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return int(
-        sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "serve_requests_total" and s.labels.get("model") == "small"
-        )
-    )
+    return int(metric_sum(server, "serve_requests_total", lambda labels: labels.get("model") == "small"))
 
 
 def rss_mib(server: ServerProcess) -> float:

@@ -33,13 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from bench._harness import HOST, ServerProcess, start_server
+from bench._harness import HOST, ServerProcess, metric_sum, start_server
 from bench.throughput import MODELS, Point, run_point, write_repository
 from tests.fixtures.otlp_receiver import OtlpReceiver, unused_endpoint
 
@@ -104,16 +101,11 @@ def start(config: str, repository: Path, receiver: OtlpReceiver, trace_flag: boo
 def failed_requests(server: ServerProcess) -> int:
     """Requests of the model that the server ended with an outcome other than success, or than cancelled: h2load's
     stop cancels the requests it has in flight, in every configuration alike."""
-    with urllib.request.urlopen(f"http://{HOST}:{server.http_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
     return int(
-        sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "serve_requests_total"
-            and s.labels.get("model") == MODEL
-            and s.labels.get("outcome") not in ("success", "cancelled")
+        metric_sum(
+            server,
+            "serve_requests_total",
+            lambda labels: labels.get("model") == MODEL and labels.get("outcome") not in ("success", "cancelled"),
         )
     )
 

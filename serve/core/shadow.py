@@ -47,6 +47,8 @@ _POLICY_MEMO = 256
 # Mirrored requests whose outputs wait to be compared together (see ShadowMirror._unjudged).
 JUDGE_EVERY = 64
 
+Outputs = Mapping[str, np.ndarray]
+
 
 def shed_bound(policy: BatchingPolicy, rows: int) -> int:
     """Requests waiting in a shadow version's queue from which a copy of ``rows`` rows is shed: half the
@@ -100,10 +102,10 @@ class ShadowMirror:
         self._dropped: dict[tuple[str, str], int] = {}
         # model -> comparison_key(primary version, shadow version) -> comparison since start
         self._comparisons: dict[str, dict[str, OutputComparison]] = {}
-        # (model, comparison key) -> the pairs of outputs not compared yet: compared together, JUDGE_EVERY at a time
+        # model -> comparison key -> the pairs of outputs not compared yet: compared together, JUDGE_EVERY at a time
         # or when the comparison is read, since comparing one request's rows costs numpy's per-call overhead many
         # times over (~60 % of a copy's CPU on the loop, profiled).
-        self._unjudged: dict[tuple[str, str], list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]] = {}
+        self._unjudged: dict[str, dict[str, list[tuple[Outputs, Outputs]]]] = {}
         self._dropped_total = (
             Counter(
                 "serve_shadow_dropped",
@@ -170,8 +172,8 @@ class ShadowMirror:
         """Until every copy started so far has ended (tests, and a caller that wants settled comparisons)."""
         while self._running:
             await asyncio.wait(list(self._running))
-        for name, key in list(self._unjudged):
-            self._judge(name, key)
+        for name in list(self._unjudged):
+            self._judge_model(name)
 
     async def close(self) -> None:
         """Start no more copies; let the running ones finish within the grace period, then cancel them.
@@ -281,19 +283,19 @@ class ShadowMirror:
         self._comparisons.setdefault(name, {}).setdefault(key, OutputComparison()).add_latency(
             copy.primary_ns, shadow_ns
         )
-        unjudged = self._unjudged.setdefault((name, key), [])
+        unjudged = self._unjudged.setdefault(name, {}).setdefault(key, [])
         unjudged.append((copy.primary_outputs, shadow_outputs))
         if len(unjudged) >= JUDGE_EVERY:
             self._judge(name, key)
 
     def _judge_model(self, name: str) -> None:
-        for model, key in [k for k in self._unjudged if k[0] == name]:
-            self._judge(model, key)
+        for key in list(self._unjudged.get(name, ())):
+            self._judge(name, key)
 
     def _judge(self, name: str, key: str) -> None:
         """Compare the pairs waiting for (``name``, ``key``): all at once when their outputs stack (the same names,
         dtypes and shapes past the first dimension: every measure adds up over rows), else one by one."""
-        pairs = self._unjudged.pop((name, key), [])
+        pairs = self._unjudged.get(name, {}).pop(key, [])
         if not pairs:
             return
         held = self._comparisons.setdefault(name, {}).setdefault(key, OutputComparison())
@@ -306,9 +308,6 @@ class ShadowMirror:
             if measured.incomparable:
                 measured.incomparable = count
             held.merge(measured)
-
-
-Outputs = Mapping[str, np.ndarray]
 
 
 def _stacked(pairs: Sequence[tuple[Outputs, Outputs]]) -> tuple[Outputs, Outputs, int] | None:

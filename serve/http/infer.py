@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve.codecs import http_codec
 from serve.core import InferenceService
 from serve.core.request_ids import HEADER, is_header_value
-from serve.errors import InvalidInput, RequestCancelled, ServeError
+from serve.errors import InvalidInput, ServeError
 from serve.http.body import read_body
 from serve.http.disconnect import DisconnectProbe
 from serve.http.errors import REQUEST_ID, ClientGone
@@ -210,9 +210,10 @@ class InferEndpoint:
 
 
 def _status_of(exc: BaseException) -> int:
-    """The status the ErrorBoundary answers ``exc`` with (499: the client went away, nginx's code)."""
+    """The status the ErrorBoundary answers ``exc`` with (499: the client went away, nginx's code, as
+    RequestCancelled's)."""
     if isinstance(exc, ServeError):
         return exc.http_status
-    if isinstance(exc, ClientGone | RequestCancelled | asyncio.CancelledError):
+    if isinstance(exc, ClientGone | asyncio.CancelledError):
         return 499
     return 500

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+import grpc
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -43,25 +44,6 @@ Header = Callable[[str], str | None]
 Attributes = dict[str, AttributeValue]
 
 GRPC_SERVICE: Final = "inference.GRPCInferenceService"
-_GRPC_CODES: Final = {
-    "OK": 0,
-    "CANCELLED": 1,
-    "UNKNOWN": 2,
-    "INVALID_ARGUMENT": 3,
-    "DEADLINE_EXCEEDED": 4,
-    "NOT_FOUND": 5,
-    "ALREADY_EXISTS": 6,
-    "PERMISSION_DENIED": 7,
-    "RESOURCE_EXHAUSTED": 8,
-    "FAILED_PRECONDITION": 9,
-    "ABORTED": 10,
-    "OUT_OF_RANGE": 11,
-    "UNIMPLEMENTED": 12,
-    "INTERNAL": 13,
-    "UNAVAILABLE": 14,
-    "DATA_LOSS": 15,
-    "UNAUTHENTICATED": 16,
-}
 # gRPC's server-side errors (semantic conventions, RPC spans): the rest are the client's doing.
 _GRPC_SERVER_ERRORS: Final = frozenset(
     {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
@@ -75,7 +57,7 @@ class RequestSpan:
     """One traced request: its server span's identity and attributes, and the phases recorded for it; the spans are
     made when it ends."""
 
-    __slots__ = ("_attributes", "_children", "_kind", "_name", "_parent", "_start", "_tracer", "context", "traceparent")
+    __slots__ = ("_attributes", "_children", "_name", "_parent", "_start", "_tracer", "context", "traceparent")
 
     def __init__(
         self, tracer: Tracer, name: str, parent: SpanContext | None, attributes: Attributes, start_wall_ns: int
@@ -91,10 +73,6 @@ class RequestSpan:
         self.context = SpanContext(trace_id, tracer.new_span_id(), False, _SAMPLED, state)
         # What the payload log, the access log and the exemplars carry.
         self.traceparent = f"00-{trace_id:032x}-{self.context.span_id:016x}-01"
-
-    @property
-    def trace_id(self) -> str:
-        return self.traceparent[3:35]
 
     def phase(self, name: str, start_ns: int, end_ns: int) -> None:
         """A child span over [start_ns, end_ns] of the core's clock (time.perf_counter_ns)."""
@@ -128,7 +106,8 @@ class RequestSpan:
     def end_grpc(self, code: str, error: BaseException | None = None) -> None:
         self._attributes["rpc.response.status_code"] = code
         if self._tracer.old_rpc_attributes:
-            self._attributes["rpc.grpc.status_code"] = _GRPC_CODES.get(code, 2)
+            status = getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)
+            self._attributes["rpc.grpc.status_code"] = status.value[0]
         outcome = _UNSET
         if code != "OK":
             self._attributes["error.type"] = code
@@ -160,7 +139,6 @@ class Tracer(Observer):
         span_processor: Callable[[SpanExporter], SpanProcessor] = BatchSpanProcessor,
     ) -> None:
         self.sampling = Sampling(options.sampler, settings)
-        self.settings = settings
         self.old_rpc_attributes = options.old_rpc_attributes
         self._resource = _resource()
         self._scope = InstrumentationScope("serve", __version__)
